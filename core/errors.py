@@ -1,0 +1,94 @@
+"""Expected conditions, as typed errors with a stable `code` and a `retriable` flag.
+
+Broken invariants are not here: those are bugs and fail loudly with assert.
+server/errors.py maps each code to its HTTP status in one table.
+"""
+
+from __future__ import annotations
+
+
+class KassaError(Exception):
+    code = "internal"
+    retriable = False
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class InvalidRequest(KassaError):
+    code = "invalid_request"
+
+
+class NotFound(KassaError):
+    code = "not_found"
+
+
+class AccountExists(KassaError):
+    code = "account_exists"
+
+
+class IdempotencyInProgress(KassaError):
+    code = "idempotency_in_progress"
+    retriable = True
+
+
+class IdempotencyKeyReused(KassaError):
+    code = "idempotency_key_reused"
+
+
+class BusinessRuleError(KassaError):
+    """A transaction refused by a ledger rule (422); it carries the receipt once one exists."""
+
+    receipt_code: str | None = None
+
+
+class AccountNotFound(BusinessRuleError):
+    code = "account_not_found"
+
+
+class AccountInactive(BusinessRuleError):
+    code = "account_inactive"
+
+
+class CurrencyMismatch(BusinessRuleError):
+    code = "currency_mismatch"
+
+
+class InsufficientFunds(BusinessRuleError):
+    code = "insufficient_funds"
+
+
+class AmountOverflow(BusinessRuleError):
+    code = "amount_overflow"
+
+
+class RateLimited(KassaError):
+    code = "rate_limited"
+    retriable = True
+
+
+class Overloaded(KassaError):
+    """Refused before anything was written: a queue or batcher is full, or we are stopping."""
+
+    code = "overloaded"
+    retriable = True
+
+
+class Unavailable(KassaError):
+    """A required dependency is down, timed out, or its circuit breaker is open."""
+
+    code = "unavailable"
+    retriable = True
+
+
+BUSINESS_ERRORS: dict[str, type[BusinessRuleError]] = {
+    cls.code: cls
+    for cls in (AccountNotFound, AccountInactive, CurrencyMismatch, InsufficientFunds, AmountOverflow)
+}
+
+
+def business_error(code: str, message: str) -> BusinessRuleError:
+    """Rebuild a business error from its stored code (journals keep code and message)."""
+    return BUSINESS_ERRORS[code](message)

@@ -1,0 +1,1 @@
+"""PostgreSQL adapter: migrations and the stores that implement core's ports."""

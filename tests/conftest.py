@@ -1,0 +1,63 @@
+"""Shared fixtures: one real PostgreSQL cluster and one Redis per session, a fresh
+migrated database per test (cloned from a migrated template, about 50 ms)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from server.postgres.migrate import apply_migrations
+from tests.fixtures.servers import PostgresServer, RedisServer, start_postgres, start_redis
+
+pytest_plugins: list[str] = []
+
+_db_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    server = start_postgres()
+    asyncio.run(_make_template(server))
+    yield server
+    server.stop()
+
+
+async def _make_template(server: PostgresServer) -> None:
+    conn = await asyncpg.connect(server.dsn())
+    await conn.execute("CREATE DATABASE kassa_template")
+    await conn.close()
+    await apply_migrations(server.dsn("kassa_template"))
+
+
+@pytest.fixture
+async def pg_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
+    """DSN of a fresh, migrated, empty database for this test."""
+    name = f"kassa_test_{next(_db_numbers)}"
+    conn = await asyncpg.connect(pg_server.dsn())
+    try:
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE kassa_template")
+    finally:
+        await conn.close()
+    yield pg_server.dsn(name)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
+    """URL of the session Redis, flushed before the test."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_server.url)
+    await client.flushall()
+    await client.aclose()
+    yield redis_server.url
