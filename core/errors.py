@@ -92,3 +92,10 @@ BUSINESS_ERRORS: dict[str, type[BusinessRuleError]] = {
 def business_error(code: str, message: str) -> BusinessRuleError:
     """Rebuild a business error from its stored code (journals keep code and message)."""
     return BUSINESS_ERRORS[code](message)
+
+
+class TransientConflict(KassaError):
+    """A deadlock or serialization failure: the whole database transaction may be retried."""
+
+    code = "transient_conflict"
+    retriable = True

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 import msgspec
+
+from core.ledger import BatchDecision
+from core.models import AccountSnapshot, ErrorBody, Transaction
 
 
 class ReceiptRequest(msgspec.Struct, frozen=True):
@@ -51,4 +55,114 @@ class Notification(msgspec.Struct, frozen=True):
 class Notifier(Protocol):
     def notify(self, notification: Notification) -> None:
         """Queue one notification; best effort, never blocks or raises."""
+        ...
+
+
+# ---- PostgreSQL: the system of record -------------------------------------------------
+
+class PendingJournal(msgspec.Struct, frozen=True):
+    """A request to record durably before it is answered 202 (or waited on)."""
+
+    receipt_code: str
+    transaction: Transaction
+    idempotency_scope: str | None
+    idempotency_key: str | None
+    request_hash: str | None
+    mode: str  # "async" | "sync"
+    accept_time_us: int
+    lease_owner: str
+
+
+class ExistingJournal(msgspec.Struct, frozen=True):
+    """The journal already recorded under an idempotency key."""
+
+    journal_id: int
+    receipt_code: str
+    request_hash: str | None
+    mode: str
+    status: str
+    accept_time_us: int | None
+
+
+class JournalStatus(msgspec.Struct, frozen=True):
+    receipt_code: str
+    status: str
+    error: ErrorBody | None
+    updated_at: str
+
+
+class ClaimedJournal(msgspec.Struct, frozen=True):
+    journal_id: int
+    receipt_code: str
+    transaction: Transaction
+
+
+class LedgerUnit(Protocol):
+    """One database transaction of the executor; commits when its context exits cleanly."""
+
+    async def lock_unfinished(self, journal_ids: list[int]) -> set[int]:
+        """Lock the journals (id order) and return those still unfinished."""
+        ...
+
+    async def lock_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
+        """Lock the accounts that exist, in id order (`SELECT … FOR UPDATE`)."""
+        ...
+
+    async def write(self, decision: BatchDecision) -> None:
+        ...
+
+
+class JournalStore(Protocol):
+    async def insert_pending(self, journals: list[PendingJournal]) -> list[int | ExistingJournal]:
+        """Record journals in one commit; per item its id or the journal its key already names."""
+        ...
+
+    def unit(self) -> AbstractAsyncContextManager[LedgerUnit]:
+        ...
+
+    async def claim_expired(self, owner: str, lease_s: float, limit: int) -> list[ClaimedJournal]:
+        """Take over unfinished journals whose lease expired (`FOR UPDATE SKIP LOCKED`)."""
+        ...
+
+    async def journal_status(self, receipt_code: str) -> JournalStatus | None:
+        ...
+
+    async def account_snapshots(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
+        ...
+
+
+# ---- Redis: shared fast state ---------------------------------------------------------
+
+class StatusStore(Protocol):
+    async def write_statuses(self, records: list[JournalStatus], ttl_s: int) -> None:
+        """Write many statuses at once; a status never replaces a later one."""
+        ...
+
+    async def read_status(self, receipt_code: str) -> JournalStatus | None:
+        ...
+
+
+class IdempotencyRecord(msgspec.Struct, frozen=True):
+    request_hash: str
+    receipt_code: str | None = None  # None while the first request is being accepted
+    mode: str = "async"
+    body: bytes | None = None  # the original 202 body
+
+
+class IdempotencyCache(Protocol):
+    async def begin(self, scope: str, key: str, request_hash: str) -> IdempotencyRecord | None:
+        """Mark the key in flight; None if we own it now, else the record found."""
+        ...
+
+    async def complete(self, scope: str, key: str, record: IdempotencyRecord) -> None:
+        ...
+
+    async def abandon(self, scope: str, key: str) -> None:
+        ...
+
+
+
+class AccountReader(Protocol):
+    async def get_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
+        """A possibly slightly stale view for pre-validation (the executor rechecks under lock)."""
         ...

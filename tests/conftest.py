@@ -61,3 +61,37 @@ async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
     await client.flushall()
     await client.aclose()
     yield redis_server.url
+
+
+ADMIN_KEY = "test-admin-key"
+WRITE_KEY = "test-write-key"
+READ_KEY = "test-read-key"
+TEST_API_KEYS = f"{ADMIN_KEY}:admin,{WRITE_KEY}:write,{READ_KEY}:read"
+
+
+def make_settings(pg_dsn: str, redis_url: str | None, **overrides: object):  # type: ignore[no-untyped-def]
+    from server.settings import Settings
+
+    values: dict[str, object] = {"database_url": pg_dsn, "redis_url": redis_url,
+                                 "api_keys": TEST_API_KEYS, "sweep_interval_s": 0.2}
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def app_client(pg_dsn: str, redis_url: str):  # type: ignore[no-untyped-def]
+    """An httpx client on the real app (real PostgreSQL and Redis), in this process."""
+    import httpx
+
+    from server.app import create_app
+    from server.runtime import build_runtime
+
+    app = create_app()
+    runtime = await build_runtime(make_settings(pg_dsn, redis_url))
+    app.state.runtime = runtime
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://kassa",
+                                 headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as client:
+        client.runtime = runtime  # type: ignore[attr-defined]
+        yield client
+    await runtime.stop()

@@ -1,0 +1,202 @@
+"""Accepting a transaction: the flow of DESIGN.md, steps 1 to 6 (and waiting for 7).
+
+validate (done by the caller) → idempotency → pre-validate on the cached view →
+reserve queue room → receipt code → durable journal (group commit) → queue → answer.
+A 202 is given only after the journal is committed; a full queue refuses before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core.batcher import Batcher
+from core.errors import IdempotencyInProgress, IdempotencyKeyReused, KassaError, Unavailable
+from core.executor import Task, utc_now_iso
+from core.ledger import Outcome, prevalidate
+from core.models import Transaction
+from core.observer import NullObserver, Observer
+from core.pool import ProcessorPool
+from core.ports import (
+    AccountReader,
+    ExistingJournal,
+    IdempotencyCache,
+    IdempotencyRecord,
+    PendingJournal,
+    ReceiptRequest,
+    ReceiptSource,
+)
+from core.status import COMPLETED, PROCESSING
+from core.tracker import StatusTracker
+
+log = logging.getLogger("kassa.accept")
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """The answer to one submission: 202 (accepted), 201 (completed) or 422 (failed)."""
+
+    receipt_code: str
+    http_status: int
+    processing_time: str
+    replayed: bool = False
+    body: bytes | None = None  # the original 202 body, when replayed from Redis
+    outcome: Outcome | None = None  # set when a wait=true submission finished here
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    transaction: Transaction
+    scope: str
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    wait: bool = False
+
+
+def format_ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}ms"
+
+
+class TransactionService:
+    def __init__(
+        self,
+        *,
+        journals: Batcher[PendingJournal, int | ExistingJournal],
+        receipts: ReceiptSource,
+        accounts: AccountReader,
+        pool: ProcessorPool,
+        tracker: StatusTracker,
+        idempotency: IdempotencyCache | None,
+        owner: str,
+        wait_timeout_s: float,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._journals = journals
+        self._receipts = receipts
+        self._accounts = accounts
+        self._pool = pool
+        self._tracker = tracker
+        self._idem = idempotency
+        self._owner = owner
+        self._wait_timeout_s = wait_timeout_s
+        self._observer = observer or NullObserver()
+        self._clock = clock
+
+    async def submit(self, sub: Submission) -> Submitted:
+        started = self._clock()
+        owned = False
+        if sub.idempotency_key is not None and self._idem is not None:
+            replay, owned = await self._begin_idempotent(sub)
+            if replay is not None:
+                return replay
+        try:
+            accepted = await self._accept(sub, started)
+        except BaseException:
+            if owned:
+                await self._abandon(sub)
+            raise
+        if isinstance(accepted, Submitted):
+            return accepted
+        task, processing_time = accepted
+        if owned:
+            await self._remember(sub, task.receipt_code, processing_time)
+        if not sub.wait:
+            return Submitted(task.receipt_code, 202, processing_time)
+        return await self._wait(task, processing_time)
+
+    async def _accept(self, sub: Submission, started: float) -> tuple[Task, str] | Submitted:
+        tx = sub.transaction
+        error = prevalidate(tx, await self._accounts.get_accounts(tx.account_ids))
+        if error is not None:
+            self._observer.refused(error.code)
+            raise error
+        self._pool.reserve()
+        try:
+            code = await self._receipts.new_receipt(
+                ReceiptRequest(tx.type, tx.currency, tx.amount, tx.account_ids))
+            result = await self._journals.submit(PendingJournal(
+                code, tx, sub.scope, sub.idempotency_key, sub.request_hash,
+                "sync" if sub.wait else "async",
+                int((self._clock() - started) * 1e6), self._owner))
+        except BaseException:
+            self._pool.release()
+            raise
+        if isinstance(result, ExistingJournal):
+            self._pool.release()
+            return self._replay_journal(sub, result)
+        waiter = asyncio.get_running_loop().create_future() if sub.wait else None
+        task = Task(result, code, tx, started, waiter)
+        self._pool.put(task)
+        self._tracker.set(code, PROCESSING, None, utc_now_iso())
+        elapsed = self._clock() - started
+        self._observer.accepted("transaction", elapsed)
+        log.info("[TRANSACTION START] Receipt: %s | Type: %s | Amount: %d | Accounts: %d",
+                 code, tx.type, tx.amount, len(tx.account_ids))
+        return task, format_ms(elapsed)
+
+    async def _wait(self, task: Task, processing_time: str) -> Submitted:
+        assert task.waiter is not None
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(task.waiter), self._wait_timeout_s)
+        except TimeoutError:
+            outcome = None
+        if outcome is None:
+            # Still running (or finished elsewhere): the receipt stands; the client polls it.
+            return Submitted(task.receipt_code, 202, processing_time)
+        status = 201 if outcome.status == COMPLETED else 422
+        return Submitted(task.receipt_code, status, processing_time, outcome=outcome)
+
+    # ---- idempotency: Redis fast path, the journals' unique key as the authority ------
+
+    async def _begin_idempotent(self, sub: Submission) -> tuple[Submitted | None, bool]:
+        assert self._idem is not None and sub.idempotency_key is not None
+        try:
+            record = await self._idem.begin(sub.scope, sub.idempotency_key, sub.request_hash or "")
+        except Unavailable:
+            return None, False  # Redis down: the database constraint still decides
+        if record is None:
+            return None, True
+        if record.request_hash != sub.request_hash:
+            raise IdempotencyKeyReused("this Idempotency-Key was used with a different request")
+        if record.receipt_code is None:
+            raise IdempotencyInProgress("a request with this Idempotency-Key is being accepted",
+                                        retry_after_s=1)
+        if record.mode == "async" and record.body is not None:
+            return Submitted(record.receipt_code, 202, "", replayed=True, body=record.body), False
+        return Submitted(record.receipt_code, 0, "", replayed=True), False
+
+    def _replay_journal(self, sub: Submission, existing: ExistingJournal) -> Submitted:
+        if existing.request_hash != sub.request_hash:
+            raise IdempotencyKeyReused("this Idempotency-Key was used with a different request")
+        processing_time = format_ms((existing.accept_time_us or 0) / 1e6)
+        if existing.mode == "async":
+            return Submitted(existing.receipt_code, 202, processing_time, replayed=True)
+        return Submitted(existing.receipt_code, 0, processing_time, replayed=True)
+
+    async def _remember(self, sub: Submission, code: str, processing_time: str) -> None:
+        assert self._idem is not None and sub.idempotency_key is not None
+        mode = "sync" if sub.wait else "async"
+        body = accepted_body(code, processing_time) if mode == "async" else None
+        record = IdempotencyRecord(sub.request_hash or "", code, mode, body)
+        try:
+            await self._idem.complete(sub.scope, sub.idempotency_key, record)
+        except KassaError as exc:
+            log.warning("idempotency record not cached (the database still has it): %s", exc)
+
+    async def _abandon(self, sub: Submission) -> None:
+        assert self._idem is not None and sub.idempotency_key is not None
+        try:
+            await self._idem.abandon(sub.scope, sub.idempotency_key)
+        except KassaError as exc:
+            log.warning("idempotency marker not cleared (it expires): %s", exc)
+
+
+def accepted_body(receipt_code: str, processing_time: str) -> bytes:
+    """The 202 body, byte for byte what a replay returns."""
+    return (b'{"receipt_code":"' + receipt_code.encode() + b'","status":"processing",'
+            b'"processing_time":"' + processing_time.encode() + b'"}')

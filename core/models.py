@@ -1,0 +1,81 @@
+"""The ledger's domain shapes: plain, immutable, money in integer minor units."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgspec
+
+AMOUNT_MAX = 2**53 - 1
+LEGS_MAX = 64
+WORLD_PREFIX = "@world:"
+
+
+def world_account(currency: str) -> str:
+    """The system counterparty of deposits and withdrawals in `currency`."""
+    return f"{WORLD_PREFIX}{currency}"
+
+
+class Leg(NamedTuple):
+    source: str
+    destination: str
+    amount: int
+
+
+class Transaction(msgspec.Struct, frozen=True):
+    """A validated, normalised transaction request: every form becomes legs."""
+
+    type: str
+    currency: str
+    legs: tuple[Leg, ...]
+    description: str | None = None
+    metadata: dict[str, Any] = {}
+
+    @property
+    def amount(self) -> int:
+        return sum(leg.amount for leg in self.legs)
+
+    @property
+    def account_ids(self) -> list[str]:
+        """Every account touched, sorted: the lock order."""
+        return sorted({a for leg in self.legs for a in (leg.source, leg.destination)})
+
+
+class AccountSnapshot(msgspec.Struct, frozen=True):
+    """What pre-validation and the executor need to know about one account."""
+
+    id: str
+    currency: str
+    status: str
+    balance: int
+    overdraft_limit: int | None  # None: unlimited (system accounts)
+    contact: dict[str, str] | None = None
+
+    @property
+    def floor(self) -> int | None:
+        return None if self.overdraft_limit is None else -self.overdraft_limit
+
+
+class Entry(msgspec.Struct, frozen=True):
+    account: str
+    direction: str
+    amount: int
+    balance_after: int
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    code: str
+    message: str
+
+
+class TransactionEvent(msgspec.Struct, frozen=True):
+    """The Kafka event of a finished transaction (API.md, Events)."""
+
+    event: str
+    receipt_code: str
+    journal_id: int
+    type: str
+    currency: str
+    entries: list[Entry]
+    error: ErrorBody | None
+    occurred_at: str

@@ -1,0 +1,43 @@
+"""Prometheus metrics of the gRPC clients (the HTTP server aggregates them in multiprocess mode).
+
+Created once at import, so each name is registered once per process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from core.breaker import STATE_VALUES
+
+_BATCH_SIZES = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+
+RECEIPT_BATCH_SIZE = Histogram(
+    "receipt_batch_size", "Items per receipt service call", ["op"], buckets=_BATCH_SIZES
+)
+RECEIPT_BATCH_LATENCY = Histogram(
+    "receipt_batch_latency",
+    "Seconds per receipt service call, batch flush to answer",
+    ["op"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+RECEIPT_UPDATES_DROPPED = Counter(
+    "kassa_receipt_status_updates_dropped", "Receipt status updates dropped (queue full or failed)"
+)
+NOTIFICATION_BATCH_SIZE = Histogram(
+    "notification_batch_size", "Items per notification service call", buckets=_BATCH_SIZES
+)
+NOTIFICATIONS_FAILED = Counter(
+    "kassa_notifications_failed", "Notifications not delivered (dropped, refused or failed)"
+)
+# "livemax": across live worker processes, the worst state wins.
+BREAKER_STATE = Gauge(
+    "kassa_circuit_breaker_state",
+    "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+    ["name"],
+    multiprocess_mode="livemax",
+)
+
+
+def record_breaker_state(name: str, old: str, new: str) -> None:
+    """A core.breaker.StateListener that exports the state as a gauge."""
+    BREAKER_STATE.labels(name=name).set(STATE_VALUES[new])

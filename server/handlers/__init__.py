@@ -1,0 +1,1 @@
+"""Thin HTTP handlers: decode, call one use case, encode."""

@@ -1,0 +1,148 @@
+"""/v1/transactions handlers: decode, submit through the TransactionService, encode."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from core.accept import Submission, Submitted, accepted_body
+from core.errors import InvalidRequest, KassaError
+from core.models import Transaction
+from core.validation import normalize_transaction
+from server.errors import error_dict
+from server.handlers.accounts import rt
+from server.handlers.common import decode, guarded, json_response, not_found, read_body
+from server.runtime import Runtime
+from server.schemas import TransactionIn, batch_in, batch_item_in, encoder, transaction_in
+
+BATCH_MAX = 1000
+IDEMPOTENCY_KEY_MAX = 255
+
+
+def to_transaction(body: TransactionIn) -> Transaction:
+    legs = [(leg.source, leg.destination, leg.amount) for leg in body.legs] if body.legs else None
+    if body.legs is not None and not body.legs:
+        raise InvalidRequest("legs must hold 1 to 64 legs")
+    return normalize_transaction(
+        body.type, body.currency, amount=body.amount, source=body.source,
+        destination=body.destination, legs=legs, description=body.description,
+        metadata=body.metadata)
+
+
+def request_hash(tx: Transaction) -> str:
+    """The same request in any JSON spelling hashes the same (normalised form)."""
+    return hashlib.sha256(encoder.encode(tx)).hexdigest()
+
+
+def scope_of(api_key: str) -> str:
+    """Idempotency keys are scoped to the API key; store a digest, never the key."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:24]
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    if key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
+        raise InvalidRequest(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
+    return key
+
+
+def wants_wait(request: Request) -> bool:
+    raw = request.query_params.get("wait", "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise InvalidRequest("wait must be true or false")
+    return raw in ("true", "1")
+
+
+@guarded
+async def post_transaction(request: Request) -> Response:
+    runtime = rt(request)
+    api_key = runtime.keys.require(request, "write")
+    await runtime.limit(request, api_key)
+    wait = wants_wait(request)
+    key = check_idempotency_key(request.headers.get("idempotency-key"))
+    tx = to_transaction(decode(transaction_in, await read_body(request, runtime.settings.body_size_max)))
+    submitted = await runtime.service.submit(
+        Submission(tx, scope_of(api_key), key, request_hash(tx) if key else None, wait))
+    status, body = await answer(runtime, submitted)
+    headers = {"Location": f"/v1/transactions/{submitted.receipt_code}"}
+    if submitted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(body, status, headers)
+
+
+async def answer(runtime: Runtime, submitted: Submitted) -> tuple[int, Any]:
+    """The HTTP status and body for one submission."""
+    if submitted.http_status == 202:
+        return 202, submitted.body or accepted_body(submitted.receipt_code, submitted.processing_time)
+    view = await runtime.accounts.transaction(submitted.receipt_code)
+    assert view is not None, "a submitted journal is durable"
+    if view["status"] == "completed":
+        return 201, view
+    if view["status"] == "failed":
+        error = error_dict(view["error"]["code"], view["error"]["message"],
+                           receipt_code=submitted.receipt_code)
+        return 422, {**error, "receipt_code": submitted.receipt_code}
+    return 202, accepted_body(submitted.receipt_code, submitted.processing_time)
+
+
+@guarded
+async def post_batch(request: Request) -> Response:
+    runtime = rt(request)
+    api_key = runtime.keys.require(request, "write")
+    await runtime.limit(request, api_key)
+    wait = wants_wait(request)
+    batch = decode(batch_in, await read_body(request, runtime.settings.body_size_max))
+    if not 1 <= len(batch.transactions) <= BATCH_MAX:
+        raise InvalidRequest(f"a batch holds 1 to {BATCH_MAX} transactions")
+    scope = scope_of(api_key)
+    results = await asyncio.gather(*(batch_item(runtime, item, scope, wait)
+                                     for item in batch.transactions))
+    return json_response({"results": results}, 201 if wait else 202)
+
+
+async def batch_item(runtime: Runtime, raw: msgspec.Raw, scope: str, wait: bool) -> Any:
+    try:
+        item = decode(batch_item_in, raw)
+        key = check_idempotency_key(item.idempotency_key)
+        tx = to_transaction(item)
+        submitted = await runtime.service.submit(
+            Submission(tx, scope, key, request_hash(tx) if key else None, wait))
+        _, body = await answer(runtime, submitted)
+    except KassaError as exc:
+        return error_dict(exc.code, exc.message)
+    return msgspec.json.decode(body) if isinstance(body, bytes) else body
+
+
+@guarded
+async def get_status(request: Request) -> Response:
+    runtime = rt(request)
+    runtime.keys.require(request, "read")
+    await runtime.limit(request)
+    found = await runtime.status.status(request.path_params["receipt_code"])
+    if found is None:
+        return not_found("receipt")
+    return json_response(found)
+
+
+@guarded
+async def get_transaction(request: Request) -> Response:
+    runtime = rt(request)
+    runtime.keys.require(request, "read")
+    await runtime.limit(request)
+    code = request.path_params["receipt_code"]
+    view = await runtime.accounts.transaction(code)
+    if view is None:
+        return not_found("receipt")
+    if view["status"] == "processing":
+        found = await runtime.status.status(code)
+        return json_response({**encoder_dict(found), "entries": []})
+    return json_response(view)
+
+
+def encoder_dict(value: Any) -> dict[str, Any]:
+    result: dict[str, Any] = msgspec.to_builtins(value)
+    return result

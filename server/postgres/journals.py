@@ -1,0 +1,187 @@
+"""The journal store: durable accept, the executor's unit of work, recovery claims."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+import msgspec
+
+from core.ledger import BatchDecision
+from core.models import AccountSnapshot, ErrorBody, Leg, Transaction
+from core.ports import ClaimedJournal, ExistingJournal, JournalStatus, PendingJournal
+from server.postgres.pool import converted_errors, iso
+
+_json = msgspec.json.Encoder()
+_legs = msgspec.json.Decoder(list[tuple[str, str, int]])
+_meta = msgspec.json.Decoder(dict)
+_contact = msgspec.json.Decoder(dict[str, str] | None)
+
+INSERT_PENDING = """
+INSERT INTO journals (external_ref, type, status, currency, description, metadata, payload,
+                      idempotency_scope, idempotency_key, request_hash, mode, accept_time_us,
+                      lease_owner, lease_expires_at)
+SELECT r, t, 'processing', c, d, m::jsonb, p::jsonb, s, k, h, mo, us, $12,
+       now() + make_interval(secs => $13)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::text[], $10::text[], $11::int[]) AS u(r, t, c, d, m, p, s, k, h, mo, us)
+ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING
+RETURNING id, external_ref
+"""
+
+EXISTING_BY_KEY = """
+SELECT id, external_ref, request_hash, mode, status, accept_time_us, idempotency_scope,
+       idempotency_key
+FROM journals
+WHERE (idempotency_scope, idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+"""
+
+LOCK_UNFINISHED = """
+SELECT id FROM journals WHERE id = ANY($1::bigint[]) AND status = 'processing'
+ORDER BY id FOR UPDATE
+"""
+
+LOCK_ACCOUNTS = """
+SELECT id, currency, status, balance, overdraft_limit, contact FROM accounts
+WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+"""
+
+UPDATE_BALANCES = """
+UPDATE accounts a SET balance = u.b, version = a.version + 1, updated_at = now()
+FROM unnest($1::text[], $2::bigint[]) AS u(id, b) WHERE a.id = u.id
+"""
+
+INSERT_LEDGERS = """
+INSERT INTO ledgers (journal_id, account_id, direction, amount, balance_after)
+SELECT j, a, CASE WHEN d = 0 THEN 'debit' ELSE 'credit' END, m, b
+FROM unnest($1::bigint[], $2::text[], $3::int[], $4::bigint[], $5::bigint[]) AS u(j, a, d, m, b)
+"""
+
+FINISH_JOURNALS = """
+UPDATE journals j SET status = u.s, error_code = u.ec, error_message = u.em,
+       completed_at = now(), lease_owner = NULL, lease_expires_at = NULL
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS u(id, s, ec, em)
+WHERE j.id = u.id
+"""
+
+INSERT_OUTBOX = """
+INSERT INTO outbox (journal_id, receipt_code, payload)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[])
+"""
+
+CLAIM_EXPIRED = """
+UPDATE journals j SET lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2)
+FROM (SELECT id FROM journals WHERE status = 'processing' AND lease_expires_at < now()
+      ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) AS c
+WHERE j.id = c.id
+RETURNING j.id, j.external_ref, j.type, j.currency, j.description, j.metadata, j.payload
+"""
+
+
+def snapshot(row: asyncpg.Record) -> AccountSnapshot:
+    contact = _contact.decode(row["contact"]) if row["contact"] else None
+    return AccountSnapshot(row["id"], row["currency"], row["status"], row["balance"],
+                           row["overdraft_limit"], contact)
+
+
+class PgLedgerUnit:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def lock_unfinished(self, journal_ids: list[int]) -> set[int]:
+        return {r["id"] for r in await self._conn.fetch(LOCK_UNFINISHED, journal_ids)}
+
+    async def lock_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
+        return {r["id"]: snapshot(r) for r in await self._conn.fetch(LOCK_ACCOUNTS, account_ids)}
+
+    async def write(self, decision: BatchDecision) -> None:
+        conn = self._conn
+        if decision.balances:
+            await conn.execute(UPDATE_BALANCES, list(decision.balances), list(decision.balances.values()))
+        if decision.ledger_columns[0]:
+            await conn.execute(INSERT_LEDGERS, *decision.ledger_columns)
+        outcomes = decision.outcomes
+        await conn.execute(
+            FINISH_JOURNALS, [o.journal_id for o in outcomes], [o.status for o in outcomes],
+            [o.error.code if o.error else None for o in outcomes],
+            [o.error.message if o.error else None for o in outcomes],
+        )
+        await conn.execute(INSERT_OUTBOX, [o.journal_id for o in outcomes],
+                           [o.receipt_code for o in outcomes], decision.events)
+
+
+class PgJournalStore:
+    def __init__(self, pool: asyncpg.Pool, *, lease_s: float) -> None:
+        self._pool = pool
+        self._lease_s = lease_s
+
+    async def insert_pending(self, journals: list[PendingJournal]) -> list[int | ExistingJournal]:
+        cols: list[list[object]] = [[] for _ in range(11)]
+        for j in journals:
+            tx = j.transaction
+            row = (j.receipt_code, tx.type, tx.currency, tx.description,
+                   _json.encode(tx.metadata).decode(), _json.encode(tx.legs).decode(),
+                   j.idempotency_scope, j.idempotency_key, j.request_hash, j.mode, j.accept_time_us)
+            for col, value in zip(cols, row, strict=True):
+                col.append(value)
+        async with converted_errors(), self._pool.acquire() as conn, conn.transaction():
+            ids = {r["external_ref"]: r["id"] for r in
+                   await conn.fetch(INSERT_PENDING, *cols, journals[0].lease_owner, self._lease_s)}
+            missing = [j for j in journals if j.receipt_code not in ids]
+            existing = await self._existing(conn, missing) if missing else {}
+        return [ids.get(j.receipt_code) or existing[(j.idempotency_scope, j.idempotency_key)]
+                for j in journals]
+
+    async def _existing(self, conn: asyncpg.Connection, journals: list[PendingJournal]
+                        ) -> dict[tuple[str | None, str | None], ExistingJournal]:
+        rows = await conn.fetch(EXISTING_BY_KEY, [j.idempotency_scope for j in journals],
+                                [j.idempotency_key for j in journals])
+        return {(r["idempotency_scope"], r["idempotency_key"]): ExistingJournal(
+            r["id"], r["external_ref"], r["request_hash"], r["mode"], r["status"],
+            r["accept_time_us"]) for r in rows}
+
+    @contextlib.asynccontextmanager
+    async def unit(self) -> AsyncIterator[PgLedgerUnit]:
+        async with converted_errors(), self._pool.acquire() as conn, conn.transaction():
+            yield PgLedgerUnit(conn)
+
+    async def claim_expired(self, owner: str, lease_s: float, limit: int) -> list[ClaimedJournal]:
+        async with converted_errors():
+            rows = await self._pool.fetch(CLAIM_EXPIRED, owner, lease_s, limit)
+        return [ClaimedJournal(r["id"], r["external_ref"], transaction_of(r)) for r in rows]
+
+    async def release_leases(self, owner: str) -> int:
+        """On shutdown: let any process's sweeper take our unfinished journals at once."""
+        async with converted_errors():
+            done = await self._pool.execute(
+                "UPDATE journals SET lease_expires_at = now() WHERE lease_owner = $1 "
+                "AND status = 'processing'", owner)
+        return int(done.split()[-1])
+
+    async def journal_status(self, receipt_code: str) -> JournalStatus | None:
+        async with converted_errors():
+            row = await self._pool.fetchrow(
+                "SELECT status, error_code, error_message, coalesce(completed_at, created_at) AS at "
+                "FROM journals WHERE external_ref = $1", receipt_code)
+        if row is None:
+            return None
+        error = ErrorBody(row["error_code"], row["error_message"]) if row["error_code"] else None
+        return JournalStatus(receipt_code, row["status"], error, iso(row["at"]) or "")
+
+    async def account_snapshots(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
+        async with converted_errors():
+            rows = await self._pool.fetch(
+                "SELECT id, currency, status, balance, overdraft_limit, contact FROM accounts "
+                "WHERE id = ANY($1::text[])", account_ids)
+        return {r["id"]: snapshot(r) for r in rows}
+
+    async def get_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
+        """AccountReader straight from the database (the cache wraps this)."""
+        return await self.account_snapshots(account_ids)
+
+
+def transaction_of(row: asyncpg.Record) -> Transaction:
+    legs = tuple(Leg(*leg) for leg in _legs.decode(row["payload"]))
+    return Transaction(row["type"], row["currency"], legs, row["description"],
+                       _meta.decode(row["metadata"]))

@@ -1,0 +1,37 @@
+"""asyncpg pools and the conversion of driver errors into core's typed errors."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from core.errors import TransientConflict, Unavailable
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size,
+        # The hot statements are few and reused: keep them prepared per connection.
+        statement_cache_size=256, command_timeout=60,
+    )
+
+
+@contextlib.asynccontextmanager
+async def converted_errors() -> AsyncIterator[None]:
+    """Convert lower-layer errors once, at the adapter boundary."""
+    try:
+        yield
+    except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+        raise TransientConflict(str(exc)) from exc
+    except (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
+            asyncpg.InterfaceError) as exc:
+        raise Unavailable(f"database unreachable: {exc}", retry_after_s=1) from exc
+
+
+def iso(ts: dt.datetime | None) -> str | None:
+    if ts is None:
+        return None
+    return ts.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

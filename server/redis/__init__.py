@@ -1,0 +1,1 @@
+"""Redis adapters: status store, idempotency fast path, account cache, rate limits."""

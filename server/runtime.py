@@ -1,0 +1,140 @@
+"""The composition root: builds one worker process's pipeline from settings and tears it
+down in the seed's order. Nothing else constructs adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from core.accept import TransactionService
+from core.batcher import Batcher
+from core.effects import PostCommit
+from core.pool import ProcessorPool
+from core.ports import ReceiptSource
+from core.queries import StatusQuery
+from core.recovery import RecoverySweeper
+from core.tracker import StatusTracker
+from server.auth import ApiKeys
+from server.metrics import PrometheusObserver
+from server.postgres.accounts import PgAccountStore
+from server.postgres.journals import PgJournalStore
+from server.postgres.pool import create_pool
+from server.receipts_local import LocalReceiptSource
+from server.redis.client import create_client
+from server.redis.idempotency import RedisIdempotencyCache
+from server.redis.status import RedisStatusStore
+from server.settings import Settings, parse_api_keys
+
+log = logging.getLogger("kassa.runtime")
+
+
+def node_id_of(settings: Settings) -> int:
+    if settings.node_id >= 0:
+        return settings.node_id
+    return zlib.crc32(socket.gethostname().encode()) & 0x3FF
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    keys: ApiKeys
+    db: asyncpg.Pool
+    redis: aioredis.Redis | None
+    accounts: PgAccountStore
+    journals: PgJournalStore
+    service: TransactionService
+    status: StatusQuery
+    pool: ProcessorPool
+    tracker: StatusTracker
+    journal_batcher: Batcher  # type: ignore[type-arg]
+    receipts: ReceiptSource
+    owner: str
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    stopping: bool = False
+
+    async def limit(self, request: object, api_key: str | None = None) -> None:
+        """Per-key rate limit (wired in by the rate limiter when KASSA_RATE_LIMIT is set)."""
+
+    async def invalidate_accounts(self, account_ids: list[str]) -> None:
+        """Drop cached views of these accounts (wired in by the account cache)."""
+
+    def dependency_states(self) -> dict[str, str]:
+        """Circuit breaker states of remote dependencies, for /readyz."""
+        return {}
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight work, flush batches, close pools (seed order)."""
+        self.stopping = True
+        s = self.settings
+        await self.pool.close(s.shutdown_timeout_s)
+        await self.journal_batcher.close()
+        for task in self.background:
+            task.cancel()
+        for task in self.background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await self.journals.release_leases(self.owner)
+        closer = getattr(self.receipts, "close", None)
+        if closer is not None:
+            await closer()
+        await self.tracker.flush()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.db.close()
+
+
+async def build_runtime(settings: Settings) -> Runtime:
+    assert settings.database_url, "kassa serve sets KASSA_DATABASE_URL for its workers"
+    owner = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+    observer = PrometheusObserver()
+    db = await create_pool(settings.database_url, min_size=settings.db_pool_min,
+                           max_size=settings.db_pool_max)
+    redis = create_client(settings.redis_url) if settings.redis_url else None
+    journals = PgJournalStore(db, lease_s=settings.lease_s)
+    status_store = RedisStatusStore(redis) if redis is not None else None
+    tracker = StatusTracker(status_store, flush_interval_ms=settings.status_update_interval_ms,
+                            redis_ttl_s=settings.status_ttl_s,
+                            memory_ttl_s=settings.status_memory_ttl_s)
+    receipts: ReceiptSource = LocalReceiptSource(node_id_of(settings))
+    single = settings.executor == "single"
+    pool = ProcessorPool(
+        journals, PostCommit(tracker=tracker, receipts=receipts, observer=observer),
+        queue_size_max=settings.processor_queue_size,
+        writers=max(settings.executor_writers, 8) if single else settings.executor_writers,
+        batch_max=1 if single else settings.executor_batch_max,
+        workers=settings.processor_workers, attempts_max=settings.execute_attempts_max,
+        observer=observer,
+    )
+    journal_batcher: Batcher = Batcher(  # type: ignore[type-arg]
+        "accept", journals.insert_pending, batch_size_max=settings.accept_batch_max,
+        flush_interval_ms=settings.accept_flush_interval_ms,
+        in_flight_max=settings.accept_in_flight_max,
+        pending_max=settings.processor_queue_size, on_flush=observer.accept_flushed)
+    service = TransactionService(
+        journals=journal_batcher, receipts=receipts, accounts=journals, pool=pool,
+        tracker=tracker,
+        idempotency=RedisIdempotencyCache(redis, ttl_s=settings.idempotency_ttl_s) if redis else None,
+        owner=owner, wait_timeout_s=settings.transaction_timeout_s, observer=observer)
+    runtime = Runtime(
+        settings=settings, keys=ApiKeys(parse_api_keys(settings.api_keys or "")), db=db,
+        redis=redis, accounts=PgAccountStore(db), journals=journals, service=service,
+        status=StatusQuery(tracker, status_store, receipts, journals), pool=pool,
+        tracker=tracker, journal_batcher=journal_batcher, receipts=receipts, owner=owner)
+    journal_batcher.start()
+    pool.start()
+    sweeper = RecoverySweeper(journals, pool, owner=owner, lease_s=settings.lease_s,
+                              interval_s=settings.sweep_interval_s)
+    runtime.background += [asyncio.create_task(tracker.run(), name="tracker"),
+                           asyncio.create_task(sweeper.run(), name="sweeper"),
+                           asyncio.create_task(observer.run_gauges(runtime), name="gauges")]
+    return runtime

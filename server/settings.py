@@ -1,0 +1,147 @@
+"""Every setting and limit in one place, read from KASSA_* environment variables.
+
+An invalid value raises ConfigError naming the variable; the CLI prints that one
+line and exits. Units are last in names (`_ms`, `_s`, `_max`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    redis_url: str | None = None
+    kafka_bootstrap_servers: str | None = None
+    kafka_topic: str = "kassa.transactions"
+    receipt_service_addr: str | None = None
+    notification_service_addr: str | None = None
+    api_keys: str | None = None
+    log_level: str = "info"
+    rate_limit: str | None = None
+    executor: str = "batch"
+    node_id: int = -1  # -1: derived from the host name
+    # HTTP
+    body_size_max: int = 1_048_576
+    # Durable accept (group commit of pending journals)
+    accept_batch_max: int = 256
+    accept_flush_interval_ms: float = 1.0
+    accept_in_flight_max: int = 2
+    # Processor pool and batch executor
+    processor_queue_size: int = 10_000
+    processor_workers: int = 50
+    executor_writers: int = 2
+    executor_batch_max: int = 500
+    transaction_timeout_s: float = 30.0
+    execute_attempts_max: int = 5
+    # Recovery
+    lease_s: float = 30.0
+    sweep_interval_s: float = 2.0
+    # Status tracker
+    status_update_interval_ms: float = 1000.0
+    status_ttl_s: int = 86_400
+    status_memory_ttl_s: int = 600
+    idempotency_ttl_s: int = 86_400
+    # Receipt and notification batchers
+    receipt_batch_size: int = 50
+    receipt_flush_interval_ms: float = 50.0
+    receipt_timeout_ms: float = 2000.0
+    notification_batch_size: int = 100
+    notification_flush_interval_ms: float = 50.0
+    breaker_failures_max: int = 5
+    breaker_reset_s: float = 5.0
+    # Account cache
+    account_cache_size: int = 10_000
+    account_cache_ttl_ms: float = 1000.0
+    # Database pool per process
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    # Outbox relay
+    relay_batch_max: int = 500
+    outbox_retention_s: int = 3600
+    # Shutdown
+    shutdown_timeout_s: float = 30.0
+
+    @property
+    def rate_limit_per_s(self) -> tuple[int, float] | None:
+        """(burst, refill per second) from `<requests>/<seconds>`."""
+        if not self.rate_limit:
+            return None
+        requests, seconds = self.rate_limit.split("/")
+        return int(requests), int(requests) / float(seconds)
+
+
+_CHOICES = {
+    "executor": ("batch", "single"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+_POSITIVE_EXCEPT = {"node_id"}
+
+
+def _convert(name: str, kind: type, raw: str) -> object:
+    var = f"KASSA_{name.upper()}"
+    try:
+        value: object = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+    if isinstance(value, int | float) and name not in _POSITIVE_EXCEPT and value <= 0:
+        raise ConfigError(f"{var}={raw!r} must be positive")
+    return value
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for field in fields(Settings):
+        raw = env.get(f"KASSA_{field.name.upper()}")
+        if raw is None or raw == "":
+            continue
+        kind = {"int": int, "float": float}.get(str(field.type).split(" ")[0], str)
+        values[field.name] = _convert(field.name, kind, raw.strip())
+    settings = Settings(**values)  # type: ignore[arg-type]
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    for name, allowed in _CHOICES.items():
+        if getattr(s, name) not in allowed:
+            raise ConfigError(f"KASSA_{name.upper()}={getattr(s, name)!r}: use one of {allowed}")
+    if s.rate_limit is not None and not re.fullmatch(r"[1-9]\d*/[1-9]\d*", s.rate_limit):
+        raise ConfigError(f"KASSA_RATE_LIMIT={s.rate_limit!r}: use <requests>/<seconds>, e.g. 1000/1")
+    if s.api_keys is not None:
+        parse_api_keys(s.api_keys)
+    for name in ("database_url", "redis_url"):
+        url = getattr(s, name)
+        if url is not None and "://" not in url:
+            raise ConfigError(f"KASSA_{name.upper()}={url!r} is not a URL")
+    if s.accept_batch_max > s.processor_queue_size:
+        raise ConfigError("KASSA_ACCEPT_BATCH_MAX must not exceed KASSA_PROCESSOR_QUEUE_SIZE")
+
+
+SCOPES = ("admin", "write", "read")
+
+
+def parse_api_keys(raw: str) -> dict[str, str]:
+    """`key:scope,key:scope` to {key: scope}."""
+    keys: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, sep, scope = item.rpartition(":")
+        if not sep or not key or scope not in SCOPES:
+            raise ConfigError(f"KASSA_API_KEYS: {item!r} is not key:scope with scope in {SCOPES}")
+        keys[key] = scope
+    if not keys:
+        raise ConfigError("KASSA_API_KEYS is empty")
+    return keys
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("KASSA_DATA_DIR", ".kassa")).resolve()
