@@ -16,13 +16,15 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.grpc.clients import CHANNEL_OPTIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 async def wait_serving(address: str, timeout_s: float = 15.0) -> None:
     """Until the standard health service at `address` answers SERVING."""
     deadline = time.monotonic() + timeout_s
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             with contextlib.suppress(grpc.aio.AioRpcError):

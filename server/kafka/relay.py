@@ -237,20 +237,34 @@ class OutboxRelay:
 
 
 async def _stop_quietly(producer: AIOKafkaProducer, *, abandon: bool) -> None:
-    """Stop a producer; `abandon` first fails whatever it still holds.
-
-    An idempotent aiokafka producer never expires a batch (it retries until acked), so
-    `stop()` on a producer cut off from its broker would wait forever for the flush.
-    Rows in an abandoned batch were rolled back and go out again on a fresh producer.
-    """
-    if abandon:
-        # Private, but the only way to make aiokafka give up on its retries.
-        producer._message_accumulator.fail_all(KafkaConnectionError("abandoned by the outbox relay"))
+    """Stop a producer; `abandon` first drops whatever it still holds."""
     try:
+        if abandon:
+            await _abandon_pending(producer)
         async with asyncio.timeout(PRODUCER_STOP_TIMEOUT_S):
             await producer.stop()
     except (KafkaError, OSError, TimeoutError) as exc:
         log.warning("[KAFKA ERROR] producer stop: %r", exc)
+
+
+async def _abandon_pending(producer: AIOKafkaProducer) -> None:
+    """Make `stop()` return although batches are unacked.
+
+    An idempotent aiokafka producer never expires a batch (it retries until acked),
+    so `stop()` on a producer cut off from its broker would wait forever for the
+    flush. This does what aiokafka does when its sender task dies: stop the sender,
+    then fail every pending batch. Private API, hence the guards. The rows of those
+    batches were rolled back and go out again on a fresh producer.
+    """
+    sender = getattr(producer, "_sender", None)
+    accumulator = getattr(producer, "_message_accumulator", None)
+    task = getattr(sender, "sender_task", None)
+    if task is None or accumulator is None:
+        return
+    if not task.done():
+        task.cancel()
+        await asyncio.wait([task])  # its in-flight requests end within request_timeout_ms
+    accumulator.fail_all(KafkaConnectionError("abandoned by the outbox relay"))
 
 
 async def ensure_topic(bootstrap_servers: str, topic: str) -> None:

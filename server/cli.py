@@ -1,0 +1,132 @@
+"""The `kassa` command line (API.md, Command line)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from server.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("kassa.cli")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="kassa", description="Kassa transaction server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_p = sub.add_parser("serve", help="run the HTTP server under gunicorn")
+    serve_p.add_argument("--host", default="127.0.0.1")
+    serve_p.add_argument("--port", type=int, default=8000)
+    serve_p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    serve_p.add_argument("--data-dir", default=os.environ.get("KASSA_DATA_DIR", ".kassa"))
+    sub.add_parser("migrate", help="apply database migrations and exit")
+    for name in ("receipt-service", "notification-service"):
+        p = sub.add_parser(name, help=f"run the {name} gRPC server on its own")
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=50051 if name == "receipt-service" else 50052)
+    sub.add_parser("relay", help="run the outbox relay (database to Kafka) on its own")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"kassa: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    from server.logs import configure
+
+    configure(settings.log_level)
+    COMMANDS[args.command](args, settings)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
+    from server.postgres.migrate import apply_migrations
+
+    if not settings.database_url:
+        print("kassa: configuration error: KASSA_DATABASE_URL is required for migrate",
+              file=sys.stderr)
+        sys.exit(2)
+    applied = asyncio.run(apply_migrations(settings.database_url))
+    print(f"applied {len(applied)} migrations: {', '.join(applied) or 'none needed'}")
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    from server.embedded import EmbeddedStack
+    from server.gunicorn_app import KassaApplication, gunicorn_options
+    from server.postgres.migrate import apply_migrations
+
+    # Until gunicorn installs its own handlers, SIGTERM must still stop the children.
+    signal.signal(signal.SIGTERM, _raise_exit)
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack = EmbeddedStack(data_dir)
+    try:
+        env = start_dependencies(stack, settings, data_dir)
+        os.environ.update(env)
+        asyncio.run(apply_migrations(os.environ["KASSA_DATABASE_URL"]))
+        prepare_metrics_dir(data_dir)
+        options = gunicorn_options(args.host, args.port, args.workers, settings.log_level)
+        log.info("kassa serving on http://%s:%d with %d workers", args.host, args.port, args.workers)
+        KassaApplication(options).run()
+    finally:
+        stack.stop()
+
+
+def start_dependencies(stack: object, settings: Settings, data_dir: Path) -> dict[str, str]:
+    """Start what is not configured; returns the KASSA_* variables the workers need."""
+    from server.embedded import EmbeddedStack
+
+    assert isinstance(stack, EmbeddedStack)
+    env: dict[str, str] = {}
+    if not settings.database_url:
+        env["KASSA_DATABASE_URL"] = stack.start_postgres()
+    if not settings.redis_url:
+        env["KASSA_REDIS_URL"] = stack.start_redis()
+    if not settings.api_keys:
+        env["KASSA_API_KEYS"] = f"{admin_key(data_dir)}:admin"
+    return env
+
+
+def admin_key(data_dir: Path) -> str:
+    """The generated admin key: made and printed once, then read from the data dir."""
+    path = data_dir / "admin_api_key"
+    if path.exists():
+        return path.read_text().strip()
+    key = f"kassa_{secrets.token_urlsafe(24)}"
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    print(f"Generated admin API key (stored in {path}; shown once): {key}", flush=True)
+    return key
+
+
+def prepare_metrics_dir(data_dir: Path) -> None:
+    """prometheus_client multiprocess mode: one fresh directory per server run."""
+    metrics_dir = data_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+
+def cmd_not_ready(args: argparse.Namespace, settings: Settings) -> None:
+    print(f"kassa: {args.command} is not available in this build", file=sys.stderr)
+    sys.exit(2)
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "migrate": cmd_migrate,
+    "receipt-service": cmd_not_ready,
+    "notification-service": cmd_not_ready,
+    "relay": cmd_not_ready,
+}
+
+if __name__ == "__main__":
+    main()
