@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from core.errors import Overloaded
+from core.errors import Overloaded, Unavailable
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -80,8 +80,10 @@ class Batcher(Generic[T, R]):
         """Flush everything still pending, wait for flushes in flight, stop."""
         self._closing = True
         self._wakeup.set()
-        if self._runner is not None:
-            await self._runner
+        if self._runner is None:
+            self.start()  # never started: still flush what was submitted
+        assert self._runner is not None
+        await self._runner
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
 
@@ -131,10 +133,13 @@ class Batcher(Generic[T, R]):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
-        except Exception as exc:  # noqa: BLE001 - every waiting caller gets the failure
+        except BaseException as exc:  # every waiting caller gets the failure, even on cancel
             for _, future, _ in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(exc if isinstance(exc, Exception) else
+                                         Unavailable(f"{self.name} flush cancelled"))
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._slots.release()
             if self._on_flush is not None:

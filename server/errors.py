@@ -38,7 +38,7 @@ def error_response(code: str, message: str, *, retry_after_s: int | None = None,
 
     status = HTTP_STATUS.get(code, 500)
     headers = {}
-    if status in (429, 503):
+    if status in (429, 503) or retry_after_s is not None:
         headers["Retry-After"] = str(retry_after_s or 1)
     return Response(encoder.encode(error_dict(code, message, **extra)), status,
                     headers=headers, media_type="application/json")

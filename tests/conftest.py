@@ -33,16 +33,21 @@ async def _make_template(server: PostgresServer) -> None:
     await apply_migrations(server.dsn("kassa_template"))
 
 
-@pytest.fixture
-async def pg_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
-    """DSN of a fresh, migrated, empty database for this test."""
+async def new_database(pg_server: PostgresServer) -> str:
+    """DSN of a fresh, migrated, empty database."""
     name = f"kassa_test_{next(_db_numbers)}"
     conn = await asyncpg.connect(pg_server.dsn())
     try:
         await conn.execute(f"CREATE DATABASE {name} TEMPLATE kassa_template")
     finally:
         await conn.close()
-    yield pg_server.dsn(name)
+    return pg_server.dsn(name)
+
+
+@pytest.fixture
+async def pg_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
+    """DSN of a fresh, migrated, empty database for this test."""
+    yield await new_database(pg_server)
 
 
 @pytest.fixture(scope="session")

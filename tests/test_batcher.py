@@ -20,9 +20,11 @@ class RecordingSink:
         self.in_flight = 0
         self.in_flight_seen = 0
         self.gate: asyncio.Event | None = None
+        self.called = asyncio.Event()
 
     async def __call__(self, items: list[int]) -> list[int | BaseException]:
         self.batches.append(list(items))
+        self.called.set()
         self.times.append(time.monotonic())
         self.in_flight += 1
         self.in_flight_seen = max(self.in_flight_seen, self.in_flight)
@@ -80,8 +82,7 @@ async def test_one_call_in_flight_and_items_accumulate_meanwhile() -> None:
     sink.gate = asyncio.Event()
     batcher = make(sink, batch_size_max=50, flush_interval_ms=5)
     first = batcher.submit(0)
-    while not sink.batches:
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(sink.called.wait(), 1)
     later = [batcher.submit(i) for i in range(1, 8)]
     await asyncio.sleep(0.05)  # many intervals: still only the first call
     assert sink.batches == [[0]] and len(batcher) == 7
@@ -97,8 +98,7 @@ async def test_refuses_past_pending_max() -> None:
     sink.gate = asyncio.Event()
     batcher = make(sink, batch_size_max=2, flush_interval_ms=1, pending_max=2)
     first = [batcher.submit(i) for i in range(2)]  # flushed, the call blocks
-    while not sink.batches:
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(sink.called.wait(), 1)
     waiting = [batcher.submit(i) for i in range(2, 4)]
     with pytest.raises(Overloaded):
         batcher.submit(4)
@@ -128,10 +128,8 @@ async def test_sink_failure_and_timeout_fail_every_item_of_the_batch() -> None:
     await batcher.close()
 
 
-# Bugs found in core/batcher.py (reported; the file belongs to the lead). Strict xfail:
-# these start failing the suite once the bug is fixed, so the marker gets removed.
+# Regression tests for two bugs found in core/batcher.py (fixed).
 
-@pytest.mark.xfail(strict=True, reason="close() before start() leaves pending futures unresolved")
 async def test_close_without_start_resolves_pending_items() -> None:
     batcher: Batcher[int, int] = Batcher(
         "test", RecordingSink(), batch_size_max=3, flush_interval_ms=10
@@ -141,8 +139,6 @@ async def test_close_without_start_resolves_pending_items() -> None:
     assert future.done()
 
 
-@pytest.mark.xfail(strict=True, reason="_flush catches Exception only: a CancelledError "
-                   "(sink raising it, or the flush task cancelled) leaves callers waiting forever")
 async def test_sink_raising_cancelled_error_fails_its_callers() -> None:
     async def sink(items: list[int]) -> list[int]:
         raise asyncio.CancelledError

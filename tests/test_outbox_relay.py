@@ -56,8 +56,11 @@ async def consume(bootstrap: str, count: int, *, group: str = "test-consumer",
                   timeout_s: float = 20.0, linger_s: float = 0.3) -> list[tuple[str, bytes]]:
     """Read (key, value) pairs as a consumer group until `count` arrived, then `linger_s` more
     to catch extras; commits the offsets it read."""
+    # Tansu answers the first JoinGroup only after about half the session timeout.
     consumer = AIOKafkaConsumer(TOPIC, bootstrap_servers=bootstrap, group_id=group,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                session_timeout_ms=1_500, heartbeat_interval_ms=300,
+                                rebalance_timeout_ms=1_000)
     await consumer.start()
     got: list[tuple[str, bytes]] = []
     try:

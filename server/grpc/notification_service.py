@@ -34,7 +34,7 @@ POOL_SIZE_MAX = 4
 
 INSERT_DEAD_LETTERS = """
 INSERT INTO notification_dead_letters (receipt_code, channel, recipient, payload, attempts, last_error)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[])
+SELECT receipt_code, channel, recipient, payload::jsonb, attempts, last_error FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[])
     AS u(receipt_code, channel, recipient, payload, attempts, last_error)
 """
 

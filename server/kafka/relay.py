@@ -264,6 +264,10 @@ async def _abandon_pending(producer: AIOKafkaProducer) -> None:
     if not task.done():
         task.cancel()
         await asyncio.wait([task])  # its in-flight requests end within request_timeout_ms
+    # A batch that was sent, failed and queued again keeps the done-callback that removes
+    # it from the pending set; put it back there or that callback raises KeyError.
+    for batches in accumulator._batches.values():
+        accumulator._pending_batches.update(b for b in batches if b.retry_count > 0)
     accumulator.fail_all(KafkaConnectionError("abandoned by the outbox relay"))
 
 

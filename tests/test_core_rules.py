@@ -1,0 +1,112 @@
+"""Pure rules: request validation, the batch decision, the status machine, the tracker."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import InvalidRequest
+from core.ledger import decide_batch, prevalidate
+from core.models import AccountSnapshot as Account
+from core.status import COMPLETED, EXECUTING, FAILED, PROCESSING, can_move
+from core.tracker import StatusTracker
+from core.validation import normalize_transaction as tx
+
+
+def accounts(**balances: tuple[int, int | None]) -> dict[str, Account]:
+    made = {k: Account(k, "USD", "active", b, limit) for k, (b, limit) in balances.items()}
+    made["@world:USD"] = Account("@world:USD", "USD", "active", 0, None)
+    return made
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"type": "transfer", "currency": "USD", "amount": 0, "source": "a", "destination": "b"},
+    {"type": "transfer", "currency": "USD", "amount": -5, "source": "a", "destination": "b"},
+    {"type": "transfer", "currency": "USD", "amount": 2**53, "source": "a", "destination": "b"},
+    {"type": "transfer", "currency": "usd", "amount": 1, "source": "a", "destination": "b"},
+    {"type": "transfer", "currency": "US", "amount": 1, "source": "a", "destination": "b"},
+    {"type": "transfer", "currency": "USD", "amount": 1, "source": "a", "destination": "a"},
+    {"type": "transfer", "currency": "USD", "amount": 1, "source": "a"},
+    {"type": "deposit", "currency": "USD", "amount": 1, "source": "a", "destination": "b"},
+    {"type": "withdrawal", "currency": "USD", "amount": 1, "destination": "b"},
+    {"type": "refund", "currency": "USD", "amount": 1, "source": "a", "destination": "b"},
+    {"type": "transfer", "currency": "USD", "legs": []},
+    {"type": "transfer", "currency": "USD", "legs": [("a", "b", 1)] * 65},
+    {"type": "transfer", "currency": "USD", "amount": 1, "legs": [("a", "b", 1)]},
+    {"type": "transfer", "currency": "USD", "amount": 1, "source": "a b", "destination": "b"},
+    {"type": "transfer", "currency": "USD", "amount": 1, "source": "@world:EUR", "destination": "b"},
+])
+def test_invalid_requests_are_refused(kwargs: dict) -> None:
+    with pytest.raises(InvalidRequest):
+        tx(**kwargs)
+
+
+def test_every_form_becomes_legs() -> None:
+    assert tx("deposit", "USD", amount=5, destination="a").legs == (("@world:USD", "a", 5),)
+    assert tx("withdrawal", "USD", amount=5, source="a").legs == (("a", "@world:USD", 5),)
+    multi = tx("transfer", "USD", legs=[("a", "b", 1), ("b", "c", 2)])
+    assert multi.amount == 3 and multi.account_ids == ["a", "b", "c"]
+
+
+def test_decision_fails_one_task_only_and_respects_overdraft() -> None:
+    accts = accounts(a=(100, 0), b=(0, 50))
+    tasks = [(1, "R1", tx("transfer", "USD", amount=60, source="a", destination="b")),
+             (2, "R2", tx("transfer", "USD", amount=60, source="a", destination="b")),
+             (3, "R3", tx("withdrawal", "USD", amount=110, source="b")),
+             (4, "R4", tx("withdrawal", "USD", amount=1, source="b"))]
+    decision = decide_batch(tasks, accts, "now")
+    assert [o.status for o in decision.outcomes] == [COMPLETED, FAILED, COMPLETED, FAILED]
+    assert decision.outcomes[1].error.code == "insufficient_funds"
+    assert decision.balances == {"a": 40, "b": -50, "@world:USD": 110}
+    assert len(decision.ledger_columns[0]) == 4 and len(decision.events) == 4
+
+
+def test_multi_leg_posts_all_legs_or_none() -> None:
+    accts = accounts(a=(10, 0), b=(0, 0), c=(0, 0))
+    first = tx("transfer", "USD", legs=[("a", "b", 10), ("b", "c", 10)])
+    second = tx("transfer", "USD", legs=[("c", "a", 5), ("a", "b", 5)])
+    third = tx("transfer", "USD", legs=[("c", "a", 1), ("b", "c", 6)])  # b would end at -1
+    decision = decide_batch([(1, "R1", first), (2, "R2", second), (3, "R3", third)], accts, "now")
+    assert [o.status for o in decision.outcomes] == [COMPLETED, COMPLETED, FAILED]
+    assert decision.balances == {"a": 0, "b": 5, "c": 5}
+    assert [len(o.entries) for o in decision.outcomes] == [4, 4, 0]
+
+
+def test_static_rules() -> None:
+    accts = accounts(a=(10, 0))
+    accts["e"] = Account("e", "EUR", "active", 0, 0)
+    accts["l"] = Account("l", "USD", "locked", 0, 0)
+    codes = [decide_batch([(1, "R", t)], accts, "now").outcomes[0].error.code for t in (
+        tx("transfer", "USD", amount=1, source="a", destination="zz"),
+        tx("transfer", "USD", amount=1, source="a", destination="e"),
+        tx("transfer", "USD", amount=1, source="a", destination="l"))]
+    assert codes == ["account_not_found", "currency_mismatch", "account_inactive"]
+    assert prevalidate(tx("transfer", "USD", amount=11, source="a", destination="@world:USD"),
+                       accts).code == "insufficient_funds"
+
+
+def test_overflow_is_refused_not_wrapped() -> None:
+    accts = accounts(a=(2**63 - 10, 0), b=(0, 0))
+    decision = decide_batch([(1, "R", tx("deposit", "USD", amount=100, destination="a"))], accts, "now")
+    assert decision.outcomes[0].error.code == "amount_overflow"
+
+
+def test_status_machine_moves_forward_only() -> None:
+    assert can_move(None, PROCESSING) and can_move(PROCESSING, EXECUTING)
+    assert can_move(EXECUTING, COMPLETED) and can_move(PROCESSING, FAILED)
+    assert not can_move(COMPLETED, PROCESSING) and not can_move(EXECUTING, PROCESSING)
+    assert not can_move(FAILED, COMPLETED) and not can_move(COMPLETED, FAILED)
+
+
+def test_tracker_keeps_statuses_forward_and_expires_memory() -> None:
+    now = [0.0]
+    tracker = StatusTracker(None, flush_interval_ms=1000, redis_ttl_s=60, memory_ttl_s=600,
+                            clock=lambda: now[0])
+    assert tracker.set("R", PROCESSING, None, "t0")
+    assert tracker.set("R", COMPLETED, None, "t1")
+    assert not tracker.set("R", PROCESSING, None, "t2")
+    assert tracker.get("R").status == COMPLETED
+    tracker.set("P", PROCESSING, None, "t0")
+    now[0] = 5.0
+    assert tracker.get("P") is None, "a stale non-final status falls through to the chain"
+    now[0] = 700.0
+    assert tracker.cleanup() == 2 and len(tracker) == 0
