@@ -28,9 +28,9 @@ def notifications_for(outcome: Outcome, accounts: list[AccountSnapshot]) -> list
     for account in accounts:
         contact = account.contact or {}
         amount = sum(e.amount for e in outcome.entries if e.account == account.id)
-        body = (f"{subject}: account {account.id}, amount {amount} {account.currency}"
+        body = (f"Account {account.id}: {amount} {account.currency} moved."
                 if outcome.status == COMPLETED else
-                f"{subject}: {outcome.error.message if outcome.error else ''}")
+                f"Account {account.id}: nothing moved ({outcome.error.code if outcome.error else ''}).")
         for field_name, channel in CHANNELS:
             if contact.get(field_name):
                 notes.append(Notification(outcome.receipt_code, channel, contact[field_name],

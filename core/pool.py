@@ -115,11 +115,11 @@ class ProcessorPool:
         recovery sweeper of a live process (or of the next start) executes it.
         """
         self._closing = True
-        deadline = time.monotonic() + timeout_s
-        while (self._queue.qsize() or self._busy_tasks or self._effect_queue.qsize()) and \
-                time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        if self._queue.qsize():
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._queue.join()
+                await self._effect_queue.join()
+        except TimeoutError:
             log.warning("shutdown: %d queued tasks left to recovery", self._queue.qsize())
         for task in self._tasks:
             task.cancel()
@@ -143,6 +143,8 @@ class ProcessorPool:
                 self._busy_tasks -= len(batch)
                 self._busy -= 1
                 self._report()
+                for _ in batch:
+                    self._queue.task_done()
 
     async def _run_batch(self, number: int, batch: list[Task]) -> None:
         started = time.monotonic()
@@ -183,6 +185,8 @@ class ProcessorPool:
                 await self._effects(executed)
             except Exception:  # noqa: BLE001 - effects are best effort; the commit stands
                 log.exception("post-commit effects failed")
+            finally:
+                self._effect_queue.task_done()
 
     def _report(self) -> None:
         self._observer.queue_changed(self._queue.qsize(), self._capacity, self._busy, self._writers_n)

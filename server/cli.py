@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
 def start_dependencies(stack: object, settings: Settings, data_dir: Path) -> dict[str, str]:
     """Start what is not configured; returns the KASSA_* variables the workers need."""
-    from server.embedded import EmbeddedStack
+    from server.embedded import EmbeddedStack, free_port
 
     assert isinstance(stack, EmbeddedStack)
     env: dict[str, str] = {}
@@ -92,6 +92,18 @@ def start_dependencies(stack: object, settings: Settings, data_dir: Path) -> dic
         env["KASSA_REDIS_URL"] = stack.start_redis()
     if not settings.api_keys:
         env["KASSA_API_KEYS"] = f"{admin_key(data_dir)}:admin"
+    database_url = settings.database_url or env["KASSA_DATABASE_URL"]
+    child_env = {**os.environ, **env}
+    if not settings.receipt_service_addr:
+        port = free_port()
+        stack.spawn_python("receipt-service", ["receipt-service", "--port", str(port)], port, child_env)
+        env["KASSA_RECEIPT_SERVICE_ADDR"] = f"127.0.0.1:{port}"
+    if not settings.notification_service_addr:
+        port = free_port()
+        stack.spawn_python("notification-service", ["notification-service", "--port", str(port)],
+                           port, child_env)
+        env["KASSA_NOTIFICATION_SERVICE_ADDR"] = f"127.0.0.1:{port}"
+    assert database_url
     return env
 
 
@@ -115,6 +127,32 @@ def prepare_metrics_dir(data_dir: Path) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
 
+def _require_database(settings: Settings) -> str:
+    if not settings.database_url:
+        print("kassa: configuration error: KASSA_DATABASE_URL is required", file=sys.stderr)
+        sys.exit(2)
+    return settings.database_url
+
+
+def cmd_receipt_service(args: argparse.Namespace, settings: Settings) -> None:
+    from server.grpc.receipt_service import run_receipt_service
+    from server.runtime import node_id_of
+
+    run_receipt_service(args.port, _require_database(settings), node_id_of(settings), args.host)
+
+
+def cmd_notification_service(args: argparse.Namespace, settings: Settings) -> None:
+    from server.grpc.notification_delivery import NotificationConfig
+    from server.grpc.notification_service import run_notification_service
+
+    try:
+        config = NotificationConfig.from_env()
+    except ValueError as exc:
+        print(f"kassa: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    run_notification_service(args.port, _require_database(settings), config, args.host)
+
+
 def cmd_not_ready(args: argparse.Namespace, settings: Settings) -> None:
     print(f"kassa: {args.command} is not available in this build", file=sys.stderr)
     sys.exit(2)
@@ -123,8 +161,8 @@ def cmd_not_ready(args: argparse.Namespace, settings: Settings) -> None:
 COMMANDS = {
     "serve": cmd_serve,
     "migrate": cmd_migrate,
-    "receipt-service": cmd_not_ready,
-    "notification-service": cmd_not_ready,
+    "receipt-service": cmd_receipt_service,
+    "notification-service": cmd_notification_service,
     "relay": cmd_not_ready,
 }
 

@@ -80,7 +80,7 @@ class EmbeddedStack:
         self.spawn(name, [sys.executable, "-m", "server.cli", *args], port, env)
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        for name, process in reversed(self.children):
+        for _, process in reversed(self.children):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for name, process in reversed(self.children):

@@ -24,6 +24,7 @@ from core.queries import StatusQuery
 from core.recovery import RecoverySweeper
 from core.tracker import StatusTracker
 from server.auth import ApiKeys
+from server.grpc.clients import NotificationClient, ReceiptClient, breaker_states
 from server.metrics import PrometheusObserver
 from server.postgres.accounts import PgAccountStore
 from server.postgres.journals import PgJournalStore
@@ -58,6 +59,7 @@ class Runtime:
     journal_batcher: Batcher  # type: ignore[type-arg]
     receipts: ReceiptSource
     owner: str
+    notifier: NotificationClient | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     stopping: bool = False
 
@@ -69,7 +71,9 @@ class Runtime:
 
     def dependency_states(self) -> dict[str, str]:
         """Circuit breaker states of remote dependencies, for /readyz."""
-        return {}
+        clients = [c for c in (self.receipts, self.notifier)
+                   if isinstance(c, ReceiptClient | NotificationClient)]
+        return breaker_states(*clients)
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight work, flush batches, close pools (seed order)."""
@@ -84,13 +88,41 @@ class Runtime:
                 await task
         with contextlib.suppress(Exception):
             await self.journals.release_leases(self.owner)
-        closer = getattr(self.receipts, "close", None)
-        if closer is not None:
-            await closer()
+        if isinstance(self.receipts, ReceiptClient):
+            await self.receipts.close()
+        if self.notifier is not None:
+            await self.notifier.close()
         await self.tracker.flush()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()
+
+
+def receipt_source(settings: Settings) -> ReceiptSource:
+    """The receipt service over gRPC when configured, else codes made in this process."""
+    if not settings.receipt_service_addr:
+        return LocalReceiptSource(node_id_of(settings))
+    client = ReceiptClient(
+        settings.receipt_service_addr, batch_size_max=settings.receipt_batch_size,
+        flush_interval_ms=settings.receipt_flush_interval_ms,
+        timeout_ms=settings.receipt_timeout_ms, pending_max=settings.processor_queue_size,
+        breaker_failures_max=settings.breaker_failures_max,
+        breaker_reset_ms=settings.breaker_reset_s * 1000)
+    client.start()
+    return client
+
+
+def notification_client(settings: Settings) -> NotificationClient | None:
+    if not settings.notification_service_addr:
+        return None
+    client = NotificationClient(
+        settings.notification_service_addr, batch_size_max=settings.notification_batch_size,
+        flush_interval_ms=settings.notification_flush_interval_ms,
+        pending_max=settings.processor_queue_size,
+        breaker_failures_max=settings.breaker_failures_max,
+        breaker_reset_ms=settings.breaker_reset_s * 1000)
+    client.start()
+    return client
 
 
 async def build_runtime(settings: Settings) -> Runtime:
@@ -105,10 +137,12 @@ async def build_runtime(settings: Settings) -> Runtime:
     tracker = StatusTracker(status_store, flush_interval_ms=settings.status_update_interval_ms,
                             redis_ttl_s=settings.status_ttl_s,
                             memory_ttl_s=settings.status_memory_ttl_s)
-    receipts: ReceiptSource = LocalReceiptSource(node_id_of(settings))
+    receipts = receipt_source(settings)
+    notifier = notification_client(settings)
     single = settings.executor == "single"
     pool = ProcessorPool(
-        journals, PostCommit(tracker=tracker, receipts=receipts, observer=observer),
+        journals, PostCommit(tracker=tracker, receipts=receipts, notifier=notifier,
+                             observer=observer),
         queue_size_max=settings.processor_queue_size,
         writers=max(settings.executor_writers, 8) if single else settings.executor_writers,
         batch_max=1 if single else settings.executor_batch_max,
@@ -129,7 +163,8 @@ async def build_runtime(settings: Settings) -> Runtime:
         settings=settings, keys=ApiKeys(parse_api_keys(settings.api_keys or "")), db=db,
         redis=redis, accounts=PgAccountStore(db), journals=journals, service=service,
         status=StatusQuery(tracker, status_store, receipts, journals), pool=pool,
-        tracker=tracker, journal_batcher=journal_batcher, receipts=receipts, owner=owner)
+        tracker=tracker, journal_batcher=journal_batcher, receipts=receipts, owner=owner,
+        notifier=notifier)
     journal_batcher.start()
     pool.start()
     sweeper = RecoverySweeper(journals, pool, owner=owner, lease_s=settings.lease_s,

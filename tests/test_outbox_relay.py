@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import signal
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
@@ -237,3 +239,21 @@ async def test_crash_after_publish_before_commit_republishes(
         await survivor.close()
     got = await consume(kafka_broker.bootstrap, 170)
     assert got == events[:50] + events  # first batch twice: at least once, in order
+
+
+async def test_standalone_relay_publishes_and_stops_on_sigterm(
+        pool: asyncpg.Pool, pg_dsn: str, kafka_broker: KafkaBroker) -> None:
+    """`kassa relay`'s entry point, in its own process as it will run."""
+    events = await insert_events(pool, 200)
+    code = ("import asyncio, sys; from server.kafka.relay import run_standalone; "
+            "asyncio.run(run_standalone(*sys.argv[1:]))")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, pg_dsn, kafka_broker.bootstrap, TOPIC,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        await wait_all_published(pool)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0, stderr.decode()
+    assert await consume(kafka_broker.bootstrap, 200) == events
