@@ -26,6 +26,10 @@ CHECKS = {
     "a finished journal has no outbox event, or more than one":
         "SELECT j.id FROM journals j LEFT JOIN outbox o ON o.journal_id = j.id "
         "WHERE j.status IN ('completed', 'failed') GROUP BY j.id HAVING count(o.id) <> 1",
+    "a completed journal was applied other than exactly once (entries != 2 per leg)":
+        "SELECT j.id FROM journals j LEFT JOIN ledgers l ON l.journal_id = j.id "
+        "WHERE j.status = 'completed' GROUP BY j.id, j.payload "
+        "HAVING count(l.id) <> 2 * jsonb_array_length(j.payload)",
     "an unfinished journal has an outbox event":
         "SELECT j.id FROM journals j JOIN outbox o ON o.journal_id = j.id WHERE j.status = 'processing'",
 }

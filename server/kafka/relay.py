@@ -96,7 +96,6 @@ class OutboxRelay:
 
     async def start(self) -> None:
         assert self._task is None, "OutboxRelay.start() called twice"
-        compat.install()
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     def wake(self) -> None:
@@ -106,12 +105,16 @@ class OutboxRelay:
         """Finish the batch in flight, stop both loops, close the producer."""
         self._stopping.set()
         self._wakeup.set()
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=self._publish_timeout_s + 5)
+        task = self._task
+        if task is not None:
+            # A publish in flight ends within its timeout; the producer connect may
+            # take as long again.
+            done, _ = await asyncio.wait({task}, timeout=2 * self._publish_timeout_s + 5)
             if not done:
-                self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                task.cancel()
+                await asyncio.wait({task})
+            if not task.cancelled() and task.exception() is not None:
+                log.error("outbox relay stopped with an error", exc_info=task.exception())
         await self._drop_producer()
 
     async def _run(self) -> None:
@@ -177,12 +180,13 @@ class OutboxRelay:
             # A failed producer may hold dead connections or a producer id that a
             # restarted broker no longer knows: start over with a fresh one.
             await self._drop_producer(abandon=True)
-        await self._idle(delay)
+        # Only close() cuts a backoff short: wake() comes with every commit, and an
+        # outage must not turn those into a retry storm.
+        await _wait_event(self._stopping, delay)
 
     async def _idle(self, delay_s: float) -> None:
         """Sleep until `delay_s` passes, wake() is called, or close() starts."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), delay_s)
+        await _wait_event(self._wakeup, delay_s)
         self._wakeup.clear()
 
     # Producer lifecycle
@@ -190,14 +194,17 @@ class OutboxRelay:
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is not None:
             return self._producer
-        await ensure_topic(self._bootstrap, self._topic)
+        compat.install()  # idempotence needs InitProducerId v3 on Tansu
         producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True,
             request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS, max_batch_size=256 * 1024,
             linger_ms=0,
         )
         try:
-            await producer.start()
+            # start() retries InitProducerId until it gets an id: bound it like a publish.
+            async with asyncio.timeout(self._publish_timeout_s):
+                await ensure_topic(self._bootstrap, self._topic)
+                await producer.start()
         except BaseException:
             await _stop_quietly(producer, abandon=True)
             raise
@@ -218,8 +225,7 @@ class OutboxRelay:
                 await self.housekeeping()
             except Exception:  # noqa: BLE001 - logged; the next tick retries
                 log.exception("outbox housekeeping failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), HOUSEKEEPING_INTERVAL_S)
+            await _wait_event(self._stopping, HOUSEKEEPING_INTERVAL_S)
 
     async def housekeeping(self) -> int:
         """Update the oldest-unpublished gauge and prune old published rows; returns rows pruned."""
@@ -234,6 +240,12 @@ class OutboxRelay:
                 if deleted < PRUNE_BATCH_MAX:
                     break
         return pruned
+
+
+async def _wait_event(event: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
 
 
 async def _stop_quietly(producer: AIOKafkaProducer, *, abandon: bool) -> None:
