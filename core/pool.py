@@ -55,6 +55,8 @@ class ProcessorPool:
         self._reserved = 0
         self._busy = 0
         self._busy_tasks = 0
+        self._refused = 0
+        self._refusal_logged_at = 0.0
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -79,7 +81,12 @@ class ProcessorPool:
         if self._closing:
             raise Overloaded("shutting down", retry_after_s=1)
         if self._queue.qsize() + self._reserved + n > self._capacity:
-            log.critical("[CRITICAL] processor queue full (%d): refusing work", self._capacity)
+            self._refused += n
+            now = time.monotonic()
+            if now - self._refusal_logged_at >= 1.0:  # one line a second, not one per request
+                log.critical("[CRITICAL] processor queue full (%d): refused %d requests",
+                             self._capacity, self._refused)
+                self._refusal_logged_at, self._refused = now, 0
             raise Overloaded("the processor queue is full", retry_after_s=1)
         self._reserved += n
 

@@ -10,6 +10,7 @@ twin's behaviour, exceptions and partial updates included, by construction.
 
 import datetime as dt
 
+from cpython.exc cimport PyErr_Occurred
 from cpython.ref cimport PyObject
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint64_t
 from libc.string cimport memcpy
@@ -25,7 +26,8 @@ cdef extern from "Python.h":
     bint PyList_CheckExact(PyObject* o)
     Py_ssize_t PySequence_Fast_GET_SIZE(PyObject* o)
     PyObject* PySequence_Fast_GET_ITEM(PyObject* o, Py_ssize_t i)
-    PyObject* PyDict_GetItem(object d, PyObject* key)
+    # NULL with no error set for a missing key: exact str keys hash and compare safely.
+    PyObject* PyDict_GetItemWithError(object d, PyObject* key)
     int PyDict_SetItem(object d, PyObject* key, object value) except -1
     # Called on exact ints and strs only, where they cannot fail.
     long long PyLong_AsLongLongAndOverflow(PyObject* o, int* overflow)
@@ -181,6 +183,7 @@ cdef int _slot(Trial* t, dict balances, PyObject* account) except -2:
     """Index of `account` in the trial, adding it with its balance; -1 to delegate."""
     cdef Py_hash_t h
     cdef int i
+    cdef PyObject* found
     if not PyUnicode_CheckExact(account):
         return -1
     h = PyObject_Hash(account)
@@ -189,7 +192,10 @@ cdef int _slot(Trial* t, dict balances, PyObject* account) except -2:
                 t.hashes[i] == h and PyUnicode_Compare(t.key[i], account) == 0):
             return i
     i = t.n_slots
-    if not _int64(PyDict_GetItem(balances, account), &t.before[i]):
+    found = PyDict_GetItemWithError(balances, account)
+    if found == NULL and PyErr_Occurred():
+        return -2
+    if not _int64(found, &t.before[i]):
         return -1  # missing (KeyError) or not an int64: the twin decides
     t.key[i] = account
     t.hashes[i] = h
@@ -202,6 +208,7 @@ cdef int _decide(Trial* t, dict balances, dict floors, PyObject* legs) except -2
     """The twin's trial for one task, without side effects: POSTED, an error, or DELEGATE."""
     cdef Py_ssize_t n
     cdef PyObject* leg
+    cdef PyObject* found
     cdef int64_t a, floor
     cdef int i, s, d
     cdef bint src_overflow
@@ -238,7 +245,10 @@ cdef int _decide(Trial* t, dict balances, dict floors, PyObject* legs) except -2
         t.leg[i] = leg
         t.n_legs += 1
     for s in range(t.n_slots):
-        if not _int64(PyDict_GetItem(floors, t.key[s]), &floor):
+        found = PyDict_GetItemWithError(floors, t.key[s])
+        if found == NULL and PyErr_Occurred():
+            return -2
+        if not _int64(found, &floor):
             return DELEGATE
         if t.value[s] < floor and t.value[s] < t.before[s]:
             return INSUFFICIENT

@@ -105,7 +105,8 @@ def receipt_source(settings: Settings) -> ReceiptSource:
     client = ReceiptClient(
         settings.receipt_service_addr, batch_size_max=settings.receipt_batch_size,
         flush_interval_ms=settings.receipt_flush_interval_ms,
-        timeout_ms=settings.receipt_timeout_ms, pending_max=settings.processor_queue_size,
+        timeout_ms=settings.receipt_timeout_ms,
+        pending_max=max(settings.processor_queue_size, settings.receipt_batch_size),
         breaker_failures_max=settings.breaker_failures_max,
         breaker_reset_ms=settings.breaker_reset_s * 1000)
     client.start()
@@ -118,7 +119,7 @@ def notification_client(settings: Settings) -> NotificationClient | None:
     client = NotificationClient(
         settings.notification_service_addr, batch_size_max=settings.notification_batch_size,
         flush_interval_ms=settings.notification_flush_interval_ms,
-        pending_max=settings.processor_queue_size,
+        pending_max=max(settings.processor_queue_size, settings.notification_batch_size),
         breaker_failures_max=settings.breaker_failures_max,
         breaker_reset_ms=settings.breaker_reset_s * 1000)
     client.start()

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.producer import sender
 from aiokafka.protocol.api import Request
 from aiokafka.protocol.transaction import InitProducerIdRequest_v0
@@ -115,3 +116,25 @@ async def _read_all(bootstrap: str, topic: str, count: int) -> list[bytes]:
     finally:
         await consumer.stop()
     return values
+
+
+async def test_abandon_pending_lets_a_cut_off_producer_stop(kafka_broker: KafkaBroker) -> None:
+    """An idempotent producer retries forever; without abandon_pending, stop() never returns."""
+    compat.install()
+    loop_errors: list[dict[str, object]] = []  # errors in aiokafka's callbacks land here
+    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: loop_errors.append(ctx))
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all",
+                                enable_idempotence=True, request_timeout_ms=1_000)
+    await producer.start()
+    await producer.send_and_wait("compat", b"first")
+    kafka_broker.stop()
+    pending = await producer.send("compat", b"never acked")
+    await asyncio.sleep(1.5)  # sent, failed, queued again at least once
+    assert not pending.done()
+    async with asyncio.timeout(3):
+        await compat.abandon_pending(producer)
+        await producer.stop()
+    assert isinstance(pending.exception(), KafkaConnectionError)
+    assert producer._sender.sender_task.done()
+    await asyncio.sleep(0.05)  # let the batch callbacks run
+    assert loop_errors == []

@@ -257,3 +257,23 @@ async def test_standalone_relay_publishes_and_stops_on_sigterm(
         _, stderr = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 0, stderr.decode()
     assert await consume(kafka_broker.bootstrap, 200) == events
+
+
+async def test_broker_restart_while_idle_recovers(
+        pool: asyncpg.Pool, kafka_broker: KafkaBroker) -> None:
+    """The producer outlives its broker unnoticed: its id and sequence numbers are stale."""
+    relay = OutboxRelay(pool, kafka_broker.bootstrap, TOPIC, backoff_max_s=0.5,
+                        publish_timeout_s=2.0)
+    await relay.start()
+    try:
+        await insert_events(pool, 20)
+        await wait_all_published(pool)
+        kafka_broker.stop()
+        kafka_broker.start()
+        events = await insert_events(pool, 20)
+        relay.wake()
+        await wait_all_published(pool)
+        got = await consume(kafka_broker.bootstrap, 20)
+    finally:
+        await relay.close()
+    assert set(got) == set(events)

@@ -38,7 +38,7 @@ def tansu_binary() -> Path:
 def start_tansu(port: int, *, log_path: Path | None = None) -> subprocess.Popen[bytes]:
     """Start Tansu on 127.0.0.1:`port` (memory storage) and return once it accepts connections.
 
-    The caller owns the process: `proc.terminate(); proc.wait()` stops it cleanly.
+    The caller owns the process; `stop_tansu(proc)` stops it.
     """
     url = f"tcp://127.0.0.1:{port}"
     args = [str(tansu_binary()), "broker", "--listener-url", url,
@@ -49,7 +49,7 @@ def start_tansu(port: int, *, log_path: Path | None = None) -> subprocess.Popen[
     try:
         _wait_ready(proc, port)
     except BaseException:
-        _stop(proc)
+        stop_tansu(proc, timeout_s=1.0)
         raise
     return proc
 
@@ -78,11 +78,17 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int) -> None:
     raise TimeoutError(f"tansu not listening on 127.0.0.1:{port} after {READY_TIMEOUT_S}s")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def stop_tansu(proc: subprocess.Popen[bytes], *, timeout_s: float = 6.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout_s`.
+
+    Tansu's graceful stop waits about 5 s for clients that keep a connection open:
+    close producers and consumers first and it exits in a few milliseconds.
+    """
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

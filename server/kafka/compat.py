@@ -1,4 +1,6 @@
-"""Teach aiokafka InitProducerId v3, so idempotent producers start against Tansu.
+"""Where Kassa reaches into aiokafka: InitProducerId v3, and abandoning a stuck producer.
+
+Teach aiokafka InitProducerId v3, so idempotent producers start against Tansu.
 
 aiokafka 0.14 only speaks InitProducerId v0. Tansu advertises v0..v5 but rejects
 v0: it wants the v3 form, which carries the current producer id and epoch (-1 and
@@ -14,10 +16,13 @@ producer's sender uses. `install()` is idempotent; call it before producers star
 
 from __future__ import annotations
 
+import asyncio
 from typing import TypeAlias
 
 import aiokafka.producer.sender as _sender
 import aiokafka.protocol.transaction as _transaction
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.transaction import InitProducerIdRequest_v0
 from aiokafka.protocol.types import CompactString, Int16, Int32, Int64, Schema, TaggedFields
@@ -82,8 +87,8 @@ def install() -> None:
         return
     if _native_version_max() >= 3:
         return  # a newer aiokafka speaks v3 itself: keep its own builder
-    _sender.InitProducerIdRequest = InitProducerIdRequest  # type: ignore[misc]
-    _transaction.InitProducerIdRequest = InitProducerIdRequest  # type: ignore[misc]
+    _sender.InitProducerIdRequest = InitProducerIdRequest
+    _transaction.InitProducerIdRequest = InitProducerIdRequest
 
 
 def installed() -> bool:
@@ -94,4 +99,28 @@ def _native_version_max() -> int:
     native = _transaction.InitProducerIdRequest
     if native is InitProducerIdRequest:
         return 0
-    return max(c.API_VERSION for c in native._CLASSES)
+    return int(max(c.API_VERSION for c in native._CLASSES))
+
+
+async def abandon_pending(producer: AIOKafkaProducer) -> None:
+    """Make `stop()` return although batches are unacked.
+
+    An idempotent aiokafka producer never expires a batch (it retries until acked),
+    so `stop()` on a producer cut off from its broker would wait forever for the
+    flush. This does what aiokafka does when its sender task dies: stop the sender,
+    then fail every pending batch. Private API, hence the guards. The rows of those
+    batches were rolled back and go out again on a fresh producer.
+    """
+    sender = getattr(producer, "_sender", None)
+    accumulator = getattr(producer, "_message_accumulator", None)
+    task = getattr(sender, "sender_task", None)
+    if task is None or accumulator is None:
+        return
+    if not task.done():
+        task.cancel()
+        await asyncio.wait([task])  # its in-flight requests end within request_timeout_ms
+    # A batch that was sent, failed and queued again keeps the done-callback that removes
+    # it from the pending set; put it back there or that callback raises KeyError.
+    for batches in accumulator._batches.values():
+        accumulator._pending_batches.update(b for b in batches if b.retry_count > 0)
+    accumulator.fail_all(KafkaConnectionError("abandoned by the outbox relay"))

@@ -1,10 +1,11 @@
-"""The outbox relay: publishes committed `outbox` rows to Kafka, at least once, in id order.
+"""The outbox relay: publishes committed `outbox` rows to Kafka, at least once.
 
 One cycle, in one PostgreSQL transaction: claim the oldest unpublished rows with
 `FOR UPDATE SKIP LOCKED`, publish them with an idempotent `acks="all"` producer,
 wait for every ack, mark them published, commit. Several relays (one per worker
 process, plus `kassa relay`) share the table: SKIP LOCKED gives each a disjoint
-batch. A crash between the acks and the commit rolls the claim back, so another
+batch, each published in id order (across relays, batches may interleave). A
+crash between the acks and the commit rolls the claim back, so another
 relay publishes those rows again; consumers deduplicate by receipt code. While
 Kafka is down the claim is rolled back and retried with bounded exponential
 backoff on a fresh producer: no row is ever skipped.
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
 from server.kafka import compat
@@ -46,9 +47,10 @@ BACKOFF_MIN_S = 0.05
 HOUSEKEEPING_INTERVAL_S = 1.0
 PRUNE_BATCH_MAX = 5_000
 PRUNE_ROUNDS_MAX = 20  # per housekeeping tick, so one tick stays short
-# Partitions for a topic the relay creates itself. One keeps the stream in id order;
-# production clusters create the topic (replication 3) ahead of time.
+# For a topic the relay has to create itself. One partition keeps the stream in id
+# order; production clusters should create the topic ahead of time.
 TOPIC_PARTITIONS = 1
+TOPIC_REPLICATION_MAX = 3
 
 CLAIM_SQL = """
 SELECT id, receipt_code, payload FROM outbox
@@ -72,6 +74,8 @@ DELETE FROM outbox WHERE id IN (
 
 
 class OutboxRelay:
+    """One relay per process; `start()` it in the serving loop, `close()` it on shutdown."""
+
     def __init__(self, pool: asyncpg.Pool, bootstrap_servers: str, topic: str, *,
                  batch_size_max: int = 500, poll_interval_ms: int = 50,
                  retention_s: int = 3600, backoff_max_s: float = 5.0,
@@ -252,35 +256,11 @@ async def _stop_quietly(producer: AIOKafkaProducer, *, abandon: bool) -> None:
     """Stop a producer; `abandon` first drops whatever it still holds."""
     try:
         if abandon:
-            await _abandon_pending(producer)
+            await compat.abandon_pending(producer)
         async with asyncio.timeout(PRODUCER_STOP_TIMEOUT_S):
             await producer.stop()
     except (KafkaError, OSError, TimeoutError) as exc:
         log.warning("[KAFKA ERROR] producer stop: %r", exc)
-
-
-async def _abandon_pending(producer: AIOKafkaProducer) -> None:
-    """Make `stop()` return although batches are unacked.
-
-    An idempotent aiokafka producer never expires a batch (it retries until acked),
-    so `stop()` on a producer cut off from its broker would wait forever for the
-    flush. This does what aiokafka does when its sender task dies: stop the sender,
-    then fail every pending batch. Private API, hence the guards. The rows of those
-    batches were rolled back and go out again on a fresh producer.
-    """
-    sender = getattr(producer, "_sender", None)
-    accumulator = getattr(producer, "_message_accumulator", None)
-    task = getattr(sender, "sender_task", None)
-    if task is None or accumulator is None:
-        return
-    if not task.done():
-        task.cancel()
-        await asyncio.wait([task])  # its in-flight requests end within request_timeout_ms
-    # A batch that was sent, failed and queued again keeps the done-callback that removes
-    # it from the pending set; put it back there or that callback raises KeyError.
-    for batches in accumulator._batches.values():
-        accumulator._pending_batches.update(b for b in batches if b.retry_count > 0)
-    accumulator.fail_all(KafkaConnectionError("abandoned by the outbox relay"))
 
 
 async def ensure_topic(bootstrap_servers: str, topic: str) -> None:
@@ -291,8 +271,10 @@ async def ensure_topic(bootstrap_servers: str, topic: str) -> None:
         await admin.start()
         if topic in await admin.list_topics():
             return
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replication = max(1, min(TOPIC_REPLICATION_MAX, brokers))
         response = await admin.create_topics(
-            [NewTopic(topic, num_partitions=TOPIC_PARTITIONS, replication_factor=1)])
+            [NewTopic(topic, num_partitions=TOPIC_PARTITIONS, replication_factor=replication)])
         for name, code, *_ in response.topic_errors:
             if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS, another relay won the race
                 log.warning("[KAFKA ERROR] create topic %s: error code %d", name, code)
