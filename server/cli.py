@@ -92,6 +92,8 @@ def start_dependencies(stack: object, settings: Settings, data_dir: Path) -> dic
         env["KASSA_REDIS_URL"] = stack.start_redis()
     if not settings.api_keys:
         env["KASSA_API_KEYS"] = f"{admin_key(data_dir)}:admin"
+    if not settings.kafka_bootstrap_servers:
+        env["KASSA_KAFKA_BOOTSTRAP_SERVERS"] = stack.start_kafka()
     database_url = settings.database_url or env["KASSA_DATABASE_URL"]
     child_env = {**os.environ, **env}
     if not settings.receipt_service_addr:
@@ -153,9 +155,15 @@ def cmd_notification_service(args: argparse.Namespace, settings: Settings) -> No
     run_notification_service(args.port, _require_database(settings), config, args.host)
 
 
-def cmd_not_ready(args: argparse.Namespace, settings: Settings) -> None:
-    print(f"kassa: {args.command} is not available in this build", file=sys.stderr)
-    sys.exit(2)
+def cmd_relay(args: argparse.Namespace, settings: Settings) -> None:
+    from server.kafka.relay import run_standalone
+
+    if not settings.kafka_bootstrap_servers:
+        print("kassa: configuration error: KASSA_KAFKA_BOOTSTRAP_SERVERS is required",
+              file=sys.stderr)
+        sys.exit(2)
+    asyncio.run(run_standalone(_require_database(settings), settings.kafka_bootstrap_servers,
+                               settings.kafka_topic))
 
 
 COMMANDS = {
@@ -163,7 +171,7 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "receipt-service": cmd_receipt_service,
     "notification-service": cmd_notification_service,
-    "relay": cmd_not_ready,
+    "relay": cmd_relay,
 }
 
 if __name__ == "__main__":

