@@ -1,4 +1,8 @@
-"""Drive a running Kassa over HTTP with bounded concurrency (tests only; benchmarks use wrk)."""
+"""Drive a running Kassa over HTTP with bounded concurrency (tests only; benchmarks use wrk).
+
+aiohttp, not httpx: httpx's async connection pool serves about 300 requests/s on this
+machine whatever the server does, which would make these tests measure the client.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 
 from tests.conftest import ADMIN_KEY, TEST_API_KEYS
 
@@ -18,25 +22,33 @@ SERVE_ENV = {"KASSA_API_KEYS": TEST_API_KEYS}
 class Reply:
     status: int
     body: Any
+    headers: dict[str, str]
 
 
-def client(url: str, connections: int = 64) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                             timeout=60, limits=httpx.Limits(max_connections=connections))
+def client(url: str, connections: int = 64) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        url, headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        connector=aiohttp.TCPConnector(limit=connections),
+        timeout=aiohttp.ClientTimeout(total=60))
 
 
-async def drive(url: str, requests: list[tuple[str, str, Any]], concurrency: int = 50) -> list[Reply | Exception]:
-    """Send (method, path, json) requests with at most `concurrency` in flight, in order of results."""
+async def send(http: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> Reply:
+    async with http.request(method, path, json=body) as r:
+        data = await r.json(content_type=None) if r.content_length != 0 else None
+        return Reply(r.status, data, dict(r.headers))
+
+
+async def drive(url: str, requests: list[tuple[str, str, Any]], concurrency: int = 50
+                ) -> list[Reply | Exception]:
+    """Send (method, path, json) requests with at most `concurrency` in flight; results in order."""
     results: list[Reply | Exception] = [Exception("not sent")] * len(requests)
     cursor = iter(range(len(requests)))
 
-    async def worker(http: httpx.AsyncClient) -> None:
+    async def worker(http: aiohttp.ClientSession) -> None:
         for i in cursor:
-            method, path, body = requests[i]
             try:
-                r = await http.request(method, path, json=body)
-                results[i] = Reply(r.status_code, r.json() if r.content else None)
-            except (httpx.HTTPError, ValueError) as exc:
+                results[i] = await send(http, *requests[i])
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 results[i] = exc
 
     async with client(url, concurrency) as http:
@@ -48,14 +60,14 @@ async def open_accounts(url: str, ids: list[str], balance: int, currency: str = 
                         overdraft_limit: int = 0) -> None:
     async with client(url) as http:
         for account_id in ids:
-            r = await http.post("/v1/accounts", json={"id": account_id, "currency": currency,
-                                                     "overdraft_limit": overdraft_limit})
-            assert r.status_code == 201, r.text
+            r = await send(http, "POST", "/v1/accounts", {
+                "id": account_id, "currency": currency, "overdraft_limit": overdraft_limit})
+            assert r.status == 201, r.body
             if balance:
-                r = await http.post("/v1/transactions?wait=true", json={
+                r = await send(http, "POST", "/v1/transactions?wait=true", {
                     "type": "deposit", "currency": currency, "destination": account_id,
                     "amount": balance})
-                assert r.status_code == 201, r.text
+                assert r.status == 201, r.body
 
 
 def random_transfers(ids: list[str], n: int, amount_max: int, *, seed: int = 7,
@@ -71,20 +83,29 @@ def random_transfers(ids: list[str], n: int, amount_max: int, *, seed: int = 7,
     return out
 
 
+def status_counts(replies: list[Reply | Exception]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in replies:
+        key = str(r.status) if isinstance(r, Reply) else type(r).__name__
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 async def wait_terminal(url: str, receipts: list[str], timeout_s: float = 60) -> dict[str, str]:
     """Poll statuses until every receipt is completed or failed; returns receipt → status."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     final: dict[str, str] = {}
-    async with client(url) as http:
+    async with client(url, 32) as http:
         while loop.time() < deadline:
             pending = [rc for rc in receipts if rc not in final]
             if not pending:
                 return final
-            for rc in pending:
-                r = await http.get(f"/v1/transactions/{rc}/status")
-                assert r.status_code == 200, r.text
-                if r.json()["status"] in ("completed", "failed"):
-                    final[rc] = r.json()["status"]
+            replies = await asyncio.gather(*(send(http, "GET", f"/v1/transactions/{rc}/status")
+                                             for rc in pending))
+            for rc, r in zip(pending, replies, strict=True):
+                assert r.status == 200, r.body
+                if r.body["status"] in ("completed", "failed"):
+                    final[rc] = r.body["status"]
             await asyncio.sleep(0.2)
     raise AssertionError(f"{len(receipts) - len(final)} receipts not terminal after {timeout_s}s")

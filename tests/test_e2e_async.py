@@ -17,7 +17,15 @@ from tests.conftest import new_database
 from tests.fixtures.kassa_server import KassaProcess, start_kassa
 from tests.fixtures.servers import PostgresServer, RedisServer, start_redis
 from tests.invariants import assert_invariants, unfinished
-from tests.load import SERVE_ENV, Reply, client, drive, open_accounts, random_transfers, wait_terminal
+from tests.load import (
+    SERVE_ENV,
+    Reply,
+    drive,
+    open_accounts,
+    random_transfers,
+    status_counts,
+    wait_terminal,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +38,6 @@ def serve(dsn: str, redis_url: str, **env: str) -> KassaProcess:
 
 def accepted(replies: list[Reply | Exception]) -> list[str]:
     return [r.body["receipt_code"] for r in replies if isinstance(r, Reply) and r.status == 202]
-
-
-def status_counts(replies: list[Reply | Exception]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in replies:
-        key = str(r.status) if isinstance(r, Reply) else type(r).__name__
-        counts[key] = counts.get(key, 0) + 1
-    return counts
 
 
 async def wait_drained(dsn: str, timeout_s: float = 60) -> None:
@@ -60,7 +60,9 @@ async def test_sigkill_of_a_worker_mid_load_loses_nothing(pg_server: PostgresSer
         os.kill(victim, signal.SIGKILL)
         replies = await load
         counts = status_counts(replies)
-        assert set(counts) <= {"202", "422", "503", "RemoteProtocolError", "ReadError", "ConnectError"}, counts
+        # Requests in flight on the killed worker lose their connection; nothing else fails.
+        assert set(counts) <= {"202", "422", "503", "ServerDisconnectedError", "ClientOSError",
+                               "ClientConnectorError"}, counts
         receipts = accepted(replies)
         assert len(receipts) > 1000, counts
         final = await wait_terminal(kassa.url, receipts, 60)
@@ -140,18 +142,13 @@ async def test_a_full_queue_refuses_with_503_and_every_202_completes(
     try:
         ids = [f"q{i}" for i in range(50)]
         await open_accounts(kassa.url, ids, 10_000)
-        async with client(kassa.url, 200) as http:
-            async def post(body: dict) -> httpx.Response:  # type: ignore[type-arg]
-                return await http.post("/v1/transactions", json=body)
-
-            bodies = [b for _, _, b in random_transfers(ids, 2000, 50)]
-            responses = await asyncio.gather(*(post(b) for b in bodies))
-        refused = [r for r in responses if r.status_code == 503]
+        replies = await drive(kassa.url, random_transfers(ids, 2000, 50), 200)
+        refused = [r for r in replies if isinstance(r, Reply) and r.status == 503]
         assert refused, "the tiny queue never filled"
-        assert all(r.json()["error"]["code"] == "overloaded" and int(r.headers["retry-after"]) >= 1
+        assert all(r.body["error"]["code"] == "overloaded" and int(r.headers["Retry-After"]) >= 1
                    for r in refused)
-        assert {r.status_code for r in responses} <= {202, 422, 503}
-        receipts = [r.json()["receipt_code"] for r in responses if r.status_code == 202]
+        assert set(status_counts(replies)) <= {"202", "422", "503"}, status_counts(replies)
+        receipts = accepted(replies)
         assert receipts
         await wait_terminal(kassa.url, receipts, 60)
         await wait_drained(dsn)

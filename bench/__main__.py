@@ -1,0 +1,173 @@
+"""`python -m bench [--quick] [--scenarios a,b] [--duration S] [--tool wrk|k6]`
+
+Starts `kassa serve` (embedded stack unless --database-url/--redis-url), seeds 10,000
+funded accounts, runs each scenario, checks the ledger invariants after each, writes
+bench/results/<date>-<scenario>.json, a summary chart, and prints the table. Exits 1 when
+an invariant broke, an accepted journal never finished, or the server answered a 5xx
+other than 503. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import sys
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+from bench import k6, report, scenarios, seed, stack, wrk
+from bench.scenarios import SCENARIOS, RunOptions, Scenario
+from bench.wrk import LoadResult
+
+K6_SCENARIOS = ("async", "single")  # the k6 script posts single async transfers
+
+
+def today() -> str:
+    """The local date names the result files."""
+    return dt.datetime.now().astimezone().date().isoformat()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help=f"{scenarios.QUICK_S:.0f} s per scenario (under 2 minutes in all)")
+    p.add_argument("--scenarios", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    p.add_argument("--duration", type=float, help="seconds of load per scenario (overrides)")
+    p.add_argument("--connections", type=int, help="connections (k6: VUs) for every scenario")
+    p.add_argument("--tool", choices=("wrk", "k6"), default="wrk",
+                   help="k6 runs the async scenario with bench/k6/transaction_load_test.js")
+    p.add_argument("--workers", type=int, default=2, help="kassa serve --workers")
+    p.add_argument("--database-url", help="use this PostgreSQL instead of the embedded one")
+    p.add_argument("--redis-url", help="use this Redis instead of the embedded one")
+    p.add_argument("--drain-timeout", type=float, default=120.0,
+                   help="seconds to wait after the load for the backlog to reach 0")
+    p.add_argument("--results-dir", type=Path, default=report.RESULTS)
+    p.add_argument("--keep-data", action="store_true", help="keep the servers' data dirs")
+    return p.parse_args(argv)
+
+
+def selected(args: argparse.Namespace) -> list[Scenario]:
+    default = K6_SCENARIOS[:1] if args.tool == "k6" else list(SCENARIOS)
+    names = args.scenarios.split(",") if args.scenarios else default
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        sys.exit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    if args.tool == "k6" and set(names) - set(K6_SCENARIOS):
+        sys.exit(f"--tool k6 runs only {K6_SCENARIOS}")
+    # Keep SCENARIOS order: scenarios sharing server settings then share one server.
+    return [SCENARIOS[n] for n in SCENARIOS if n in names]
+
+
+async def wrk_tool(url: str, scenario: Scenario, conns: int, duration_s: float,
+                   env: dict[str, str]) -> LoadResult:
+    return await wrk.run(url, scenario.script, conns, duration_s, env)
+
+
+async def k6_tool(url: str, scenario: Scenario, conns: int, duration_s: float,
+                  env: dict[str, str]) -> LoadResult:
+    return await k6.run(url, conns, duration_s, env)
+
+
+def options(args: argparse.Namespace, scenario: Scenario) -> RunOptions:
+    duration = args.duration or (scenarios.QUICK_S if args.quick else scenario.full_s)
+    tool = k6_tool if args.tool == "k6" else wrk_tool
+    return RunOptions(duration, args.connections, args.drain_timeout, args.tool, tool)
+
+
+async def run_group(args: argparse.Namespace, group: list[Scenario]) -> list[dict[str, Any]]:
+    """One server (fresh data dir) for scenarios with the same server settings."""
+    config = stack.StackConfig(args.workers, args.database_url, args.redis_url,
+                               dict(group[0].server_env))
+    settings = " ".join(f"{k}={v}" for k, v in config.extra_env.items()) or "defaults"
+    print(f"starting kassa serve --workers {args.workers} ({settings}) ...", flush=True)
+    server = await asyncio.to_thread(stack.start, config)
+    ok = False
+    try:
+        print(f"  {server.url}, data dir {server.data_dir}; seeding {seed.ACCOUNTS:,} accounts",
+              flush=True)
+        seeded = await seed.seed(server.url, stack.API_KEY, server.dsn)
+        print(f"  seeded in {seeded['total_s']} s", flush=True)
+        results = [await run_one(args, server, scenario, seeded) for scenario in group]
+        ok = not any(r["failures"] for r in results)
+        return results
+    finally:
+        code = await asyncio.to_thread(server.stop)
+        print(f"  server stopped (exit {code})", flush=True)
+        if ok and not args.keep_data:
+            server.discard()
+        else:
+            print(f"  kept {server.data_dir} (serve.log inside)", flush=True)
+
+
+async def run_one(args: argparse.Namespace, server: stack.Server, scenario: Scenario,
+                  seeded: dict[str, float]) -> dict[str, Any]:
+    opts = options(args, scenario)
+    print(f"  {scenario.name}: {scenario.description}, {opts.duration_s:.0f} s ...", flush=True)
+    if server.process.poll() is not None:
+        raise RuntimeError(f"kassa serve died (exit {server.process.returncode}):\n"
+                           f"{server.log_tail()}")
+    result = await scenarios.run(server, scenario, opts)
+    result.update(workers=args.workers, server_env=scenario.server_env, seed=seeded,
+                  date=today())
+    print(f"    accepted/s {result['accepted_per_s']}, completed/s "
+          f"{result.get('completed_per_s', '-')}, p99 {result['latency_ms']['p99']} ms, "
+          f"drain {result.get('drain_s', '-')} s", flush=True)
+    for line in result["failures"]:
+        print(f"    FAILED: {line}", flush=True)
+    for line in result["warnings"]:
+        print(f"    warning: {line}", flush=True)
+    return result
+
+
+async def run_all(args: argparse.Namespace, errors: list[str]) -> list[dict[str, Any]]:
+    chosen = selected(args)
+    results: list[dict[str, Any]] = []
+
+    def key(s: Scenario) -> list[tuple[str, str]]:
+        return sorted(s.server_env.items())
+
+    for _, group in groupby(sorted(chosen, key=key), key=key):
+        names = [s.name for s in group]
+        try:
+            results += await run_group(args, [SCENARIOS[n] for n in names])
+        except Exception as exc:  # noqa: BLE001 - report, then run the other groups
+            errors.append(f"{','.join(names)}: {type(exc).__name__}: {exc}")
+            print(f"  ERROR: {errors[-1]}", file=sys.stderr, flush=True)
+    order = list(SCENARIOS)
+    return sorted(results, key=lambda r: order.index(r["scenario"]))
+
+
+def finish(args: argparse.Namespace, results: list[dict[str, Any]], errors: list[str]) -> int:
+    date = today()
+    found = report.ratios(results)
+    for r in results:
+        r["ratios_in_this_run"] = found
+        report.write_json(r, date, args.results_dir)
+    if not results:
+        print("\nBENCHMARK FAILED: no scenario finished:\n  " + "\n  ".join(errors), file=sys.stderr)
+        return 1
+    png = report.chart(results, args.results_dir / f"{date}-summary.png")
+    print("\n" + report.table(results) + "\n")
+    for name, value in found.items():
+        print(f"ratio {name}: {value}")
+    for line in report.targets_text(results, found):
+        print(f"goal: {line}")
+    print(f"\nresults: {args.results_dir}/{date}-<scenario>.json, chart {png}")
+    failed = errors + [f"{r['scenario']}: {f}" for r in results for f in r["failures"]]
+    if failed:
+        print("\nBENCHMARK FAILED:\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    errors: list[str] = []
+    results = asyncio.run(run_all(args, errors))
+    return finish(args, results, errors)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

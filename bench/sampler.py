@@ -1,0 +1,79 @@
+"""Journal counts sampled from PostgreSQL: completed/s is measured in the database,
+not inferred from answers, because a 202 only promises that the work will be done."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+
+INTERVAL_S = 1.0
+DRAIN_POLL_S = 0.25
+COUNTS_SQL = (
+    "SELECT count(*) FILTER (WHERE status IN ('completed', 'failed')) AS final, "
+    "count(*) FILTER (WHERE status = 'processing') AS backlog, count(*) AS total FROM journals")
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since the sampler started
+    final: int
+    backlog: int
+    total: int
+
+
+@dataclass
+class Sampler:
+    dsn: str
+    samples: list[Sample] = field(default_factory=list)
+    _conn: asyncpg.Connection | None = None
+    _t0: float = 0.0
+    _task: asyncio.Task[None] | None = None
+    # The periodic task and the explicit start/end samples share one connection.
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def __aenter__(self) -> Sampler:
+        self._conn = await asyncpg.connect(self.dsn)
+        self._t0 = time.monotonic()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop_periodic()
+        assert self._conn is not None
+        await self._conn.close()
+
+    async def sample(self) -> Sample:
+        assert self._conn is not None
+        async with self._lock:
+            row = await self._conn.fetchrow(COUNTS_SQL)
+        s = Sample(round(time.monotonic() - self._t0, 3), row["final"], row["backlog"], row["total"])
+        self.samples.append(s)
+        return s
+
+    def start_periodic(self) -> None:
+        self._task = asyncio.create_task(self._every_second())
+
+    async def stop_periodic(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _every_second(self) -> None:
+        while True:
+            await asyncio.sleep(INTERVAL_S)
+            await self.sample()
+
+    async def drain(self, timeout_s: float) -> Sample:
+        """Sample until no journal is `processing` or timeout_s passed; the last sample."""
+        deadline = time.monotonic() + timeout_s
+        last = await self.sample()
+        while last.backlog and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+            last = await self.sample()
+        return last

@@ -1,0 +1,164 @@
+"""The scenarios and how one of them is run and judged against a started server."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bench import metrics, seed
+from bench.sampler import Sampler
+from bench.stack import API_KEY, Server
+from bench.wrk import LoadResult
+from tests.invariants import violations
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    script: str  # under bench/wrk/
+    connections: int
+    full_s: float  # duration of the full run; --quick uses QUICK_S
+    lua_env: dict[str, str] = field(default_factory=dict)
+    server_env: dict[str, str] = field(default_factory=dict)  # non-empty: a server of its own
+    journals: bool = True
+    items_per_request: int = 1
+
+
+QUICK_S = 8.0
+
+SCENARIOS = {s.name: s for s in (
+    Scenario("ceiling", "GET /healthz: the HTTP stack alone", "healthz.lua", 32, 10,
+             journals=False),
+    # The target says "sustained for 60 s".
+    Scenario("async", "POST /v1/transactions, uniformly random accounts, 202", "transfers.lua",
+             64, 60),
+    Scenario("hot", "as async, half the requests touch one of 2 hot accounts", "transfers.lua",
+             64, 30, lua_env={"BENCH_HOT_SHARE": "0.5"}),
+    Scenario("bulk", "POST /v1/transactions/batch, 100 transfers per request", "batch.lua",
+             8, 30, lua_env={"BENCH_BATCH_SIZE": "100"}, items_per_request=100),
+    Scenario("sync", "POST /v1/transactions?wait=true, answer after execution", "transfers.lua",
+             64, 20, lua_env={"BENCH_WAIT": "1"}),
+    Scenario("single", "as async, server with KASSA_EXECUTOR=single (one commit per transaction)",
+             "transfers.lua", 64, 30, server_env={"KASSA_EXECUTOR": "single"}),
+)}
+
+
+class LoadTool(Protocol):
+    async def __call__(self, url: str, scenario: Scenario, connections: int,
+                       duration_s: float, env: dict[str, str]) -> LoadResult: ...
+
+
+@dataclass
+class RunOptions:
+    duration_s: float
+    connections: int | None
+    drain_timeout_s: float
+    tool_name: str
+    tool: LoadTool
+
+
+def load_env(scenario: Scenario) -> dict[str, str]:
+    return {"BENCH_API_KEY": API_KEY, "BENCH_ACCOUNTS": str(seed.ACCOUNTS),
+            "BENCH_ACCOUNT_PREFIX": seed.ACCOUNT_PREFIX, **scenario.lua_env}
+
+
+def rate(n: int, seconds: float) -> float:
+    return round(n / seconds, 1) if seconds > 0 else 0.0
+
+
+async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str, Any]:
+    conns = opts.connections or scenario.connections
+    log_offset = server.log_path.stat().st_size
+    # Other work on the machine (2 cores) moves every number: keep the load average with them.
+    load_before = os.getloadavg()
+    before = metrics.scrape(server.url)
+    async with Sampler(server.dsn) as sampler:
+        start = await sampler.sample()
+        sampler.start_periodic()
+        load = await opts.tool(server.url, scenario, conns, opts.duration_s, load_env(scenario))
+        end = await sampler.sample()
+        await sampler.stop_periodic()
+        drained = await sampler.drain(opts.drain_timeout_s)
+        samples = [vars(s) for s in sampler.samples]
+    found = await violations(server.dsn)
+    result = {
+        "scenario": scenario.name, "description": scenario.description, "tool": opts.tool_name,
+        "connections": conns, "duration_s": opts.duration_s, "load_s": round(load.duration_s, 2),
+        "requests": load.requests, "accepted": load.items_ok,
+        "accepted_per_s": rate(load.items_ok, load.duration_s),
+        "latency_ms": load.latency_ms, "codes": load.codes, "socket_errors": load.errors,
+        "k6_thresholds": load.thresholds,
+        "metrics": metrics.summarize(before, metrics.scrape(server.url)),
+        "invariants_ok": not found, "violations": found,
+        "server_log_issues": log_issues(server, log_offset),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "samples": samples,
+    }
+    if scenario.journals:
+        result.update(journal_figures(start, end, drained))
+    result["failures"] = failures(result, scenario)
+    result["warnings"] = warnings(result)
+    return result
+
+
+def journal_figures(start: Any, end: Any, drained: Any) -> dict[str, Any]:
+    return {
+        "completed_per_s": rate(end.final - start.final, end.t - start.t),
+        "completed_overall_per_s": rate(drained.final - start.final, drained.t - start.t),
+        "journals_created": drained.total - start.total,
+        "journals_final": drained.final - start.final,
+        "backlog_end": end.backlog,
+        "backlog_after_drain": drained.backlog,
+        "drain_s": round(drained.t - end.t, 2) if end.backlog else 0.0,
+    }
+
+
+def failures(result: dict[str, Any], scenario: Scenario) -> list[str]:
+    out = [f"invariant broken: {name}: {rows}" for name, rows in result["violations"].items()]
+    if scenario.journals:
+        if result["backlog_after_drain"]:
+            out.append(f"{result['backlog_after_drain']} accepted journals still processing "
+                       f"after the drain timeout: a 202 did not reach a final status")
+        if result["accepted"] > result["journals_created"]:
+            out.append(f"{result['accepted']} accepted but only {result['journals_created']} "
+                       "journals written: an answer was given before the request was durable")
+    defects = {c: n for c, n in result["codes"].items() if c.startswith("5") and c != "503"}
+    if defects:
+        out.append(f"5xx other than 503 (a defect per API.md): {defects}")
+    return out
+
+
+def warnings(result: dict[str, Any]) -> list[str]:
+    out = []
+    errors = {k: v for k, v in result["socket_errors"].items() if v and k != "status"}
+    if errors:
+        out.append(f"load tool socket errors: {errors}")
+    crossed = [rule for rule, passed in result["k6_thresholds"].items() if not passed]
+    if crossed:
+        out.append(f"k6 thresholds crossed: {crossed}")
+    refused = {c: n for c, n in result["codes"].items() if c in ("503", "429")}
+    if refused:
+        out.append(f"refused requests: {refused}")
+    if result["server_log_issues"]:
+        out.append(f"server log: {len(result['server_log_issues'])} distinct WARNING/ERROR lines")
+    return out
+
+
+def log_issues(server: Server, offset: int, limit: int = 10) -> list[str]:
+    """Distinct WARNING/ERROR/Traceback lines the server logged during the scenario."""
+    try:
+        with open(server.log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    seen: dict[str, None] = {}
+    for line in text.splitlines():
+        if any(w in line for w in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")):
+            # Drop the timestamp and pid so repeats of one message count once.
+            seen.setdefault(line.split("] ", 1)[-1][:300], None)
+    return list(seen)[:limit]
+

@@ -1,0 +1,100 @@
+-- Shared by the wrk scripts: API key, account naming, status-code counting and the
+-- machine-readable summary line that bench/wrk.py parses.
+--
+-- Environment (all optional): BENCH_API_KEY, BENCH_ACCOUNTS (count), BENCH_ACCOUNT_PREFIX.
+-- Accounts are <prefix>0 .. <prefix>(count-1); <prefix>0 and <prefix>1 are the hot ones.
+
+local M = {}
+
+M.key = os.getenv("BENCH_API_KEY") or "bench-admin"
+M.accounts = tonumber(os.getenv("BENCH_ACCOUNTS") or "10000")
+M.prefix = os.getenv("BENCH_ACCOUNT_PREFIX") or "bench_"
+M.headers = {
+  ["Authorization"] = "Bearer " .. M.key,
+  ["Content-Type"] = "application/json",
+}
+
+-- Two distinct uniformly random accounts.
+function M.uniform_pair()
+  local a = math.random(0, M.accounts - 1)
+  local b = math.random(0, M.accounts - 2)
+  if b >= a then b = b + 1 end
+  return M.prefix .. a, M.prefix .. b
+end
+
+-- With probability hot_share one side (source or destination, at random) is one of the
+-- two hot accounts and the other side a cold one; otherwise a uniform pair.
+function M.pair(hot_share)
+  if hot_share > 0 and math.random() < hot_share then
+    local hot = M.prefix .. math.random(0, 1)
+    local cold = M.prefix .. math.random(2, M.accounts - 1)
+    if math.random() < 0.5 then return hot, cold end
+    return cold, hot
+  end
+  return M.uniform_pair()
+end
+
+function M.transfer_json(source, destination)
+  return string.format(
+    '{"type":"transfer","amount":%d,"currency":"USD","source":"%s","destination":"%s"}',
+    math.random(1, 100), source, destination)
+end
+
+-- Per-thread state. `setup` runs in the main Lua state, the rest in each thread's own.
+local threads = {}
+
+function setup(thread)
+  thread:set("thread_id", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  -- Each thread its own sequence, different from run to run.
+  math.randomseed(os.time() * 1000 + (thread_id or 0) * 7919)
+  status_counts = {}
+  accepted_items = 0
+end
+
+-- Items accepted in a batch answer: every item without an error object. Only the batch
+-- script sets count_items, so the single-request scenarios do not scan bodies.
+local function batch_items_ok(body)
+  local items = select(2, string.gsub(body, '"receipt_code"', ""))
+  local errors = select(2, string.gsub(body, '"error"%s*:%s*{', ""))
+  return items - errors
+end
+
+function response(status, headers, body)
+  status_counts[status] = (status_counts[status] or 0) + 1
+  if count_items and status >= 200 and status < 300 then
+    accepted_items = accepted_items + batch_items_ok(body)
+  end
+end
+
+local function json_object(t)
+  local parts = {}
+  for k, v in pairs(t) do
+    table.insert(parts, string.format('"%s":%d', tostring(k), v))
+  end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+function done(summary, latency, requests)
+  local codes, items = {}, 0
+  for _, thread in ipairs(threads) do
+    for status, n in pairs(thread:get("status_counts") or {}) do
+      codes[status] = (codes[status] or 0) + n
+    end
+    items = items + (thread:get("accepted_items") or 0)
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_RESULT {"requests":%d,"duration_us":%d,"bytes":%d,"codes":%s,"items_ok":%d,' ..
+    '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
+    '"latency_us":{"mean":%.1f,"max":%d,"p50":%d,"p90":%d,"p99":%d,"p99.9":%d}}\n',
+    summary.requests, summary.duration, summary.bytes, json_object(codes), items,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency.mean, latency.max, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9)))
+end
+
+return M
