@@ -74,7 +74,7 @@ def decide_batch(
     static = [static_error(tx, accounts) for _, _, tx in tasks]
     postable = [(jid, [tuple(leg) for leg in tx.legs]) for (jid, _, tx), err in zip(tasks, static, strict=True)
                 if err is None]
-    money_errors, columns = native.post_batch(balances, floors, postable)  # type: ignore[arg-type]
+    money_errors, columns = native.post_batch(balances, floors, postable)
     entries = _entries_by_journal(columns)
     money = iter(money_errors)
     outcomes = []

@@ -6,21 +6,23 @@ twins. This package imports nothing of the project.
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 
 from native import _py
 
-if os.environ.get("KASSA_NO_EXTENSIONS") == "1":
-    _impl = _py
-    USING_EXTENSIONS = False
-else:
+
+def _choose() -> tuple[ModuleType, bool]:
+    if os.environ.get("KASSA_NO_EXTENSIONS") == "1":
+        return _py, False
     try:
-        from native import _speedups as _impl  # type: ignore[no-redef]
+        return importlib.import_module("native._speedups"), True
     except ImportError:
-        _impl = _py
-        USING_EXTENSIONS = False
-    else:
-        USING_EXTENSIONS = True
+        return _py, False
+
+
+_impl, USING_EXTENSIONS = _choose()
 
 receipt_codes = _impl.receipt_codes
 post_batch = _impl.post_batch
