@@ -18,7 +18,7 @@ from core.batcher import Batcher
 from core.errors import IdempotencyInProgress, IdempotencyKeyReused, KassaError, Unavailable
 from core.executor import Task, utc_now_iso
 from core.ledger import Outcome, prevalidate
-from core.models import Transaction
+from core.models import AccountSnapshot, Transaction
 from core.observer import NullObserver, Observer
 from core.pool import ProcessorPool
 from core.ports import (
@@ -87,7 +87,12 @@ class TransactionService:
         self._observer = observer or NullObserver()
         self._clock = clock
 
-    async def submit(self, sub: Submission) -> Submitted:
+    async def view_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
+        """One read for many submissions (the batch endpoint), passed back to `submit`."""
+        return await self._accounts.get_accounts(sorted(set(account_ids)))
+
+    async def submit(self, sub: Submission,
+                     accounts: dict[str, AccountSnapshot] | None = None) -> Submitted:
         started = self._clock()
         owned = False
         if sub.idempotency_key is not None and self._idem is not None:
@@ -95,7 +100,7 @@ class TransactionService:
             if replay is not None:
                 return replay
         try:
-            accepted = await self._accept(sub, started)
+            accepted = await self._accept(sub, started, accounts)
         except BaseException:
             if owned:
                 await self._abandon(sub)
@@ -109,9 +114,12 @@ class TransactionService:
             return Submitted(task.receipt_code, 202, processing_time)
         return await self._wait(task, processing_time)
 
-    async def _accept(self, sub: Submission, started: float) -> tuple[Task, str] | Submitted:
+    async def _accept(self, sub: Submission, started: float,
+                      accounts: dict[str, AccountSnapshot] | None) -> tuple[Task, str] | Submitted:
         tx = sub.transaction
-        error = prevalidate(tx, await self._accounts.get_accounts(tx.account_ids))
+        if accounts is None:
+            accounts = await self._accounts.get_accounts(tx.account_ids)
+        error = prevalidate(tx, accounts)
         if error is not None:
             self._observer.refused(error.code)
             raise error

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from core.accept import Submission, Submitted, accepted_body
 from core.errors import InvalidRequest, KassaError
-from core.models import Transaction
+from core.models import AccountSnapshot, Transaction
 from core.validation import normalize_transaction
 from server.errors import error_dict
 from server.handlers.accounts import rt
@@ -99,18 +99,31 @@ async def post_batch(request: Request) -> Response:
     if not 1 <= len(batch.transactions) <= BATCH_MAX:
         raise InvalidRequest(f"a batch holds 1 to {BATCH_MAX} transactions")
     scope = scope_of(api_key)
-    results = await asyncio.gather(*(batch_item(runtime, item, scope, wait)
-                                     for item in batch.transactions))
+    items = [parse_item(raw) for raw in batch.transactions]
+    wanted = [a for item in items if not isinstance(item, KassaError) for a in item[0].account_ids]
+    accounts = await runtime.service.view_accounts(wanted)
+    results = await asyncio.gather(*(batch_item(runtime, item, scope, wait, accounts)
+                                     for item in items))
     return json_response({"results": results}, 201 if wait else 202)
 
 
-async def batch_item(runtime: Runtime, raw: msgspec.Raw, scope: str, wait: bool) -> Any:
+def parse_item(raw: msgspec.Raw) -> tuple[Transaction, str | None] | KassaError:
     try:
         item = decode(batch_item_in, raw)
-        key = check_idempotency_key(item.idempotency_key)
-        tx = to_transaction(item)
+        return to_transaction(item), check_idempotency_key(item.idempotency_key)
+    except KassaError as exc:
+        return exc
+
+
+async def batch_item(runtime: Runtime, item: tuple[Transaction, str | None] | KassaError,
+                     scope: str, wait: bool, accounts: dict[str, AccountSnapshot]) -> Any:
+    """One item's result: the 202 body or the transaction, or its error; never raises."""
+    try:
+        if isinstance(item, KassaError):
+            raise item
+        tx, key = item
         submitted = await runtime.service.submit(
-            Submission(tx, scope, key, request_hash(tx) if key else None, wait))
+            Submission(tx, scope, key, request_hash(tx) if key else None, wait), accounts)
         _, body = await answer(runtime, submitted)
     except KassaError as exc:
         return error_dict(exc.code, exc.message)
