@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ class Reply:
     status: int
     body: Any
     headers: dict[str, str]
+    elapsed_s: float = 0.0
 
 
 def client(url: str, connections: int = 64) -> aiohttp.ClientSession:
@@ -33,9 +35,10 @@ def client(url: str, connections: int = 64) -> aiohttp.ClientSession:
 
 
 async def send(http: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> Reply:
+    started = time.monotonic()
     async with http.request(method, path, json=body) as r:
         data = await r.json(content_type=None) if r.content_length != 0 else None
-        return Reply(r.status, data, dict(r.headers))
+        return Reply(r.status, data, dict(r.headers), time.monotonic() - started)
 
 
 async def drive(url: str, requests: list[tuple[str, str, Any]], concurrency: int = 50
