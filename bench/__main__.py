@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds to wait after the load for the backlog to reach 0")
     p.add_argument("--results-dir", type=Path, default=report.RESULTS)
     p.add_argument("--keep-data", action="store_true", help="keep the servers' data dirs")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy flame graph of each worker per scenario, into --results-dir")
     return p.parse_args(argv)
 
 
@@ -73,7 +75,8 @@ async def k6_tool(url: str, scenario: Scenario, conns: int, duration_s: float,
 def options(args: argparse.Namespace, scenario: Scenario) -> RunOptions:
     duration = args.duration or (scenarios.QUICK_S if args.quick else scenario.full_s)
     tool = k6_tool if args.tool == "k6" else wrk_tool
-    return RunOptions(duration, args.connections, args.drain_timeout, args.tool, tool)
+    return RunOptions(duration, args.connections, args.drain_timeout, args.tool, tool, today(),
+                      args.results_dir if args.profile else None)
 
 
 async def run_group(args: argparse.Namespace, group: list[Scenario]) -> list[dict[str, Any]]:

@@ -53,7 +53,8 @@ async def run(url: str, connections: int, duration_s: float, env: dict[str, str]
     with tempfile.TemporaryDirectory(prefix="kassa-k6-") as tmp:
         export = Path(tmp) / "summary.json"
         argv = [k6_binary(), "run", "--no-usage-report", "--quiet", "--vus", str(connections),
-                "--duration", f"{int(duration_s)}s", "--summary-export", str(export), str(SCRIPT)]
+                "--duration", f"{max(1, round(duration_s))}s", "--summary-export", str(export),
+                str(SCRIPT)]
         k6_env = {"BASE_URL": url, "API_KEY": env["BENCH_API_KEY"],
                   "ACCOUNTS": env["BENCH_ACCOUNTS"], "ACCOUNT_PREFIX": env["BENCH_ACCOUNT_PREFIX"]}
         proc = await asyncio.create_subprocess_exec(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-from bench import metrics, seed
+from bench import metrics, profile, seed
 from bench.sampler import Sampler
 from bench.stack import API_KEY, Server
 from bench.wrk import LoadResult
@@ -57,6 +59,8 @@ class RunOptions:
     drain_timeout_s: float
     tool_name: str
     tool: LoadTool
+    date: str
+    profile_dir: Path | None = None  # set: py-spy flame graphs of the workers during the load
 
 
 def load_env(scenario: Scenario) -> dict[str, str]:
@@ -77,11 +81,15 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
     async with Sampler(server.dsn) as sampler:
         start = await sampler.sample()
         sampler.start_periodic()
+        spying = asyncio.create_task(profile.record(
+            server, opts.profile_dir / f"{opts.date}-{scenario.name}", opts.duration_s)
+        ) if opts.profile_dir else None
         load = await opts.tool(server.url, scenario, conns, opts.duration_s, load_env(scenario))
         end = await sampler.sample()
         await sampler.stop_periodic()
         drained = await sampler.drain(opts.drain_timeout_s)
         samples = [vars(s) for s in sampler.samples]
+    flame_graphs = [str(p) for p in await spying] if spying else []
     found = await violations(server.dsn)
     result = {
         "scenario": scenario.name, "description": scenario.description, "tool": opts.tool_name,
@@ -95,6 +103,7 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
         "server_log_issues": log_issues(server, log_offset),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "flame_graphs": flame_graphs,
         "samples": samples,
     }
     if scenario.journals:

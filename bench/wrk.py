@@ -55,8 +55,8 @@ def parse(stdout: str) -> LoadResult:
 
 async def run(url: str, script: str, connections: int, duration_s: float,
               env: dict[str, str]) -> LoadResult:
-    argv = [wrk_binary(), f"-t{THREADS}", f"-c{connections}", f"-d{int(duration_s)}s", "--latency",
-            f"--timeout={TIMEOUT_S}s", "-s", str(SCRIPTS / script), url]
+    argv = [wrk_binary(), f"-t{THREADS}", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
+            "--latency", f"--timeout={TIMEOUT_S}s", "-s", str(SCRIPTS / script), url]
     # cwd = repository root: the scripts find common.lua through ./bench/wrk/?.lua.
     proc = await asyncio.create_subprocess_exec(
         *argv, cwd=ROOT, env={**os.environ, **env},

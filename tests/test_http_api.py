@@ -151,16 +151,20 @@ async def test_async_accept_then_complete(app_client, pg_dsn) -> None:  # type: 
 
 async def test_sync_failure_carries_the_receipt(app_client, pg_dsn) -> None:  # type: ignore[no-untyped-def]
     await make_accounts(app_client, ("alice", 100, 0), ("bob", 0, 0))
-    # Two concurrent transfers that each pass pre-validation: the executor refuses one under lock.
-    results = await asyncio.gather(*(app_client.post("/v1/transactions?wait=true", json={
-        "type": "transfer", "currency": "USD", "source": "alice", "destination": "bob",
-        "amount": 80}) for _ in range(2)))
-    codes = sorted(r.status_code for r in results)
-    assert codes == [201, 422], [r.text for r in results]
-    failed = next(r for r in results if r.status_code == 422).json()
-    assert failed["error"]["code"] == "insufficient_funds" and failed["error"]["receipt_code"].startswith("RCP-")
-    status = (await app_client.get(f"/v1/transactions/{failed['error']['receipt_code']}/status")).json()
+    # One batch reads its accounts once, so both items pass pre-validation on the same
+    # view and the executor refuses the second under lock: an execution-time failure.
+    item = {"type": "transfer", "currency": "USD", "source": "alice", "destination": "bob", "amount": 80}
+    r = await app_client.post("/v1/transactions/batch?wait=true", json={"transactions": [item, item]})
+    assert r.status_code == 201, r.text
+    done, failed = r.json()["results"]
+    assert done["status"] == "completed"
+    assert failed["error"]["code"] == "insufficient_funds"
+    receipt = failed["error"]["receipt_code"]
+    assert receipt.startswith("RCP-") and failed["receipt_code"] == receipt
+    status = (await app_client.get(f"/v1/transactions/{receipt}/status")).json()
     assert status["status"] == "failed" and status["error"]["code"] == "insufficient_funds"
+    view = (await app_client.get(f"/v1/transactions/{receipt}")).json()
+    assert view["status"] == "failed" and view["entries"] == []
     await assert_invariants(pg_dsn)
 
 
