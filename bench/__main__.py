@@ -96,8 +96,11 @@ async def run_group(args: argparse.Namespace, group: list[Scenario]) -> list[dic
         ok = not any(r["failures"] for r in results)
         return results
     finally:
+        offset = server.log_path.stat().st_size
         code = await asyncio.to_thread(server.stop)
         print(f"  server stopped (exit {code})", flush=True)
+        for line in scenarios.log_issues(server, offset):
+            print(f"    warning: server log during shutdown: {line}", flush=True)
         if ok and not args.keep_data:
             server.discard()
         else:

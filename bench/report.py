@@ -31,7 +31,8 @@ def fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+        digits = 2 if value < 10 else 1 if value < 100 else 0
+        return f"{value:,.{digits}f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
