@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio as aioredis
+from starlette.requests import Request
 
 from core.accept import TransactionService
 from core.batcher import Batcher
@@ -31,8 +32,10 @@ from server.postgres.accounts import PgAccountStore
 from server.postgres.journals import PgJournalStore
 from server.postgres.pool import create_pool
 from server.receipts_local import LocalReceiptSource
+from server.redis.account_cache import RedisAccountCache
 from server.redis.client import create_client
 from server.redis.idempotency import RedisIdempotencyCache
+from server.redis.rate_limit import RedisRateLimiter, rate_limiter
 from server.redis.status import RedisStatusStore
 from server.settings import Settings, parse_api_keys
 
@@ -62,14 +65,23 @@ class Runtime:
     owner: str
     notifier: NotificationClient | None = None
     relay: OutboxRelay | None = None
+    account_cache: RedisAccountCache | None = None
+    limiter: RedisRateLimiter | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     stopping: bool = False
 
-    async def limit(self, request: object, api_key: str | None = None) -> None:
-        """Per-key rate limit (wired in by the rate limiter when KASSA_RATE_LIMIT is set)."""
+    async def limit(self, request: Request, api_key: str | None = None) -> None:
+        """Per-key rate limit when KASSA_RATE_LIMIT is set (429 with Retry-After)."""
+        if self.limiter is None:
+            return
+        if api_key is None:  # the handler already checked the key; here it is only read
+            _, _, api_key = request.headers.get("authorization", "").partition(" ")
+        await self.limiter.check(api_key.strip())
 
     async def invalidate_accounts(self, account_ids: list[str]) -> None:
-        """Drop cached views of these accounts (wired in by the account cache)."""
+        """Drop cached views of these accounts in every process."""
+        if self.account_cache is not None:
+            await self.account_cache.invalidate(account_ids)
 
     def dependency_states(self) -> dict[str, str]:
         """Circuit breaker states of remote dependencies, for /readyz."""
@@ -97,6 +109,8 @@ class Runtime:
         if self.relay is not None:
             await self.relay.close()
         await self.tracker.flush()
+        if self.account_cache is not None:
+            await self.account_cache.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()
@@ -138,6 +152,9 @@ async def build_runtime(settings: Settings) -> Runtime:
                            max_size=settings.db_pool_max)
     redis = create_client(settings.redis_url) if settings.redis_url else None
     journals = PgJournalStore(db, lease_s=settings.lease_s)
+    account_cache = (RedisAccountCache(redis, journals, size=settings.account_cache_size,
+                                       ttl_ms=settings.account_cache_ttl_ms)
+                     if redis is not None else None)
     status_store = RedisStatusStore(redis) if redis is not None else None
     tracker = StatusTracker(status_store, flush_interval_ms=settings.status_update_interval_ms,
                             redis_ttl_s=settings.status_ttl_s,
@@ -151,6 +168,7 @@ async def build_runtime(settings: Settings) -> Runtime:
     single = settings.executor == "single"
     pool = ProcessorPool(
         journals, PostCommit(tracker=tracker, receipts=receipts, notifier=notifier,
+                             invalidate=account_cache.invalidate if account_cache else None,
                              wake_relay=relay.wake if relay else None, observer=observer),
         queue_size_max=settings.processor_queue_size,
         writers=max(settings.executor_writers, 8) if single else settings.executor_writers,
@@ -164,7 +182,8 @@ async def build_runtime(settings: Settings) -> Runtime:
         in_flight_max=settings.accept_in_flight_max,
         pending_max=settings.processor_queue_size, on_flush=observer.accept_flushed)
     service = TransactionService(
-        journals=journal_batcher, receipts=receipts, accounts=journals, pool=pool,
+        journals=journal_batcher, receipts=receipts, accounts=account_cache or journals,
+        pool=pool,
         tracker=tracker,
         idempotency=RedisIdempotencyCache(redis, ttl_s=settings.idempotency_ttl_s) if redis else None,
         owner=owner, wait_timeout_s=settings.transaction_timeout_s, observer=observer)
@@ -173,11 +192,14 @@ async def build_runtime(settings: Settings) -> Runtime:
         redis=redis, accounts=PgAccountStore(db), journals=journals, service=service,
         status=StatusQuery(tracker, status_store, receipts, journals), pool=pool,
         tracker=tracker, journal_batcher=journal_batcher, receipts=receipts, owner=owner,
-        notifier=notifier, relay=relay)
+        notifier=notifier, relay=relay, account_cache=account_cache,
+        limiter=rate_limiter(redis, settings))
     journal_batcher.start()
     pool.start()
     if relay is not None:
         await relay.start()
+    if account_cache is not None:
+        await account_cache.start()
     sweeper = RecoverySweeper(journals, pool, owner=owner, lease_s=settings.lease_s,
                               interval_s=settings.sweep_interval_s)
     runtime.background += [asyncio.create_task(tracker.run(), name="tracker"),

@@ -37,7 +37,10 @@ def client(url: str, connections: int = 64) -> aiohttp.ClientSession:
 async def send(http: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> Reply:
     started = time.monotonic()
     async with http.request(method, path, json=body) as r:
-        data = await r.json(content_type=None) if r.content_length != 0 else None
+        if r.content_type == "application/json":
+            data = await r.json()
+        else:
+            data = await r.text()
         return Reply(r.status, data, dict(r.headers), time.monotonic() - started)
 
 
