@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds to wait after the load for the backlog to reach 0")
     p.add_argument("--results-dir", type=Path, default=report.RESULTS)
     p.add_argument("--keep-data", action="store_true", help="keep the servers' data dirs")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KASSA_X=V",
+                   help="a server setting for every scenario (repeatable), for tuning runs")
     p.add_argument("--profile", action="store_true",
                    help="py-spy flame graph of each worker per scenario, into --results-dir")
     return p.parse_args(argv)
@@ -81,8 +83,9 @@ def options(args: argparse.Namespace, scenario: Scenario) -> RunOptions:
 
 async def run_group(args: argparse.Namespace, group: list[Scenario]) -> list[dict[str, Any]]:
     """One server (fresh data dir) for scenarios with the same server settings."""
+    overrides = dict(item.split("=", 1) for item in args.settings)
     config = stack.StackConfig(args.workers, args.database_url, args.redis_url,
-                               dict(group[0].server_env))
+                               {**overrides, **group[0].server_env})
     settings = " ".join(f"{k}={v}" for k, v in config.extra_env.items()) or "defaults"
     print(f"starting kassa serve --workers {args.workers} ({settings}) ...", flush=True)
     server = await asyncio.to_thread(stack.start, config)

@@ -1,40 +1,83 @@
-"""py-spy flame graphs of the gunicorn workers while a scenario's load runs (--profile)."""
+"""py-spy profiles of the gunicorn workers and the receipt service while a scenario's load
+runs (--profile): a flame graph per process and a top-20 table of the hottest functions."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections import Counter
 from pathlib import Path
 
 from bench.stack import Server
 
-RATE_HZ = 50  # enough for a flame graph; low enough not to move the numbers much
+RATE_HZ = 50  # enough for a profile; low enough not to move the numbers much
+TOP_N = 20
 
 
-def worker_pids(server: Server) -> list[int]:
-    """Children of the master with its own command line: the forked gunicorn workers
-    (Redis, the broker and the gRPC services are children too, with other command lines)."""
+def profiled_pids(server: Server) -> dict[int, str]:
+    """pid → role: the forked gunicorn workers (same command line as the master) and the
+    receipt service (Redis, the broker and the notification service are left out)."""
     master = server.process.pid
     own = Path(f"/proc/{master}/cmdline").read_bytes()
     children = Path(f"/proc/{master}/task/{master}/children")
     pids = [int(p) for p in children.read_text().split()] if children.exists() else []
-    return [p for p in pids if Path(f"/proc/{p}/cmdline").read_bytes() == own]
+    roles = {}
+    for pid in pids:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if cmdline == own:
+            roles[pid] = "worker"
+        elif b"receipt-service" in cmdline:
+            roles[pid] = "receipt-service"
+    return roles
 
 
 async def record(server: Server, out_prefix: Path, load_s: float) -> list[Path]:
-    """Sample every worker for the middle of the load window; one SVG per worker."""
+    """Sample for the middle of the load window; raw collapsed stacks, then summaries."""
     py_spy = Path(sys.executable).parent / "py-spy"
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     await asyncio.sleep(min(1.0, load_s / 4))  # skip the ramp-up
     seconds = max(1, int(load_s - 2))
-    procs, paths = [], []
-    for pid in worker_pids(server):
-        path = out_prefix.with_name(f"{out_prefix.name}-worker{pid}.svg")
+    procs, raws = [], {}
+    for pid, role in profiled_pids(server).items():
+        raw = out_prefix.with_name(f"{out_prefix.name}-{role}{pid}.folded")
         procs.append(await asyncio.create_subprocess_exec(
             str(py_spy), "record", "--nonblocking", "-r", str(RATE_HZ), "-d", str(seconds),
-            "-o", str(path), "-p", str(pid),
+            "-f", "raw", "-o", str(raw), "-p", str(pid),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
-        paths.append(path)
+        raws[raw] = role
     for proc in procs:
         await proc.wait()
-    return [p for p in paths if p.exists()]
+    written = [p for p in raws if p.exists()]
+    summary = out_prefix.with_name(f"{out_prefix.name}-profile-top{TOP_N}.txt")
+    summary.write_text(summarize({p: raws[p] for p in written}))
+    return [*written, summary]
+
+
+def summarize(raws: dict[Path, str]) -> str:
+    """Top functions by self time and by inclusive time, per role, from folded stacks."""
+    out = []
+    for role in sorted(set(raws.values())):
+        own: Counter[str] = Counter()
+        inclusive: Counter[str] = Counter()
+        total = 0
+        for path, path_role in raws.items():
+            if path_role != role:
+                continue
+            for line in path.read_text().splitlines():
+                stack, _, count = line.rpartition(" ")
+                if not count.isdigit():
+                    continue
+                frames = [f for f in stack.split(";") if f]
+                n = int(count)
+                total += n
+                if frames:
+                    own[frames[-1]] += n
+                for frame in set(frames):
+                    inclusive[frame] += n
+        out.append(f"== {role}: {total} samples at {RATE_HZ} Hz ==")
+        out.append(f"-- top {TOP_N} by self time --")
+        out += [f"{100 * n / total:5.1f}%  {frame}" for frame, n in own.most_common(TOP_N)]
+        out.append(f"-- top {TOP_N} by inclusive time --")
+        out += [f"{100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(TOP_N)]
+        out.append("")
+    return "\n".join(out)

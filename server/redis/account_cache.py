@@ -28,6 +28,7 @@ from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
 from core.account_cache import CacheStats, LocalAccountCache
+from core.batcher import Batcher
 from core.breaker import CircuitBreaker
 from core.errors import Unavailable
 from core.models import AccountSnapshot
@@ -46,6 +47,8 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 2.0
 POLL_S = 1.0
 BREAKER_FAILURES_MAX, BREAKER_RESET_MS = 5, 1000
 WARN_INTERVAL_S = 5.0
+# Misses of concurrent requests are loaded together; a flush waits at most this long.
+LOAD_BATCH_MAX, LOAD_FLUSH_MS, LOAD_IN_FLIGHT_MAX = 256, 0.5, 2
 
 REQUESTS = Counter("kassa_account_cache_requests_total",
                    "Account lookups for pre-validation, by the tier that answered", ["result"])
@@ -82,6 +85,9 @@ class RedisAccountCache:
         self._unsent: dict[str, None] = {}  # an ordered set
         self._task: asyncio.Task[None] | None = None
         self._warn = Throttle(WARN_INTERVAL_S)
+        self._loader: Batcher[str, AccountSnapshot | None] = Batcher(
+            "account-loader", self._load, batch_size_max=LOAD_BATCH_MAX,
+            flush_interval_ms=LOAD_FLUSH_MS, in_flight_max=LOAD_IN_FLIGHT_MAX)
         # A hung Redis would cost every request a socket timeout; open, it costs nothing.
         self._breaker = CircuitBreaker("redis_account_cache", failures_max=BREAKER_FAILURES_MAX,
                                        reset_ms=BREAKER_RESET_MS, clock=clock)
@@ -90,20 +96,29 @@ class RedisAccountCache:
 
     async def get_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
         found, missing = self.local.get_many(account_ids)
-        local_hits = len(found)
-        from_redis: dict[str, AccountSnapshot] = {}
+        if found:
+            self._count(len(found), 0, 0)
         if missing:
-            epoch = self.local.epoch
-            from_redis = await self._read_redis(missing)
-            self.local.put_many(from_redis.values(), epoch)
-            rest = [a for a in missing if a not in from_redis]
-            found |= from_redis
-            if rest:
-                from_db = await self._database.get_accounts(rest)
-                found |= from_db
-                await self._write_back(self.local.put_many(from_db.values(), epoch))
-        self._count(local_hits, len(from_redis), len(missing) - len(from_redis))
+            # Concurrent requests' misses share one MGET, one query and one write-back.
+            self._loader.start()  # idempotent: a cache used before start() still loads
+            loaded = await asyncio.gather(*(self._loader.submit(a) for a in missing))
+            found |= {s.id: s for s in loaded if s is not None}
         return found
+
+    async def _load(self, account_ids: list[str]) -> list[AccountSnapshot | None]:
+        """The loader's sink: one batch of local misses through Redis, then the database."""
+        wanted = list(dict.fromkeys(account_ids))
+        epoch = self.local.epoch
+        found = await self._read_redis(wanted)
+        self.local.put_many(found.values(), epoch)
+        redis_hits = sum(1 for a in account_ids if a in found)
+        rest = [a for a in wanted if a not in found]
+        if rest:
+            from_db = await self._database.get_accounts(rest)
+            found |= from_db
+            await self._write_back(self.local.put_many(from_db.values(), epoch))
+        self._count(0, redis_hits, len(account_ids) - redis_hits)
+        return [found.get(a) for a in account_ids]
 
     async def _read_redis(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
         try:
@@ -188,6 +203,7 @@ class RedisAccountCache:
         self._task = asyncio.create_task(self._subscribe_forever(), name="account-cache")
 
     async def close(self) -> None:
+        await self._loader.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
