@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
 
@@ -42,6 +43,14 @@ def child_exit(server: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid)
 
 
+class KassaArbiter(Arbiter):  # type: ignore[misc]
+    """Ctrl-C stops as gracefully as SIGTERM (gunicorn's default SIGINT is a quick stop,
+    which would kill workers with their in-flight transactions)."""
+
+    def handle_int(self) -> None:
+        self.handle_term()
+
+
 class KassaApplication(BaseApplication):  # type: ignore[misc]
     def __init__(self, options: dict[str, Any]) -> None:
         self._options = options
@@ -50,6 +59,9 @@ class KassaApplication(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         for key, value in self._options.items():
             self.cfg.set(key, value)
+
+    def run(self) -> None:
+        KassaArbiter(self).run()
 
     def load(self) -> Any:
         from server.app import create_app

@@ -177,3 +177,37 @@ def test_embedded_stack_with_no_configuration(tmp_path: Path) -> None:
         process.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     print(f"kassa serve startup to ready: cold {cold_s:.2f}s, warm {warm_s:.2f}s")
+
+
+def test_ctrl_c_stops_the_embedded_stack_gracefully() -> None:
+    """Ctrl-C in a terminal signals the whole process group: master, workers, and whatever
+    children share the group. Every accepted transaction still completes first."""
+    data_dir = Path("/tmp") / f"kassa-ctrlc-{os.getpid()}"
+    kassa = start_kassa({}, workers=2, data_dir=data_dir, timeout_s=60, own_group=True)
+    try:
+        key = (data_dir / "admin_api_key").read_text().strip()
+        auth = {"Authorization": f"Bearer {key}"}
+        assert httpx.post(kassa.url + "/v1/accounts", json={"id": "g1", "currency": "USD"},
+                          headers=auth).status_code == 201
+        accepted = [httpx.post(kassa.url + "/v1/transactions", headers=auth, json={
+            "type": "deposit", "currency": "USD", "destination": "g1", "amount": 1}).json()
+            for _ in range(50)]
+        children = set(map(int, Path(f"/proc/{kassa.pid}/task/{kassa.pid}/children").read_text().split()))
+        os.killpg(kassa.pid, signal.SIGINT)
+        assert kassa.process.wait(45) == 0, kassa.log()
+        alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+        assert not alive, f"children left running: {alive}"
+        # Restart on the same data dir: every 202 of before is completed, none pending.
+        again = start_kassa({}, workers=1, data_dir=data_dir, timeout_s=60)
+        try:
+            for body in accepted:
+                status = httpx.get(f"{again.url}/v1/transactions/{body['receipt_code']}/status",
+                                   headers=auth).json()
+                assert status["status"] == "completed", status
+            assert httpx.get(again.url + "/v1/accounts/g1", headers=auth).json()["balance"] == 50
+        finally:
+            again.stop()
+    finally:
+        if kassa.process.poll() is None:
+            kassa.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
