@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 
 class ConfigError(Exception):
@@ -144,6 +143,3 @@ def parse_api_keys(raw: str) -> dict[str, str]:
         raise ConfigError("KASSA_API_KEYS is empty")
     return keys
 
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("KASSA_DATA_DIR", ".kassa")).resolve()
