@@ -38,7 +38,11 @@ log = logging.getLogger("kassa.accept")
 
 @dataclass(frozen=True, slots=True)
 class Submitted:
-    """The answer to one submission: 202 (accepted), 201 (completed) or 422 (failed)."""
+    """The answer to one submission: 202 (accepted), 201 (completed) or 422 (failed).
+
+    0 means "answer from the journal as it stands now": the replay of a `?wait=true`
+    request, whose original answer was the finished transaction.
+    """
 
     receipt_code: str
     http_status: int

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio as aioredis
-from starlette.requests import Request
 
 from core.accept import TransactionService
 from core.batcher import Batcher
@@ -70,13 +69,10 @@ class Runtime:
     background: list[asyncio.Task[None]] = field(default_factory=list)
     stopping: bool = False
 
-    async def limit(self, request: Request, api_key: str | None = None) -> None:
+    async def limit(self, api_key: str) -> None:
         """Per-key rate limit when KASSA_RATE_LIMIT is set (429 with Retry-After)."""
-        if self.limiter is None:
-            return
-        if api_key is None:  # the handler already checked the key; here it is only read
-            _, _, api_key = request.headers.get("authorization", "").partition(" ")
-        await self.limiter.check(api_key.strip())
+        if self.limiter is not None:
+            await self.limiter.check(api_key)
 
     async def invalidate_accounts(self, account_ids: list[str]) -> None:
         """Drop cached views of these accounts in every process."""

@@ -10,23 +10,15 @@ from starlette.responses import Response
 
 from core.errors import InvalidRequest
 from core.validation import check_account_id, check_currency, check_overdraft_limit
-from server.handlers.common import decode, guarded, json_response, not_found, read_body
-from server.runtime import Runtime
+from server.handlers.common import authorize, decode, guarded, json_response, not_found, read_body
 from server.schemas import account_in, account_patch, encoder
 
 PAGE_LIMIT_MAX = 1000
 
 
-def rt(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
 @guarded
 async def create_account(request: Request) -> Response:
-    runtime = rt(request)
-    runtime.keys.require(request, "admin")
-    await runtime.limit(request)
+    runtime, _ = await authorize(request, "admin")
     body = decode(account_in, await read_body(request, runtime.settings.body_size_max))
     account_id = check_account_id(body.id) if body.id is not None else f"acc_{secrets.token_hex(10)}"
     contact = encoder.encode(body.contact) if body.contact else None
@@ -42,18 +34,14 @@ def decode_contact(raw: bytes | None) -> dict[str, str] | None:
 
 @guarded
 async def get_account(request: Request) -> Response:
-    runtime = rt(request)
-    runtime.keys.require(request, "read")
-    await runtime.limit(request)
+    runtime, _ = await authorize(request, "read")
     account = await runtime.accounts.get(request.path_params["account_id"])
     return json_response(account) if account else not_found("account")
 
 
 @guarded
 async def patch_account(request: Request) -> Response:
-    runtime = rt(request)
-    runtime.keys.require(request, "admin")
-    await runtime.limit(request)
+    runtime, _ = await authorize(request, "admin")
     body = decode(account_patch, await read_body(request, runtime.settings.body_size_max))
     account_id = request.path_params["account_id"]
     account = await runtime.accounts.set_status(account_id, body.status)
@@ -65,9 +53,7 @@ async def patch_account(request: Request) -> Response:
 
 @guarded
 async def list_entries(request: Request) -> Response:
-    runtime = rt(request)
-    runtime.keys.require(request, "read")
-    await runtime.limit(request)
+    runtime, _ = await authorize(request, "read")
     account_id = request.path_params["account_id"]
     raw_limit = request.query_params.get("limit", "100")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= PAGE_LIMIT_MAX:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -13,8 +13,25 @@ from core.errors import InvalidRequest, KassaError
 from server.errors import error_response, from_exception
 from server.schemas import encoder
 
+if TYPE_CHECKING:
+    from server.runtime import Runtime
+
 T = TypeVar("T")
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+async def authorize(request: Request, scope: str) -> tuple[Runtime, str]:
+    """The runtime and the caller's API key, once the key has `scope` and is within its
+    rate limit (401, 403 or 429 otherwise)."""
+    runtime = runtime_of(request)
+    api_key = runtime.keys.require(request, scope)
+    await runtime.limit(api_key)
+    return runtime, api_key
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -8,8 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server import metrics
-from server.handlers.accounts import rt
-from server.handlers.common import json_response
+from server.handlers.common import json_response, runtime_of
 from server.openapi import OPENAPI
 
 HEALTH = b'{"status":"ok"}'
@@ -21,7 +20,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    runtime = rt(request)
+    runtime = runtime_of(request)
     checks = {"postgres": await _check(runtime.db.fetchval("SELECT 1")),
               "redis": (await _check(runtime.redis.ping()) if runtime.redis is not None
                         else "not_configured"),

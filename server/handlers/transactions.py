@@ -15,8 +15,14 @@ from core.errors import InvalidRequest, KassaError
 from core.models import AccountSnapshot, Transaction
 from core.validation import normalize_transaction
 from server.errors import error_dict
-from server.handlers.accounts import rt
-from server.handlers.common import decode, guarded, json_response, not_found, read_body
+from server.handlers.common import (
+    authorize,
+    decode,
+    guarded,
+    json_response,
+    not_found,
+    read_body,
+)
 from server.runtime import Runtime
 from server.schemas import TransactionIn, batch_in, batch_item_in, encoder, transaction_in
 
@@ -59,9 +65,7 @@ def wants_wait(request: Request) -> bool:
 
 @guarded
 async def post_transaction(request: Request) -> Response:
-    runtime = rt(request)
-    api_key = runtime.keys.require(request, "write")
-    await runtime.limit(request, api_key)
+    runtime, api_key = await authorize(request, "write")
     wait = wants_wait(request)
     key = check_idempotency_key(request.headers.get("idempotency-key"))
     tx = to_transaction(decode(transaction_in, await read_body(request, runtime.settings.body_size_max)))
@@ -91,9 +95,7 @@ async def answer(runtime: Runtime, submitted: Submitted) -> tuple[int, Any]:
 
 @guarded
 async def post_batch(request: Request) -> Response:
-    runtime = rt(request)
-    api_key = runtime.keys.require(request, "write")
-    await runtime.limit(request, api_key)
+    runtime, api_key = await authorize(request, "write")
     wait = wants_wait(request)
     batch = decode(batch_in, await read_body(request, runtime.settings.body_size_max))
     if not 1 <= len(batch.transactions) <= BATCH_MAX:
@@ -132,9 +134,7 @@ async def batch_item(runtime: Runtime, item: tuple[Transaction, str | None] | Ka
 
 @guarded
 async def get_status(request: Request) -> Response:
-    runtime = rt(request)
-    runtime.keys.require(request, "read")
-    await runtime.limit(request)
+    runtime, _ = await authorize(request, "read")
     found = await runtime.status.status(request.path_params["receipt_code"])
     if found is None:
         return not_found("receipt")
@@ -143,9 +143,7 @@ async def get_status(request: Request) -> Response:
 
 @guarded
 async def get_transaction(request: Request) -> Response:
-    runtime = rt(request)
-    runtime.keys.require(request, "read")
-    await runtime.limit(request)
+    runtime, _ = await authorize(request, "read")
     code = request.path_params["receipt_code"]
     view = await runtime.accounts.transaction(code)
     if view is None:
