@@ -26,9 +26,10 @@ async def converted_errors() -> AsyncIterator[None]:
         yield
     except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
         raise TransientConflict(str(exc)) from exc
-    except (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
-            asyncpg.InterfaceError) as exc:
-        raise Unavailable(f"database unreachable: {exc}", retry_after_s=1) from exc
+    except (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+            asyncpg.OperatorInterventionError, asyncpg.InterfaceError) as exc:
+        # Unreachable, restarting or shutting down (class 08 and 57 errors), or too slow.
+        raise Unavailable(f"database unavailable: {exc}", retry_after_s=1) from exc
 
 
 def iso(ts: dt.datetime | None) -> str | None:
