@@ -195,6 +195,7 @@ def test_ctrl_c_stops_the_embedded_stack_gracefully() -> None:
         children = set(map(int, Path(f"/proc/{kassa.pid}/task/{kassa.pid}/children").read_text().split()))
         os.killpg(kassa.pid, signal.SIGINT)
         assert kassa.process.wait(45) == 0, kassa.log()
+        assert "Unable connect" not in kassa.log(), "a dependency stopped before the workers"
         alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
         assert not alive, f"children left running: {alive}"
         # Restart on the same data dir: every 202 of before is completed, none pending.

@@ -45,7 +45,10 @@ def start_tansu(port: int, *, log_path: Path | None = None) -> subprocess.Popen[
             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
     # Tansu logs to stdout; keep it out of ours unless a log file is asked for.
     with _log_target(log_path) as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # A session of its own: a terminal's Ctrl-C must not stop the broker before the
+        # workers have finished publishing; its owner stops it by PID.
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     try:
         _wait_ready(proc, port)
     except BaseException:
