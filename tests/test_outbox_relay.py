@@ -66,9 +66,13 @@ async def consume(bootstrap: str, count: int, *, group: str = "test-consumer",
     await consumer.start()
     got: list[tuple[str, bytes]] = []
     try:
-        async with asyncio.timeout(timeout_s):
-            while len(got) < count:
-                got += await _poll(consumer, 0.5)
+        try:
+            async with asyncio.timeout(timeout_s):
+                while len(got) < count:
+                    got += await _poll(consumer, 0.5)
+        except TimeoutError:
+            raise AssertionError(f"{len(got)} of {count} messages after {timeout_s}s; "
+                                 f"assignment {consumer.assignment()}") from None
         got += await _poll(consumer, linger_s)
         await consumer.commit()
     finally:
