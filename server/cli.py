@@ -67,7 +67,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _raise_exit)
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    stack = EmbeddedStack(data_dir)
+    stack = EmbeddedStack(data_dir, reserved_ports={args.port})
     try:
         env = start_dependencies(stack, settings, data_dir)
         os.environ.update(env)
@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
 def start_dependencies(stack: object, settings: Settings, data_dir: Path) -> dict[str, str]:
     """Start what is not configured; returns the KASSA_* variables the workers need."""
-    from server.embedded import EmbeddedStack, free_port
+    from server.embedded import EmbeddedStack
 
     assert isinstance(stack, EmbeddedStack)
     env: dict[str, str] = {}
@@ -97,11 +97,11 @@ def start_dependencies(stack: object, settings: Settings, data_dir: Path) -> dic
     database_url = settings.database_url or env["KASSA_DATABASE_URL"]
     child_env = {**os.environ, **env}
     if not settings.receipt_service_addr:
-        port = free_port()
+        port = stack.free_port()
         stack.spawn_python("receipt-service", ["receipt-service", "--port", str(port)], port, child_env)
         env["KASSA_RECEIPT_SERVICE_ADDR"] = f"127.0.0.1:{port}"
     if not settings.notification_service_addr:
-        port = free_port()
+        port = stack.free_port()
         stack.spawn_python("notification-service", ["notification-service", "--port", str(port)],
                            port, child_env)
         env["KASSA_NOTIFICATION_SERVICE_ADDR"] = f"127.0.0.1:{port}"

