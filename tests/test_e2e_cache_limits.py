@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import new_database
 from tests.fixtures.kassa_server import start_kassa
 from tests.fixtures.servers import PostgresServer, RedisServer
+from tests.invariants import assert_invariants
 from tests.load import SERVE_ENV, Reply, drive, open_accounts
 
 pytestmark = pytest.mark.slow
@@ -42,6 +43,7 @@ async def test_a_balance_change_in_one_process_reaches_pre_validation_in_the_oth
         replies = await fresh_connections(kassa.url, probe, 24)
         codes = {(r.status, r.body["error"]["code"] if r.status == 422 else None) for r in replies}
         assert codes == {(422, "insufficient_funds")}, codes
+        await assert_invariants(dsn)
     finally:
         kassa.stop()
 

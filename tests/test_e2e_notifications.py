@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import new_database
 from tests.fixtures.kassa_server import start_kassa
 from tests.fixtures.servers import PostgresServer, RedisServer, free_port
+from tests.invariants import assert_invariants
 from tests.load import SERVE_ENV, Reply, drive
 from tests.test_notifications import WebhookReceiver, receiver, smtp  # noqa: F401 - fixtures
 
@@ -84,5 +85,6 @@ async def test_contacts_are_notified_on_every_channel(
         await until(dead_letters)
         balance = await drive(kassa.url, [("GET", "/v1/accounts/n1", None)], 1)
         assert balance[0].body["balance"] == 20  # type: ignore[union-attr]
+        await assert_invariants(dsn)
     finally:
         kassa.stop()
