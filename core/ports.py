@@ -127,8 +127,6 @@ class JournalStore(Protocol):
     async def journal_status(self, receipt_code: str) -> JournalStatus | None:
         ...
 
-    async def account_snapshots(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
-        ...
 
 
 # ---- Redis: shared fast state ---------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import asyncpg
 import pytest
@@ -55,6 +55,22 @@ def redis_server() -> Iterator[RedisServer]:
     server = start_redis()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def clients(redis_url: str) -> AsyncIterator[Callable[[], object]]:
+    """Redis clients, each with its own connection pool (as separate processes have)."""
+    from server.redis.client import create_client
+
+    made: list = []  # type: ignore[type-arg]
+
+    def make():  # type: ignore[no-untyped-def]
+        made.append(create_client(redis_url))
+        return made[-1]
+
+    yield make
+    for client in made:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -117,20 +117,6 @@ class CountingDatabase:
         return {a: self.accounts[a] for a in account_ids if a in self.accounts}
 
 
-@pytest.fixture
-async def clients(redis_url: str) -> AsyncIterator[Callable[[], aioredis.Redis]]:
-    """Redis clients, each with its own connection pool (as separate processes have)."""
-    made: list[aioredis.Redis] = []
-
-    def make() -> aioredis.Redis:
-        made.append(create_client(redis_url))
-        return made[-1]
-
-    yield make
-    for client in made:
-        await client.aclose()
-
-
 async def test_reads_local_then_redis_then_database(clients: Callable[[], aioredis.Redis]) -> None:
     db = CountingDatabase({"a": snap("a", 10), "b": snap("b", 20)})
     first = RedisAccountCache(clients(), db, size=100, ttl_ms=60_000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,20 +19,6 @@ from server.settings import Settings
 from tests.fixtures.servers import free_port
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def clients(redis_url: str) -> AsyncIterator[Callable[[], aioredis.Redis]]:
-    """Redis clients, each with its own connection pool (as separate processes have)."""
-    made: list[aioredis.Redis] = []
-
-    def make() -> aioredis.Redis:
-        made.append(create_client(redis_url))
-        return made[-1]
-
-    yield make
-    for client in made:
-        await client.aclose()
 
 
 async def take(limiter: RedisRateLimiter, key: str, n: int) -> list[int | None]:

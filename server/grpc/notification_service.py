@@ -23,7 +23,7 @@ from server.grpc.notification_delivery import (
     NotificationConfig,
     WebhookPayload,
 )
-from server.grpc.runtime import listen_address, run_until_signal, start_server, stop_server
+from server.grpc.runtime import listen_address, run_until_signal, serve_until_cancelled
 
 log = logging.getLogger("kassa.notifications")
 
@@ -107,14 +107,10 @@ async def serve(
     try:
         async with asyncpg.create_pool(database_url, min_size=1, max_size=POOL_SIZE_MAX) as pool:
             servicer = NotificationServicer(pool, deliverer)
-            server, _, checker = await start_server(
+            await serve_until_cancelled(
                 lambda s: pb_grpc.add_NotificationServiceServicer_to_server(servicer, s),
                 SERVICE_NAME, listen_address(host, port),
             )
-            try:
-                await asyncio.Event().wait()  # until cancelled
-            finally:
-                await stop_server(server, checker)
     finally:
         await deliverer.aclose()
 

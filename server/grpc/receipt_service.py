@@ -7,7 +7,6 @@ several services (hosts, processes) never hand out the same code.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -18,7 +17,7 @@ import grpc
 from server.grpc import receipt_store as store
 from server.grpc.gen.kassa.v1 import receipts_pb2 as pb
 from server.grpc.gen.kassa.v1 import receipts_pb2_grpc as pb_grpc
-from server.grpc.runtime import listen_address, run_until_signal, start_server, stop_server
+from server.grpc.runtime import listen_address, run_until_signal, serve_until_cancelled
 
 log = logging.getLogger("kassa.receipts")
 
@@ -104,14 +103,10 @@ async def serve(port: int, database_url: str, *, node_id: int, host: str = "127.
     """Serve until cancelled; `host` may be a `unix:/path` address (then `port` is unused)."""
     async with asyncpg.create_pool(database_url, min_size=1, max_size=POOL_SIZE_MAX) as pool:
         servicer = ReceiptServicer(pool, node_id)
-        server, _, checker = await start_server(
+        await serve_until_cancelled(
             lambda s: pb_grpc.add_ReceiptServiceServicer_to_server(servicer, s),
             SERVICE_NAME, listen_address(host, port),
         )
-        try:
-            await asyncio.Event().wait()  # until cancelled
-        finally:
-            await stop_server(server, checker)
 
 
 def run_receipt_service(

@@ -51,6 +51,17 @@ async def stop_server(server: grpc.aio.Server, checker: health.aio.HealthService
     await server.stop(GRACE_S)
 
 
+async def serve_until_cancelled(
+    register: Callable[[grpc.aio.Server], None], service_name: str, address: str
+) -> None:
+    """Run a server with the health service until the calling task is cancelled."""
+    server, _, checker = await start_server(register, service_name, address)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await stop_server(server, checker)
+
+
 def run_until_signal(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run `main()` until it returns or SIGTERM/SIGINT cancels it (for the CLI)."""
 

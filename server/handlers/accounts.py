@@ -11,7 +11,7 @@ from starlette.responses import Response
 from core.errors import InvalidRequest
 from core.validation import check_account_id, check_currency, check_overdraft_limit
 from server.handlers.common import authorize, decode, guarded, json_response, not_found, read_body
-from server.schemas import account_in, account_patch, encoder
+from server.schemas import account_in, account_patch
 
 PAGE_LIMIT_MAX = 1000
 
@@ -21,15 +21,10 @@ async def create_account(request: Request) -> Response:
     runtime, _ = await authorize(request, "admin")
     body = decode(account_in, await read_body(request, runtime.settings.body_size_max))
     account_id = check_account_id(body.id) if body.id is not None else f"acc_{secrets.token_hex(10)}"
-    contact = encoder.encode(body.contact) if body.contact else None
     account = await runtime.accounts.create(
         account_id, check_currency(body.currency), check_overdraft_limit(body.overdraft_limit),
-        decode_contact(contact), body.metadata or {})
+        msgspec.to_builtins(body.contact) if body.contact else None, body.metadata or {})
     return json_response(account, 201, {"Location": f"/v1/accounts/{account_id}"})
-
-
-def decode_contact(raw: bytes | None) -> dict[str, str] | None:
-    return msgspec.json.decode(raw, type=dict[str, str]) if raw else None
 
 
 @guarded

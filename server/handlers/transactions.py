@@ -150,10 +150,6 @@ async def get_transaction(request: Request) -> Response:
         return not_found("receipt")
     if view["status"] == "processing":
         found = await runtime.status.status(code)
-        return json_response({**encoder_dict(found), "entries": []})
+        return json_response({**msgspec.to_builtins(found), "entries": []})
     return json_response(view)
 
-
-def encoder_dict(value: Any) -> dict[str, Any]:
-    result: dict[str, Any] = msgspec.to_builtins(value)
-    return result

@@ -169,16 +169,13 @@ class PgJournalStore:
         error = ErrorBody(row["error_code"], row["error_message"]) if row["error_code"] else None
         return JournalStatus(receipt_code, row["status"], error, iso(row["at"]) or "")
 
-    async def account_snapshots(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
+    async def get_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
+        """AccountReader straight from the database (the account cache wraps this)."""
         async with converted_errors():
             rows = await self._pool.fetch(
                 "SELECT id, currency, status, balance, overdraft_limit, contact FROM accounts "
                 "WHERE id = ANY($1::text[])", account_ids)
         return {r["id"]: snapshot(r) for r in rows}
-
-    async def get_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
-        """AccountReader straight from the database (the cache wraps this)."""
-        return await self.account_snapshots(account_ids)
 
 
 def transaction_of(row: asyncpg.Record) -> Transaction:
