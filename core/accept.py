@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from core.batcher import Batcher
 from core.errors import IdempotencyInProgress, IdempotencyKeyReused, KassaError, Unavailable
-from core.executor import Task, utc_now_iso
+from core.executor import Task
 from core.ledger import Outcome, prevalidate
 from core.models import AccountSnapshot, Transaction
 from core.observer import NullObserver, Observer
@@ -30,8 +30,7 @@ from core.ports import (
     ReceiptRequest,
     ReceiptSource,
 )
-from core.status import COMPLETED, PROCESSING
-from core.tracker import StatusTracker
+from core.status import COMPLETED
 
 log = logging.getLogger("kassa.accept")
 
@@ -73,7 +72,6 @@ class TransactionService:
         receipts: ReceiptSource,
         accounts: AccountReader,
         pool: ProcessorPool,
-        tracker: StatusTracker,
         idempotency: IdempotencyCache | None,
         owner: str,
         wait_timeout_s: float,
@@ -84,7 +82,6 @@ class TransactionService:
         self._receipts = receipts
         self._accounts = accounts
         self._pool = pool
-        self._tracker = tracker
         self._idem = idempotency
         self._owner = owner
         self._wait_timeout_s = wait_timeout_s
@@ -144,7 +141,6 @@ class TransactionService:
         waiter = asyncio.get_running_loop().create_future() if sub.wait else None
         task = Task(result, code, tx, started, waiter)
         self._pool.put(task)
-        self._tracker.set(code, PROCESSING, None, utc_now_iso())
         elapsed = self._clock() - started
         self._observer.accepted("transaction", elapsed)
         log.info("[TRANSACTION START] Receipt: %s | Type: %s | Amount: %d | Accounts: %d",

@@ -10,7 +10,7 @@ from core.executor import Executed, utc_now_iso
 from core.ledger import Outcome
 from core.models import AccountSnapshot
 from core.observer import NullObserver, Observer
-from core.ports import Notification, Notifier, ReceiptSource
+from core.ports import JournalStatus, Notification, Notifier, ReceiptSource
 from core.status import COMPLETED
 from core.tracker import StatusTracker
 
@@ -54,8 +54,9 @@ class PostCommit:
         if self._wake_relay is not None and executed.outcomes:
             self._wake_relay()
         now, now_iso = time.monotonic(), utc_now_iso()
+        self._tracker.finished([JournalStatus(o.receipt_code, o.status, o.error, now_iso)
+                                for o in executed.outcomes])
         for task, outcome in zip(executed.tasks, executed.outcomes, strict=True):
-            self._tracker.set(outcome.receipt_code, outcome.status, outcome.error, now_iso)
             self._receipts.status_changed(outcome.receipt_code, outcome.status,
                                           outcome.error.code if outcome.error else None)
             self._observer.finished(outcome.status, task.transaction.type, now - task.accepted_at)

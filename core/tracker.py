@@ -1,8 +1,16 @@
-"""The status tracker: statuses in memory first, written to Redis in batches.
+"""The status tracker: final statuses in memory first, written to Redis in batches.
 
-Reads are served from memory when the entry is final or fresh; anything else falls
-through the chain (Redis, receipt service, database) in core/queries.py, so any
-worker process sees any receipt at once. Statuses only move forward.
+Only final statuses are tracked: a `processing` receipt is answered by the database,
+which is authoritative, so accepting a request costs the tracker nothing. Reads are
+served from memory when the entry is known; anything else falls through the chain
+(Redis, receipt service, database) in core/queries.py, so any worker process sees
+any receipt at once.
+
+Memory is bounded twice: entries older than `memory_ttl_s` are dropped, and past
+`entries_max` the oldest go first. Both walk the map from its oldest end (dicts keep
+insertion order), so upkeep costs what it removes, not the size of the map. Statuses
+waiting for Redis are bounded by the same `entries_max`: while Redis is down the
+oldest are dropped with a warning (the database still has them).
 """
 
 from __future__ import annotations
@@ -11,15 +19,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from itertools import islice, takewhile
+from typing import Any
 
-from core.models import ErrorBody
 from core.ports import JournalStatus, StatusStore
-from core.status import can_move, is_final
+from core.status import is_final
 
 log = logging.getLogger("kassa.tracker")
-
-# A non-final entry older than this may have moved on in another process (recovery).
-FRESH_S = 2.0
 
 
 class StatusTracker:
@@ -30,41 +36,45 @@ class StatusTracker:
         flush_interval_ms: float,
         redis_ttl_s: int,
         memory_ttl_s: int,
+        entries_max: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._interval_s = flush_interval_ms / 1000
         self._redis_ttl_s = redis_ttl_s
         self._memory_ttl_s = memory_ttl_s
+        self._entries_max = entries_max
         self._clock = clock
         self._entries: dict[str, tuple[JournalStatus, float]] = {}
         self._dirty: dict[str, JournalStatus] = {}
+        self.dropped = 0
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def set(self, code: str, status: str, error: ErrorBody | None, updated_at: str) -> bool:
-        """Record a status if it moves forward; returns whether it did."""
-        current = self._entries.get(code)
-        if current is not None and not can_move(current[0].status, status):
-            return False
-        record = JournalStatus(code, status, error, updated_at)
-        self._entries[code] = (record, self._clock())
-        self._dirty[code] = record
-        return True
+    def finished(self, records: list[JournalStatus]) -> None:
+        """Record the final statuses of one executed batch; Redis gets them on the next flush."""
+        now = self._clock()
+        entries, dirty = self._entries, self._dirty
+        for record in records:
+            assert is_final(record.status), "only final statuses are tracked"
+            entries[record.receipt_code] = (record, now)
+            dirty[record.receipt_code] = record
+        self._bound(entries, lambda _: None)
+        self._bound(dirty, self._drop_unsent)
 
     def get(self, code: str) -> JournalStatus | None:
         entry = self._entries.get(code)
-        if entry is not None and (is_final(entry[0].status) or self._clock() - entry[1] < FRESH_S):
+        if entry is not None:
             self.hits += 1
             return entry[0]
         self.misses += 1
         return None
 
     async def flush(self) -> int:
-        """Write the dirty statuses to Redis in one pipeline; keep them dirty on failure."""
+        """Write the pending statuses to Redis in one pipeline; keep them on failure."""
         if self._store is None:
             self._dirty.clear()
             return 0
@@ -74,9 +84,11 @@ class StatusTracker:
         try:
             await self._store.write_statuses(list(batch.values()), self._redis_ttl_s)
         except Exception as exc:  # noqa: BLE001 - Redis down: retry on the next tick
-            for code, record in batch.items():
-                self._dirty.setdefault(code, record)
-            log.warning("[STATUS TRACKER] Redis write failed, %d statuses kept: %r", len(batch), exc)
+            batch.update(self._dirty)
+            self._dirty = batch
+            self._bound(self._dirty, self._drop_unsent)
+            log.warning("[STATUS TRACKER] Redis write failed, %d statuses kept: %r",
+                        len(self._dirty), exc)
             return 0
         log.info("[STATUS TRACKER] Flushed %d status updates to Redis", len(batch))
         return len(batch)
@@ -84,7 +96,8 @@ class StatusTracker:
     def cleanup(self) -> int:
         """Forget in-memory entries older than the memory TTL (they stay in Redis)."""
         cutoff = self._clock() - self._memory_ttl_s
-        old = [code for code, (_, at) in self._entries.items() if at < cutoff]
+        old = [code for code, _ in takewhile(lambda item: item[1][1] < cutoff,
+                                             self._entries.items())]
         for code in old:
             del self._entries[code]
         return len(old)
@@ -95,3 +108,15 @@ class StatusTracker:
             await asyncio.sleep(self._interval_s)
             await self.flush()
             self.cleanup()
+
+    def _bound(self, entries: dict[str, Any], on_drop: Callable[[int], None]) -> None:
+        excess = len(entries) - self._entries_max
+        if excess > 0:
+            for code in list(islice(entries, excess)):
+                del entries[code]
+            on_drop(excess)
+
+    def _drop_unsent(self, count: int) -> None:
+        self.dropped += count
+        log.warning("[STATUS TRACKER] %d statuses not sent to Redis: over %d waiting "
+                    "(the database has them)", count, self._entries_max)

@@ -154,7 +154,8 @@ async def build_runtime(settings: Settings) -> Runtime:
     status_store = RedisStatusStore(redis) if redis is not None else None
     tracker = StatusTracker(status_store, flush_interval_ms=settings.status_update_interval_ms,
                             redis_ttl_s=settings.status_ttl_s,
-                            memory_ttl_s=settings.status_memory_ttl_s)
+                            memory_ttl_s=settings.status_memory_ttl_s,
+                            entries_max=settings.status_memory_max)
     receipts = receipt_source(settings)
     notifier = notification_client(settings)
     relay = (OutboxRelay(db, settings.kafka_bootstrap_servers, settings.kafka_topic,
@@ -180,7 +181,6 @@ async def build_runtime(settings: Settings) -> Runtime:
     service = TransactionService(
         journals=journal_batcher, receipts=receipts, accounts=account_cache or journals,
         pool=pool,
-        tracker=tracker,
         idempotency=RedisIdempotencyCache(redis, ttl_s=settings.idempotency_ttl_s) if redis else None,
         owner=owner, wait_timeout_s=settings.transaction_timeout_s, observer=observer)
     runtime = Runtime(

@@ -48,6 +48,7 @@ class Settings:
     status_update_interval_ms: float = 1000.0
     status_ttl_s: int = 86_400
     status_memory_ttl_s: int = 600
+    status_memory_max: int = 100_000  # final statuses kept in memory per process
     idempotency_ttl_s: int = 86_400
     # Receipt and notification batchers
     receipt_batch_size: int = 50

@@ -7,6 +7,7 @@ import pytest
 from core.errors import InvalidRequest
 from core.ledger import decide_batch, prevalidate
 from core.models import AccountSnapshot as Account
+from core.ports import JournalStatus
 from core.status import COMPLETED, EXECUTING, FAILED, PROCESSING, can_move
 from core.tracker import StatusTracker
 from core.validation import normalize_transaction as tx
@@ -97,16 +98,36 @@ def test_status_machine_moves_forward_only() -> None:
     assert not can_move(FAILED, COMPLETED) and not can_move(COMPLETED, FAILED)
 
 
-def test_tracker_keeps_statuses_forward_and_expires_memory() -> None:
+def test_tracker_keeps_final_statuses_and_bounds_memory() -> None:
     now = [0.0]
     tracker = StatusTracker(None, flush_interval_ms=1000, redis_ttl_s=60, memory_ttl_s=600,
-                            clock=lambda: now[0])
-    assert tracker.set("R", PROCESSING, None, "t0")
-    assert tracker.set("R", COMPLETED, None, "t1")
-    assert not tracker.set("R", PROCESSING, None, "t2")
+                            entries_max=3, clock=lambda: now[0])
+    tracker.finished([JournalStatus("R", COMPLETED, None, "t1")])
     assert tracker.get("R").status == COMPLETED
-    tracker.set("P", PROCESSING, None, "t0")
-    now[0] = 5.0
-    assert tracker.get("P") is None, "a stale non-final status falls through to the chain"
-    now[0] = 700.0
-    assert tracker.cleanup() == 2 and len(tracker) == 0
+    assert tracker.get("P") is None, "an unknown receipt falls through to the chain"
+    now[0] = 100.0
+    tracker.finished([JournalStatus(c, FAILED, None, "t2") for c in ("A", "B", "C")])
+    assert len(tracker) == 3 and tracker.get("R") is None, "past entries_max the oldest goes"
+    now[0] = 750.0
+    tracker.finished([JournalStatus("D", COMPLETED, None, "t3")])
+    assert tracker.get("A") is None, "bounded again: the oldest went"
+    assert tracker.cleanup() == 2 and len(tracker) == 1, "entries older than the TTL go"
+    assert tracker.get("D") is not None
+    with pytest.raises(AssertionError):
+        tracker.finished([JournalStatus("E", PROCESSING, None, "t4")])
+
+
+async def test_tracker_keeps_unsent_statuses_bounded_while_redis_is_down() -> None:
+    class DownStore:
+        async def write_statuses(self, records: list[JournalStatus], ttl_s: int) -> None:
+            raise ConnectionError("down")
+
+        async def read_status(self, receipt_code: str) -> JournalStatus | None:
+            return None
+
+    tracker = StatusTracker(DownStore(), flush_interval_ms=1000, redis_ttl_s=60,
+                            memory_ttl_s=600, entries_max=2)
+    for code in ("A", "B", "C"):
+        tracker.finished([JournalStatus(code, COMPLETED, None, "t")])
+        assert await tracker.flush() == 0
+    assert tracker.dropped == 1 and len(tracker._dirty) == 2
