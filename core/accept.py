@@ -68,7 +68,7 @@ class TransactionService:
     def __init__(
         self,
         *,
-        journals: Batcher[PendingJournal, int | ExistingJournal],
+        journals: Batcher[PendingJournal, int | ExistingJournal | Outcome],
         receipts: ReceiptSource,
         accounts: AccountReader,
         pool: ProcessorPool,
@@ -108,15 +108,18 @@ class TransactionService:
             raise
         if isinstance(accepted, Submitted):
             return accepted
-        task, processing_time = accepted
+        code, processing_time, done = accepted
         if owned:
-            await self._remember(sub, task.receipt_code, processing_time)
+            await self._remember(sub, code, processing_time)
         if not sub.wait:
-            return Submitted(task.receipt_code, 202, processing_time)
-        return await self._wait(task, processing_time)
+            return Submitted(code, 202, processing_time)
+        if isinstance(done, Outcome):
+            return _finished(code, processing_time, done)
+        return await self._wait(done, processing_time)
 
     async def _accept(self, sub: Submission, started: float,
-                      accounts: dict[str, AccountSnapshot] | None) -> tuple[Task, str] | Submitted:
+                      accounts: dict[str, AccountSnapshot] | None
+                      ) -> tuple[str, str, Task | Outcome] | Submitted:
         tx = sub.transaction
         if accounts is None:
             accounts = await self._accounts.get_accounts(tx.account_ids)
@@ -138,14 +141,19 @@ class TransactionService:
         if isinstance(result, ExistingJournal):
             self._pool.release()
             return self._replay_journal(sub, result)
-        waiter = asyncio.get_running_loop().create_future() if sub.wait else None
-        task = Task(result, code, tx, started, waiter)
-        self._pool.put(task)
+        done: Task | Outcome
+        if isinstance(result, Outcome):  # applied in the accept's commit
+            self._pool.release()
+            done = result
+        else:
+            waiter = asyncio.get_running_loop().create_future() if sub.wait else None
+            done = Task(result, code, tx, started, waiter)
+            self._pool.put(done)
         elapsed = self._clock() - started
         self._observer.accepted("transaction", elapsed)
         log.info("[TRANSACTION START] Receipt: %s | Type: %s | Amount: %d | Accounts: %d",
                  code, tx.type, tx.amount, len(tx.account_ids))
-        return task, format_ms(elapsed)
+        return code, format_ms(elapsed), done
 
     async def _wait(self, task: Task, processing_time: str) -> Submitted:
         assert task.waiter is not None
@@ -156,8 +164,7 @@ class TransactionService:
         if outcome is None:
             # Still running (or finished elsewhere): the receipt stands; the client polls it.
             return Submitted(task.receipt_code, 202, processing_time)
-        status = 201 if outcome.status == COMPLETED else 422
-        return Submitted(task.receipt_code, status, processing_time, outcome=outcome)
+        return _finished(task.receipt_code, processing_time, outcome)
 
     # ---- idempotency: Redis fast path, the journals' unique key as the authority ------
 
@@ -202,6 +209,11 @@ class TransactionService:
             await self._idem.abandon(sub.scope, sub.idempotency_key)
         except KassaError as exc:
             log.warning("idempotency marker not cleared (it expires): %s", exc)
+
+
+def _finished(code: str, processing_time: str, outcome: Outcome) -> Submitted:
+    status = 201 if outcome.status == COMPLETED else 422
+    return Submitted(code, status, processing_time, outcome=outcome)
 
 
 def accepted_body(receipt_code: str, processing_time: str) -> bytes:

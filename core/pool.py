@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from core.errors import Overloaded
-from core.executor import Executed, Task, execute_batch
+from core.executor import Executed, Task, apply_pending, execute_batch
+from core.ledger import Outcome
 from core.observer import NullObserver, Observer
-from core.ports import JournalStore
+from core.ports import ExistingJournal, JournalStore, PendingJournal
 
 log = logging.getLogger("kassa.pool")
 
@@ -39,6 +40,7 @@ class ProcessorPool:
         workers: int,
         attempts_max: int,
         retry_backoff_max_s: float = 2.0,
+        apply_at_accept: bool = False,
         observer: Observer | None = None,
     ) -> None:
         self._store = store
@@ -49,6 +51,7 @@ class ProcessorPool:
         self._workers_n = workers
         self._attempts_max = attempts_max
         self._backoff_max_s = retry_backoff_max_s
+        self._apply_at_accept = apply_at_accept
         self._observer = observer or NullObserver()
         self._queue: asyncio.Queue[Task] = asyncio.Queue()
         self._effect_queue: asyncio.Queue[Executed] = asyncio.Queue()
@@ -106,6 +109,22 @@ class ProcessorPool:
             return False
         self._queue.put_nowait(task)
         return True
+
+    # ---- recording new journals (the accept batcher's sink) ---------------------------
+
+    async def record(self, journals: list[PendingJournal]
+                     ) -> Sequence[int | ExistingJournal | Outcome]:
+        """Record a group of new journals in one commit: applied at once while the writers
+        are idle (an Outcome each: one commit and one journal write per transaction), or
+        as pending journals (ids) for the writers to apply, while they have a backlog."""
+        if not (self._apply_at_accept and self.backlog == 0):
+            return await self._store.insert_pending(journals)
+        started = time.monotonic()
+        results, executed = await apply_pending(self._store, journals, self._attempts_max)
+        if executed.tasks:
+            self._observer.batch_executed(len(executed.tasks), time.monotonic() - started)
+            self._effect_queue.put_nowait(executed)
+        return results
 
     # ---- lifecycle --------------------------------------------------------------------
 

@@ -109,6 +109,24 @@ class LedgerUnit(Protocol):
         ...
 
     async def write(self, decision: BatchDecision) -> None:
+        """Post the decision and finish its journals (recorded earlier as pending)."""
+        ...
+
+    async def existing(self, journals: list[PendingJournal]
+                       ) -> dict[tuple[str, str], ExistingJournal]:
+        """The journals already recorded under these journals' idempotency keys."""
+        ...
+
+    async def new_journal_ids(self, count: int) -> list[int]:
+        ...
+
+    async def insert_finished(self, journals: list[PendingJournal], ids: list[int],
+                              decision: BatchDecision) -> None:
+        """Record journals already decided, then post the decision, in this transaction.
+
+        Raises core.errors.TransientConflict when an idempotency key was taken meanwhile
+        by another transaction: the caller retries and finds it.
+        """
         ...
 
 

@@ -171,10 +171,10 @@ async def build_runtime(settings: Settings) -> Runtime:
         writers=max(settings.executor_writers, 8) if single else settings.executor_writers,
         batch_max=1 if single else settings.executor_batch_max,
         workers=settings.processor_workers, attempts_max=settings.execute_attempts_max,
-        observer=observer,
+        apply_at_accept=settings.accept_mode == "apply" and not single, observer=observer,
     )
     journal_batcher: Batcher = Batcher(  # type: ignore[type-arg]
-        "accept", journals.insert_pending, batch_size_max=settings.accept_batch_max,
+        "accept", pool.record, batch_size_max=settings.accept_batch_max,
         flush_interval_ms=settings.accept_flush_interval_ms,
         in_flight_max=settings.accept_in_flight_max,
         pending_max=settings.processor_queue_size, on_flush=observer.accept_flushed)

@@ -34,6 +34,9 @@ class Settings:
     accept_batch_max: int = 256
     accept_flush_interval_ms: float = 1.0
     accept_in_flight_max: int = 2
+    # "apply": a group of new journals is decided and posted in its own accept commit
+    # while the writers are idle; "queue": recorded pending, applied by the writers.
+    accept_mode: str = "apply"
     # Processor pool and batch executor
     processor_queue_size: int = 10_000
     processor_workers: int = 50
@@ -83,6 +86,7 @@ class Settings:
 
 _CHOICES = {
     "executor": ("batch", "single"),
+    "accept_mode": ("apply", "queue"),
     "log_level": ("debug", "info", "warning", "error"),
 }
 _POSITIVE_EXCEPT = {"node_id"}

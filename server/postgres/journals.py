@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import msgspec
 
+from core.errors import TransientConflict
 from core.ledger import BatchDecision
 from core.models import AccountSnapshot, ErrorBody, Leg, Transaction
 from core.ports import ClaimedJournal, ExistingJournal, JournalStatus, PendingJournal
@@ -70,6 +71,24 @@ INSERT INTO outbox (journal_id, receipt_code, payload)
 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[])
 """
 
+NEW_JOURNAL_IDS = """
+SELECT nextval(pg_get_serial_sequence('journals', 'id')) AS id FROM generate_series(1, $1)
+"""
+
+# Journals decided in the same transaction: written once, already finished.
+INSERT_FINISHED = """
+INSERT INTO journals (id, external_ref, type, status, currency, description, metadata, payload,
+                      idempotency_scope, idempotency_key, request_hash, mode, accept_time_us,
+                      error_code, error_message, completed_at)
+OVERRIDING SYSTEM VALUE
+SELECT i, r, t, st, c, d, m::jsonb, p::jsonb, s, k, h, mo, us, ec, em, now()
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+            $13::int[], $14::text[], $15::text[])
+     AS u(i, r, t, st, c, d, m, p, s, k, h, mo, us, ec, em)
+ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING
+"""
+
 CLAIM_EXPIRED = """
 UPDATE journals j SET lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2)
 FROM (SELECT id FROM journals WHERE status = 'processing' AND lease_expires_at < now()
@@ -77,6 +96,29 @@ FROM (SELECT id FROM journals WHERE status = 'processing' AND lease_expires_at <
 WHERE j.id = c.id
 RETURNING j.id, j.external_ref, j.type, j.currency, j.description, j.metadata, j.payload
 """
+
+
+def pending_columns(journals: list[PendingJournal]) -> list[list[object]]:
+    """The journals as columns for unnest: code, type, currency, description, metadata,
+    legs, idempotency scope, key and request hash, mode, accept time."""
+    cols: list[list[object]] = [[] for _ in range(11)]
+    for j in journals:
+        tx = j.transaction
+        row = (j.receipt_code, tx.type, tx.currency, tx.description,
+               _json.encode(tx.metadata).decode(), _json.encode(tx.legs).decode(),
+               j.idempotency_scope, j.idempotency_key, j.request_hash, j.mode, j.accept_time_us)
+        for col, value in zip(cols, row, strict=True):
+            col.append(value)
+    return cols
+
+
+async def existing_by_key(conn: asyncpg.Connection, journals: list[PendingJournal]
+                          ) -> dict[tuple[str, str], ExistingJournal]:
+    rows = await conn.fetch(EXISTING_BY_KEY, [j.idempotency_scope for j in journals],
+                            [j.idempotency_key for j in journals])
+    return {(r["idempotency_scope"], r["idempotency_key"]): ExistingJournal(
+        r["id"], r["external_ref"], r["request_hash"], r["mode"], r["status"],
+        r["accept_time_us"]) for r in rows}
 
 
 def snapshot(row: asyncpg.Record) -> AccountSnapshot:
@@ -96,17 +138,45 @@ class PgLedgerUnit:
         return {r["id"]: snapshot(r) for r in await self._conn.fetch(LOCK_ACCOUNTS, account_ids)}
 
     async def write(self, decision: BatchDecision) -> None:
+        outcomes = decision.outcomes
+        await self._conn.execute(
+            FINISH_JOURNALS, [o.journal_id for o in outcomes], [o.status for o in outcomes],
+            [o.error.code if o.error else None for o in outcomes],
+            [o.error.message if o.error else None for o in outcomes],
+        )
+        await self._post(decision)
+
+    async def existing(self, journals: list[PendingJournal]
+                       ) -> dict[tuple[str, str], ExistingJournal]:
+        return await existing_by_key(self._conn, journals)
+
+    async def new_journal_ids(self, count: int) -> list[int]:
+        if count == 0:
+            return []
+        return [r["id"] for r in await self._conn.fetch(NEW_JOURNAL_IDS, count)]
+
+    async def insert_finished(self, journals: list[PendingJournal], ids: list[int],
+                              decision: BatchDecision) -> None:
+        if not journals:
+            return
+        cols = pending_columns(journals)
+        outcomes = decision.outcomes
+        done = await self._conn.execute(
+            INSERT_FINISHED, ids, cols[0], cols[1], [o.status for o in outcomes], *cols[2:],
+            [o.error.code if o.error else None for o in outcomes],
+            [o.error.message if o.error else None for o in outcomes])
+        if int(done.split()[-1]) != len(journals):
+            raise TransientConflict("an idempotency key was recorded meanwhile")
+        await self._post(decision)
+
+    async def _post(self, decision: BatchDecision) -> None:
+        """Balances, ledger entries and outbox events of a decided batch."""
         conn = self._conn
         if decision.balances:
             await conn.execute(UPDATE_BALANCES, list(decision.balances), list(decision.balances.values()))
         if decision.ledger_columns[0]:
             await conn.execute(INSERT_LEDGERS, *decision.ledger_columns)
         outcomes = decision.outcomes
-        await conn.execute(
-            FINISH_JOURNALS, [o.journal_id for o in outcomes], [o.status for o in outcomes],
-            [o.error.code if o.error else None for o in outcomes],
-            [o.error.message if o.error else None for o in outcomes],
-        )
         await conn.execute(INSERT_OUTBOX, [o.journal_id for o in outcomes],
                            [o.receipt_code for o in outcomes], decision.events)
 
@@ -117,29 +187,14 @@ class PgJournalStore:
         self._lease_s = lease_s
 
     async def insert_pending(self, journals: list[PendingJournal]) -> list[int | ExistingJournal]:
-        cols: list[list[object]] = [[] for _ in range(11)]
-        for j in journals:
-            tx = j.transaction
-            row = (j.receipt_code, tx.type, tx.currency, tx.description,
-                   _json.encode(tx.metadata).decode(), _json.encode(tx.legs).decode(),
-                   j.idempotency_scope, j.idempotency_key, j.request_hash, j.mode, j.accept_time_us)
-            for col, value in zip(cols, row, strict=True):
-                col.append(value)
+        cols = pending_columns(journals)
         async with converted_errors(), self._pool.acquire() as conn, conn.transaction():
             ids = {r["external_ref"]: r["id"] for r in
                    await conn.fetch(INSERT_PENDING, *cols, journals[0].lease_owner, self._lease_s)}
             missing = [j for j in journals if j.receipt_code not in ids]
-            existing = await self._existing(conn, missing) if missing else {}
+            existing = await existing_by_key(conn, missing) if missing else {}
         return [ids.get(j.receipt_code) or existing[(j.idempotency_scope, j.idempotency_key)]
                 for j in journals]
-
-    async def _existing(self, conn: asyncpg.Connection, journals: list[PendingJournal]
-                        ) -> dict[tuple[str | None, str | None], ExistingJournal]:
-        rows = await conn.fetch(EXISTING_BY_KEY, [j.idempotency_scope for j in journals],
-                                [j.idempotency_key for j in journals])
-        return {(r["idempotency_scope"], r["idempotency_key"]): ExistingJournal(
-            r["id"], r["external_ref"], r["request_hash"], r["mode"], r["status"],
-            r["accept_time_us"]) for r in rows}
 
     @contextlib.asynccontextmanager
     async def unit(self) -> AsyncIterator[PgLedgerUnit]:
