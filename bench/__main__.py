@@ -1,10 +1,11 @@
-"""`python -m bench [--quick] [--scenarios a,b] [--duration S] [--tool wrk|k6]`
+"""`python -m bench [--quick] [--scenarios a,b] [--duration S] [--tool wrk|k6] [--kassa-bin P]`
 
 Starts `kassa serve` (embedded stack unless --database-url/--redis-url), seeds 10,000
-funded accounts, runs each scenario, checks the ledger invariants after each, writes
-bench/results/<date>-<scenario>.json, a summary chart, and prints the table. Exits 1 when
-an invariant broke, an accepted journal never finished, or the server answered a 5xx
-other than 503. See bench/README.md.
+funded accounts, runs each scenario (the naive prototype on the same embedded services),
+checks the ledger invariants after each, writes bench/results/<date>-<scenario>.json, a
+summary chart, and prints the tables (throughput with ratios to naive, CPU per transfer by
+process). Exits 1 when an invariant broke, an accepted journal never finished, or the server
+answered a 5xx other than 503. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -13,15 +14,25 @@ import argparse
 import asyncio
 import datetime as dt
 import sys
+from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from bench import k6, report, scenarios, seed, stack, wrk
+from bench import k6, naive, report, scenarios, seed, stack, wrk
 from bench.scenarios import SCENARIOS, RunOptions, Scenario
 from bench.wrk import LoadResult
 
-K6_SCENARIOS = ("async", "single")  # the k6 script posts single async transfers
+# The k6 script posts single async transfers (the naive prototype takes the same body).
+K6_SCENARIOS = ("naive", "async", "async-open", "single")
+
+
+@dataclass(frozen=True)
+class Build:
+    """A `kassa` console script to bench, and the label its results carry."""
+
+    label: str
+    kassa: Path
 
 
 def today() -> str:
@@ -32,7 +43,7 @@ def today() -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help=f"{scenarios.QUICK_S:.0f} s per scenario (under 2 minutes in all)")
+                   help=f"{scenarios.QUICK_S:.0f} s per scenario (about 3 minutes for all)")
     p.add_argument("--scenarios", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--duration", type=float, help="seconds of load per scenario (overrides)")
     p.add_argument("--connections", type=int, help="connections (k6: VUs) for every scenario")
@@ -49,17 +60,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a server setting for every scenario (repeatable), for tuning runs")
     p.add_argument("--profile", action="store_true",
                    help="py-spy flame graph of each worker per scenario, into --results-dir")
+    p.add_argument("--kassa-bin", action="append", default=[], metavar="[LABEL=]PATH",
+                   help="also bench this kassa script (another checkout's .venv/bin/kassa), "
+                        "after this checkout's; repeatable")
     return p.parse_args(argv)
 
 
+def builds(args: argparse.Namespace) -> list[Build]:
+    def label_of(path: Path) -> str:
+        root = stack.checkout_of(path)
+        return root.name if root else str(path)
+
+    out = [Build(label_of(stack.KASSA), stack.KASSA)]
+    for item in args.kassa_bin:
+        label, _, path = item.rpartition("=")
+        kassa = Path(path)
+        if not kassa.is_file():
+            sys.exit(f"--kassa-bin {path}: no such file")
+        label = label or label_of(kassa)
+        while label in {b.label for b in out}:
+            label += "'"
+        out.append(Build(label, kassa))
+    return out
+
+
 def selected(args: argparse.Namespace) -> list[Scenario]:
-    default = K6_SCENARIOS[:1] if args.tool == "k6" else list(SCENARIOS)
-    names = args.scenarios.split(",") if args.scenarios else default
+    default = ["async"] if args.tool == "k6" else list(SCENARIOS)
+    names = args.scenarios.split(",") if args.scenarios else list(default)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         sys.exit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
     if args.tool == "k6" and set(names) - set(K6_SCENARIOS):
         sys.exit(f"--tool k6 runs only {K6_SCENARIOS}")
+    # An open-loop scenario takes its rate from its closed-loop one: run that too.
+    names += [s.open_loop_of for n in names if (s := SCENARIOS[n]).open_loop_of]
     # Keep SCENARIOS order: scenarios sharing server settings then share one server.
     return [SCENARIOS[n] for n in SCENARIOS if n in names]
 
@@ -74,20 +108,39 @@ async def k6_tool(url: str, scenario: Scenario, conns: int, duration_s: float,
     return await k6.run(url, conns, duration_s, env)
 
 
-def options(args: argparse.Namespace, scenario: Scenario) -> RunOptions:
+def options(args: argparse.Namespace, scenario: Scenario, rate: float | None = None
+            ) -> RunOptions:
     duration = args.duration or (scenarios.QUICK_S if args.quick else scenario.full_s)
-    tool = k6_tool if args.tool == "k6" else wrk_tool
-    return RunOptions(duration, args.connections, args.drain_timeout, args.tool, tool, today(),
-                      args.results_dir if args.profile else None)
+
+    async def open_loop(url: str, scenario: Scenario, conns: int, duration_s: float,
+                        env: dict[str, str]) -> LoadResult:
+        return await k6.run(url, conns, duration_s, env, rate=rate)
+
+    tool, name = ((open_loop, "k6 open loop") if rate else
+                  (k6_tool, "k6") if args.tool == "k6" else (wrk_tool, "wrk"))
+    return RunOptions(duration, args.connections, args.drain_timeout, name, tool, today(),
+                      args.results_dir if args.profile else None, rate)
 
 
-async def run_group(args: argparse.Namespace, group: list[Scenario]) -> list[dict[str, Any]]:
-    """One server (fresh data dir) for scenarios with the same server settings."""
+def open_loop_rate(scenario: Scenario, earlier: list[dict[str, Any]]) -> float:
+    """OPEN_LOOP_SHARE of the completed/s (load window: while the closed loop kept the
+    server saturated) of the scenario it follows, on the same server."""
+    base = next((r for r in earlier if r["scenario"] == scenario.open_loop_of), None)
+    if not base or not base.get("completed_per_s"):
+        raise RuntimeError(f"{scenario.name}: no completed/s from {scenario.open_loop_of}")
+    return scenarios.OPEN_LOOP_SHARE * float(base["completed_per_s"])
+
+
+async def run_group(args: argparse.Namespace, build: Build, group: list[Scenario],
+                    errors: list[str]) -> list[dict[str, Any]]:
+    """One server (fresh data dir) for scenarios with the same server settings. A scenario
+    that cannot run is reported in `errors` and the next one still runs."""
     overrides = dict(item.split("=", 1) for item in args.settings)
     config = stack.StackConfig(args.workers, args.database_url, args.redis_url,
-                               {**overrides, **group[0].server_env})
+                               {**overrides, **group[0].server_env}, build.kassa)
     settings = " ".join(f"{k}={v}" for k, v in config.extra_env.items()) or "defaults"
-    print(f"starting kassa serve --workers {args.workers} ({settings}) ...", flush=True)
+    print(f"starting [{build.label}] {build.kassa} serve --workers {args.workers} ({settings}) ...",
+          flush=True)
     server = await asyncio.to_thread(stack.start, config)
     ok = False
     try:
@@ -95,14 +148,25 @@ async def run_group(args: argparse.Namespace, group: list[Scenario]) -> list[dic
               flush=True)
         seeded = await seed.seed(server.url, stack.API_KEY, server.dsn)
         print(f"  seeded in {seeded['total_s']} s", flush=True)
-        results = [await run_one(args, server, scenario, seeded) for scenario in group]
-        ok = not any(r["failures"] for r in results)
+        results: list[dict[str, Any]] = []
+        for scenario in group:
+            try:
+                rate = open_loop_rate(scenario, results) if scenario.open_loop_of else None
+                result = await run_one(args, server, config, scenario,
+                                       options(args, scenario, rate))
+            except Exception as exc:  # noqa: BLE001 - report, then run the next scenario
+                errors.append(f"[{build.label}] {scenario.name}: {type(exc).__name__}: {exc}")
+                print(f"  ERROR: {errors[-1]}", file=sys.stderr, flush=True)
+                continue
+            result.update(build=build.label, kassa=str(build.kassa), seed=seeded)
+            results.append(result)
+        ok = len(results) == len(group) and not any(r["failures"] for r in results)
         return results
     finally:
         offset = server.log_path.stat().st_size
         code = await asyncio.to_thread(server.stop)
         print(f"  server stopped (exit {code})", flush=True)
-        for line in scenarios.log_issues(server, offset):
+        for line in scenarios.log_issues(server.log_path, offset):
             print(f"    warning: server log during shutdown: {line}", flush=True)
         if ok and not args.keep_data:
             server.discard()
@@ -110,19 +174,25 @@ async def run_group(args: argparse.Namespace, group: list[Scenario]) -> list[dic
             print(f"  kept {server.data_dir} (serve.log inside)", flush=True)
 
 
-async def run_one(args: argparse.Namespace, server: stack.Server, scenario: Scenario,
-                  seeded: dict[str, float]) -> dict[str, Any]:
-    opts = options(args, scenario)
-    print(f"  {scenario.name}: {scenario.description}, {opts.duration_s:.0f} s ...", flush=True)
+async def run_one(args: argparse.Namespace, server: stack.Server, config: stack.StackConfig,
+                  scenario: Scenario, opts: RunOptions) -> dict[str, Any]:
+    rate = f" at {opts.rate:,.0f}/s" if opts.rate else ""
+    print(f"  {scenario.name}: {scenario.description}{rate}, {opts.duration_s:.0f} s ...",
+          flush=True)
     if server.process.poll() is not None:
         raise RuntimeError(f"kassa serve died (exit {server.process.returncode}):\n"
                            f"{server.log_tail()}")
-    result = await scenarios.run(server, scenario, opts)
-    result.update(workers=args.workers, server_env=scenario.server_env, seed=seeded,
-                  date=today())
+    if scenario.naive:
+        result = await naive.run(server, config, scenario, opts)
+    else:
+        result = await scenarios.run(server, scenario, opts)
+    result.update(workers=args.workers, server_env=scenario.server_env, date=today())
+    c = result["cpu"]
     print(f"    accepted/s {result['accepted_per_s']}, completed/s "
           f"{result.get('completed_per_s', '-')}, p99 {result['latency_ms']['p99']} ms, "
-          f"drain {result.get('drain_s', '-')} s", flush=True)
+          f"drain {result.get('drain_s', '-')} s, outbox drain {result.get('outbox_drain_s', '-')} s"
+          f", CPU {c['us_per_transfer']['total']} us/transfer ({c['cores_busy']} cores busy)",
+          flush=True)
     for line in result["failures"]:
         print(f"    FAILED: {line}", flush=True)
     for line in result["warnings"]:
@@ -137,19 +207,26 @@ async def run_all(args: argparse.Namespace, errors: list[str]) -> list[dict[str,
     def key(s: Scenario) -> list[tuple[str, str]]:
         return sorted(s.server_env.items())
 
-    for _, group in groupby(sorted(chosen, key=key), key=key):
-        names = [s.name for s in group]
-        try:
-            results += await run_group(args, [SCENARIOS[n] for n in names])
-        except Exception as exc:  # noqa: BLE001 - report, then run the other groups
-            errors.append(f"{','.join(names)}: {type(exc).__name__}: {exc}")
-            print(f"  ERROR: {errors[-1]}", file=sys.stderr, flush=True)
+    for i, build in enumerate(builds(args)):
+        # The naive prototype does not depend on the build: once per run, the first build's.
+        mine = [s for s in chosen if not (i and s.naive)]
+        for _, group in groupby(sorted(mine, key=key), key=key):
+            names = [s.name for s in group]
+            try:
+                results += await run_group(args, build, [SCENARIOS[n] for n in names], errors)
+            except Exception as exc:  # noqa: BLE001 - report, then run the other groups
+                errors.append(f"[{build.label}] {','.join(names)}: {type(exc).__name__}: {exc}")
+                print(f"  ERROR: {errors[-1]}", file=sys.stderr, flush=True)
     order = list(SCENARIOS)
-    return sorted(results, key=lambda r: order.index(r["scenario"]))
+    labels = [b.label for b in builds(args)]
+    return sorted(results, key=lambda r: (labels.index(r["build"]), order.index(r["scenario"])))
 
 
 def finish(args: argparse.Namespace, results: list[dict[str, Any]], errors: list[str]) -> int:
     date = today()
+    several = len({r["build"] for r in results}) > 1
+    for r in results:
+        r["several_builds"] = several  # names carry the build: async@main, async@old
     found = report.ratios(results)
     for r in results:
         r["ratios_in_this_run"] = found
@@ -159,12 +236,15 @@ def finish(args: argparse.Namespace, results: list[dict[str, Any]], errors: list
         return 1
     png = report.chart(results, args.results_dir / f"{date}-summary.png")
     print("\n" + report.table(results) + "\n")
+    print(report.cpu_table(results) + "\n")
+    for line in report.open_loop_text(results):
+        print(line)
     for name, value in found.items():
         print(f"ratio {name}: {value}")
     for line in report.targets_text(results, found):
         print(f"goal: {line}")
     print(f"\nresults: {args.results_dir}/{date}-<scenario>.json, chart {png}")
-    failed = errors + [f"{r['scenario']}: {f}" for r in results for f in r["failures"]]
+    failed = errors + [f"{report.name(r)}: {f}" for r in results for f in r["failures"]]
     if failed:
         print("\nBENCHMARK FAILED:\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1

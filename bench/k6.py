@@ -1,4 +1,5 @@
-"""Run bench/k6/transaction_load_test.js and read its --summary-export into a LoadResult."""
+"""Run bench/k6/transaction_load_test.js and read its --summary-export into a LoadResult:
+closed loop (--vus for the duration) or, with a rate, open loop (constant-arrival-rate)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from bench.wrk import ROOT, LoadResult
 
 SCRIPT = ROOT / "bench" / "k6" / "transaction_load_test.js"
 LATENCY = "http_req_duration{expected_response:true}"
+# Open loop: VUs k6 may add when answers slow down (each VU is a JS runtime, a few MB).
+MAX_VUS = 1024
 
 
 def k6_binary() -> str:
@@ -46,17 +49,27 @@ def parse(summary: dict[str, Any], output: str) -> LoadResult:
         codes={k: v for k, v in codes.items() if v}, items_ok=codes["202"],
         latency_ms={k: round(lat.get(src, 0.0), 3) for k, src in
                     (("p50", "p(50)"), ("p99", "p(99)"), ("p99.9", "p(99.9)"), ("max", "max"))},
-        errors={}, raw=output, thresholds=thresholds)
+        errors={}, raw=output, thresholds=thresholds,
+        # Open loop only: iterations k6 could not start on time because no VU was free.
+        dropped_iterations=count(summary, "dropped_iterations"))
 
 
-async def run(url: str, connections: int, duration_s: float, env: dict[str, str]) -> LoadResult:
+async def run(url: str, connections: int, duration_s: float, env: dict[str, str],
+              rate: float | None = None) -> LoadResult:
+    """Closed loop: `connections` VUs back to back. Open loop (rate set): `rate` transfers
+    per second from `connections` pre-allocated VUs (more when the answers slow down)."""
+    seconds = f"{max(1, round(duration_s))}s"
+    # --vus/--duration on the command line would replace the script's open-loop scenario.
+    shape = ([] if rate else ["--vus", str(connections), "--duration", seconds])
     with tempfile.TemporaryDirectory(prefix="kassa-k6-") as tmp:
         export = Path(tmp) / "summary.json"
-        argv = [k6_binary(), "run", "--no-usage-report", "--quiet", "--vus", str(connections),
-                "--duration", f"{max(1, round(duration_s))}s", "--summary-export", str(export),
-                str(SCRIPT)]
+        argv = [k6_binary(), "run", "--no-usage-report", "--quiet", *shape,
+                "--summary-export", str(export), str(SCRIPT)]
         k6_env = {"BASE_URL": url, "API_KEY": env["BENCH_API_KEY"],
                   "ACCOUNTS": env["BENCH_ACCOUNTS"], "ACCOUNT_PREFIX": env["BENCH_ACCOUNT_PREFIX"]}
+        if rate:
+            k6_env.update(RATE=str(max(1, round(rate))), DURATION=seconds,
+                          PRE_VUS=str(connections), MAX_VUS=str(max(MAX_VUS, connections)))
         proc = await asyncio.create_subprocess_exec(
             *argv, env={**os.environ, **k6_env},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)

@@ -1,4 +1,5 @@
-"""Results: one JSON per scenario, a Markdown table, ratios, and a PNG summary chart."""
+"""Results: one JSON per scenario, Markdown tables (throughput with the ratio to naive; CPU
+per transfer by process), ratios, and a PNG summary chart."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+
+from bench.cpu import GROUPS
 
 matplotlib.use("Agg")  # no display on a server
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
@@ -20,9 +23,16 @@ TARGETS = {
 }
 
 
+def name(result: dict[str, Any]) -> str:
+    """The scenario, with its build when a run benches several (`--kassa-bin`)."""
+    build = f"@{result['build']}" if result.get("several_builds") else ""
+    return f"{result['scenario']}{build}"
+
+
 def write_json(result: dict[str, Any], date: str, results_dir: Path = RESULTS) -> Path:
     results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"{date}-{result['scenario']}.json"
+    label = f"{result['build']}-" if result.get("several_builds") else ""
+    path = results_dir / f"{date}-{label}{result['scenario']}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return path
 
@@ -40,29 +50,89 @@ def codes_text(codes: dict[str, int]) -> str:
     return " ".join(f"{code}:{n}" for code, n in codes.items())
 
 
-HEADER = ("| scenario | conns | duration s | accepted/s | completed/s (load) | completed/s (to drained) "
-          "| p50 ms | p99 ms | p99.9 ms | codes | backlog | drain s | invariants OK |")
+HEADER = ("| scenario | conns | duration s | accepted/s | completed/s (load) "
+          "| completed/s (to drained) | × naive | p50 ms | p99 ms | p99.9 ms | codes | backlog "
+          "| drain s | outbox drain s | CPU µs/transfer | invariants OK |")
 
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = [HEADER, "|" + " --- |" * (HEADER.count("|") - 1)]
     for r in results:
         lat = r["latency_ms"]
-        name = r["scenario"] + (f" ({r['tool']})" if r["tool"] != "wrk" else "")
-        cells = [name, r["connections"], r["load_s"], r["accepted_per_s"],
-                 r.get("completed_per_s"), r.get("completed_overall_per_s"),
-                 lat["p50"], lat["p99"], lat["p99.9"], codes_text(r["codes"]),
+        tool = f" ({r['tool']})" if r["tool"] != "wrk" else ""
+        conns = f"{r['target_rate']:,.0f}/s" if r.get("target_rate") else r["connections"]
+        codes = codes_text(r["codes"])
+        if r.get("dropped_iterations") is not None:
+            codes += f" dropped_iterations:{r['dropped_iterations']}"
+        cells = [name(r) + tool, conns, r["load_s"], r["accepted_per_s"],
+                 r.get("completed_per_s"), r.get("completed_overall_per_s"), r.get("vs_naive"),
+                 lat["p50"], lat["p99"], lat["p99.9"], codes,
                  r.get("backlog_end"), r.get("drain_s"),
+                 r.get("outbox_drain_s", r.get("publish_drain_s")),
+                 r["cpu"]["us_per_transfer"]["total"],
                  "yes" if r["invariants_ok"] and not r["failures"] else "**NO**"]
         lines.append("| " + " | ".join(fmt(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def cpu_table(results: list[dict[str, Any]]) -> str:
+    """µs of CPU per completed transfer by process group (ceiling: per answered request)."""
+    present = [g for g in GROUPS if any(g in r["cpu"]["us_per_transfer"] for r in results)]
+    header = ("| CPU µs per completed transfer | completed | window s | "
+              + " | ".join(present) + " | total | cores busy |")
+    lines = [header, "|" + " --- |" * (header.count("|") - 1)]
+    for r in results:
+        c = r["cpu"]
+        per = c["us_per_transfer"]
+        cells = [name(r), c["completed"], c["window_s"], *(per.get(g) for g in present),
+                 per["total"], c["cores_busy"]]
+        lines.append("| " + " | ".join(fmt(x) for x in cells) + " |")
+    return "\n".join(lines)
+
+
+def open_loop_text(results: list[dict[str, Any]]) -> list[str]:
+    return [f"open loop {name(r)}: {r['target_rate']:,.0f} transfers/s offered, "
+            f"{r['accepted_per_s']:,.0f}/s accepted, p50 {fmt(r['latency_ms']['p50'])} ms, "
+            f"p99 {fmt(r['latency_ms']['p99'])} ms, dropped iterations {r['dropped_iterations']}"
+            for r in results if r.get("target_rate")]
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
+def completed_rate(r: dict[str, Any]) -> float | None:
+    """Completed/s over the load plus drain window (the CPU window); the ceiling: requests/s."""
+    return r.get("completed_overall_per_s") or (r["accepted_per_s"] if r["scenario"] == "ceiling"
+                                                else None)
+
+
 def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The ratios of each build's scenarios, prefixed by the build when there are several;
+    every row's ratio to naive is set on the row itself (`vs_naive`)."""
+    labels = list(dict.fromkeys(r["build"] for r in results))
+    naive = next((r for r in results if r["scenario"] == "naive"), None)
+    for r in results:
+        r["vs_naive"] = ratio(completed_rate(r), completed_rate(naive)) if naive else None
+    out: dict[str, float | None] = {}
+    for label in labels:
+        prefix = f"[{label}] " if len(labels) > 1 else ""
+        mine = [r for r in results if r["build"] == label or r["scenario"] == "naive"]
+        out.update({prefix + k: v for k, v in build_ratios(mine).items()})
+    # Build against build, per scenario: the question --kassa-bin is there to answer.
+    for label in labels[1:]:
+        for r in results:
+            if r["build"] != labels[0] or r["scenario"] == "naive":
+                continue
+            other = next((o for o in results if o["build"] == label
+                          and o["scenario"] == r["scenario"]), None)
+            if other:
+                out[f"{r['scenario']} {label}/{labels[0]} completed (to drained)"] = ratio(
+                    completed_rate(other), completed_rate(r))
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def build_ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
     by = {r["scenario"]: r for r in results}
 
     def get(name: str, key: str) -> float | None:
@@ -79,29 +149,39 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
     out["hot/uniform accepted"] = ratio(get("hot", "accepted_per_s"), get("async", "accepted_per_s"))
     out["bulk/async completed (to drained)"] = ratio(get("bulk", "completed_overall_per_s"),
                                                      get("async", "completed_overall_per_s"))
-    return {k: v for k, v in out.items() if v is not None}
+    out["async/naive completed (to drained)"] = ratio(get("async", "completed_overall_per_s"),
+                                                      get("naive", "completed_overall_per_s"))
+    cpu_async = by.get("async", {}).get("cpu", {}).get("us_per_transfer", {}).get("total")
+    cpu_naive = by.get("naive", {}).get("cpu", {}).get("us_per_transfer", {}).get("total")
+    out["async/naive CPU per transfer"] = ratio(cpu_async, cpu_naive)
+    return out
 
 
 def targets_text(results: list[dict[str, Any]], found: dict[str, float | None]) -> list[str]:
-    by = {r["scenario"]: r for r in results}
     lines = []
-    if "async" in by:
-        a = by["async"]
-        lines.append(f"async completed/s {fmt(a.get('completed_per_s'))} "
-                     f"(target {TARGETS['async completed/s']:,}); accept p99 "
-                     f"{fmt(a['latency_ms']['p99'])} ms (target < {TARGETS['async accept p99 ms']})")
-    if "bulk" in by:
-        lines.append(f"bulk completed/s {fmt(by['bulk'].get('completed_per_s'))} "
-                     f"(target {TARGETS['bulk completed/s']:,})")
-    for name, target in (("batch/single completed (to drained)", "batch/single completed"),
-                         ("hot/uniform completed (to drained)", "hot/uniform completed")):
-        if name in found:
-            lines.append(f"{name}: {found[name]} (target >= {TARGETS[target]})")
+    labels = list(dict.fromkeys(r["build"] for r in results))
+    for label in labels:
+        prefix = f"[{label}] " if len(labels) > 1 else ""
+        by = {r["scenario"]: r for r in results if r["build"] == label}
+        if "async" in by:
+            a = by["async"]
+            lines.append(f"{prefix}async completed/s {fmt(a.get('completed_per_s'))} "
+                         f"(target {TARGETS['async completed/s']:,}); accept p99 "
+                         f"{fmt(a['latency_ms']['p99'])} ms "
+                         f"(target < {TARGETS['async accept p99 ms']})")
+        if "bulk" in by:
+            lines.append(f"{prefix}bulk completed/s {fmt(by['bulk'].get('completed_per_s'))} "
+                         f"(target {TARGETS['bulk completed/s']:,})")
+        for name, target in (("batch/single completed (to drained)", "batch/single completed"),
+                             ("hot/uniform completed (to drained)", "hot/uniform completed")):
+            if prefix + name in found:
+                lines.append(f"{prefix}{name}: {found[prefix + name]} "
+                             f"(target >= {TARGETS[target]})")
     return lines
 
 
 def chart(results: list[dict[str, Any]], path: Path) -> Path:
-    names = [r["scenario"] for r in results]
+    names = [name(r) for r in results]
     x = range(len(names))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.4

@@ -1,5 +1,6 @@
-"""Journal counts sampled from PostgreSQL: completed/s is measured in the database,
-not inferred from answers, because a 202 only promises that the work will be done."""
+"""Journal and outbox counts sampled from PostgreSQL: completed/s is measured in the
+database, not inferred from answers, because a 202 only promises that the work will be done;
+and the work is done only when its event left the outbox too."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ INTERVAL_S = 1.0
 DRAIN_POLL_S = 0.25
 COUNTS_SQL = (
     "SELECT count(*) FILTER (WHERE status IN ('completed', 'failed')) AS final, "
-    "count(*) FILTER (WHERE status = 'processing') AS backlog, count(*) AS total FROM journals")
+    "count(*) FILTER (WHERE status = 'processing') AS backlog, count(*) AS total, "
+    # Unpublished rows only: published ones may be updated or deleted, this holds either way
+    # (and the partial index outbox_unpublished keeps it cheap).
+    "(SELECT count(*) FROM outbox WHERE published_at IS NULL) AS unpublished FROM journals")
 
 
 @dataclass
@@ -22,6 +26,13 @@ class Sample:
     final: int
     backlog: int
     total: int
+    unpublished: int
+
+
+@dataclass
+class Drained:
+    journals: Sample  # the first sample with no journal processing (or the last one)
+    done: Sample  # the first with no journal processing and no outbox row unpublished
 
 
 @dataclass
@@ -48,7 +59,8 @@ class Sampler:
         assert self._conn is not None
         async with self._lock:
             row = await self._conn.fetchrow(COUNTS_SQL)
-        s = Sample(round(time.monotonic() - self._t0, 3), row["final"], row["backlog"], row["total"])
+        s = Sample(round(time.monotonic() - self._t0, 3), row["final"], row["backlog"], row["total"],
+                   row["unpublished"])
         self.samples.append(s)
         return s
 
@@ -69,11 +81,15 @@ class Sampler:
             await asyncio.sleep(INTERVAL_S)
             await self.sample()
 
-    async def drain(self, timeout_s: float) -> Sample:
-        """Sample until no journal is `processing` or timeout_s passed; the last sample."""
+    async def drain(self, timeout_s: float) -> Drained:
+        """Sample until no journal is `processing` and no outbox row is unpublished, or
+        timeout_s passed. The journal backlog may reach 0 before the relay catches up."""
         deadline = time.monotonic() + timeout_s
         last = await self.sample()
-        while last.backlog and time.monotonic() < deadline:
+        journals = last if not last.backlog else None
+        while (last.backlog or last.unpublished) and time.monotonic() < deadline:
             await asyncio.sleep(DRAIN_POLL_S)
             last = await self.sample()
-        return last
+            if journals is None and not last.backlog:
+                journals = last
+        return Drained(journals or last, last)

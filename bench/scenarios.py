@@ -1,4 +1,5 @@
-"""The scenarios and how one of them is run and judged against a started server."""
+"""The scenarios, and how a Kassa scenario is run and judged against a started server
+(the `naive` prototype's own run is in bench/naive.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench import metrics, profile, seed
-from bench.sampler import Sampler
+from bench import cpu, metrics, profile, seed
+from bench.sampler import Drained, Sample, Sampler
 from bench.stack import API_KEY, Server
 from bench.wrk import LoadResult
 from tests.invariants import violations
@@ -26,16 +27,26 @@ class Scenario:
     server_env: dict[str, str] = field(default_factory=dict)  # non-empty: a server of its own
     journals: bool = True
     items_per_request: int = 1
+    naive: bool = False  # against the naive prototype (bench/naive_server.py), not Kassa
+    # Open loop: k6 at OPEN_LOOP_SHARE of the completed/s this earlier scenario measured.
+    open_loop_of: str | None = None
 
 
 QUICK_S = 8.0
+OPEN_LOOP_SHARE = 0.8
 
 SCENARIOS = {s.name: s for s in (
     Scenario("ceiling", "GET /healthz: the HTTP stack alone", "healthz.lua", 32, 10,
              journals=False),
+    Scenario("naive", "the naive prototype: INSERT + INCR + Kafka send per request, 202",
+             "transfers.lua", 64, 30, journals=False, naive=True),
     # The target says "sustained for 60 s".
     Scenario("async", "POST /v1/transactions, uniformly random accounts, 202", "transfers.lua",
              64, 60),
+    # Connections: k6 VUs allocated before the start. Allocating more during the run makes
+    # k6 drop iterations while it does; 256 VUs cost about 50 MB and 0.15 s of CPU.
+    Scenario("async-open", f"as async, open loop (k6 constant-arrival-rate) at "
+             f"{OPEN_LOOP_SHARE:.0%} of async's completed/s", "", 256, 30, open_loop_of="async"),
     Scenario("hot", "as async, half the requests touch one of 2 hot accounts", "transfers.lua",
              64, 30, lua_env={"BENCH_HOT_SHARE": "0.5"}),
     Scenario("bulk", "POST /v1/transactions/batch, 100 transfers per request", "batch.lua",
@@ -49,7 +60,7 @@ SCENARIOS = {s.name: s for s in (
 
 class LoadTool(Protocol):
     async def __call__(self, url: str, scenario: Scenario, connections: int,
-                       duration_s: float, env: dict[str, str]) -> LoadResult: ...
+                       duration_s: float, env: dict[str, str], /) -> LoadResult: ...
 
 
 @dataclass
@@ -61,6 +72,7 @@ class RunOptions:
     tool: LoadTool
     date: str
     profile_dir: Path | None = None  # set: py-spy flame graphs of the workers during the load
+    rate: float | None = None  # open loop: arrivals per second
 
 
 def load_env(scenario: Scenario) -> dict[str, str]:
@@ -72,14 +84,30 @@ def rate(n: int, seconds: float) -> float:
     return round(n / seconds, 1) if seconds > 0 else 0.0
 
 
+def load_figures(scenario: Scenario, opts: RunOptions, conns: int,
+                 load: LoadResult) -> dict[str, Any]:
+    """What the load tool saw, for Kassa and naive alike."""
+    return {
+        "scenario": scenario.name, "description": scenario.description, "tool": opts.tool_name,
+        "connections": conns, "duration_s": opts.duration_s, "load_s": round(load.duration_s, 2),
+        "target_rate": opts.rate, "requests": load.requests, "accepted": load.items_ok,
+        "accepted_per_s": rate(load.items_ok, load.duration_s),
+        "latency_ms": load.latency_ms, "codes": load.codes, "socket_errors": load.errors,
+        "dropped_iterations": load.dropped_iterations if opts.rate else None,
+        "k6_thresholds": load.thresholds,
+    }
+
+
 async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str, Any]:
     conns = opts.connections or scenario.connections
     log_offset = server.log_path.stat().st_size
     # Other work on the machine (2 cores) moves every number: keep the load average with them.
     load_before = os.getloadavg()
     before = metrics.scrape(server.url)
+    layout = server.layout()
     async with Sampler(server.dsn) as sampler:
         start = await sampler.sample()
+        cpu_start = cpu.take(layout)
         sampler.start_periodic()
         spying = asyncio.create_task(profile.record(
             server, opts.profile_dir / f"{opts.date}-{scenario.name}", opts.duration_s)
@@ -88,19 +116,16 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
         end = await sampler.sample()
         await sampler.stop_periodic()
         drained = await sampler.drain(opts.drain_timeout_s)
+        # The same window as completed (to drained): work applied after the load is counted.
+        cpu_end = cpu.take(layout)
         samples = [vars(s) for s in sampler.samples]
     flame_graphs = [str(p) for p in await spying] if spying else []
     found = await violations(server.dsn)
     result = {
-        "scenario": scenario.name, "description": scenario.description, "tool": opts.tool_name,
-        "connections": conns, "duration_s": opts.duration_s, "load_s": round(load.duration_s, 2),
-        "requests": load.requests, "accepted": load.items_ok,
-        "accepted_per_s": rate(load.items_ok, load.duration_s),
-        "latency_ms": load.latency_ms, "codes": load.codes, "socket_errors": load.errors,
-        "k6_thresholds": load.thresholds,
+        **load_figures(scenario, opts, conns, load),
         "metrics": metrics.summarize(before, metrics.scrape(server.url)),
         "invariants_ok": not found, "violations": found,
-        "server_log_issues": log_issues(server, log_offset),
+        "server_log_issues": log_issues(server.log_path, log_offset),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "flame_graphs": flame_graphs,
@@ -108,20 +133,28 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
     }
     if scenario.journals:
         result.update(journal_figures(start, end, drained))
+    # The ceiling completes nothing: its CPU is per answered request.
+    completed = result["journals_final"] if scenario.journals else load.items_ok
+    result["cpu"] = cpu.per_transfer(cpu_start, cpu_end, completed)
     result["failures"] = failures(result, scenario)
     result["warnings"] = warnings(result)
     return result
 
 
-def journal_figures(start: Any, end: Any, drained: Any) -> dict[str, Any]:
+def journal_figures(start: Sample, end: Sample, drained: Drained) -> dict[str, Any]:
+    done = drained.done
     return {
         "completed_per_s": rate(end.final - start.final, end.t - start.t),
-        "completed_overall_per_s": rate(drained.final - start.final, drained.t - start.t),
-        "journals_created": drained.total - start.total,
-        "journals_final": drained.final - start.final,
+        "completed_overall_per_s": rate(done.final - start.final, done.t - start.t),
+        "journals_created": done.total - start.total,
+        "journals_final": done.final - start.final,
         "backlog_end": end.backlog,
-        "backlog_after_drain": drained.backlog,
-        "drain_s": round(drained.t - end.t, 2) if end.backlog else 0.0,
+        "backlog_after_drain": done.backlog,
+        "unpublished_end": end.unpublished,
+        "unpublished_after_drain": done.unpublished,
+        "drain_s": round(drained.journals.t - end.t, 2) if end.backlog else 0.0,
+        "outbox_drain_s": (round(done.t - end.t, 2)
+                           if end.backlog or end.unpublished else 0.0),
     }
 
 
@@ -131,6 +164,9 @@ def failures(result: dict[str, Any], scenario: Scenario) -> list[str]:
         if result["backlog_after_drain"]:
             out.append(f"{result['backlog_after_drain']} accepted journals still processing "
                        f"after the drain timeout: a 202 did not reach a final status")
+        if result["unpublished_after_drain"]:
+            out.append(f"{result['unpublished_after_drain']} outbox rows still unpublished "
+                       "after the drain timeout")
         if result["accepted"] > result["journals_created"]:
             out.append(f"{result['accepted']} accepted but only {result['journals_created']} "
                        "journals written: an answer was given before the request was durable")
@@ -156,10 +192,10 @@ def warnings(result: dict[str, Any]) -> list[str]:
     return out
 
 
-def log_issues(server: Server, offset: int, limit: int = 10) -> list[str]:
+def log_issues(log_path: Path, offset: int, limit: int = 10) -> list[str]:
     """Distinct WARNING/ERROR/Traceback lines the server logged during the scenario."""
     try:
-        with open(server.log_path, "rb") as f:
+        with open(log_path, "rb") as f:
             f.seek(offset)
             text = f.read().decode(errors="replace")
     except OSError:

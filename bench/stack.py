@@ -1,4 +1,9 @@
-"""Start and stop `kassa serve` the README way, as a child we own and stop by PID."""
+"""Start and stop `kassa serve` the README way, as a child we own and stop by PID.
+
+`StackConfig.kassa` may be another checkout's venv `kassa` script (`--kassa-bin`): it then
+runs from that checkout, because its gRPC services start with `python -m server.cli` and
+`-m` puts the working directory first on sys.path.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from bench import procs
+
 KASSA = Path(sys.executable).parent / "kassa"
 API_KEY = "bench-admin"
 READY_TIMEOUT_S = 60.0
@@ -27,6 +34,7 @@ class StackConfig:
     database_url: str | None = None
     redis_url: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    kassa: Path = KASSA
 
 
 @dataclass
@@ -35,6 +43,7 @@ class Server:
     port: int
     data_dir: Path
     dsn: str
+    embedded_pg: bool = True
 
     @property
     def url(self) -> str:
@@ -61,6 +70,12 @@ class Server:
             self.process.wait()
             return None
 
+    def layout(self) -> procs.Layout:
+        """Its processes for the CPU accounting: it is the gunicorn master and the parent
+        of the embedded services; the postmaster only when PostgreSQL is embedded."""
+        pg = procs.postmaster_pid(self.data_dir / "pg") if self.embedded_pg else None
+        return procs.Layout(self.process.pid, self.process.pid, pg)
+
     def discard(self) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -83,6 +98,12 @@ def server_env(config: StackConfig) -> dict[str, str]:
     return env
 
 
+def checkout_of(kassa: Path) -> Path | None:
+    """<checkout>/.venv/bin/kassa -> <checkout>, if that holds the server package."""
+    root = kassa.absolute().parent.parent.parent
+    return root if (root / "server").is_dir() else None
+
+
 def start(config: StackConfig) -> Server:
     # Under /tmp: pgserver makes every parent of its data dir world-readable.
     data_dir = Path(tempfile.mkdtemp(prefix="kassa-bench-", dir="/tmp"))
@@ -90,11 +111,12 @@ def start(config: StackConfig) -> Server:
     dsn = config.database_url or f"postgresql://postgres:@/postgres?host={data_dir}/pg"
     with open(data_dir / "serve.log", "ab") as log_file:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            [str(KASSA), "serve", "--workers", str(config.workers), "--port", str(port),
+            [str(config.kassa), "serve", "--workers", str(config.workers), "--port", str(port),
              "--data-dir", str(data_dir)],
             stdout=log_file, stderr=subprocess.STDOUT, env=server_env(config),
+            cwd=checkout_of(config.kassa) or data_dir,
         )
-    server = Server(process, port, data_dir, dsn)
+    server = Server(process, port, data_dir, dsn, embedded_pg=not config.database_url)
     try:
         wait_ready(server)
     except BaseException:

@@ -29,6 +29,7 @@ class LoadResult:
     errors: dict[str, int]
     raw: str
     thresholds: dict[str, bool] = field(default_factory=dict)  # k6: rule -> passed
+    dropped_iterations: int | None = None  # k6 open loop: iterations not started in time
 
 
 def wrk_binary() -> str:
@@ -43,7 +44,8 @@ def parse(stdout: str) -> LoadResult:
     if line is None:
         raise RuntimeError(f"wrk printed no {MARKER.strip()} line:\n{stdout}")
     data: dict[str, Any] = json.loads(line[len(MARKER):])
-    codes = {str(k): int(v) for k, v in sorted(data["codes"].items())}
+    # Zero counts come from scripts without response(): wrk's "4xx/5xx" count is always there.
+    codes = {str(k): int(v) for k, v in sorted(data["codes"].items()) if int(v)}
     ok = sum(n for code, n in codes.items() if code.startswith("2"))
     lat = data["latency_us"]
     return LoadResult(

@@ -23,9 +23,9 @@ CHECKS = {
     "a failed or unfinished journal has entries":
         "SELECT DISTINCT j.id FROM journals j JOIN ledgers l ON l.journal_id = j.id "
         "WHERE j.status <> 'completed'",
-    "a finished journal has no outbox event, or more than one":
-        "SELECT j.id FROM journals j LEFT JOIN outbox o ON o.journal_id = j.id "
-        "WHERE j.status IN ('completed', 'failed') GROUP BY j.id HAVING count(o.id) <> 1",
+    # No check of "one outbox event per finished journal": the relay deletes an event
+    # once the broker has it (and outbox.journal_id is UNIQUE); the event tests consume
+    # the topic to check that every finished journal was delivered.
     "a completed journal was applied other than exactly once (entries != 2 per leg)":
         "SELECT j.id FROM journals j LEFT JOIN ledgers l ON l.journal_id = j.id "
         "WHERE j.status = 'completed' GROUP BY j.id, j.payload "

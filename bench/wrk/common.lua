@@ -1,8 +1,14 @@
 -- Shared by the wrk scripts: API key, account naming, status-code counting and the
 -- machine-readable summary line that bench/wrk.py parses.
 --
--- Environment (all optional): BENCH_API_KEY, BENCH_ACCOUNTS (count), BENCH_ACCOUNT_PREFIX.
+-- Environment (all optional): BENCH_API_KEY, BENCH_ACCOUNTS (count), BENCH_ACCOUNT_PREFIX,
+-- BENCH_COUNT_CODES (1/0: force counting answers by status code on or off).
 -- Accounts are <prefix>0 .. <prefix>(count-1); <prefix>0 and <prefix>1 are the hot ones.
+--
+-- Counting by status code needs a global response(), and with one defined wrk copies every
+-- answer's headers and body into Lua (wrk's SCRIPTING: "expensive"). So it is defined only
+-- by scripts that call M.count_responses(); the others report what wrk counts anyway:
+-- answers with a status above 399 ("4xx/5xx") and the rest ("2xx").
 
 local M = {}
 
@@ -63,12 +69,20 @@ local function batch_items_ok(body)
   return items - errors
 end
 
-function response(status, headers, body)
+local function response_counter(status, headers, body)
   status_counts[status] = (status_counts[status] or 0) + 1
   if count_items and status >= 200 and status < 300 then
     accepted_items = accepted_items + batch_items_ok(body)
   end
 end
+
+-- Define the global response() (in this thread's Lua state) unless BENCH_COUNT_CODES=0;
+-- `always`: even then (the batch script needs the bodies to count accepted items).
+function M.count_responses(always)
+  if always or os.getenv("BENCH_COUNT_CODES") ~= "0" then response = response_counter end
+end
+
+if os.getenv("BENCH_COUNT_CODES") == "1" then response = response_counter end
 
 local function json_object(t)
   local parts = {}
@@ -87,6 +101,9 @@ function done(summary, latency, requests)
     items = items + (thread:get("accepted_items") or 0)
   end
   local e = summary.errors
+  if next(codes) == nil then  -- no response(): wrk's own count of statuses above 399
+    codes = {["2xx"] = summary.requests - e.status, ["4xx/5xx"] = e.status}
+  end
   io.write(string.format(
     'BENCH_RESULT {"requests":%d,"duration_us":%d,"bytes":%d,"codes":%s,"items_ok":%d,' ..
     '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..

@@ -3,6 +3,7 @@
 -- BENCH_WAIT=1: ?wait=true (answer after execution, 201).
 package.path = "./bench/wrk/?.lua;./?.lua;" .. package.path
 local common = require("common")
+common.count_responses()  -- 503 (refused) must be told from other 5xx (defects)
 
 local hot_share = tonumber(os.getenv("BENCH_HOT_SHARE") or "0")
 local path = "/v1/transactions"
