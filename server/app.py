@@ -13,10 +13,17 @@ from starlette.routing import Route
 
 from server.errors import error_response
 from server.handlers import accounts, ops, transactions
+from server.handlers.hot import Handler, HotRoutes
 from server.runtime import build_runtime
 from server.settings import Settings, load_settings
 
 log = logging.getLogger("kassa.app")
+
+# The hot routes, served as raw ASGI ahead of Starlette (server/handlers/hot.py).
+HOT_ROUTES: dict[tuple[str, str], Handler] = {
+    ("POST", "/v1/transactions"): transactions.post_transaction,
+    ("POST", "/v1/transactions/batch"): transactions.post_batch,
+}
 
 ROUTES = [
     Route("/healthz", ops.healthz, methods=["GET"]),
@@ -27,8 +34,6 @@ ROUTES = [
     Route("/v1/accounts/{account_id}", accounts.get_account, methods=["GET"]),
     Route("/v1/accounts/{account_id}", accounts.patch_account, methods=["PATCH"]),
     Route("/v1/accounts/{account_id}/entries", accounts.list_entries, methods=["GET"]),
-    Route("/v1/transactions", transactions.post_transaction, methods=["POST"]),
-    Route("/v1/transactions/batch", transactions.post_batch, methods=["POST"]),
     Route("/v1/transactions/{receipt_code}", transactions.get_transaction, methods=["GET"]),
     Route("/v1/transactions/{receipt_code}/status", transactions.get_status, methods=["GET"]),
 ]
@@ -49,7 +54,7 @@ async def _internal(request: Request, exc: Exception) -> Response:
     return error_response("internal", "internal error")
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None) -> HotRoutes:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = await build_runtime(settings or load_settings())
@@ -59,5 +64,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await runtime.stop()
 
-    return Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={
+    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={
         404: _not_found, 405: _method_not_allowed, 500: _internal})
+    return HotRoutes(app, HOT_ROUTES, lambda: app.state.runtime)

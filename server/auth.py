@@ -36,7 +36,10 @@ class ApiKeys:
 
     def require(self, request: Request, needed: str) -> str:
         """The caller's API key if it has the `needed` scope; raises 401/403 otherwise."""
-        header = request.headers.get("authorization", "")
+        return self.require_header(request.headers.get("authorization", ""), needed)
+
+    def require_header(self, header: str, needed: str) -> str:
+        """As `require`, from the Authorization header's value."""
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized("send Authorization: Bearer <api key>")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -15,16 +17,10 @@ from core.errors import InvalidRequest, KassaError
 from core.models import AccountSnapshot, Transaction
 from core.validation import normalize_transaction
 from server.errors import error_dict
-from server.handlers.common import (
-    authorize,
-    decode,
-    guarded,
-    json_response,
-    not_found,
-    read_body,
-)
+from server.handlers.common import authorize, decode, guarded, json_response, not_found
+from server.handlers.hot import Answer, Call, json_answer
 from server.runtime import Runtime
-from server.schemas import TransactionIn, batch_in, batch_item_in, encoder, transaction_in
+from server.schemas import TransactionIn, batch_in, batch_item_in, transaction_in
 
 BATCH_MAX = 1000
 IDEMPOTENCY_KEY_MAX = 255
@@ -40,11 +36,16 @@ def to_transaction(body: TransactionIn) -> Transaction:
         metadata=body.metadata)
 
 
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
 def request_hash(tx: Transaction) -> str:
-    """The same request in any JSON spelling hashes the same (normalised form)."""
-    return hashlib.sha256(encoder.encode(tx)).hexdigest()
+    """The same request in any JSON spelling hashes the same: the normalised form, with
+    object keys (metadata included) in sorted order."""
+    return hashlib.sha256(_canonical.encode(tx)).hexdigest()
 
 
+@functools.lru_cache(maxsize=1024)
 def scope_of(api_key: str) -> str:
     """Idempotency keys are scoped to the API key; store a digest, never the key."""
     return hashlib.sha256(api_key.encode()).hexdigest()[:24]
@@ -56,26 +57,32 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-def wants_wait(request: Request) -> bool:
-    raw = request.query_params.get("wait", "false").lower()
+def wants_wait(query: Mapping[str, str]) -> bool:
+    raw = query.get("wait", "false").lower()
     if raw not in ("true", "false", "1", "0"):
         raise InvalidRequest("wait must be true or false")
     return raw in ("true", "1")
 
 
-@guarded
-async def post_transaction(request: Request) -> Response:
-    runtime, api_key = await authorize(request, "write")
-    wait = wants_wait(request)
-    key = check_idempotency_key(request.headers.get("idempotency-key"))
-    tx = to_transaction(decode(transaction_in, await read_body(request, runtime.settings.body_size_max)))
-    submitted = await runtime.service.submit(
+async def authorize_call(call: Call, scope: str) -> str:
+    """The caller's API key once it has `scope` and is within its rate limit."""
+    api_key = call.runtime.keys.require_header(call.header(b"authorization") or "", scope)
+    await call.runtime.limit(api_key)
+    return api_key
+
+
+async def post_transaction(call: Call) -> Answer:
+    api_key = await authorize_call(call, "write")
+    wait = wants_wait(call.query)
+    key = check_idempotency_key(call.header(b"idempotency-key"))
+    tx = to_transaction(decode(transaction_in, call.body))
+    submitted = await call.runtime.service.submit(
         Submission(tx, scope_of(api_key), key, request_hash(tx) if key else None, wait))
-    status, body = await answer(runtime, submitted)
+    status, body = await answer(call.runtime, submitted)
     headers = {"Location": f"/v1/transactions/{submitted.receipt_code}"}
     if submitted.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return json_response(body, status, headers)
+    return json_answer(body, status, headers)
 
 
 async def answer(runtime: Runtime, submitted: Submitted) -> tuple[int, Any]:
@@ -93,20 +100,19 @@ async def answer(runtime: Runtime, submitted: Submitted) -> tuple[int, Any]:
     return 202, accepted_body(submitted.receipt_code, submitted.processing_time)
 
 
-@guarded
-async def post_batch(request: Request) -> Response:
-    runtime, api_key = await authorize(request, "write")
-    wait = wants_wait(request)
-    batch = decode(batch_in, await read_body(request, runtime.settings.body_size_max))
+async def post_batch(call: Call) -> Answer:
+    api_key = await authorize_call(call, "write")
+    wait = wants_wait(call.query)
+    batch = decode(batch_in, call.body)
     if not 1 <= len(batch.transactions) <= BATCH_MAX:
         raise InvalidRequest(f"a batch holds 1 to {BATCH_MAX} transactions")
     scope = scope_of(api_key)
     items = [parse_item(raw) for raw in batch.transactions]
     wanted = [a for item in items if not isinstance(item, KassaError) for a in item[0].account_ids]
-    accounts = await runtime.service.view_accounts(wanted)
-    results = await asyncio.gather(*(batch_item(runtime, item, scope, wait, accounts)
+    accounts = await call.runtime.service.view_accounts(wanted)
+    results = await asyncio.gather(*(batch_item(call.runtime, item, scope, wait, accounts)
                                      for item in items))
-    return json_response({"results": results}, 201 if wait else 202)
+    return json_answer({"results": results}, 201 if wait else 202)
 
 
 def parse_item(raw: msgspec.Raw) -> tuple[Transaction, str | None] | KassaError:
@@ -129,7 +135,7 @@ async def batch_item(runtime: Runtime, item: tuple[Transaction, str | None] | Ka
         _, body = await answer(runtime, submitted)
     except KassaError as exc:
         return error_dict(exc.code, exc.message)
-    return msgspec.json.decode(body) if isinstance(body, bytes) else body
+    return msgspec.Raw(body) if isinstance(body, bytes) else body
 
 
 @guarded
