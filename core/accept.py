@@ -15,7 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.batcher import Batcher
-from core.errors import IdempotencyInProgress, IdempotencyKeyReused, KassaError, Unavailable
+from core.errors import (
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    InsufficientFunds,
+    KassaError,
+    Unavailable,
+)
 from core.executor import Task
 from core.ledger import Outcome, prevalidate
 from core.models import AccountSnapshot, Transaction
@@ -27,7 +33,6 @@ from core.ports import (
     IdempotencyCache,
     IdempotencyRecord,
     PendingJournal,
-    ReceiptRequest,
     ReceiptSource,
 )
 from core.status import COMPLETED
@@ -124,13 +129,17 @@ class TransactionService:
         if accounts is None:
             accounts = await self._accounts.get_accounts(tx.account_ids)
         error = prevalidate(tx, accounts)
+        if isinstance(error, InsufficientFunds):
+            # A cached balance may be stale-low (a credit committed by another process):
+            # refuse on funds only by the database's view.
+            error = prevalidate(tx, await self._accounts.get_accounts(tx.account_ids, fresh=True))
         if error is not None:
             self._observer.refused(error.code)
             raise error
         self._pool.reserve()
         try:
-            code = await self._receipts.new_receipt(
-                ReceiptRequest(tx.type, tx.currency, tx.amount, tx.account_ids))
+            # From this process's stock of codes: no await unless it ran dry (then 503).
+            code = (await self._receipts.next_codes(1))[0]
             result = await self._journals.submit(PendingJournal(
                 code, tx, sub.scope, sub.idempotency_key, sub.request_hash,
                 "sync" if sub.wait else "async",

@@ -1,42 +1,55 @@
-"""The per-process tier of the account cache: an LRU of snapshots with a short TTL.
+"""The per-process account cache: an LRU of snapshots, kept current by this process's commits.
 
-Pure logic with an injected monotonic clock; server/redis/account_cache.py puts Redis
-and PostgreSQL behind it. The cache only serves pre-validation, an early reject: the
-executor decides again under row locks, so a stale entry costs at most a wrong early
-answer, never a wrong balance.
+Pure logic with an injected monotonic clock; server/redis/account_cache.py puts the
+database and the cross-process invalidation around it. The cache only serves
+pre-validation, an early reject: the executor decides again under row locks, so a stale
+entry costs at most a wrong early answer, never a wrong balance.
 
-The hard part is a read racing an invalidation: a request reads an account below
-this tier (Redis or PostgreSQL), a commit elsewhere invalidates it, and then the
-request stores what it read, which is already stale. Every drop therefore advances
-an epoch and leaves a tombstone (account id → epoch of its last drop); a read notes
-the epoch before it starts and `put_many` refuses any account dropped since. The
-tombstones are bounded: forgetting one raises `_floor`, and reads older than the
-floor store nothing (too old to know whether they missed a drop).
+An entry mixes two kinds of data. Facts (existence, currency, status, overdraft limit,
+contact) change only by account admin, which drops the entry here and in every process.
+The balance changes with every commit: `set_balances` writes the balances a committed
+batch of this process left (a dict update, no I/O), while commits of other processes are
+seen only when the entry expires. So a cached balance may be stale both ways, and the
+caller must read again before refusing on funds (TransactionService does). A read begun
+before a commit may also store the older balance after `set_balances`: one more way to be
+stale, handled the same way. A balance update keeps the entry's expiry: the TTL also
+bounds how long facts may live when an invalidation was lost.
+
+The hard part is a read racing an invalidation: a request reads an account below this
+tier, an admin change elsewhere invalidates it, and then the request stores what it read,
+which is already stale. Every drop therefore advances an epoch and leaves a tombstone
+(account id → epoch of its last drop); a read notes the epoch before it starts and
+`put_many` refuses any account dropped since. The tombstones are bounded: forgetting one
+raises `_floor`, and reads older than the floor store nothing (too old to know whether
+they missed a drop).
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+
+import msgspec
 
 from core.models import AccountSnapshot
 
 
 @dataclass
 class CacheStats:
-    """Lookups per tier, counted per account id."""
+    """Lookups counted per account id: `refreshes` are reads past the cache before a refusal."""
 
-    local_hits: int = 0
-    redis_hits: int = 0
+    hits: int = 0
     misses: int = 0
+    refreshes: int = 0
+    balance_updates: int = 0  # cached balances set by this process's commits
 
     @property
     def hit_rate(self) -> float:
-        """Lookups answered without PostgreSQL (local or Redis) / all lookups."""
-        lookups = self.local_hits + self.redis_hits + self.misses
-        return (self.local_hits + self.redis_hits) / lookups if lookups else 0.0
+        """Lookups answered by the cache / all lookups (refreshes count as lookups)."""
+        lookups = self.hits + self.misses + self.refreshes
+        return self.hits / lookups if lookups else 0.0
 
 
 class LocalAccountCache:
@@ -98,6 +111,22 @@ class LocalAccountCache:
         while len(self._entries) > self._size_max:
             self._entries.popitem(last=False)
         return stored
+
+    def set_balances(self, balances: Mapping[str, int]) -> int:
+        """Set the balances of the cached accounts among these; returns how many changed.
+
+        Only the balance: an entry dropped by admin stays dropped, and a change of facts
+        never rides on a balance update. Accounts not cached are not added (their facts
+        would have to come from a read that `put_many` can check against drops).
+        """
+        changed = 0
+        for account_id, balance in balances.items():
+            entry = self._entries.get(account_id)
+            if entry is not None and entry[0].balance != balance:
+                snapshot = msgspec.structs.replace(entry[0], balance=balance)
+                self._entries[account_id] = (snapshot, entry[1])
+                changed += 1
+        return changed
 
     def drop(self, account_ids: Iterable[str]) -> None:
         """Forget these accounts, and refuse them from reads already under way."""

@@ -1,22 +1,23 @@
-"""After a batch commits: status, receipt status, notifications, cache invalidation, relay."""
+"""After a batch commits: status, receipt status, notifications, cached balances, relay."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from core.executor import Executed, utc_now_iso
 from core.ledger import Outcome
-from core.models import AccountSnapshot
+from core.models import AccountSnapshot, Transaction
 from core.observer import NullObserver, Observer
-from core.ports import JournalStatus, Notification, Notifier, ReceiptSource
+from core.ports import JournalStatus, Notification, Notifier, ReceiptRecord, ReceiptSource
 from core.status import COMPLETED
 from core.tracker import StatusTracker
 
 log = logging.getLogger("kassa.effects")
 
-Invalidate = Callable[[list[str]], Awaitable[None]]
+# Sets the cached balances of accounts to what a commit of this process left (no I/O).
+BalancesCommitted = Callable[[dict[str, int]], None]
 
 # Which contact field feeds which notification channel.
 CHANNELS = (("email", "email"), ("phone", "sms"), ("push_token", "push"))
@@ -38,15 +39,22 @@ def notifications_for(outcome: Outcome, accounts: list[AccountSnapshot]) -> list
     return notes
 
 
+def receipt_record(tx: Transaction, outcome: Outcome) -> ReceiptRecord:
+    """What the receipt service keeps of a finished transaction."""
+    return ReceiptRecord(outcome.receipt_code, tx.type, tx.currency, tx.amount, tx.account_ids,
+                         outcome.status, outcome.error.code if outcome.error else None)
+
+
 class PostCommit:
     def __init__(self, *, tracker: StatusTracker, receipts: ReceiptSource,
-                 notifier: Notifier | None = None, invalidate: Invalidate | None = None,
+                 notifier: Notifier | None = None,
+                 balances_committed: BalancesCommitted | None = None,
                  wake_relay: Callable[[], None] | None = None,
                  observer: Observer | None = None) -> None:
         self._tracker = tracker
         self._receipts = receipts
         self._notifier = notifier
-        self._invalidate = invalidate
+        self._balances_committed = balances_committed
         self._wake_relay = wake_relay
         self._observer = observer or NullObserver()
 
@@ -56,9 +64,9 @@ class PostCommit:
         now, now_iso = time.monotonic(), utc_now_iso()
         self._tracker.finished([JournalStatus(o.receipt_code, o.status, o.error, now_iso)
                                 for o in executed.outcomes])
+        self._receipts.register([receipt_record(task.transaction, outcome) for task, outcome
+                                 in zip(executed.tasks, executed.outcomes, strict=True)])
         for task, outcome in zip(executed.tasks, executed.outcomes, strict=True):
-            self._receipts.status_changed(outcome.receipt_code, outcome.status,
-                                          outcome.error.code if outcome.error else None)
             self._observer.finished(outcome.status, task.transaction.type, now - task.accepted_at)
             self._log(outcome, now - task.accepted_at)
             if self._notifier is not None:
@@ -66,10 +74,11 @@ class PostCommit:
                            if a in executed.accounts]
                 for note in notifications_for(outcome, touched):
                     self._notifier.notify(note)
-        if self._invalidate is not None:
-            changed = sorted({e.account for o in executed.outcomes for e in o.entries})
-            if changed:
-                await self._invalidate(changed)
+        if self._balances_committed is not None and executed.accounts:
+            # Every locked account, moved or not: the lock read is the freshest view there is.
+            balances = {a.id: a.balance for a in executed.accounts.values()}
+            balances |= {e.account: e.balance_after for o in executed.outcomes for e in o.entries}
+            self._balances_committed(balances)
 
     @staticmethod
     def _log(outcome: Outcome, seconds: float) -> None:

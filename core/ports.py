@@ -11,13 +11,16 @@ from core.ledger import BatchDecision
 from core.models import AccountSnapshot, ErrorBody, Transaction
 
 
-class ReceiptRequest(msgspec.Struct, frozen=True):
-    """What the receipt service records for a new receipt."""
+class ReceiptRecord(msgspec.Struct, frozen=True):
+    """A receipt as the receipt service records it, once its transaction's outcome is known."""
 
+    code: str
     type: str
     currency: str
     amount: int
-    accounts: list[str]
+    account_ids: list[str]
+    status: str
+    error_code: str | None
 
 
 class ReceiptStatus(msgspec.Struct, frozen=True):
@@ -28,15 +31,23 @@ class ReceiptStatus(msgspec.Struct, frozen=True):
 
 
 class ReceiptSource(Protocol):
-    async def new_receipt(self, request: ReceiptRequest) -> str:
-        """A receipt code, persisted by its source before it returns.
+    """Receipt codes and receipt records (DESIGN.md, steps 4 and 8)."""
 
-        Raises core.errors.Unavailable when the source is down, slow or its breaker is open.
+    async def next_codes(self, count: int) -> list[str]:
+        """`count` fresh receipt codes (1 for a request, up to 1,000 for a whole batch).
+
+        Codes come from a stock held in this process: while it has `count` codes this
+        returns them without awaiting anything. Only when it ran dry does it wait for a
+        refill, bounded by a timeout, and it raises core.errors.Unavailable when the
+        source is down, slow or its breaker is open. Codes never repeat, across processes
+        and hosts; a code handed out but never used is a gap.
         """
         ...
 
-    def status_changed(self, code: str, status: str, error_code: str | None) -> None:
-        """Record a receipt's new status later, in a batch; never blocks, never raises."""
+    def register(self, receipts: list[ReceiptRecord]) -> None:
+        """Record receipts with their final status later, in batches; never blocks or
+        raises (best effort: retried while the source is down, dropped when its queue
+        is full)."""
         ...
 
     async def get_receipt(self, code: str) -> ReceiptStatus | None:
@@ -179,6 +190,8 @@ class IdempotencyCache(Protocol):
 
 
 class AccountReader(Protocol):
-    async def get_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
-        """A possibly slightly stale view for pre-validation (the executor rechecks under lock)."""
+    async def get_accounts(self, account_ids: list[str], *, fresh: bool = False
+                           ) -> dict[str, AccountSnapshot]:
+        """A possibly stale view for pre-validation (the executor rechecks under lock);
+        `fresh`: as the database has it now (read again before refusing on funds)."""
         ...

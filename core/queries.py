@@ -1,12 +1,14 @@
-"""Reading a receipt's status through the seed's chain: tracker → Redis → receipt service → database."""
+"""Reading a receipt's status: tracker → Redis → database (→ receipt service while the database
+is unreachable)."""
 
 from __future__ import annotations
 
 import logging
 
-from core.errors import KassaError
+from core.errors import KassaError, Unavailable
+from core.models import ErrorBody
 from core.ports import JournalStatus, JournalStore, ReceiptSource, StatusStore
-from core.status import RANK, is_final
+from core.status import is_final
 from core.tracker import StatusTracker
 
 log = logging.getLogger("kassa.queries")
@@ -21,25 +23,22 @@ class StatusQuery:
         self._journals = journals
 
     async def status(self, code: str) -> JournalStatus | None:
-        """The most advanced status known; a final answer stops the chain early.
-
-        Only the database is authoritative, so a non-final answer from a cache is
-        checked against it (a receipt accepted by one process is visible from any other).
-        """
+        """A final status from memory or Redis (both hold only what an executor
+        decided), else the database's, which is authoritative. The receipt service answers
+        only when the database cannot (it may lag behind it: registration is batched)."""
         found = self._tracker.get(code)
-        if found is not None and is_final(found.status):
+        if found is not None:
             return found
         cached = await self._from_redis(code)
         if cached is not None and is_final(cached.status):
             return cached
-        remote = await self._from_receipt_service(code)
-        if remote is not None and is_final(remote.status):
+        try:
+            return await self._journals.journal_status(code)
+        except Unavailable:
+            remote = await self._from_receipt_service(code)
+            if remote is None:
+                raise
             return remote
-        stored = await self._journals.journal_status(code)
-        if stored is None:
-            return None
-        candidates = [s for s in (found, cached, stored) if s is not None]
-        return max(candidates, key=lambda s: RANK[s.status])
 
     async def _from_redis(self, code: str) -> JournalStatus | None:
         if self._redis is None:
@@ -54,7 +53,9 @@ class StatusQuery:
         if self._receipts is None:
             return None
         receipt = await self._receipts.get_receipt(code)
-        if receipt is None or receipt.error_code:
-            # A failure's message lives in the journal: let the database answer it.
+        if receipt is None:
             return None
-        return JournalStatus(code, receipt.status, None, receipt.updated_at)
+        # The receipt keeps a failure's code; its message lives in the journal.
+        error = (ErrorBody(receipt.error_code, f"the transaction failed: {receipt.error_code}")
+                 if receipt.error_code else None)
+        return JournalStatus(code, receipt.status, error, receipt.updated_at)

@@ -25,7 +25,10 @@ def _choose() -> tuple[ModuleType, bool]:
 _impl, USING_EXTENSIONS = _choose()
 
 receipt_codes = _impl.receipt_codes
+block_codes = _impl.block_codes
 post_batch = _impl.post_batch
 DEBIT, CREDIT = _py.DEBIT, _py.CREDIT
+BLOCK_SPAN = _py.BLOCK_SPAN
 
-__all__ = ["CREDIT", "DEBIT", "USING_EXTENSIONS", "post_batch", "receipt_codes"]
+__all__ = ["BLOCK_SPAN", "CREDIT", "DEBIT", "USING_EXTENSIONS", "block_codes", "post_batch",
+           "receipt_codes"]

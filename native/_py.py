@@ -5,11 +5,27 @@ from __future__ import annotations
 import datetime as dt
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# Receipt code value, 80 bits = 16 Crockford characters:
-#   41 bits milliseconds since EPOCH_MS | 10 bits node id | 22 bits process id | 7 bits sequence
+# A receipt code is `RCP-YYYYMMDD-` and its 80-bit value as 16 Crockford characters. The
+# top bit tells the two layouts apart, so a code of one can never equal a code of the other:
+#
+#   process layout (receipt_codes: plain gunicorn, and every code made before blocks):
+#     0 | 40 bits ms since EPOCH_MS | 10 bits node id | 22 bits process id | 7 bits sequence
+#   block layout (block_codes: blocks reserved from the receipt service):
+#     1 | 63 bits block number | 16 bits offset in the block
+#
+# The process layout had 41 bits of milliseconds; its top one is 0 for every instant from
+# EPOCH_MS until 2054-11-03, so codes made with it so far have bit 79 clear, and it is now
+# kept clear (the ms field wraps in 2054: still unique, as the date differs).
 EPOCH_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z
 NODE_BITS, PID_BITS, SEQ_BITS = 10, 22, 7
 SEQ_MAX = (1 << SEQ_BITS) - 1
+VALUE_BITS = 80
+BLOCK_FLAG = 1 << (VALUE_BITS - 1)
+BLOCK_OFFSET_BITS = 16
+BLOCK_SPAN = 1 << BLOCK_OFFSET_BITS  # codes per block number
+BLOCK_NO_MAX = (1 << (VALUE_BITS - 1 - BLOCK_OFFSET_BITS)) - 1  # PostgreSQL's bigint max
+MS_PER_DAY = 86_400_000
+UNIX_EPOCH_DATE = dt.date(1970, 1, 1)
 
 
 def receipt_codes(
@@ -31,11 +47,30 @@ def receipt_codes(
             seq += 1
             if seq > SEQ_MAX:
                 ms, seq = ms + 1, 0
-        value = ((ms - EPOCH_MS) << 39) | (node << 29) | (proc << 7) | seq
-        chars = [CROCKFORD[(value >> shift) & 31] for shift in range(75, -1, -5)]
+        value = (((ms - EPOCH_MS) << 39) | (node << 29) | (proc << 7) | seq) & ~BLOCK_FLAG
         day = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y%m%d")
-        codes.append(f"RCP-{day}-{''.join(chars)}")
+        codes.append(f"RCP-{day}-{_crockford(value)}")
     return codes, ms, seq
+
+
+def block_codes(block_no: int, first: int, count: int, now_ms: int) -> list[str]:
+    """The codes at offsets `first` to `first + count - 1` of block `block_no`, dated with
+    the UTC day of `now_ms` (when they are handed out).
+
+    Raises ValueError unless 0 <= block_no <= BLOCK_NO_MAX and the offsets lie in
+    0..BLOCK_SPAN - 1; OverflowError when the day is outside years 1 to 9999.
+    """
+    if not (0 <= block_no <= BLOCK_NO_MAX and 0 <= first and 0 <= count
+            and first + count <= BLOCK_SPAN):
+        raise ValueError(f"no offsets {first}+{count} in block {block_no}")
+    day = (UNIX_EPOCH_DATE + dt.timedelta(days=now_ms // MS_PER_DAY)).strftime("%Y%m%d")
+    base = BLOCK_FLAG | (block_no << BLOCK_OFFSET_BITS)
+    return [f"RCP-{day}-{_crockford(base | offset)}" for offset in range(first, first + count)]
+
+
+def _crockford(value: int) -> str:
+    """Bits 0..79 of `value` as 16 Crockford base32 characters, most significant first."""
+    return "".join([CROCKFORD[(value >> shift) & 31] for shift in range(75, -1, -5)])
 
 
 INT64_MIN = -(1 << 63)

@@ -46,6 +46,8 @@ cdef int64_t MS_PER_DAY = 86_400_000
 # The civil-from-days path covers 1970-01-01 up to the end of year 9999, where the
 # twin's datetime stops; other instants take the twin's datetime code (and errors).
 cdef int64_t DAY_FAST_END_MS = 253_402_300_800_000
+cdef int64_t BLOCK_NO_MAX = _py.BLOCK_NO_MAX
+cdef int64_t BLOCK_SPAN = _py.BLOCK_SPAN
 # State values within +-2**61 leave room for `ms + 1` over any feasible count.
 cdef int64_t STATE_ABS_MAX = 1LL << 61
 
@@ -71,10 +73,16 @@ cdef void _fill_value(char* out, int64_t ms, uint64_t node, uint64_t proc,
     cdef uint64_t d = <uint64_t>(ms - EPOCH_MS)
     cdef uint64_t lo = (d << 39) | (node << 29) | (proc << 7) | <uint64_t>seq
     cdef uint64_t hi = (d >> 25) & 0xFFFF
-    cdef int k, shift
-    cdef uint64_t v
     if seq < 0:
         hi = 0xFFFF
+    hi &= 0x7FFF  # bit 79 tells the layouts apart: clear in this one (_py.BLOCK_FLAG)
+    _fill_crockford(out, hi, lo)
+
+
+cdef void _fill_crockford(char* out, uint64_t hi, uint64_t lo) noexcept nogil:
+    """16 Crockford characters of the 80-bit value hi (bits 64..79) : lo (bits 0..63)."""
+    cdef int k, shift
+    cdef uint64_t v
     for k in range(16):
         shift = 75 - 5 * k
         if shift >= 64:
@@ -138,6 +146,29 @@ def receipt_codes(node_id, pid, last_ms, last_seq, now_ms, count):
             text = dt.datetime.fromtimestamp(<object>ms / 1000, tz=dt.UTC).strftime("%Y%m%d")
             codes.append(f"RCP-{text}-{buf[13:29].decode('ascii')}")
     return codes, ms, seq
+
+
+def block_codes(block_no, first, count, now_ms):
+    """See native._py.block_codes."""
+    cdef int64_t block, start, n, now, i
+    if not (_state_value(block_no, &block) and _state_value(first, &start)
+            and _state_value(count, &n) and _state_value(now_ms, &now)):
+        return _py.block_codes(block_no, first, count, now_ms)
+    if not (0 <= block <= BLOCK_NO_MAX and 0 <= start and 0 <= n and start + n <= BLOCK_SPAN
+            and 0 <= now < DAY_FAST_END_MS):
+        return _py.block_codes(block_no, first, count, now_ms)  # its error, or its date code
+    cdef char buf[29]
+    memcpy(buf, b"RCP-00000000-", 13)
+    _fill_date(buf + 4, now // MS_PER_DAY)
+    # The value is 1 | block (63 bits) | offset (16 bits): bits 64..79 hold the flag and
+    # the block's top 15 bits, bits 0..63 the rest of the block and the offset.
+    cdef uint64_t hi = 0x8000 | (<uint64_t>block >> 48)
+    cdef uint64_t base = <uint64_t>block << 16
+    cdef list codes = []
+    for i in range(start, start + n):
+        _fill_crockford(buf + 13, hi, base | <uint64_t>i)
+        codes.append(buf[:29].decode("ascii"))
+    return codes
 
 
 # ------------------------------------------------------------------- post batch

@@ -138,9 +138,8 @@ def _require_database(settings: Settings) -> str:
 
 def cmd_receipt_service(args: argparse.Namespace, settings: Settings) -> None:
     from server.grpc.receipt_service import run_receipt_service
-    from server.runtime import node_id_of
 
-    run_receipt_service(args.port, _require_database(settings), node_id_of(settings), args.host)
+    run_receipt_service(args.port, _require_database(settings), args.host)
 
 
 def cmd_notification_service(args: argparse.Namespace, settings: Settings) -> None:

@@ -1,4 +1,6 @@
-"""Receipt codes made in this process (no receipt service): node id + pid + time + sequence."""
+"""core.ports.ReceiptSource without a receipt service (plain gunicorn): codes made in this
+process from node id + pid + time + sequence (native.receipt_codes, the process layout,
+which can never equal a code of a reserved block); no receipt records are kept."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import os
 import time
 
 import native
-from core.ports import ReceiptRequest, ReceiptStatus
+from core.ports import ReceiptRecord, ReceiptStatus
 
 
 class LocalReceiptSource:
@@ -15,15 +17,13 @@ class LocalReceiptSource:
         self._last_ms = 0
         self._last_seq = 0
 
-    def next_codes(self, count: int) -> list[str]:
+    async def next_codes(self, count: int) -> list[str]:
         codes, self._last_ms, self._last_seq = native.receipt_codes(
-            self._node_id, os.getpid(), self._last_ms, self._last_seq, int(time.time() * 1000), count)
+            self._node_id, os.getpid(), self._last_ms, self._last_seq, time.time_ns() // 1_000_000,
+            count)
         return codes
 
-    async def new_receipt(self, request: ReceiptRequest) -> str:
-        return self.next_codes(1)[0]
-
-    def status_changed(self, code: str, status: str, error_code: str | None) -> None:
+    def register(self, receipts: list[ReceiptRecord]) -> None:
         pass
 
     async def get_receipt(self, code: str) -> ReceiptStatus | None:

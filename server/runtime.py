@@ -117,10 +117,11 @@ def receipt_source(settings: Settings) -> ReceiptSource:
     if not settings.receipt_service_addr:
         return LocalReceiptSource(node_id_of(settings))
     client = ReceiptClient(
-        settings.receipt_service_addr, batch_size_max=settings.receipt_batch_size,
+        settings.receipt_service_addr, block_size=settings.receipt_block_size,
+        batch_size_max=settings.receipt_batch_size,
         flush_interval_ms=settings.receipt_flush_interval_ms,
-        timeout_ms=settings.receipt_timeout_ms,
-        pending_max=max(settings.processor_queue_size, settings.receipt_batch_size),
+        timeout_ms=settings.receipt_timeout_ms, pending_max=settings.receipt_pending_max,
+        retry_max_ms=settings.receipt_retry_max_ms,
         breaker_failures_max=settings.breaker_failures_max,
         breaker_reset_ms=settings.breaker_reset_s * 1000)
     client.start()
@@ -158,14 +159,17 @@ async def build_runtime(settings: Settings) -> Runtime:
                             entries_max=settings.status_memory_max)
     receipts = receipt_source(settings)
     notifier = notification_client(settings)
-    relay = (OutboxRelay(db, settings.kafka_bootstrap_servers, settings.kafka_topic,
-                         batch_size_max=settings.relay_batch_max,
-                         retention_s=settings.outbox_retention_s)
+    relay = (OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
+                         settings.kafka_topic, batch_size_max=settings.relay_batch_max,
+                         poll_interval_ms=settings.relay_poll_interval_ms,
+                         linger_ms=settings.relay_linger_ms,
+                         standby_interval_ms=settings.relay_standby_interval_ms,
+                         step_down_after_s=settings.relay_step_down_after_s)
              if settings.kafka_bootstrap_servers else None)
     single = settings.executor == "single"
     pool = ProcessorPool(
         journals, PostCommit(tracker=tracker, receipts=receipts, notifier=notifier,
-                             invalidate=account_cache.invalidate if account_cache else None,
+                             balances_committed=account_cache.set_balances if account_cache else None,
                              wake_relay=relay.wake if relay else None, observer=observer),
         queue_size_max=settings.processor_queue_size,
         writers=max(settings.executor_writers, 8) if single else settings.executor_writers,

@@ -53,25 +53,35 @@ class Settings:
     status_memory_ttl_s: int = 600
     status_memory_max: int = 100_000  # final statuses kept in memory per process
     idempotency_ttl_s: int = 86_400
-    # Receipt and notification batchers
-    receipt_batch_size: int = 50
-    # The seed flushes every 50 ms; with one call in flight batches fill by themselves under
-    # load, so a short interval only cuts the idle latency (docs/performance.md).
-    receipt_flush_interval_ms: float = 2.0
-    receipt_timeout_ms: float = 2000.0
+    # Receipt codes: blocks reserved from the receipt service, a new one when half is used
+    receipt_block_size: int = 8192  # codes per block, 1..65536
+    # Receipt registration after the outcome: batches of up to this many (1..10,000), one
+    # call in flight; at most receipt_pending_max wait (then new ones are dropped, counted).
+    receipt_batch_size: int = 2000
+    receipt_flush_interval_ms: float = 50.0
+    receipt_pending_max: int = 100_000
+    receipt_timeout_ms: float = 2000.0  # per call, and the longest a request waits for codes
+    receipt_retry_max_ms: float = 2000.0  # backoff cap while the receipt service is down
+    # Notification batcher
     notification_batch_size: int = 100
     notification_flush_interval_ms: float = 50.0
     breaker_failures_max: int = 5
     breaker_reset_s: float = 5.0
-    # Account cache
-    account_cache_size: int = 10_000
-    account_cache_ttl_ms: float = 1000.0
+    # Account cache (pre-validation), per process. This process's commits update cached
+    # balances in place and account admin invalidates every process through Redis, so the
+    # TTL only bounds how long other processes' commits go unseen (a refusal on funds reads
+    # again) and facts whose invalidation was lost. About 500 bytes per entry.
+    account_cache_size: int = 50_000
+    account_cache_ttl_ms: float = 60_000.0
     # Database pool per process
     db_pool_min: int = 2
     db_pool_max: int = 10
-    # Outbox relay
+    # Outbox relay: one publisher per database (advisory lock), the others stand by
     relay_batch_max: int = 500
-    outbox_retention_s: int = 3600
+    relay_poll_interval_ms: float = 500.0  # publisher's fallback when no wake-up comes
+    relay_linger_ms: float = 20.0  # under load, publish cycles start at most this often
+    relay_standby_interval_ms: float = 1000.0  # standbys try the lock this often (takeover)
+    relay_step_down_after_s: float = 30.0  # publisher failing this long lets another try
     # Shutdown
     shutdown_timeout_s: float = 30.0
 
@@ -131,6 +141,22 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"KASSA_{name.upper()}={url!r} is not a URL")
     if s.accept_batch_max > s.processor_queue_size:
         raise ConfigError("KASSA_ACCEPT_BATCH_MAX must not exceed KASSA_PROCESSOR_QUEUE_SIZE")
+    _check_receipts(s)
+
+
+RECEIPT_BLOCK_SIZE_MAX = 65_536  # native.BLOCK_SPAN: offsets per block number
+RECEIPT_BATCH_SIZE_MAX = 10_000  # items per RegisterReceipts call the receipt service takes
+
+
+def _check_receipts(s: Settings) -> None:
+    if s.receipt_block_size > RECEIPT_BLOCK_SIZE_MAX:
+        raise ConfigError(f"KASSA_RECEIPT_BLOCK_SIZE={s.receipt_block_size}: at most "
+                          f"{RECEIPT_BLOCK_SIZE_MAX}")
+    if s.receipt_batch_size > RECEIPT_BATCH_SIZE_MAX:
+        raise ConfigError(f"KASSA_RECEIPT_BATCH_SIZE={s.receipt_batch_size}: at most "
+                          f"{RECEIPT_BATCH_SIZE_MAX}")
+    if s.receipt_pending_max < s.receipt_batch_size:
+        raise ConfigError("KASSA_RECEIPT_PENDING_MAX must not be below KASSA_RECEIPT_BATCH_SIZE")
 
 
 SCOPES = ("admin", "write", "read")

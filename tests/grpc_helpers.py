@@ -49,11 +49,11 @@ async def serving(main: Coroutine[Any, Any, None], address: str) -> AsyncIterato
             await task
 
 
-def start_receipt_process(port: int, dsn: str, node_id: int = 7) -> subprocess.Popen[bytes]:
+def start_receipt_process(port: int, dsn: str) -> subprocess.Popen[bytes]:
     """The receipt service as a child process, the way the CLI runs it."""
     code = (
         "from server.grpc.receipt_service import run_receipt_service; "
-        f"run_receipt_service({port}, {dsn!r}, {node_id})"
+        f"run_receipt_service({port}, {dsn!r})"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from server.kafka.relay import APPLICATION_NAME, RELAY_LOCK_ID
 from tests.conftest import new_database
 from tests.fixtures.kafka import KafkaBroker
 from tests.fixtures.kassa_server import KassaProcess, start_kassa
@@ -60,6 +61,30 @@ async def journal_count(dsn: str) -> int:
         await conn.close()
 
 
+async def relay_state(dsn: str) -> tuple[int, int, int]:
+    """(relay sessions, relay lock holders, outbox rows) on this database."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+            "        AND datname = current_database()) AS sessions,"
+            " (SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+            "  WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()"
+            "  AND ((l.classid::bigint << 32) | l.objid::bigint) = $2) AS holders,"
+            " (SELECT count(*) FROM outbox) AS waiting", APPLICATION_NAME, RELAY_LOCK_ID)
+    finally:
+        await conn.close()
+    return row["sessions"], row["holders"], row["waiting"]
+
+
+async def wait_outbox_empty(dsn: str, timeout_s: float = 10) -> tuple[int, int]:
+    """Once every event was deleted after its ack: (relay sessions, lock holders)."""
+    async with asyncio.timeout(timeout_s):
+        while (state := await relay_state(dsn))[2]:
+            await asyncio.sleep(0.05)
+    return state[0], state[1]
+
+
 def receipts_of(replies: list[Reply | Exception]) -> dict[str, int]:
     out = {}
     for r in replies:
@@ -92,6 +117,8 @@ async def test_every_finished_transaction_is_published_with_the_documented_shape
                 assert {e["direction"] for e in event["entries"]} == {"debit", "credit"}
             else:
                 assert event["error"]["code"] == "insufficient_funds" and event["entries"] == []
+        # Both workers run a relay; one holds the lock and publishes, and deletes what it sent.
+        assert await wait_outbox_empty(dsn) == (2, 1)
         await assert_invariants(dsn)
     finally:
         kassa.stop()
@@ -104,6 +131,7 @@ async def test_kafka_down_loses_nothing(pg_server: PostgresServer, redis_server:
     try:
         await open_accounts(kassa.url, ["d0", "d1"], 1_000_000)
         before = await journal_count(dsn)
+        await wait_outbox_empty(dsn)  # the funding events went to the broker that dies
         kafka_broker.stop()
         replies = await drive(kassa.url, random_transfers(["d0", "d1"], 1000, 10), 50)
         receipts = receipts_of(replies)
@@ -121,6 +149,7 @@ async def test_kafka_down_loses_nothing(pg_server: PostgresServer, redis_server:
         assert seen.keys() == set(receipts)
         assert await journal_count(dsn) == before + 1000
         assert "[KAFKA ERROR]" in kassa.log()
+        assert await wait_outbox_empty(dsn) == (2, 1)
     finally:
         kassa.stop()
 
@@ -141,6 +170,8 @@ async def test_a_killed_worker_s_events_are_published_by_another_process(
         # gunicorn's new workers (other processes) publish what the dead ones committed.
         seen = await consume(kafka_broker.bootstrap, set(receipts), timeout_s=60)
         assert set(receipts) <= seen.keys()
+        # The dead workers' connections closed, so their lock went to a new worker.
+        assert await wait_outbox_empty(dsn) == (2, 1)
         await assert_invariants(dsn)
     finally:
         kassa.stop()

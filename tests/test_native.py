@@ -46,6 +46,7 @@ def test_extension_is_built() -> None:
     assert native.USING_EXTENSIONS
     assert native.post_batch is _speedups.post_batch
     assert native.receipt_codes is _speedups.receipt_codes
+    assert native.block_codes is _speedups.block_codes
 
 
 def test_env_var_forces_the_twins() -> None:
@@ -140,6 +141,78 @@ def test_receipt_codes_parity(node, pid, last_ms, last_seq, now_delta, now_abs, 
 def test_receipt_codes_parity_odd_input(args, count) -> None:
     args = (*args, count)
     assert outcome(_speedups.receipt_codes, *args) == outcome(_py.receipt_codes, *args)
+
+
+# ------------------------------------------------------------------ block_codes: the rules
+
+SPAN = _py.BLOCK_SPAN
+BLOCK_NO_MAX = _py.BLOCK_NO_MAX
+
+
+def value_of(code: str) -> int:
+    value = 0
+    for char in code.split("-")[2]:
+        value = value * 32 + CROCKFORD.index(char)
+    return value
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_block_code_layout(impl) -> None:
+    codes = impl.block_codes(77, SPAN - 2, 2, EPOCH + DAY_MS - 1)
+    assert [c.split("-")[1] for c in codes] == ["20200101", "20200101"]
+    assert [value_of(c) for c in codes] == [(1 << 79) | (77 << 16) | o for o in (SPAN - 2, SPAN - 1)]
+    top = impl.block_codes(BLOCK_NO_MAX, 0, 1, 1_709_164_800_000)[0]
+    assert top.startswith("RCP-20240229-") and value_of(top) == (1 << 80) - SPAN
+    assert impl.block_codes(0, 0, 1, 0) == ["RCP-19700101-G000000000000000"]
+    assert impl.block_codes(5, 10, 0, 0) == []
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("args", [(-1, 0, 1), (BLOCK_NO_MAX + 1, 0, 1), (0, -1, 1), (0, 0, -1),
+                                  (0, SPAN - 1, 2), (0, SPAN, 1)])
+def test_block_codes_refuse_offsets_outside_the_block(impl, args) -> None:
+    with pytest.raises(ValueError, match="no offsets"):
+        impl.block_codes(*args, EPOCH)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_layouts_never_meet(impl) -> None:
+    """Bit 79 is set in every block code and clear in every process code, for any instant:
+    the process layout's millisecond field no longer reaches it (it wraps, the date moves on)."""
+    instants = [EPOCH - 10**12, EPOCH, EPOCH + (1 << 40) - 1, EPOCH + (1 << 40), EPOCH + (1 << 41) + 5,
+                253_402_300_799_999]
+    for now in instants:
+        codes, _, _ = impl.receipt_codes(1023, 2**22 - 1, 0, 0, now, 3)
+        assert all(value_of(c) >> 79 == 0 for c in codes), now
+    wrapped = impl.receipt_codes(1, 1, 0, 0, EPOCH + (1 << 40), 1)[0][0]
+    assert wrapped == impl.receipt_codes(1, 1, 0, 0, EPOCH, 1)[0][0].replace("20200101", "20541103")
+    for block in (0, 1, 2**40, BLOCK_NO_MAX):
+        assert value_of(impl.block_codes(block, 0, 1, EPOCH)[0]) >> 79 == 1
+    # Visible too: a block code's first character is G..Z, a process code's 0..F.
+    assert impl.block_codes(0, 0, 1, EPOCH)[0][13] == "G"
+
+
+# ------------------------------------------------------------------- block_codes: parity
+
+block_no = st.one_of(st.integers(0, 2**20), st.integers(BLOCK_NO_MAX - 5, BLOCK_NO_MAX + 5),
+                     st.integers(2**61 - 3, 2**61 + 3), any_int)
+offset = st.one_of(st.integers(-2, SPAN + 2), any_int)
+
+
+@needs_extension
+@PARITY
+@given(block=block_no, first=offset, count=st.one_of(st.integers(-2, 40), st.integers(SPAN - 3, SPAN + 1)),
+       now=state_ms)
+def test_block_codes_parity(block, first, count, now) -> None:
+    args = (block, first, count, now)
+    assert outcome(_speedups.block_codes, *args) == outcome(_py.block_codes, *args)
+
+
+@needs_extension
+@PARITY
+@given(args=st.lists(st.one_of(st.integers(0, 3), odd_value), min_size=4, max_size=4))
+def test_block_codes_parity_odd_input(args) -> None:
+    assert outcome(_speedups.block_codes, *args) == outcome(_py.block_codes, *args)
 
 
 # ------------------------------------------------------------------ post_batch: the rules

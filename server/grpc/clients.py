@@ -1,9 +1,14 @@
-"""Clients of the receipt and notification services: the core ports, batched over gRPC.
+"""Clients of the receipt and notification services: the core ports, over gRPC.
 
-Each client owns one channel, one circuit breaker and core.batcher.Batcher instances
-with one call in flight, so items arriving during a call form the next batch. gRPC
-errors become core.errors.Unavailable here, once; an open breaker refuses at once,
-before anything is queued, instead of letting callers wait for a timeout.
+Each client owns one channel and one circuit breaker. gRPC errors become
+core.errors.Unavailable here, once; the breaker counts only the dependency's failures
+(UNAVAILABLE, DEADLINE_EXCEEDED), and an open breaker refuses at once instead of letting
+callers wait for a timeout.
+
+The receipt client hands out codes from blocks it reserved (server/grpc/receipt_stock.py)
+and registers receipts after their outcome, in large batches: neither puts a gRPC round
+trip on the request path. The notification client batches with core.batcher.Batcher, one
+call in flight, so items arriving during a call form the next batch.
 
 The CLI/lifespan builds them with the service address (`host:port` or `unix:/path`),
 calls `start()` inside the running loop and `await close()` on shutdown.
@@ -12,22 +17,25 @@ calls `start()` inside the running loop and `await close()` on shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import NamedTuple, TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import TypeVar
 
 import grpc
 
 from core.batcher import Batcher
 from core.breaker import OPEN, CircuitBreaker
-from core.errors import InvalidRequest, Overloaded, Unavailable
-from core.ports import Notification, ReceiptRequest, ReceiptStatus
+from core.errors import Overloaded, Unavailable
+from core.ports import Notification, ReceiptRecord, ReceiptStatus
 from server.grpc import metrics
 from server.grpc.gen.kassa.v1 import notifications_pb2 as npb
 from server.grpc.gen.kassa.v1 import notifications_pb2_grpc as npb_grpc
 from server.grpc.gen.kassa.v1 import receipts_pb2 as rpb
 from server.grpc.gen.kassa.v1 import receipts_pb2_grpc as rpb_grpc
+from server.grpc.receipt_registrations import RegistrationQueue
+from server.grpc.receipt_stock import CodeStock
 
 log = logging.getLogger("kassa.grpc.clients")
 
@@ -42,19 +50,34 @@ CHANNEL_OPTIONS = [
 ]
 # Extra time the batcher allows a sink beyond the gRPC deadline, as a backstop only.
 _BACKSTOP_MS = 1000
+# What says the service is down or too slow. Any other error is an answer from a live
+# service (a refusal: a bug on one side), which the breaker must not count.
+DEPENDENCY_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class CallRefused(Unavailable):
+    """The service answered with an error other than an outage: not counted by the
+    breaker, and not worth retrying."""
 
 
 async def guarded(breaker: CircuitBreaker, call: Callable[[], Awaitable[T]]) -> T:
-    """Run one gRPC call behind the breaker; any failure is Unavailable and counts."""
+    """Run one gRPC call behind the breaker; its errors become Unavailable (or CallRefused).
+
+    Messages name the breaker and the status only: they may reach an HTTP client, and
+    gRPC's details can carry host and port text (they are logged at debug level).
+    """
     if not breaker.allow():
-        raise Unavailable(f"{breaker.name} circuit open", retry_after_s=breaker.retry_after_s())
+        raise _open_error(breaker)
     try:
         result = await call()
     except grpc.aio.AioRpcError as exc:
-        breaker.record_failure()
-        raise Unavailable(
-            f"{breaker.name}: {exc.code().name} {exc.details()}", retry_after_s=1
-        ) from exc
+        log.debug("%s call failed: %s %s", breaker.name, exc.code().name, exc.details())
+        if exc.code() in DEPENDENCY_FAILURES:
+            breaker.record_failure()
+            raise Unavailable(f"{breaker.name}: {exc.code().name}", retry_after_s=1) from exc
+        breaker.record_success()
+        raise CallRefused(f"{breaker.name} refused the call: {exc.code().name}",
+                          retry_after_s=1) from exc
     except BaseException:
         # Cancelled (timeout backstop, shutdown) or a bug: still give the trial slot back.
         breaker.record_failure()
@@ -92,23 +115,20 @@ def _on_breaker_change(name: str, old: str, new: str) -> None:
     metrics.record_breaker_state(name, old, new)
 
 
-class _Create(NamedTuple):
-    request: ReceiptRequest
-    deadline: float  # monotonic; past it the caller has given up
-
-
 class ReceiptClient:
-    """core.ports.ReceiptSource over gRPC."""
+    """core.ports.ReceiptSource over gRPC: codes from reserved blocks, receipts registered
+    after their outcome in batches."""
 
     def __init__(
         self,
         address: str,
         *,
-        batch_size_max: int = 50,
+        block_size: int = 8192,
+        batch_size_max: int = 2000,
         flush_interval_ms: float = 50,
         timeout_ms: float = 2000,
-        update_batch_size_max: int = 500,
-        pending_max: int = 10_000,
+        pending_max: int = 100_000,
+        retry_max_ms: float = 2000,
         breaker_failures_max: int = 3,
         breaker_reset_ms: float = 1000,
     ) -> None:
@@ -117,52 +137,32 @@ class ReceiptClient:
         self.breaker = _new_breaker("receipt_service", breaker_failures_max, breaker_reset_ms)
         self._channel: grpc.aio.Channel | None = None
         self._stub: rpb_grpc.ReceiptServiceStub | None = None
-        self._creates: Batcher[_Create, str] = Batcher(
-            "receipts", self._create_batch, batch_size_max=batch_size_max,
+        self.codes = CodeStock(self._reserve, block_size=block_size, timeout_ms=timeout_ms,
+                               retry_max_ms=retry_max_ms)
+        self.registrations = RegistrationQueue(
+            self._register_batch, batch_size_max=batch_size_max,
             flush_interval_ms=flush_interval_ms, pending_max=pending_max,
-            timeout_ms=timeout_ms + _BACKSTOP_MS, on_flush=_observer("create"),
-        )
-        self._updates: Batcher[rpb.StatusUpdate, None] = Batcher(
-            "receipt-updates", self._update_batch, batch_size_max=update_batch_size_max,
-            flush_interval_ms=flush_interval_ms, pending_max=max(pending_max, update_batch_size_max),
-            timeout_ms=timeout_ms + _BACKSTOP_MS, on_flush=_observer("update"),
-        )
+            retry_max_ms=retry_max_ms)
 
     def start(self) -> None:
-        """Open the channel and start the batchers; call inside the running loop."""
+        """Open the channel, reserve the first block, start registering; inside the loop."""
         self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self._stub = rpb_grpc.ReceiptServiceStub(self._channel)
-        self._creates.start()
-        self._updates.start()
+        self.codes.start()
+        self.registrations.start()
 
     async def close(self) -> None:
-        """Flush what is pending, then close the channel."""
-        await self._creates.close()
-        await self._updates.close()
+        """Stop reserving, register what is pending (within the timeout), close the channel."""
+        await self.codes.close()
+        await self.registrations.close(self._timeout_s)
         if self._channel is not None:
             await self._channel.close()
 
-    async def new_receipt(self, request: ReceiptRequest) -> str:
-        if self.breaker.state == OPEN:
-            raise _open_error(self.breaker)
-        deadline = time.monotonic() + self._timeout_s
-        future = self._creates.submit(_Create(request, deadline))
-        try:
-            # A little slack so the call's own deadline error, which the breaker
-            # counts, normally arrives first.
-            return await asyncio.wait_for(future, self._timeout_s + 0.05)
-        except TimeoutError:
-            raise Unavailable("receipt service timed out", retry_after_s=1) from None
+    async def next_codes(self, count: int) -> list[str]:
+        return await self.codes.take(count)
 
-    def status_changed(self, code: str, status: str, error_code: str | None) -> None:
-        update = rpb.StatusUpdate(code=code, status=status, error_code=error_code or "")
-        try:
-            future = self._updates.submit(update)
-        except (Overloaded, RuntimeError) as exc:  # full, closing, or no running loop
-            metrics.RECEIPT_UPDATES_DROPPED.inc()
-            log.warning("[RECEIPT BATCHER] dropped status update of %s: %s", code, exc)
-            return
-        future.add_done_callback(_consume)
+    def register(self, receipts: list[ReceiptRecord]) -> None:
+        self.registrations.add(receipts)
 
     async def get_receipt(self, code: str) -> ReceiptStatus | None:
         request = rpb.GetReceiptRequest(code=code)
@@ -181,65 +181,49 @@ class ReceiptClient:
         assert self._stub is not None, "ReceiptClient.start() was not called"
         return self._stub
 
-    async def _create_batch(self, items: list[_Create]) -> Sequence[str | BaseException]:
-        now = time.monotonic()
-        live = [i for i, item in enumerate(items) if item.deadline > now]
-        results: list[str | BaseException] = [_gave_up() for _ in items]
-        if not live:
-            return results
-        request = rpb.CreateReceiptsRequest(items=[_new_receipt(items[i].request) for i in live])
-        # The call's deadline is the earliest caller's: nobody waits past their own.
-        timeout_s = max(0.001, min(items[i].deadline for i in live) - now)
-        response = await guarded(
-            self.breaker, lambda: self._live_stub().CreateReceipts(request, timeout=timeout_s)
-        )
-        assert len(response.results) == len(live), "receipt service broke the batch contract"
-        for i, result in zip(live, response.results, strict=True):
-            if result.WhichOneof("result") == "code":
-                results[i] = result.code
-            else:
-                results[i] = InvalidRequest(result.error.message)
-        log.info("[RECEIPT BATCHER] Created %d receipts", len(live))
-        return results
-
-    async def _update_batch(self, items: list[rpb.StatusUpdate]) -> Sequence[None]:
-        request = rpb.UpdateReceiptStatusesRequest(items=items)
-        try:
+    async def _reserve(self, count: int) -> tuple[int, int]:
+        request = rpb.ReserveCodesRequest(count=count)
+        with _observed("reserve", 1):
             response = await guarded(
-                self.breaker,
-                lambda: self._live_stub().UpdateReceiptStatuses(request, timeout=self._timeout_s),
+                self.breaker, lambda: self._live_stub().ReserveCodes(request, timeout=self._timeout_s)
             )
-        except Unavailable as exc:
-            metrics.RECEIPT_UPDATES_DROPPED.inc(len(items))
-            log.warning("[RECEIPT BATCHER] dropped %d status updates: %s", len(items), exc.message)
-            return [None] * len(items)
-        refused = [r.error.code for r in response.results if not r.ok]
-        if refused:
-            metrics.RECEIPT_UPDATES_DROPPED.inc(len(refused))
-            log.warning("[RECEIPT BATCHER] %d status updates refused: %s", len(refused), refused[:5])
-        log.info("[RECEIPT BATCHER] Updated %d receipts", len(items) - len(refused))
-        return [None] * len(items)
+        log.info("[RECEIPT BLOCKS] Reserved block %d (%d codes)", response.block, response.count)
+        return response.block, response.count
+
+    async def _register_batch(self, records: list[ReceiptRecord]) -> None:
+        """One RegisterReceipts call; raises Unavailable (to be retried) on an outage only."""
+        request = rpb.RegisterReceiptsRequest(items=[_record(r) for r in records])
+        try:
+            with _observed("register", len(records)):
+                response = await guarded(
+                    self.breaker,
+                    lambda: self._live_stub().RegisterReceipts(request, timeout=self._timeout_s),
+                )
+        except CallRefused as exc:  # a bug on one side: retrying would not help
+            self.registrations.dropped(len(records), exc.message)
+            return
+        if response.refused:
+            first = response.refused[0]
+            self.registrations.dropped(len(response.refused), f"refused, e.g. "
+                                       f"{records[first.index].code}: {first.error.message}")
+        log.info("[RECEIPT BATCHER] Registered %d receipts", len(records) - len(response.refused))
 
 
-def _gave_up() -> Unavailable:
-    return Unavailable("receipt service too slow: the caller gave up", retry_after_s=1)
-
-
-def _new_receipt(request: ReceiptRequest) -> rpb.NewReceipt:
-    return rpb.NewReceipt(
-        type=request.type, currency=request.currency, amount=request.amount,
-        account_ids=request.accounts,
+def _record(r: ReceiptRecord) -> rpb.ReceiptRecord:
+    return rpb.ReceiptRecord(
+        code=r.code, type=r.type, currency=r.currency, amount=r.amount,
+        account_ids=r.account_ids, status=r.status, error_code=r.error_code or "",
     )
 
 
-def _observer(op: str) -> Callable[[int, float], None]:
-    size, latency = metrics.RECEIPT_BATCH_SIZE.labels(op=op), metrics.RECEIPT_BATCH_LATENCY.labels(op=op)
-
-    def observe(count: int, seconds: float) -> None:
-        size.observe(count)
-        latency.observe(seconds)
-
-    return observe
+@contextlib.contextmanager
+def _observed(op: str, count: int) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        metrics.RECEIPT_BATCH_SIZE.labels(op=op).observe(count)
+        metrics.RECEIPT_BATCH_LATENCY.labels(op=op).observe(time.monotonic() - started)
 
 
 class NotificationClient:

@@ -10,9 +10,13 @@ from prometheus_client import Counter, Gauge, Histogram
 from core.breaker import STATE_VALUES
 
 _BATCH_SIZES = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+_RECEIPT_BATCH_SIZES = (*_BATCH_SIZES, 1000, 2000, 5000, 10_000)
 
 RECEIPT_BATCH_SIZE = Histogram(
-    "receipt_batch_size", "Items per receipt service call", ["op"], buckets=_BATCH_SIZES
+    "receipt_batch_size",
+    "Items per receipt service call (op=register: receipts; op=reserve: 1 block)",
+    ["op"],
+    buckets=_RECEIPT_BATCH_SIZES,
 )
 RECEIPT_BATCH_LATENCY = Histogram(
     "receipt_batch_latency",
@@ -20,8 +24,12 @@ RECEIPT_BATCH_LATENCY = Histogram(
     ["op"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-RECEIPT_UPDATES_DROPPED = Counter(
-    "kassa_receipt_status_updates_dropped", "Receipt status updates dropped (queue full or failed)"
+RECEIPT_BLOCKS_RESERVED = Counter(
+    "kassa_receipt_blocks_reserved", "Blocks of receipt codes reserved from the receipt service"
+)
+RECEIPT_REGISTRATIONS_DROPPED = Counter(
+    "kassa_receipt_registrations_dropped",
+    "Receipts never registered with the receipt service (queue full, refused, or shutdown)",
 )
 NOTIFICATION_BATCH_SIZE = Histogram(
     "notification_batch_size", "Items per notification service call", buckets=_BATCH_SIZES

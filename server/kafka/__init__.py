@@ -1,1 +1,1 @@
-"""Kafka adapter: the outbox relay, the aiokafka InitProducerId v3 shim, the embedded Tansu broker."""
+"""Kafka adapter: the outbox relay and its batch producer, the aiokafka InitProducerId v3 shim, the embedded Tansu broker."""

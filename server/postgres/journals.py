@@ -224,8 +224,10 @@ class PgJournalStore:
         error = ErrorBody(row["error_code"], row["error_message"]) if row["error_code"] else None
         return JournalStatus(receipt_code, row["status"], error, iso(row["at"]) or "")
 
-    async def get_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
-        """AccountReader straight from the database (the account cache wraps this)."""
+    async def get_accounts(self, account_ids: list[str], *, fresh: bool = False
+                           ) -> dict[str, AccountSnapshot]:
+        """AccountReader straight from the database, so always fresh (the account cache
+        wraps this)."""
         async with converted_errors():
             rows = await self._pool.fetch(
                 "SELECT id, currency, status, balance, overdraft_limit, contact FROM accounts "

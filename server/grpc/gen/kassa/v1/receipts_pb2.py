@@ -24,35 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kassa/v1/receipts.proto\x12\x08kassa.v1\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"Q\n\nNewReceipt\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x04 \x03(\t\"<\n\x15\x43reateReceiptsRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.kassa.v1.NewReceipt\"U\n\x13\x43reateReceiptResult\x12\x0e\n\x04\x63ode\x18\x01 \x01(\tH\x00\x12$\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x13.kassa.v1.ItemErrorH\x00\x42\x08\n\x06result\"H\n\x16\x43reateReceiptsResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.kassa.v1.CreateReceiptResult\"@\n\x0cStatusUpdate\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\nerror_code\x18\x03 \x01(\t\"E\n\x1cUpdateReceiptStatusesRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.kassa.v1.StatusUpdate\"K\n\x19UpdateReceiptStatusResult\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\"\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x13.kassa.v1.ItemError\"U\n\x1dUpdateReceiptStatusesResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.kassa.v1.UpdateReceiptStatusResult\"!\n\x11GetReceiptRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\"i\n\x12GetReceiptResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x12\n\nupdated_at\x18\x05 \x01(\t2\x98\x02\n\x0eReceiptService\x12S\n\x0e\x43reateReceipts\x12\x1f.kassa.v1.CreateReceiptsRequest\x1a .kassa.v1.CreateReceiptsResponse\x12h\n\x15UpdateReceiptStatuses\x12&.kassa.v1.UpdateReceiptStatusesRequest\x1a\'.kassa.v1.UpdateReceiptStatusesResponse\x12G\n\nGetReceipt\x12\x1b.kassa.v1.GetReceiptRequest\x1a\x1c.kassa.v1.GetReceiptResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kassa/v1/receipts.proto\x12\x08kassa.v1\"$\n\x13ReserveCodesRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\"4\n\x14ReserveCodesResponse\x12\r\n\x05\x62lock\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x86\x01\n\rReceiptRecord\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x05 \x03(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x12\n\nerror_code\x18\x07 \x01(\t\"A\n\x17RegisterReceiptsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.kassa.v1.ReceiptRecord\"@\n\x0bRefusedItem\x12\r\n\x05index\x18\x01 \x01(\x05\x12\"\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x13.kassa.v1.ItemError\"B\n\x18RegisterReceiptsResponse\x12&\n\x07refused\x18\x01 \x03(\x0b\x32\x15.kassa.v1.RefusedItem\"!\n\x11GetReceiptRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\"i\n\x12GetReceiptResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x12\n\nupdated_at\x18\x05 \x01(\t2\x83\x02\n\x0eReceiptService\x12M\n\x0cReserveCodes\x12\x1d.kassa.v1.ReserveCodesRequest\x1a\x1e.kassa.v1.ReserveCodesResponse\x12Y\n\x10RegisterReceipts\x12!.kassa.v1.RegisterReceiptsRequest\x1a\".kassa.v1.RegisterReceiptsResponse\x12G\n\nGetReceipt\x12\x1b.kassa.v1.GetReceiptRequest\x1a\x1c.kassa.v1.GetReceiptResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kassa.v1.receipts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ITEMERROR']._serialized_start=37
-  _globals['_ITEMERROR']._serialized_end=79
-  _globals['_NEWRECEIPT']._serialized_start=81
-  _globals['_NEWRECEIPT']._serialized_end=162
-  _globals['_CREATERECEIPTSREQUEST']._serialized_start=164
-  _globals['_CREATERECEIPTSREQUEST']._serialized_end=224
-  _globals['_CREATERECEIPTRESULT']._serialized_start=226
-  _globals['_CREATERECEIPTRESULT']._serialized_end=311
-  _globals['_CREATERECEIPTSRESPONSE']._serialized_start=313
-  _globals['_CREATERECEIPTSRESPONSE']._serialized_end=385
-  _globals['_STATUSUPDATE']._serialized_start=387
-  _globals['_STATUSUPDATE']._serialized_end=451
-  _globals['_UPDATERECEIPTSTATUSESREQUEST']._serialized_start=453
-  _globals['_UPDATERECEIPTSTATUSESREQUEST']._serialized_end=522
-  _globals['_UPDATERECEIPTSTATUSRESULT']._serialized_start=524
-  _globals['_UPDATERECEIPTSTATUSRESULT']._serialized_end=599
-  _globals['_UPDATERECEIPTSTATUSESRESPONSE']._serialized_start=601
-  _globals['_UPDATERECEIPTSTATUSESRESPONSE']._serialized_end=686
-  _globals['_GETRECEIPTREQUEST']._serialized_start=688
-  _globals['_GETRECEIPTREQUEST']._serialized_end=721
-  _globals['_GETRECEIPTRESPONSE']._serialized_start=723
-  _globals['_GETRECEIPTRESPONSE']._serialized_end=828
-  _globals['_RECEIPTSERVICE']._serialized_start=831
-  _globals['_RECEIPTSERVICE']._serialized_end=1111
+  _globals['_RESERVECODESREQUEST']._serialized_start=37
+  _globals['_RESERVECODESREQUEST']._serialized_end=73
+  _globals['_RESERVECODESRESPONSE']._serialized_start=75
+  _globals['_RESERVECODESRESPONSE']._serialized_end=127
+  _globals['_ITEMERROR']._serialized_start=129
+  _globals['_ITEMERROR']._serialized_end=171
+  _globals['_RECEIPTRECORD']._serialized_start=174
+  _globals['_RECEIPTRECORD']._serialized_end=308
+  _globals['_REGISTERRECEIPTSREQUEST']._serialized_start=310
+  _globals['_REGISTERRECEIPTSREQUEST']._serialized_end=375
+  _globals['_REFUSEDITEM']._serialized_start=377
+  _globals['_REFUSEDITEM']._serialized_end=441
+  _globals['_REGISTERRECEIPTSRESPONSE']._serialized_start=443
+  _globals['_REGISTERRECEIPTSRESPONSE']._serialized_end=509
+  _globals['_GETRECEIPTREQUEST']._serialized_start=511
+  _globals['_GETRECEIPTREQUEST']._serialized_end=544
+  _globals['_GETRECEIPTRESPONSE']._serialized_start=546
+  _globals['_GETRECEIPTRESPONSE']._serialized_end=651
+  _globals['_RECEIPTSERVICE']._serialized_start=654
+  _globals['_RECEIPTSERVICE']._serialized_end=913
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReserveCodesRequest(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class ReserveCodesResponse(_message.Message):
+    __slots__ = ("block", "count")
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    block: int
+    count: int
+    def __init__(self, block: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+
 class ItemError(_message.Message):
     __slots__ = ("code", "message")
     CODE_FIELD_NUMBER: _ClassVar[int]
@@ -14,67 +28,43 @@ class ItemError(_message.Message):
     message: str
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
-class NewReceipt(_message.Message):
-    __slots__ = ("type", "currency", "amount", "account_ids")
+class ReceiptRecord(_message.Message):
+    __slots__ = ("code", "type", "currency", "amount", "account_ids", "status", "error_code")
+    CODE_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_IDS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    code: str
     type: str
     currency: str
     amount: int
     account_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, type: _Optional[str] = ..., currency: _Optional[str] = ..., amount: _Optional[int] = ..., account_ids: _Optional[_Iterable[str]] = ...) -> None: ...
-
-class CreateReceiptsRequest(_message.Message):
-    __slots__ = ("items",)
-    ITEMS_FIELD_NUMBER: _ClassVar[int]
-    items: _containers.RepeatedCompositeFieldContainer[NewReceipt]
-    def __init__(self, items: _Optional[_Iterable[_Union[NewReceipt, _Mapping]]] = ...) -> None: ...
-
-class CreateReceiptResult(_message.Message):
-    __slots__ = ("code", "error")
-    CODE_FIELD_NUMBER: _ClassVar[int]
-    ERROR_FIELD_NUMBER: _ClassVar[int]
-    code: str
-    error: ItemError
-    def __init__(self, code: _Optional[str] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
-
-class CreateReceiptsResponse(_message.Message):
-    __slots__ = ("results",)
-    RESULTS_FIELD_NUMBER: _ClassVar[int]
-    results: _containers.RepeatedCompositeFieldContainer[CreateReceiptResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[CreateReceiptResult, _Mapping]]] = ...) -> None: ...
-
-class StatusUpdate(_message.Message):
-    __slots__ = ("code", "status", "error_code")
-    CODE_FIELD_NUMBER: _ClassVar[int]
-    STATUS_FIELD_NUMBER: _ClassVar[int]
-    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
-    code: str
     status: str
     error_code: str
-    def __init__(self, code: _Optional[str] = ..., status: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
+    def __init__(self, code: _Optional[str] = ..., type: _Optional[str] = ..., currency: _Optional[str] = ..., amount: _Optional[int] = ..., account_ids: _Optional[_Iterable[str]] = ..., status: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
 
-class UpdateReceiptStatusesRequest(_message.Message):
+class RegisterReceiptsRequest(_message.Message):
     __slots__ = ("items",)
     ITEMS_FIELD_NUMBER: _ClassVar[int]
-    items: _containers.RepeatedCompositeFieldContainer[StatusUpdate]
-    def __init__(self, items: _Optional[_Iterable[_Union[StatusUpdate, _Mapping]]] = ...) -> None: ...
+    items: _containers.RepeatedCompositeFieldContainer[ReceiptRecord]
+    def __init__(self, items: _Optional[_Iterable[_Union[ReceiptRecord, _Mapping]]] = ...) -> None: ...
 
-class UpdateReceiptStatusResult(_message.Message):
-    __slots__ = ("ok", "error")
-    OK_FIELD_NUMBER: _ClassVar[int]
+class RefusedItem(_message.Message):
+    __slots__ = ("index", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
-    ok: bool
+    index: int
     error: ItemError
-    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+    def __init__(self, index: _Optional[int] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
 
-class UpdateReceiptStatusesResponse(_message.Message):
-    __slots__ = ("results",)
-    RESULTS_FIELD_NUMBER: _ClassVar[int]
-    results: _containers.RepeatedCompositeFieldContainer[UpdateReceiptStatusResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[UpdateReceiptStatusResult, _Mapping]]] = ...) -> None: ...
+class RegisterReceiptsResponse(_message.Message):
+    __slots__ = ("refused",)
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    refused: _containers.RepeatedCompositeFieldContainer[RefusedItem]
+    def __init__(self, refused: _Optional[_Iterable[_Union[RefusedItem, _Mapping]]] = ...) -> None: ...
 
 class GetReceiptRequest(_message.Message):
     __slots__ = ("code",)

@@ -34,15 +34,15 @@ class ReceiptServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.CreateReceipts = channel.unary_unary(
-                '/kassa.v1.ReceiptService/CreateReceipts',
-                request_serializer=kassa_dot_v1_dot_receipts__pb2.CreateReceiptsRequest.SerializeToString,
-                response_deserializer=kassa_dot_v1_dot_receipts__pb2.CreateReceiptsResponse.FromString,
+        self.ReserveCodes = channel.unary_unary(
+                '/kassa.v1.ReceiptService/ReserveCodes',
+                request_serializer=kassa_dot_v1_dot_receipts__pb2.ReserveCodesRequest.SerializeToString,
+                response_deserializer=kassa_dot_v1_dot_receipts__pb2.ReserveCodesResponse.FromString,
                 _registered_method=True)
-        self.UpdateReceiptStatuses = channel.unary_unary(
-                '/kassa.v1.ReceiptService/UpdateReceiptStatuses',
-                request_serializer=kassa_dot_v1_dot_receipts__pb2.UpdateReceiptStatusesRequest.SerializeToString,
-                response_deserializer=kassa_dot_v1_dot_receipts__pb2.UpdateReceiptStatusesResponse.FromString,
+        self.RegisterReceipts = channel.unary_unary(
+                '/kassa.v1.ReceiptService/RegisterReceipts',
+                request_serializer=kassa_dot_v1_dot_receipts__pb2.RegisterReceiptsRequest.SerializeToString,
+                response_deserializer=kassa_dot_v1_dot_receipts__pb2.RegisterReceiptsResponse.FromString,
                 _registered_method=True)
         self.GetReceipt = channel.unary_unary(
                 '/kassa.v1.ReceiptService/GetReceipt',
@@ -54,13 +54,13 @@ class ReceiptServiceStub:
 class ReceiptServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def CreateReceipts(self, request, context):
+    def ReserveCodes(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def UpdateReceiptStatuses(self, request, context):
+    def RegisterReceipts(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,15 +75,15 @@ class ReceiptServiceServicer:
 
 def add_ReceiptServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'CreateReceipts': grpc.unary_unary_rpc_method_handler(
-                    servicer.CreateReceipts,
-                    request_deserializer=kassa_dot_v1_dot_receipts__pb2.CreateReceiptsRequest.FromString,
-                    response_serializer=kassa_dot_v1_dot_receipts__pb2.CreateReceiptsResponse.SerializeToString,
+            'ReserveCodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveCodes,
+                    request_deserializer=kassa_dot_v1_dot_receipts__pb2.ReserveCodesRequest.FromString,
+                    response_serializer=kassa_dot_v1_dot_receipts__pb2.ReserveCodesResponse.SerializeToString,
             ),
-            'UpdateReceiptStatuses': grpc.unary_unary_rpc_method_handler(
-                    servicer.UpdateReceiptStatuses,
-                    request_deserializer=kassa_dot_v1_dot_receipts__pb2.UpdateReceiptStatusesRequest.FromString,
-                    response_serializer=kassa_dot_v1_dot_receipts__pb2.UpdateReceiptStatusesResponse.SerializeToString,
+            'RegisterReceipts': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterReceipts,
+                    request_deserializer=kassa_dot_v1_dot_receipts__pb2.RegisterReceiptsRequest.FromString,
+                    response_serializer=kassa_dot_v1_dot_receipts__pb2.RegisterReceiptsResponse.SerializeToString,
             ),
             'GetReceipt': grpc.unary_unary_rpc_method_handler(
                     servicer.GetReceipt,
@@ -102,7 +102,7 @@ class ReceiptService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def CreateReceipts(request,
+    def ReserveCodes(request,
             target,
             options=(),
             channel_credentials=None,
@@ -115,9 +115,9 @@ class ReceiptService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/kassa.v1.ReceiptService/CreateReceipts',
-            kassa_dot_v1_dot_receipts__pb2.CreateReceiptsRequest.SerializeToString,
-            kassa_dot_v1_dot_receipts__pb2.CreateReceiptsResponse.FromString,
+            '/kassa.v1.ReceiptService/ReserveCodes',
+            kassa_dot_v1_dot_receipts__pb2.ReserveCodesRequest.SerializeToString,
+            kassa_dot_v1_dot_receipts__pb2.ReserveCodesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -129,7 +129,7 @@ class ReceiptService:
             _registered_method=True)
 
     @staticmethod
-    def UpdateReceiptStatuses(request,
+    def RegisterReceipts(request,
             target,
             options=(),
             channel_credentials=None,
@@ -142,9 +142,9 @@ class ReceiptService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/kassa.v1.ReceiptService/UpdateReceiptStatuses',
-            kassa_dot_v1_dot_receipts__pb2.UpdateReceiptStatusesRequest.SerializeToString,
-            kassa_dot_v1_dot_receipts__pb2.UpdateReceiptStatusesResponse.FromString,
+            '/kassa.v1.ReceiptService/RegisterReceipts',
+            kassa_dot_v1_dot_receipts__pb2.RegisterReceiptsRequest.SerializeToString,
+            kassa_dot_v1_dot_receipts__pb2.RegisterReceiptsResponse.FromString,
             options,
             channel_credentials,
             insecure,
