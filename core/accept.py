@@ -20,6 +20,7 @@ from core.errors import (
     IdempotencyKeyReused,
     InsufficientFunds,
     KassaError,
+    Overloaded,
     Unavailable,
 )
 from core.executor import Task
@@ -122,6 +123,100 @@ class TransactionService:
             return _finished(code, processing_time, done)
         return await self._wait(done, processing_time)
 
+    async def submit_many(self, subs: list[Submission], accounts: dict[str, AccountSnapshot]
+                          ) -> list[Submitted | KassaError]:
+        """The items of one batch request, each answered on its own. Items with an
+        Idempotency-Key go one by one (each may replay); the others are checked, coded and
+        recorded together: one reservation, one block of codes, one group commit."""
+        keyed = [i for i, s in enumerate(subs) if s.idempotency_key is not None]
+        plain = [i for i, s in enumerate(subs) if s.idempotency_key is None]
+        plain_answers, keyed_answers = await asyncio.gather(
+            self._accept_plain([subs[i] for i in plain], accounts),
+            asyncio.gather(*(self._submit_or_error(subs[i], accounts) for i in keyed)))
+        results: list[Submitted | KassaError | None] = [None] * len(subs)
+        for i, answer in [*zip(plain, plain_answers, strict=True),
+                          *zip(keyed, keyed_answers, strict=True)]:
+            results[i] = answer
+        return [r for r in results if r is not None]
+
+    async def _submit_or_error(self, sub: Submission, accounts: dict[str, AccountSnapshot]
+                               ) -> Submitted | KassaError:
+        try:
+            return await self.submit(sub, accounts)
+        except KassaError as exc:
+            return exc
+
+    async def _accept_plain(self, subs: list[Submission], accounts: dict[str, AccountSnapshot]
+                            ) -> list[Submitted | KassaError]:
+        if not subs:
+            return []
+        started = self._clock()
+        refusals = await self._check_many(subs, accounts)
+        ok = [i for i, refusal in enumerate(refusals) if refusal is None]
+        try:
+            self._pool.reserve(len(ok))
+        except Overloaded as exc:
+            return [exc if r is None else r for r in refusals]
+        try:
+            codes = await self._receipts.next_codes(len(ok))
+        except KassaError as exc:
+            self._pool.release(len(ok))
+            return [exc if r is None else r for r in refusals]
+        answers: list[Submitted | KassaError | Task | None] = list(refusals)
+        us = int((self._clock() - started) * 1e6)
+        recorded = await asyncio.gather(*(self._journals.submit(PendingJournal(
+            code, subs[i].transaction, None, None, None, "sync" if subs[i].wait else "async", us,
+            self._owner)) for i, code in zip(ok, codes, strict=True)), return_exceptions=True)
+        processing_time = format_ms(self._clock() - started)
+        for i, code, result in zip(ok, codes, recorded, strict=True):
+            answers[i] = self._accepted_item(subs[i], code, result, started, processing_time)
+        self._observer.accepted("transaction", self._clock() - started, len(ok))
+        tasks = [a for a in answers if isinstance(a, Task)]
+        finished = iter(await asyncio.gather(*(self._wait(t, processing_time) for t in tasks)))
+        return [next(finished) if isinstance(a, Task) else a for a in answers
+                if a is not None]
+
+    async def _check_many(self, subs: list[Submission], accounts: dict[str, AccountSnapshot]
+                          ) -> list[KassaError | None]:
+        """Pre-validation of many items; a refusal on funds is confirmed by one fresh read."""
+        errors: list[KassaError | None] = [prevalidate(s.transaction, accounts) for s in subs]
+        short = [i for i, e in enumerate(errors) if isinstance(e, InsufficientFunds)]
+        if short:
+            fresh = await self._accounts.get_accounts(
+                sorted({a for i in short for a in subs[i].transaction.account_ids}), fresh=True)
+            for i in short:
+                errors[i] = prevalidate(subs[i].transaction, fresh)
+        for error in errors:
+            if error is not None:
+                self._observer.refused(error.code)
+        return errors
+
+    def _accepted_item(self, sub: Submission, code: str, result: object, started: float,
+                       processing_time: str) -> Submitted | KassaError | Task:
+        """One recorded item: its answer, or its Task when it waits for a writer."""
+        if isinstance(result, BaseException):
+            self._pool.release()
+            if isinstance(result, KassaError):
+                return result
+            log.error("recording a batch item failed", exc_info=result)
+            return Unavailable("the transaction could not be recorded", retry_after_s=1)
+        self._log_start(code, sub.transaction)
+        if isinstance(result, Outcome):  # applied in the accept's commit
+            self._pool.release()
+            return _finished(code, processing_time, result) if sub.wait else Submitted(
+                code, 202, processing_time)
+        assert isinstance(result, int)
+        waiter = asyncio.get_running_loop().create_future() if sub.wait else None
+        task = Task(result, code, sub.transaction, started, waiter)
+        self._pool.put(task)
+        return task if sub.wait else Submitted(code, 202, processing_time)
+
+    @staticmethod
+    def _log_start(code: str, tx: Transaction) -> None:
+        if log.isEnabledFor(logging.INFO):
+            log.info("[TRANSACTION START] Receipt: %s | Type: %s | Amount: %d | Accounts: %d",
+                     code, tx.type, tx.amount, len(tx.account_ids))
+
     async def _accept(self, sub: Submission, started: float,
                       accounts: dict[str, AccountSnapshot] | None
                       ) -> tuple[str, str, Task | Outcome] | Submitted:
@@ -160,8 +255,7 @@ class TransactionService:
             self._pool.put(done)
         elapsed = self._clock() - started
         self._observer.accepted("transaction", elapsed)
-        log.info("[TRANSACTION START] Receipt: %s | Type: %s | Amount: %d | Accounts: %d",
-                 code, tx.type, tx.amount, len(tx.account_ids))
+        self._log_start(code, tx)
         return code, format_ms(elapsed), done
 
     async def _wait(self, task: Task, processing_time: str) -> Submitted:

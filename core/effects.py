@@ -66,9 +66,13 @@ class PostCommit:
                                 for o in executed.outcomes])
         self._receipts.register([receipt_record(task.transaction, outcome) for task, outcome
                                  in zip(executed.tasks, executed.outcomes, strict=True)])
+        counts: dict[tuple[str, str], int] = {}
+        logging_info = log.isEnabledFor(logging.INFO)
         for task, outcome in zip(executed.tasks, executed.outcomes, strict=True):
-            self._observer.finished(outcome.status, task.transaction.type, now - task.accepted_at)
-            self._log(outcome, now - task.accepted_at)
+            key = (outcome.status, task.transaction.type)
+            counts[key] = counts.get(key, 0) + 1
+            if logging_info:
+                self._log(outcome, now - task.accepted_at)
             if self._notifier is not None:
                 touched = [executed.accounts[a] for a in task.transaction.account_ids
                            if a in executed.accounts]
@@ -79,6 +83,7 @@ class PostCommit:
             balances = {a.id: a.balance for a in executed.accounts.values()}
             balances |= {e.account: e.balance_after for o in executed.outcomes for e in o.entries}
             self._balances_committed(balances)
+        self._observer.finished(counts, [now - task.accepted_at for task in executed.tasks])
 
     @staticmethod
     def _log(outcome: Outcome, seconds: float) -> None:

@@ -86,9 +86,8 @@ async def _apply_once(store: JournalStore, journals: list[PendingJournal]) -> Ap
         keyed = [j for j in journals if j.idempotency_key is not None]
         found = await unit.existing(keyed) if keyed else {}
         fresh, repeats = split_repeats(journals, found)
-        ids = await unit.new_journal_ids(len(fresh))
         account_ids = sorted({a for j in fresh for a in j.transaction.account_ids})
-        accounts = await unit.lock_accounts(account_ids)
+        accounts, ids = await unit.lock_for_new(account_ids, len(fresh))
         decision = decide_batch([(i, j.receipt_code, j.transaction) for i, j in zip(ids, fresh, strict=True)],
                                 accounts, utc_now_iso())
         await unit.insert_finished(fresh, ids, decision)

@@ -128,7 +128,9 @@ class LedgerUnit(Protocol):
         """The journals already recorded under these journals' idempotency keys."""
         ...
 
-    async def new_journal_ids(self, count: int) -> list[int]:
+    async def lock_for_new(self, account_ids: list[str], count: int
+                           ) -> tuple[dict[str, AccountSnapshot], list[int]]:
+        """As lock_accounts, and ids for `count` new journals, in one round trip."""
         ...
 
     async def insert_finished(self, journals: list[PendingJournal], ids: list[int],

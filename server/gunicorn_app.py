@@ -13,8 +13,10 @@ from uvicorn_worker import UvicornWorker
 class KassaWorker(UvicornWorker):
     """uvicorn under gunicorn, pinned to uvloop and httptools (the fast path)."""
 
+    # No proxy-headers middleware: Kassa never uses the client's address, and the
+    # middleware is one more coroutine per request.
     CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools", "lifespan": "on",
-                     "access_log": False, "server_header": False}
+                     "access_log": False, "server_header": False, "proxy_headers": False}
 
 
 def gunicorn_options(host: str, port: int, workers: int, log_level: str) -> dict[str, Any]:

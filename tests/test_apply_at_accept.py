@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from core.executor import Executed
+from core.executor import Executed, Task
 from core.ledger import Outcome
 from core.pool import ProcessorPool
 from core.ports import ExistingJournal, PendingJournal
@@ -121,3 +121,22 @@ async def test_a_backlog_records_pending_journals_for_the_writers(db: asyncpg.Po
     assert isinstance(ids[0], int)
     row = await db.fetchrow("SELECT status, lease_owner FROM journals WHERE id = $1", ids[0])
     assert (row["status"], row["lease_owner"]) == ("processing", "test-owner")
+
+
+async def test_the_writers_finish_and_post_pending_journals(db: asyncpg.Pool, pg_dsn: str) -> None:
+    executed: list[Executed] = []
+    pool = make_pool(db, executed, apply=False)
+    pool.start()
+    journals = [pending("deposit", 50, destination="alice"),
+                pending("transfer", 80, source="alice", destination="bob")]
+    ids = await pool.record(journals)
+    for journal_id, journal in zip(ids, journals, strict=True):
+        assert isinstance(journal_id, int)
+        pool.reserve()
+        pool.put(Task(journal_id, journal.receipt_code, journal.transaction, 0.0))
+    await pool.close(10)
+    rows = await db.fetch("SELECT status, error_code FROM journals ORDER BY id")
+    assert [(r["status"], r["error_code"]) for r in rows] == [
+        ("completed", None), ("failed", "insufficient_funds")]
+    assert await balance(db, "alice") == 50 and await balance(db, "bob") == 0
+    await assert_invariants(pg_dsn)

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from core.accept import Submission, Submitted, accepted_body
 from core.errors import InvalidRequest, KassaError
-from core.models import AccountSnapshot, Transaction
+from core.models import Transaction
 from core.validation import normalize_transaction
 from server.errors import error_dict
 from server.handlers.common import authorize, decode, guarded, json_response, not_found
@@ -108,10 +108,17 @@ async def post_batch(call: Call) -> Answer:
         raise InvalidRequest(f"a batch holds 1 to {BATCH_MAX} transactions")
     scope = scope_of(api_key)
     items = [parse_item(raw) for raw in batch.transactions]
-    wanted = [a for item in items if not isinstance(item, KassaError) for a in item[0].account_ids]
-    accounts = await call.runtime.service.view_accounts(wanted)
-    results = await asyncio.gather(*(batch_item(call.runtime, item, scope, wait, accounts)
-                                     for item in items))
+    valid = [item for item in items if not isinstance(item, KassaError)]
+    accounts = await call.runtime.service.view_accounts(
+        [a for tx, _ in valid for a in tx.account_ids])
+    submitted = iter(await call.runtime.service.submit_many(
+        [Submission(tx, scope, key, request_hash(tx) if key else None, wait) for tx, key in valid],
+        accounts))
+    answered = [item if isinstance(item, KassaError) else next(submitted) for item in items]
+    if wait:  # finished items are read back from the database, concurrently
+        results = await asyncio.gather(*(item_result(call.runtime, a) for a in answered))
+    else:  # 202 bodies and errors: nothing to wait for
+        results = [await item_result(call.runtime, a) for a in answered]
     return json_answer({"results": results}, 201 if wait else 202)
 
 
@@ -123,15 +130,11 @@ def parse_item(raw: msgspec.Raw) -> tuple[Transaction, str | None] | KassaError:
         return exc
 
 
-async def batch_item(runtime: Runtime, item: tuple[Transaction, str | None] | KassaError,
-                     scope: str, wait: bool, accounts: dict[str, AccountSnapshot]) -> Any:
+async def item_result(runtime: Runtime, submitted: Submitted | KassaError) -> Any:
     """One item's result: the 202 body or the transaction, or its error; never raises."""
+    if isinstance(submitted, KassaError):
+        return error_dict(submitted.code, submitted.message)
     try:
-        if isinstance(item, KassaError):
-            raise item
-        tx, key = item
-        submitted = await runtime.service.submit(
-            Submission(tx, scope, key, request_hash(tx) if key else None, wait), accounts)
         _, body = await answer(runtime, submitted)
     except KassaError as exc:
         return error_dict(exc.code, exc.message)

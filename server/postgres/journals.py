@@ -27,7 +27,7 @@ SELECT r, t, 'processing', c, d, m::jsonb, p::jsonb, s, k, h, mo, us, $12,
        now() + make_interval(secs => $13)
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
             $8::text[], $9::text[], $10::text[], $11::int[]) AS u(r, t, c, d, m, p, s, k, h, mo, us)
-ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING
+ON CONFLICT (idempotency_scope, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, external_ref
 """
 
@@ -36,6 +36,7 @@ SELECT id, external_ref, request_hash, mode, status, accept_time_us, idempotency
        idempotency_key
 FROM journals
 WHERE (idempotency_scope, idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+  AND idempotency_key IS NOT NULL  -- lets the planner use the partial unique index
 """
 
 LOCK_UNFINISHED = """
@@ -48,45 +49,65 @@ SELECT id, currency, status, balance, overdraft_limit, contact FROM accounts
 WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
 """
 
-UPDATE_BALANCES = """
-UPDATE accounts a SET balance = u.b, version = a.version + 1, updated_at = now()
-FROM unnest($1::text[], $2::bigint[]) AS u(id, b) WHERE a.id = u.id
+def _posting(first: int) -> str:
+    """The CTEs that post a decided batch (balances, ledger entries, outbox events), with
+    their ten parameters numbered from `first`: one statement writes a whole batch."""
+    p = [f"${first + k}" for k in range(10)]
+    return f"""
+balances AS (
+    UPDATE accounts a SET balance = u.b, version = a.version + 1, updated_at = now()
+    FROM unnest({p[0]}::text[], {p[1]}::bigint[]) AS u(id, b) WHERE a.id = u.id
+), entries AS (
+    INSERT INTO ledgers (journal_id, account_id, direction, amount, balance_after)
+    SELECT j, a, CASE WHEN d = 0 THEN 'debit' ELSE 'credit' END, m, b
+    FROM unnest({p[2]}::bigint[], {p[3]}::text[], {p[4]}::int[], {p[5]}::bigint[],
+                {p[6]}::bigint[]) AS u(j, a, d, m, b)
+), events AS (
+    INSERT INTO outbox (journal_id, receipt_code, payload)
+    SELECT * FROM unnest({p[7]}::bigint[], {p[8]}::text[], {p[9]}::bytea[])
+)"""
+
+
+# Journals recorded earlier as pending: finished and posted in one statement.
+FINISH_AND_POST = f"""
+WITH finished AS (
+    UPDATE journals j SET status = u.s, error_code = u.ec, error_message = u.em,
+           completed_at = now(), lease_owner = NULL, lease_expires_at = NULL
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS u(id, s, ec, em)
+    WHERE j.id = u.id
+), {_posting(5).lstrip()}
+SELECT 1
 """
 
-INSERT_LEDGERS = """
-INSERT INTO ledgers (journal_id, account_id, direction, amount, balance_after)
-SELECT j, a, CASE WHEN d = 0 THEN 'debit' ELSE 'credit' END, m, b
-FROM unnest($1::bigint[], $2::text[], $3::int[], $4::bigint[], $5::bigint[]) AS u(j, a, d, m, b)
+# The accounts of new journals locked (id order) and ids for the journals, in one round trip.
+LOCK_FOR_NEW = """
+WITH locked AS (
+    SELECT id, currency, status, balance, overdraft_limit, contact FROM accounts
+    WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+)
+SELECT id, currency, status, balance, overdraft_limit, contact, NULL::bigint AS journal_id
+FROM locked
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, nextval(pg_get_serial_sequence('journals', 'id'))
+FROM generate_series(1, $2)
 """
 
-FINISH_JOURNALS = """
-UPDATE journals j SET status = u.s, error_code = u.ec, error_message = u.em,
-       completed_at = now(), lease_owner = NULL, lease_expires_at = NULL
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS u(id, s, ec, em)
-WHERE j.id = u.id
-"""
-
-INSERT_OUTBOX = """
-INSERT INTO outbox (journal_id, receipt_code, payload)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[])
-"""
-
-NEW_JOURNAL_IDS = """
-SELECT nextval(pg_get_serial_sequence('journals', 'id')) AS id FROM generate_series(1, $1)
-"""
-
-# Journals decided in the same transaction: written once, already finished.
-INSERT_FINISHED = """
-INSERT INTO journals (id, external_ref, type, status, currency, description, metadata, payload,
-                      idempotency_scope, idempotency_key, request_hash, mode, accept_time_us,
-                      error_code, error_message, completed_at)
-OVERRIDING SYSTEM VALUE
-SELECT i, r, t, st, c, d, m::jsonb, p::jsonb, s, k, h, mo, us, ec, em, now()
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-            $13::int[], $14::text[], $15::text[])
-     AS u(i, r, t, st, c, d, m, p, s, k, h, mo, us, ec, em)
-ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING
+# New journals decided in the same transaction: written once, already finished, and
+# posted, in one statement. A key recorded meanwhile by another transaction violates
+# journals_idempotency_key, and the whole statement fails: the caller retries.
+INSERT_AND_POST = f"""
+WITH recorded AS (
+    INSERT INTO journals (id, external_ref, type, status, currency, description, metadata,
+                          payload, idempotency_scope, idempotency_key, request_hash, mode,
+                          accept_time_us, error_code, error_message, completed_at)
+    OVERRIDING SYSTEM VALUE
+    SELECT i, r, t, st, c, d, m::jsonb, p::jsonb, s, k, h, mo, us, ec, em, now()
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $13::int[], $14::text[], $15::text[])
+         AS u(i, r, t, st, c, d, m, p, s, k, h, mo, us, ec, em)
+), {_posting(16).lstrip()}
+SELECT 1
 """
 
 CLAIM_EXPIRED = """
@@ -140,20 +161,19 @@ class PgLedgerUnit:
     async def write(self, decision: BatchDecision) -> None:
         outcomes = decision.outcomes
         await self._conn.execute(
-            FINISH_JOURNALS, [o.journal_id for o in outcomes], [o.status for o in outcomes],
+            FINISH_AND_POST, [o.journal_id for o in outcomes], [o.status for o in outcomes],
             [o.error.code if o.error else None for o in outcomes],
-            [o.error.message if o.error else None for o in outcomes],
-        )
-        await self._post(decision)
+            [o.error.message if o.error else None for o in outcomes], *posting_args(decision))
 
     async def existing(self, journals: list[PendingJournal]
                        ) -> dict[tuple[str, str], ExistingJournal]:
         return await existing_by_key(self._conn, journals)
 
-    async def new_journal_ids(self, count: int) -> list[int]:
-        if count == 0:
-            return []
-        return [r["id"] for r in await self._conn.fetch(NEW_JOURNAL_IDS, count)]
+    async def lock_for_new(self, account_ids: list[str], count: int
+                           ) -> tuple[dict[str, AccountSnapshot], list[int]]:
+        rows = await self._conn.fetch(LOCK_FOR_NEW, account_ids, count)
+        accounts = {r["id"]: snapshot(r) for r in rows if r["journal_id"] is None}
+        return accounts, [r["journal_id"] for r in rows if r["journal_id"] is not None]
 
     async def insert_finished(self, journals: list[PendingJournal], ids: list[int],
                               decision: BatchDecision) -> None:
@@ -161,24 +181,22 @@ class PgLedgerUnit:
             return
         cols = pending_columns(journals)
         outcomes = decision.outcomes
-        done = await self._conn.execute(
-            INSERT_FINISHED, ids, cols[0], cols[1], [o.status for o in outcomes], *cols[2:],
-            [o.error.code if o.error else None for o in outcomes],
-            [o.error.message if o.error else None for o in outcomes])
-        if int(done.split()[-1]) != len(journals):
-            raise TransientConflict("an idempotency key was recorded meanwhile")
-        await self._post(decision)
+        try:
+            await self._conn.execute(
+                INSERT_AND_POST, ids, cols[0], cols[1], [o.status for o in outcomes], *cols[2:],
+                [o.error.code if o.error else None for o in outcomes],
+                [o.error.message if o.error else None for o in outcomes], *posting_args(decision))
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != "journals_idempotency_key":
+                raise
+            raise TransientConflict("an idempotency key was recorded meanwhile") from exc
 
-    async def _post(self, decision: BatchDecision) -> None:
-        """Balances, ledger entries and outbox events of a decided batch."""
-        conn = self._conn
-        if decision.balances:
-            await conn.execute(UPDATE_BALANCES, list(decision.balances), list(decision.balances.values()))
-        if decision.ledger_columns[0]:
-            await conn.execute(INSERT_LEDGERS, *decision.ledger_columns)
-        outcomes = decision.outcomes
-        await conn.execute(INSERT_OUTBOX, [o.journal_id for o in outcomes],
-                           [o.receipt_code for o in outcomes], decision.events)
+
+def posting_args(decision: BatchDecision) -> list[object]:
+    """The ten parameters of _posting: balances, ledger columns, outbox events."""
+    outcomes = decision.outcomes
+    return [list(decision.balances), list(decision.balances.values()), *decision.ledger_columns,
+            [o.journal_id for o in outcomes], [o.receipt_code for o in outcomes], decision.events]
 
 
 class PgJournalStore:
