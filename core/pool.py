@@ -1,12 +1,15 @@
-"""The processor pool of one process: a bounded queue, a few batch writers, and the
-seed's many workers for post-commit effects.
+"""The processor pool of one process: the accept batcher's sink, a bounded queue, a few
+batch writers, and the seed's many workers for post-commit effects.
 
-Capacity is reserved before a request is made durable and used after, so a full
-queue refuses (503) before anything is written and an accepted task is never
-dropped. Writers take up to `batch_max` queued tasks and apply them in one
-database transaction (`batch_max=1` is the seed's one-commit-per-transaction
-design, kept as a baseline). Effects after commit (receipt status, notifications,
-cache invalidation) parallelise freely, so they go to `workers` coroutines.
+New journals reach `record` in groups. While the writers have no backlog, a group is
+decided and posted in its own commit (apply at accept: one commit per transaction);
+otherwise it is recorded pending and its tasks are queued for the writers, which also
+run what the recovery sweeper claims. Capacity is reserved before a request is made
+durable and used after, so a full queue refuses (503) before anything is written and an
+accepted task is never dropped. Writers take up to `batch_max` queued tasks and apply
+them in one database transaction (`batch_max=1` is the seed's one-commit-per-transaction
+design, kept as a baseline). Effects after commit (status, receipt registration,
+notifications, cached balances) go to `workers` coroutines.
 """
 
 from __future__ import annotations
