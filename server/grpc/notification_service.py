@@ -24,6 +24,7 @@ from server.grpc.notification_delivery import (
     WebhookPayload,
 )
 from server.grpc.runtime import listen_address, run_until_signal, serve_until_cancelled
+from server.postgres.pool import keep_session
 
 log = logging.getLogger("kassa.notifications")
 
@@ -105,7 +106,8 @@ async def serve(
     """Serve until cancelled; `host` may be a `unix:/path` address (then `port` is unused)."""
     deliverer = Deliverer(config)
     try:
-        async with asyncpg.create_pool(database_url, min_size=1, max_size=POOL_SIZE_MAX) as pool:
+        async with asyncpg.create_pool(database_url, min_size=1, max_size=POOL_SIZE_MAX,
+                                    reset=keep_session) as pool:
             servicer = NotificationServicer(pool, deliverer)
             await serve_until_cancelled(
                 lambda s: pb_grpc.add_NotificationServiceServicer_to_server(servicer, s),

@@ -19,6 +19,7 @@ from server.grpc import receipt_store as store
 from server.grpc.gen.kassa.v1 import receipts_pb2 as pb
 from server.grpc.gen.kassa.v1 import receipts_pb2_grpc as pb_grpc
 from server.grpc.runtime import listen_address, run_until_signal, serve_until_cancelled
+from server.postgres.pool import keep_session
 
 log = logging.getLogger("kassa.receipts")
 
@@ -85,7 +86,8 @@ async def _abort_unavailable(context: grpc.aio.ServicerContext, exc: BaseExcepti
 
 async def serve(port: int, database_url: str, *, host: str = "127.0.0.1") -> None:
     """Serve until cancelled; `host` may be a `unix:/path` address (then `port` is unused)."""
-    async with asyncpg.create_pool(database_url, min_size=1, max_size=POOL_SIZE_MAX) as pool:
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=POOL_SIZE_MAX,
+                                    reset=keep_session) as pool:
         servicer = ReceiptServicer(pool)
         await serve_until_cancelled(
             lambda s: pb_grpc.add_ReceiptServiceServicer_to_server(servicer, s),
