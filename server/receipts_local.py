@@ -13,13 +13,13 @@ from core.ports import ReceiptRecord, ReceiptStatus
 
 class LocalReceiptSource:
     def __init__(self, node_id: int) -> None:
-        self._node_id = node_id
+        self.node_id = node_id  # leased (server/postgres/nodes.py); replaced if the lease is lost
         self._last_ms = 0
         self._last_seq = 0
 
     async def next_codes(self, count: int) -> list[str]:
         codes, self._last_ms, self._last_seq = native.receipt_codes(
-            self._node_id, os.getpid(), self._last_ms, self._last_seq, time.time_ns() // 1_000_000,
+            self.node_id, os.getpid(), self._last_ms, self._last_seq, time.time_ns() // 1_000_000,
             count)
         return codes
 

@@ -9,7 +9,6 @@ import logging
 import os
 import socket
 import time
-import zlib
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -29,6 +28,7 @@ from server.kafka.relay import OutboxRelay
 from server.metrics import PrometheusObserver
 from server.postgres.accounts import PgAccountStore
 from server.postgres.journals import PgJournalStore
+from server.postgres.nodes import keep_node_id, lease_node_id, release_node_ids
 from server.postgres.pool import create_pool
 from server.receipts_local import LocalReceiptSource
 from server.redis.account_cache import RedisAccountCache
@@ -41,10 +41,7 @@ from server.settings import Settings, parse_api_keys
 log = logging.getLogger("kassa.runtime")
 
 
-def node_id_of(settings: Settings) -> int:
-    if settings.node_id >= 0:
-        return settings.node_id
-    return zlib.crc32(socket.gethostname().encode()) & 0x3FF
+NODE_LEASE_S = 30.0
 
 
 @dataclass
@@ -98,6 +95,8 @@ class Runtime:
                 await task
         with contextlib.suppress(Exception):
             await self.journals.release_leases(self.owner)
+        with contextlib.suppress(Exception):
+            await release_node_ids(self.db, self.owner)
         if isinstance(self.receipts, ReceiptClient):
             await self.receipts.close()
         if self.notifier is not None:
@@ -112,10 +111,10 @@ class Runtime:
         await self.db.close()
 
 
-def receipt_source(settings: Settings) -> ReceiptSource:
+def receipt_source(settings: Settings, node_id: int) -> ReceiptSource:
     """The receipt service over gRPC when configured, else codes made in this process."""
     if not settings.receipt_service_addr:
-        return LocalReceiptSource(node_id_of(settings))
+        return LocalReceiptSource(node_id)
     client = ReceiptClient(
         settings.receipt_service_addr, block_size=settings.receipt_block_size,
         batch_size_max=settings.receipt_batch_size,
@@ -157,7 +156,11 @@ async def build_runtime(settings: Settings) -> Runtime:
                             redis_ttl_s=settings.status_ttl_s,
                             memory_ttl_s=settings.status_memory_ttl_s,
                             entries_max=settings.status_memory_max)
-    receipts = receipt_source(settings)
+    node_id = -1
+    if not settings.receipt_service_addr:  # codes made here carry a leased node id
+        node_id = await lease_node_id(db, owner, NODE_LEASE_S,
+                                      settings.node_id if settings.node_id >= 0 else None)
+    receipts = receipt_source(settings, node_id)
     notifier = notification_client(settings)
     relay = (OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
                          settings.kafka_topic, batch_size_max=settings.relay_batch_max,
@@ -176,6 +179,8 @@ async def build_runtime(settings: Settings) -> Runtime:
         batch_max=1 if single else settings.executor_batch_max,
         workers=settings.processor_workers, attempts_max=settings.execute_attempts_max,
         apply_at_accept=settings.accept_mode == "apply" and not single, observer=observer,
+        effect_queue_max=settings.effect_queue_max,
+        commit_check_timeout_s=settings.commit_check_timeout_ms / 1000,
     )
     journal_batcher: Batcher = Batcher(  # type: ignore[type-arg]
         "accept", pool.record, batch_size_max=settings.accept_batch_max,
@@ -205,4 +210,8 @@ async def build_runtime(settings: Settings) -> Runtime:
     runtime.background += [asyncio.create_task(tracker.run(), name="tracker"),
                            asyncio.create_task(sweeper.run(), name="sweeper"),
                            asyncio.create_task(observer.run_gauges(runtime), name="gauges")]
+    if isinstance(receipts, LocalReceiptSource):
+        runtime.background.append(asyncio.create_task(keep_node_id(
+            db, node_id, owner, NODE_LEASE_S, lambda n: setattr(receipts, "node_id", n)),
+            name="node-lease"))
     return runtime

@@ -1,0 +1,7 @@
+-- Node ids for receipt codes made in-process (no receipt service): each process leases
+-- one from here and renews it, so two live processes never share one, on any host.
+CREATE TABLE node_leases (
+    node_id    integer PRIMARY KEY CHECK (node_id BETWEEN 0 AND 1023),
+    owner      text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
