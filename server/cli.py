@@ -11,7 +11,10 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from server.grpc.security import GrpcSecurity
 from server.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("kassa.cli")
@@ -31,6 +34,19 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=50051 if name == "receipt-service" else 50052)
     sub.add_parser("relay", help="run the outbox relay (database to Kafka) on its own")
+    verify_p = sub.add_parser(
+        "verify", help="check the ledger invariants on KASSA_DATABASE_URL (read-only)",
+        description="Checks the ledger invariants (DESIGN.md) on a live database in one "
+                    "read-only snapshot, prints one line per check (OK or the number of "
+                    "violations, with a few examples) and exits 1 on any violation.")
+    verify_p.add_argument(
+        "--grace-s", type=float, default=60.0,
+        help="journals still unfinished this long after their lease expired, and receipts "
+             "not registered this long after their journal finished, count as violations "
+             "(default 60)")
+    verify_p.add_argument(
+        "--no-receipts", action="store_true",
+        help="skip the receipt-registration check (servers run without a receipt service)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -115,8 +131,10 @@ def admin_key(data_dir: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     key = f"kassa_{secrets.token_urlsafe(24)}"
-    path.write_text(key + "\n")
-    path.chmod(0o600)
+    # Created owner-only: never readable by others, not even between a write and a chmod.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(key + "\n")
     print(f"Generated admin API key (stored in {path}; shown once): {key}", flush=True)
     return key
 
@@ -136,10 +154,24 @@ def _require_database(settings: Settings) -> str:
     return settings.database_url
 
 
+def _grpc_security(args: argparse.Namespace, settings: Settings) -> GrpcSecurity:
+    """The services' security settings, refusing a non-loopback address without TLS and a token."""
+    from server.grpc.security import GrpcSecurity, InsecureListen
+
+    security = GrpcSecurity.from_settings(settings)
+    try:
+        security.check_listen(args.host)
+    except InsecureListen as exc:
+        print(f"kassa: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    return security
+
+
 def cmd_receipt_service(args: argparse.Namespace, settings: Settings) -> None:
     from server.grpc.receipt_service import run_receipt_service
 
-    run_receipt_service(args.port, _require_database(settings), args.host)
+    security = _grpc_security(args, settings)
+    run_receipt_service(args.port, _require_database(settings), args.host, security)
 
 
 def cmd_notification_service(args: argparse.Namespace, settings: Settings) -> None:
@@ -151,7 +183,8 @@ def cmd_notification_service(args: argparse.Namespace, settings: Settings) -> No
     except ValueError as exc:
         print(f"kassa: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    run_notification_service(args.port, _require_database(settings), config, args.host)
+    security = _grpc_security(args, settings)
+    run_notification_service(args.port, _require_database(settings), config, args.host, security)
 
 
 def cmd_relay(args: argparse.Namespace, settings: Settings) -> None:
@@ -165,12 +198,22 @@ def cmd_relay(args: argparse.Namespace, settings: Settings) -> None:
                                settings.kafka_topic))
 
 
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> None:
+    from server.postgres.verify import verify
+
+    report = asyncio.run(verify(_require_database(settings), grace_s=args.grace_s,
+                                receipts=not args.no_receipts))
+    print("\n".join(report.lines()), flush=True)
+    sys.exit(0 if report.ok else 1)
+
+
 COMMANDS = {
     "serve": cmd_serve,
     "migrate": cmd_migrate,
     "receipt-service": cmd_receipt_service,
     "notification-service": cmd_notification_service,
     "relay": cmd_relay,
+    "verify": cmd_verify,
 }
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from core.recovery import RecoverySweeper
 from core.tracker import StatusTracker
 from server.auth import ApiKeys
 from server.grpc.clients import NotificationClient, ReceiptClient, breaker_states
+from server.grpc.security import GrpcSecurity
 from server.kafka.relay import OutboxRelay
 from server.metrics import PrometheusObserver
 from server.postgres.accounts import PgAccountStore
@@ -122,7 +123,8 @@ def receipt_source(settings: Settings, node_id: int) -> ReceiptSource:
         timeout_ms=settings.receipt_timeout_ms, pending_max=settings.receipt_pending_max,
         retry_max_ms=settings.receipt_retry_max_ms,
         breaker_failures_max=settings.breaker_failures_max,
-        breaker_reset_ms=settings.breaker_reset_s * 1000)
+        breaker_reset_ms=settings.breaker_reset_s * 1000,
+        security=GrpcSecurity.from_settings(settings))
     client.start()
     return client
 
@@ -135,7 +137,8 @@ def notification_client(settings: Settings) -> NotificationClient | None:
         flush_interval_ms=settings.notification_flush_interval_ms,
         pending_max=max(settings.processor_queue_size, settings.notification_batch_size),
         breaker_failures_max=settings.breaker_failures_max,
-        breaker_reset_ms=settings.breaker_reset_s * 1000)
+        breaker_reset_ms=settings.breaker_reset_s * 1000,
+        security=GrpcSecurity.from_settings(settings))
     client.start()
     return client
 

@@ -23,11 +23,17 @@ class Settings:
     kafka_topic: str = "kassa.transactions"
     receipt_service_addr: str | None = None
     notification_service_addr: str | None = None
+    # gRPC services: a token required from every caller (then sent by the clients), and TLS,
+    # both required to listen beyond loopback (server/grpc/security.py).
+    grpc_token: str | None = None
+    grpc_tls_cert: str | None = None
+    grpc_tls_key: str | None = None
+    grpc_tls_ca: str | None = None
     api_keys: str | None = None
     log_level: str = "info"
     rate_limit: str | None = None
     executor: str = "batch"
-    node_id: int = -1  # -1: derived from the host name
+    node_id: int = -1  # -1: the lowest free id leased from PostgreSQL (codes made in-process)
     # HTTP
     body_size_max: int = 1_048_576
     # Durable accept (group commit of pending journals)
@@ -44,6 +50,10 @@ class Settings:
     executor_batch_max: int = 500
     transaction_timeout_s: float = 30.0
     execute_attempts_max: int = 5
+    effect_queue_max: int = 10_000  # batches awaiting post-commit effects; full = dropped
+    # After a lost COMMIT acknowledgement: how long to find out whether the group landed
+    # (then 503 `outcome_unknown`).
+    commit_check_timeout_ms: float = 2000.0
     # Recovery
     lease_s: float = 30.0
     sweep_interval_s: float = 2.0

@@ -36,6 +36,7 @@ from server.grpc.gen.kassa.v1 import receipts_pb2 as rpb
 from server.grpc.gen.kassa.v1 import receipts_pb2_grpc as rpb_grpc
 from server.grpc.receipt_registrations import RegistrationQueue
 from server.grpc.receipt_stock import CodeStock
+from server.grpc.security import GrpcSecurity
 
 log = logging.getLogger("kassa.grpc.clients")
 
@@ -131,8 +132,10 @@ class ReceiptClient:
         retry_max_ms: float = 2000,
         breaker_failures_max: int = 3,
         breaker_reset_ms: float = 1000,
+        security: GrpcSecurity | None = None,
     ) -> None:
         self.address = address
+        self._security = security or GrpcSecurity()
         self._timeout_s = timeout_ms / 1000
         self.breaker = _new_breaker("receipt_service", breaker_failures_max, breaker_reset_ms)
         self._channel: grpc.aio.Channel | None = None
@@ -146,7 +149,7 @@ class ReceiptClient:
 
     def start(self) -> None:
         """Open the channel, reserve the first block, start registering; inside the loop."""
-        self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = self._security.channel(self.address, CHANNEL_OPTIONS)
         self._stub = rpb_grpc.ReceiptServiceStub(self._channel)
         self.codes.start()
         self.registrations.start()
@@ -239,8 +242,10 @@ class NotificationClient:
         pending_max: int = 10_000,
         breaker_failures_max: int = 3,
         breaker_reset_ms: float = 1000,
+        security: GrpcSecurity | None = None,
     ) -> None:
         self.address = address
+        self._security = security or GrpcSecurity()
         self._timeout_s = timeout_ms / 1000
         self.breaker = _new_breaker("notification_service", breaker_failures_max, breaker_reset_ms)
         self._channel: grpc.aio.Channel | None = None
@@ -253,7 +258,7 @@ class NotificationClient:
         )
 
     def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = self._security.channel(self.address, CHANNEL_OPTIONS)
         self._stub = npb_grpc.NotificationServiceStub(self._channel)
         self._batcher.start()
 

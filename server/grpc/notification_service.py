@@ -24,6 +24,7 @@ from server.grpc.notification_delivery import (
     WebhookPayload,
 )
 from server.grpc.runtime import listen_address, run_until_signal, serve_until_cancelled
+from server.grpc.security import GrpcSecurity
 from server.postgres.pool import keep_session
 
 log = logging.getLogger("kassa.notifications")
@@ -101,7 +102,8 @@ def _result(outcome: int | DeliveryFailed, stored: bool) -> pb.NotificationResul
 
 
 async def serve(
-    port: int, database_url: str, config: NotificationConfig, *, host: str = "127.0.0.1"
+    port: int, database_url: str, config: NotificationConfig, *, host: str = "127.0.0.1",
+    security: GrpcSecurity | None = None,
 ) -> None:
     """Serve until cancelled; `host` may be a `unix:/path` address (then `port` is unused)."""
     deliverer = Deliverer(config)
@@ -111,7 +113,7 @@ async def serve(
             servicer = NotificationServicer(pool, deliverer)
             await serve_until_cancelled(
                 lambda s: pb_grpc.add_NotificationServiceServicer_to_server(servicer, s),
-                SERVICE_NAME, listen_address(host, port),
+                SERVICE_NAME, listen_address(host, port), security,
             )
     finally:
         await deliverer.aclose()
@@ -119,8 +121,8 @@ async def serve(
 
 def run_notification_service(
     port: int, database_url: str, config: NotificationConfig | None = None,
-    host: str = "127.0.0.1",
+    host: str = "127.0.0.1", security: GrpcSecurity | None = None,
 ) -> None:
     """Blocking entry point for the CLI: serve until SIGTERM/SIGINT; config from the env."""
     resolved = config if config is not None else NotificationConfig.from_env()
-    run_until_signal(lambda: serve(port, database_url, resolved, host=host))
+    run_until_signal(lambda: serve(port, database_url, resolved, host=host, security=security))

@@ -19,6 +19,7 @@ from server.grpc import receipt_store as store
 from server.grpc.gen.kassa.v1 import receipts_pb2 as pb
 from server.grpc.gen.kassa.v1 import receipts_pb2_grpc as pb_grpc
 from server.grpc.runtime import listen_address, run_until_signal, serve_until_cancelled
+from server.grpc.security import GrpcSecurity
 from server.postgres.pool import keep_session
 
 log = logging.getLogger("kassa.receipts")
@@ -84,17 +85,19 @@ async def _abort_unavailable(context: grpc.aio.ServicerContext, exc: BaseExcepti
     await context.abort(grpc.StatusCode.UNAVAILABLE, "database unavailable")
 
 
-async def serve(port: int, database_url: str, *, host: str = "127.0.0.1") -> None:
+async def serve(port: int, database_url: str, *, host: str = "127.0.0.1",
+                security: GrpcSecurity | None = None) -> None:
     """Serve until cancelled; `host` may be a `unix:/path` address (then `port` is unused)."""
     async with asyncpg.create_pool(database_url, min_size=1, max_size=POOL_SIZE_MAX,
                                     reset=keep_session) as pool:
         servicer = ReceiptServicer(pool)
         await serve_until_cancelled(
             lambda s: pb_grpc.add_ReceiptServiceServicer_to_server(servicer, s),
-            SERVICE_NAME, listen_address(host, port),
+            SERVICE_NAME, listen_address(host, port), security,
         )
 
 
-def run_receipt_service(port: int, database_url: str, host: str = "127.0.0.1") -> None:
+def run_receipt_service(port: int, database_url: str, host: str = "127.0.0.1",
+                        security: GrpcSecurity | None = None) -> None:
     """Blocking entry point for the CLI and child processes: serve until SIGTERM/SIGINT."""
-    run_until_signal(lambda: serve(port, database_url, host=host))
+    run_until_signal(lambda: serve(port, database_url, host=host, security=security))

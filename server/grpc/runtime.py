@@ -12,6 +12,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from server.grpc.security import GrpcSecurity
+
 log = logging.getLogger("kassa.grpc")
 
 GRACE_S = 2.0  # in-flight calls get this long to finish on shutdown
@@ -24,19 +26,25 @@ def listen_address(host: str, port: int) -> str:
 
 
 async def start_server(
-    register: Callable[[grpc.aio.Server], None], service_name: str, address: str
+    register: Callable[[grpc.aio.Server], None], service_name: str, address: str,
+    security: GrpcSecurity | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A started server with the standard health service; returns it and its bound port."""
+    """A started server with the standard health service; returns it and its bound port.
+
+    Raises InsecureListen for a non-loopback address without TLS and a token."""
+    security = security or GrpcSecurity()
+    security.check_listen(address.rsplit(":", 1)[0] if not address.startswith("unix:") else address)
     server = grpc.aio.server(
+        interceptors=security.interceptors(),
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
-        ]
+        ],
     )
     register(server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-    port = server.add_insecure_port(address)
+    port = security.add_port(server, address)
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await checker.set("", serving)
@@ -52,10 +60,11 @@ async def stop_server(server: grpc.aio.Server, checker: health.aio.HealthService
 
 
 async def serve_until_cancelled(
-    register: Callable[[grpc.aio.Server], None], service_name: str, address: str
+    register: Callable[[grpc.aio.Server], None], service_name: str, address: str,
+    security: GrpcSecurity | None = None,
 ) -> None:
     """Run a server with the health service until the calling task is cancelled."""
-    server, _, checker = await start_server(register, service_name, address)
+    server, _, checker = await start_server(register, service_name, address, security)
     try:
         await asyncio.Event().wait()
     finally:
