@@ -99,3 +99,34 @@ class TransientConflict(KassaError):
 
     code = "transient_conflict"
     retriable = True
+
+
+class Rejected(InvalidRequest):
+    """The database refused this item's data (bad text, out of range, a constraint).
+
+    Raised for a whole group; the pipeline splits the group until the refused items
+    stand alone, so only they get this error and the others are applied.
+    """
+
+
+class CommitUnknown(KassaError):
+    """The connection failed after COMMIT was sent: the group may or may not have landed.
+
+    Core finds out on another connection; `session` is the adapter's handle on the old
+    database session (to fence it first), or None.
+    """
+
+    code = "outcome_unknown"
+    retriable = True
+
+    def __init__(self, message: str, *, session: object | None = None) -> None:
+        super().__init__(message, retry_after_s=1)
+        self.session = session
+
+
+class OutcomeUnknown(KassaError):
+    """Whether a request was accepted could not be found out in time (503; retry with the
+    same Idempotency-Key, then it is applied exactly once)."""
+
+    code = "outcome_unknown"
+    retriable = True

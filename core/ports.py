@@ -8,7 +8,7 @@ from typing import Protocol
 import msgspec
 
 from core.ledger import BatchDecision
-from core.models import AccountSnapshot, ErrorBody, Transaction
+from core.models import AccountSnapshot, Entry, ErrorBody, Transaction
 
 
 class ReceiptRecord(msgspec.Struct, frozen=True):
@@ -108,6 +108,16 @@ class ClaimedJournal(msgspec.Struct, frozen=True):
     transaction: Transaction
 
 
+class RecordedJournal(msgspec.Struct, frozen=True):
+    """A journal as recorded, read back after its commit's acknowledgement was lost."""
+
+    journal_id: int
+    receipt_code: str
+    status: str
+    error: ErrorBody | None
+    entries: list[Entry]
+
+
 class LedgerUnit(Protocol):
     """One database transaction of the executor; commits when its context exits cleanly."""
 
@@ -144,6 +154,14 @@ class LedgerUnit(Protocol):
 
 
 class JournalStore(Protocol):
+    """Every method raises core.errors.Unavailable when the database is unreachable.
+
+    `insert_pending` and `unit` (on exit) commit: they raise Rejected when the database
+    refuses some journal's data (the whole group is rolled back: split it to find the
+    item), and CommitUnknown when the connection failed after COMMIT was sent (then
+    `recorded` tells whether it landed).
+    """
+
     async def insert_pending(self, journals: list[PendingJournal]) -> list[int | ExistingJournal]:
         """Record journals in one commit; per item its id or the journal its key already names."""
         ...
@@ -151,8 +169,24 @@ class JournalStore(Protocol):
     def unit(self) -> AbstractAsyncContextManager[LedgerUnit]:
         ...
 
-    async def claim_expired(self, owner: str, lease_s: float, limit: int) -> list[ClaimedJournal]:
-        """Take over unfinished journals whose lease expired (`FOR UPDATE SKIP LOCKED`)."""
+    async def recorded(self, receipt_codes: list[str], session: object | None
+                       ) -> dict[str, RecordedJournal]:
+        """The journals recorded under these codes, after first fencing `session` (the
+        CommitUnknown's) so that its transaction is decided; on a fresh connection."""
+        ...
+
+    async def mark_failed(self, journal_id: int, error: ErrorBody) -> bool:
+        """Finish an unfinished journal as failed with nothing posted; False if final."""
+        ...
+
+    async def claim_expired(self, owner: str, lease_s: float, limit: int,
+                            held: list[int]) -> list[ClaimedJournal]:
+        """Take over unfinished journals whose lease expired (`FOR UPDATE SKIP LOCKED`),
+        except `held`: those this process has queued or running."""
+        ...
+
+    async def renew_leases(self, owner: str, journal_ids: list[int], lease_s: float) -> None:
+        """Extend this owner's leases on journals it still holds, in one statement."""
         ...
 
     async def journal_status(self, receipt_code: str) -> JournalStatus | None:

@@ -1,5 +1,7 @@
 """The recovery sweeper: every process claims unfinished journals whose lease expired
-(their process died) and executes them, so every 202 ends completed or failed."""
+(their process died) and executes them, so every 202 ends completed or failed. Each tick
+first renews the leases of the journals this process still holds: a journal waiting
+long in the queue is not taken over by another process while this one is alive."""
 
 from __future__ import annotations
 
@@ -26,11 +28,17 @@ class RecoverySweeper:
         self._interval_s = interval_s
 
     async def sweep(self) -> int:
-        """Claim as many expired journals as the queue has room for; returns how many."""
+        """Renew the leases of the journals this process holds (queued or running), then
+        claim as many expired journals, never its own, as the queue has room for; returns
+        how many were claimed."""
+        held = self._pool.held
+        if held:
+            await self._store.renew_leases(self._owner, held, self._lease_s)
         room = min(CLAIM_MAX, self._pool.room)
         if room <= 0:
             return 0
-        claimed = await self._store.claim_expired(self._owner, self._lease_s, room)
+        claimed = await self._store.claim_expired(self._owner, self._lease_s, room,
+                                                  self._pool.held)
         now = time.monotonic()
         for journal in claimed:
             queued = self._pool.try_put(Task(journal.journal_id, journal.receipt_code,

@@ -10,6 +10,11 @@ from core.models import AMOUNT_MAX, LEGS_MAX, WORLD_PREFIX, Leg, Transaction, wo
 
 CURRENCY = re.compile(r"[A-Z]{3,10}")
 ACCOUNT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# What a URL may name: an account id, the system accounts included; a receipt code.
+ACCOUNT_REF = re.compile(r"[A-Za-z0-9_@:-]{1,64}")
+RECEIPT_CODE = re.compile(r"RCP-[0-9]{8}-[0-9A-HJKMNP-TV-Z]{16}")
+LIMIT = re.compile(r"[0-9]{1,10}")
+NESTING_MAX = 32  # JSON levels, the outermost object being level 1
 DESCRIPTION_MAX = 1024
 TYPES = ("transfer", "deposit", "withdrawal")
 
@@ -28,6 +33,49 @@ def check_account_id(account_id: str, currency: str | None = None) -> str:
     if account_id.startswith(WORLD_PREFIX):
         raise InvalidRequest(f"{account_id!r} is not the system account of this currency")
     raise InvalidRequest(f"account id {account_id!r} must match [A-Za-z0-9_-]{{1,64}}")
+
+
+def check_account_ref(account_id: str) -> str:
+    """An account id as a URL may name it (`@world:<CUR>` included)."""
+    if not ACCOUNT_REF.fullmatch(account_id):
+        raise InvalidRequest("account id must match [A-Za-z0-9_@:-]{1,64}")
+    return account_id
+
+
+def check_receipt_code(code: str) -> str:
+    if not RECEIPT_CODE.fullmatch(code):
+        raise InvalidRequest("receipt code must look like RCP-YYYYMMDD-<16 Crockford characters>")
+    return code
+
+
+def check_limit(raw: str, limit_max: int) -> int:
+    """A page size of 1 to `limit_max`, in ASCII digits only."""
+    if not LIMIT.fullmatch(raw) or not 1 <= int(raw) <= limit_max:
+        raise InvalidRequest(f"limit must be an integer from 1 to {limit_max}")
+    return int(raw)
+
+
+def check_json_value(value: Any, level: int, strings: bool) -> None:
+    """Refuse a decoded JSON value nested deeper than NESTING_MAX (`level` is its own
+    level) and, when `strings`, any string or key in it holding NUL. Decoders have already
+    refused invalid UTF-8 and lone surrogates; a NUL can only come from a \\u0000 escape,
+    so callers pass `strings` only when the raw body holds one."""
+    if isinstance(value, str):
+        if strings and "\x00" in value:
+            raise InvalidRequest("strings must not contain NUL characters")
+        return
+    if not isinstance(value, (dict, list)):
+        return
+    if level > NESTING_MAX:
+        raise InvalidRequest(f"JSON is nested deeper than {NESTING_MAX} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if strings and "\x00" in key:
+                raise InvalidRequest("strings must not contain NUL characters")
+            check_json_value(item, level + 1, strings)
+    else:
+        for item in value:
+            check_json_value(item, level + 1, strings)
 
 
 def check_amount(amount: int, what: str = "amount") -> int:

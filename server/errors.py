@@ -21,9 +21,11 @@ HTTP_STATUS = {
     "insufficient_funds": 422,
     "amount_overflow": 422,
     "idempotency_key_reused": 422,
+    "unsupported_media_type": 415,
     "rate_limited": 429,
     "overloaded": 503,
     "unavailable": 503,
+    "outcome_unknown": 503,
     "method_not_allowed": 405,
 }
 

@@ -57,3 +57,106 @@ transaction_in = msgspec.json.Decoder(TransactionIn)
 batch_in = msgspec.json.Decoder(BatchIn)
 batch_item_in = msgspec.json.Decoder(BatchItemIn)
 encoder = msgspec.json.Encoder()
+
+
+# Response shapes, for the OpenAPI document (server/openapi.py). The handlers build these
+# bodies as dicts (or bytes, on the hot path); these Structs only describe them.
+
+Status = Literal["processing", "executing", "completed", "failed", "held", "voided"]
+
+
+class ErrorDetail(msgspec.Struct):
+    code: str
+    message: str
+    # On a ?wait=true transaction that failed at execution.
+    receipt_code: str | None = None
+
+
+class ErrorOut(msgspec.Struct):
+    error: ErrorDetail
+
+
+class FailedOut(msgspec.Struct):
+    """A ?wait=true transaction that failed at execution (422): the receipt is in both."""
+
+    error: ErrorDetail
+    receipt_code: str
+
+
+class AccountOut(msgspec.Struct):
+    id: str
+    currency: str
+    balance: int
+    # null: unlimited (the @world:<CUR> system accounts).
+    overdraft_limit: int | None
+    status: Literal["active", "locked", "closed"]
+    created_at: str
+    metadata: dict[str, Any]
+    contact: Contact | None = None
+
+
+class AccountEntryOut(msgspec.Struct):
+    receipt_code: str
+    journal_id: int
+    direction: Literal["debit", "credit"]
+    amount: int
+    balance_after: int
+    created_at: str
+
+
+class EntriesPage(msgspec.Struct):
+    entries: list[AccountEntryOut]
+    next_cursor: str | None
+
+
+class AcceptedOut(msgspec.Struct):
+    receipt_code: str
+    status: Literal["processing"]
+    processing_time: str
+
+
+class PostingOut(msgspec.Struct):
+    account: str
+    direction: Literal["debit", "credit"]
+    amount: int
+    balance_after: int
+
+
+class TransactionOut(msgspec.Struct):
+    receipt_code: str
+    status: Status
+    type: Literal["transfer", "deposit", "withdrawal"]
+    currency: str
+    journal_id: int
+    description: str | None
+    metadata: dict[str, Any]
+    entries: list[PostingOut]
+    error: ErrorDetail | None
+    created_at: str
+    completed_at: str | None
+
+
+class StatusOut(msgspec.Struct):
+    receipt_code: str
+    status: Status
+    error: ErrorDetail | None
+    updated_at: str
+
+
+class PendingTransactionOut(StatusOut):
+    """GET /v1/transactions/{receipt_code} before the transaction is final."""
+
+    entries: list[PostingOut]
+
+
+class HealthOut(msgspec.Struct):
+    status: Literal["ok"]
+
+
+class ReadinessOut(msgspec.Struct):
+    """One field per dependency; remote services add their circuit breaker's state."""
+
+    status: Literal["ready", "not_ready"]
+    postgres: Literal["ok", "down"]
+    redis: Literal["ok", "down", "not_configured"]
+    worker_pool: Literal["ok", "full"]

@@ -116,9 +116,9 @@ class CodeStock:
                 number, granted = await self._reserve(self._block_size)
             except Unavailable as exc:
                 self._failed(exc)
-            except Exception as exc:  # noqa: BLE001 - a bug: log it, keep the worker serving
+            except Exception:  # noqa: BLE001 - a bug: log it, keep the worker serving
                 log.exception("[RECEIPT BLOCKS] reservation failed")
-                self._failed(Unavailable(f"receipt block reservation failed: {exc!r}"))
+                self._failed(Unavailable("receipt block reservation failed"))
             else:
                 self._stocked(number, granted)
                 backoff_s = RETRY_MIN_S

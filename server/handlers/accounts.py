@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import secrets
 
 import msgspec
@@ -9,16 +12,38 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from core.errors import InvalidRequest
-from core.validation import check_account_id, check_currency, check_overdraft_limit
-from server.handlers.common import authorize, decode, guarded, json_response, not_found, read_body
+from core.models import WORLD_PREFIX
+from core.validation import (
+    check_account_id,
+    check_account_ref,
+    check_currency,
+    check_limit,
+    check_overdraft_limit,
+)
+from server.errors import error_response
+from server.handlers.common import (
+    authenticate,
+    authorize,
+    check_media_type,
+    decode,
+    guarded,
+    json_response,
+    not_found,
+    read_body,
+)
 from server.schemas import account_in, account_patch
 
 PAGE_LIMIT_MAX = 1000
+LEDGER_ID_MAX = 2**63 - 1
+# Cursors are base64url("l<ledger id>") without padding (server/postgres/accounts.py).
+CURSOR = re.compile(r"[A-Za-z0-9_-]{2,28}")
+CURSOR_TEXT = re.compile(rb"l[0-9]{1,19}")
 
 
 @guarded
 async def create_account(request: Request) -> Response:
     runtime, _ = await authorize(request, "admin")
+    check_media_type(request.headers.get("content-type"))
     body = decode(account_in, await read_body(request, runtime.settings.body_size_max))
     account_id = check_account_id(body.id) if body.id is not None else f"acc_{secrets.token_hex(10)}"
     account = await runtime.accounts.create(
@@ -29,16 +54,25 @@ async def create_account(request: Request) -> Response:
 
 @guarded
 async def get_account(request: Request) -> Response:
-    runtime, _ = await authorize(request, "read")
-    account = await runtime.accounts.get(request.path_params["account_id"])
+    runtime, api_key = authenticate(request, "read")
+    account_id = check_account_ref(request.path_params["account_id"])
+    await runtime.limit(api_key)
+    account = await runtime.accounts.get(account_id)
     return json_response(account) if account else not_found("account")
 
 
 @guarded
 async def patch_account(request: Request) -> Response:
-    runtime, _ = await authorize(request, "admin")
+    runtime, api_key = authenticate(request, "admin")
+    account_id = check_account_ref(request.path_params["account_id"])
+    if account_id.startswith(WORLD_PREFIX):
+        # The contract's one invalid_request that is a 422: the system accounts' status is fixed.
+        response = error_response("invalid_request", "system accounts cannot be changed")
+        response.status_code = 422
+        return response
+    await runtime.limit(api_key)
+    check_media_type(request.headers.get("content-type"))
     body = decode(account_patch, await read_body(request, runtime.settings.body_size_max))
-    account_id = request.path_params["account_id"]
     account = await runtime.accounts.set_status(account_id, body.status)
     if account is None:
         return not_found("account")
@@ -48,13 +82,25 @@ async def patch_account(request: Request) -> Response:
 
 @guarded
 async def list_entries(request: Request) -> Response:
-    runtime, _ = await authorize(request, "read")
-    account_id = request.path_params["account_id"]
-    raw_limit = request.query_params.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= PAGE_LIMIT_MAX:
-        raise InvalidRequest(f"limit must be an integer from 1 to {PAGE_LIMIT_MAX}")
+    runtime, api_key = authenticate(request, "read")
+    account_id = check_account_ref(request.path_params["account_id"])
+    limit = check_limit(request.query_params.get("limit", "100"), PAGE_LIMIT_MAX)
+    cursor = request.query_params.get("cursor")
+    if cursor:  # an empty cursor is the first page, as before
+        check_cursor(cursor)
+    await runtime.limit(api_key)
     if await runtime.accounts.get(account_id) is None:
         return not_found("account")
-    entries, cursor = await runtime.accounts.entries(
-        account_id, int(raw_limit), request.query_params.get("cursor"))
-    return json_response({"entries": entries, "next_cursor": cursor})
+    entries, next_cursor = await runtime.accounts.entries(account_id, limit, cursor or None)
+    return json_response({"entries": entries, "next_cursor": next_cursor})
+
+
+def check_cursor(cursor: str) -> None:
+    """Refuse a cursor this API cannot have returned, before anything is asked of a store."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError):
+        text = b""
+    if not (CURSOR.fullmatch(cursor) and CURSOR_TEXT.fullmatch(text)
+            and 0 < int(text[1:]) <= LEDGER_ID_MAX):
+        raise InvalidRequest("cursor is not one this API returned")

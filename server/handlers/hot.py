@@ -10,6 +10,8 @@ both share the handlers' logic and the contract's error bodies.
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,7 @@ from urllib.parse import parse_qsl
 from core.errors import InvalidRequest, KassaError
 from server.errors import HTTP_STATUS, error_dict
 from server.handlers.common import BodyTooLarge
+from server.logs import REQUEST_ID
 from server.runtime import Runtime
 from server.schemas import encoder
 
@@ -29,6 +32,16 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _JSON = (b"content-type", b"application/json")
+_REQUEST_ID = b"x-request-id"
+_CLIENT_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
+
+
+def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The client's X-Request-Id if it is 1..128 visible ASCII characters, else a new one."""
+    for name, value in headers:
+        if name == _REQUEST_ID and _CLIENT_REQUEST_ID.fullmatch(value):
+            return value
+    return secrets.token_hex(16).encode()
 
 
 @dataclass(slots=True)
@@ -81,9 +94,20 @@ class HotRoutes:
         self.state = fallback.state  # where the lifespan (or a test) puts the runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self._paths:
+        if scope["type"] != "http":
             await self._fallback(scope, receive, send)
             return
+        rid = request_id(scope["headers"])
+        token = REQUEST_ID.set(rid.decode("ascii"))
+        try:
+            if scope["path"] in self._paths:
+                await self._hot(scope, receive, send, rid)
+            else:
+                await self._fallback(scope, receive, _with_request_id(send, rid))
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _hot(self, scope: Scope, receive: Receive, send: Send, rid: bytes) -> None:
         handler = self._routes.get((scope["method"], scope["path"]))
         if handler is None:
             answer = json_answer(error_dict("invalid_request", f"{scope['method']} is not allowed here"),
@@ -92,7 +116,7 @@ class HotRoutes:
             answer = await self._answer(handler, scope, receive)
         await send({"type": "http.response.start", "status": answer.status,
                     "headers": [_JSON, (b"content-length", str(len(answer.body)).encode()),
-                                *answer.headers]})
+                                (_REQUEST_ID, rid), *answer.headers]})
         await send({"type": "http.response.body", "body": answer.body})
 
     async def _answer(self, handler: Handler, scope: Scope, receive: Receive) -> Answer:
@@ -108,6 +132,15 @@ class HotRoutes:
         except Exception:  # noqa: BLE001 - a defect: logged, answered as the contract says
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             return json_answer(error_dict("internal", "internal error"), 500)
+
+
+def _with_request_id(send: Send, rid: bytes) -> Send:
+    async def send_with_id(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (_REQUEST_ID, rid)]}
+        await send(message)
+
+    return send_with_id
 
 
 def _query(raw: bytes) -> dict[str, str]:

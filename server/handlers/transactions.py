@@ -15,9 +15,16 @@ from starlette.responses import Response
 from core.accept import Submission, Submitted, accepted_body
 from core.errors import InvalidRequest, KassaError
 from core.models import Transaction
-from core.validation import normalize_transaction
+from core.validation import check_receipt_code, normalize_transaction
 from server.errors import error_dict
-from server.handlers.common import authorize, decode, guarded, json_response, not_found
+from server.handlers.common import (
+    authenticate,
+    check_media_type,
+    decode,
+    guarded,
+    json_response,
+    not_found,
+)
 from server.handlers.hot import Answer, Call, json_answer
 from server.runtime import Runtime
 from server.schemas import TransactionIn, batch_in, batch_item_in, transaction_in
@@ -65,9 +72,11 @@ def wants_wait(query: Mapping[str, str]) -> bool:
 
 
 async def authorize_call(call: Call, scope: str) -> str:
-    """The caller's API key once it has `scope` and is within its rate limit."""
+    """The caller's API key once it has `scope` and is within its rate limit, for a JSON
+    body (415 otherwise)."""
     api_key = call.runtime.keys.require_header(call.header(b"authorization") or "", scope)
     await call.runtime.limit(api_key)
+    check_media_type(call.header(b"content-type"))
     return api_key
 
 
@@ -124,7 +133,7 @@ async def post_batch(call: Call) -> Answer:
 
 def parse_item(raw: msgspec.Raw) -> tuple[Transaction, str | None] | KassaError:
     try:
-        item = decode(batch_item_in, raw)
+        item = decode(batch_item_in, raw, level=3)  # {"transactions": [item]}
         return to_transaction(item), check_idempotency_key(item.idempotency_key)
     except KassaError as exc:
         return exc
@@ -143,8 +152,10 @@ async def item_result(runtime: Runtime, submitted: Submitted | KassaError) -> An
 
 @guarded
 async def get_status(request: Request) -> Response:
-    runtime, _ = await authorize(request, "read")
-    found = await runtime.status.status(request.path_params["receipt_code"])
+    runtime, api_key = authenticate(request, "read")
+    code = check_receipt_code(request.path_params["receipt_code"])
+    await runtime.limit(api_key)
+    found = await runtime.status.status(code)
     if found is None:
         return not_found("receipt")
     return json_response(found)
@@ -152,8 +163,9 @@ async def get_status(request: Request) -> Response:
 
 @guarded
 async def get_transaction(request: Request) -> Response:
-    runtime, _ = await authorize(request, "read")
-    code = request.path_params["receipt_code"]
+    runtime, api_key = authenticate(request, "read")
+    code = check_receipt_code(request.path_params["receipt_code"])
+    await runtime.limit(api_key)
     view = await runtime.accounts.transaction(code)
     if view is None:
         return not_found("receipt")

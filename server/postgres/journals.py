@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
 import msgspec
 
-from core.errors import TransientConflict
+from core.errors import CommitUnknown, Rejected, TransientConflict, Unavailable
 from core.ledger import BatchDecision
-from core.models import AccountSnapshot, ErrorBody, Leg, Transaction
-from core.ports import ClaimedJournal, ExistingJournal, JournalStatus, PendingJournal
+from core.models import AccountSnapshot, Entry, ErrorBody, Leg, Transaction
+from core.ports import (
+    ClaimedJournal,
+    ExistingJournal,
+    JournalStatus,
+    PendingJournal,
+    RecordedJournal,
+)
 from server.postgres.pool import converted_errors, iso
+
+log = logging.getLogger("kassa.postgres")
+
+# A connection failing in one of these ways after COMMIT was sent leaves the outcome open.
+LOST = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+        asyncpg.OperatorInterventionError, asyncpg.InterfaceError)
 
 _json = msgspec.json.Encoder()
 _legs = msgspec.json.Decoder(list[tuple[str, str, int]])
 _meta = msgspec.json.Decoder(dict)
 _contact = msgspec.json.Decoder(dict[str, str] | None)
+_entries = msgspec.json.Decoder(list[tuple[str, str, int, int]])
 
 INSERT_PENDING = """
 INSERT INTO journals (external_ref, type, status, currency, description, metadata, payload,
@@ -113,9 +128,26 @@ SELECT 1
 CLAIM_EXPIRED = """
 UPDATE journals j SET lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2)
 FROM (SELECT id FROM journals WHERE status = 'processing' AND lease_expires_at < now()
+      AND NOT id = ANY($4::bigint[])
       ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) AS c
 WHERE j.id = c.id
 RETURNING j.id, j.external_ref, j.type, j.currency, j.description, j.metadata, j.payload
+"""
+
+# The journals under these receipt codes, with their ledger entries (after a lost ack).
+RECORDED = """
+SELECT j.id, j.external_ref, j.status, j.error_code, j.error_message,
+       coalesce((SELECT json_agg(json_build_array(l.account_id, l.direction, l.amount,
+                                                  l.balance_after) ORDER BY l.id)
+                 FROM ledgers l WHERE l.journal_id = j.id), '[]')::text AS entries
+FROM journals j WHERE j.external_ref = ANY($1::text[])
+"""
+
+# A journal the database refused to post (isolated from its batch): failed, nothing moved.
+MARK_FAILED = """
+UPDATE journals SET status = 'failed', error_code = $2, error_message = $3,
+       completed_at = now(), lease_owner = NULL, lease_expires_at = NULL
+WHERE id = $1 AND status = 'processing'
 """
 
 
@@ -140,6 +172,28 @@ async def existing_by_key(conn: asyncpg.Connection, journals: list[PendingJourna
     return {(r["idempotency_scope"], r["idempotency_key"]): ExistingJournal(
         r["id"], r["external_ref"], r["request_hash"], r["mode"], r["status"],
         r["accept_time_us"]) for r in rows}
+
+
+@contextlib.asynccontextmanager
+async def rejected_data() -> AsyncIterator[None]:
+    """Data the database (or the driver, encoding it) refuses: this group cannot commit
+    as it is, and retrying will not help. The message names no driver text."""
+    try:
+        yield
+    except (asyncpg.DataError, asyncpg.exceptions._base.DataError) as exc:
+        log.warning("the database refused a group's data: %r", exc)
+        raise Rejected("the database refused this transaction's data") from exc
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        log.critical("[BUG] constraint %s violated: %r", exc.constraint_name, exc)
+        raise Rejected("the database refused this transaction (a constraint)") from exc
+
+
+async def wait_gone(conn: asyncpg.Connection, pid: int) -> None:
+    """Until the session `pid` has ended (the caller bounds the wait)."""
+    gone = False
+    while not gone:
+        gone = not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
+        await asyncio.sleep(0 if gone else 0.01)
 
 
 def snapshot(row: asyncpg.Record) -> AccountSnapshot:
@@ -206,7 +260,7 @@ class PgJournalStore:
 
     async def insert_pending(self, journals: list[PendingJournal]) -> list[int | ExistingJournal]:
         cols = pending_columns(journals)
-        async with converted_errors(), self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             ids = {r["external_ref"]: r["id"] for r in
                    await conn.fetch(INSERT_PENDING, *cols, journals[0].lease_owner, self._lease_s)}
             missing = [j for j in journals if j.receipt_code not in ids]
@@ -216,13 +270,62 @@ class PgJournalStore:
 
     @contextlib.asynccontextmanager
     async def unit(self) -> AsyncIterator[PgLedgerUnit]:
-        async with converted_errors(), self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             yield PgLedgerUnit(conn)
 
-    async def claim_expired(self, owner: str, lease_s: float, limit: int) -> list[ClaimedJournal]:
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction on a pooled connection. Data the database refuses raises Rejected
+        (after the rollback); the connection failing during COMMIT itself raises
+        CommitUnknown, carrying the server pid so the check can fence that session."""
+        async with converted_errors(), self._pool.acquire() as conn:
+            committing = False
+            try:
+                async with rejected_data(), conn.transaction():
+                    yield conn
+                    committing = True
+            except LOST as exc:
+                if not committing:
+                    raise
+                raise CommitUnknown(f"the commit was not acknowledged ({type(exc).__name__})",
+                                    session=conn.get_server_pid()) from exc
+
+    async def recorded(self, receipt_codes: list[str], session: object | None
+                       ) -> dict[str, RecordedJournal]:
+        """Fence the session whose commit was lost (end it and wait until it is gone, so
+        its transaction is decided), then read the journals under these receipt codes."""
+        try:
+            async with self._pool.acquire() as conn:
+                if isinstance(session, int):
+                    await conn.execute("SELECT pg_terminate_backend($1)", session)
+                    await wait_gone(conn, session)
+                rows = await conn.fetch(RECORDED, receipt_codes)
+        except (*LOST, asyncpg.PostgresError) as exc:
+            raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
+        return {r["external_ref"]: RecordedJournal(
+            r["id"], r["external_ref"], r["status"],
+            ErrorBody(r["error_code"], r["error_message"]) if r["error_code"] else None,
+            [Entry(*e) for e in _entries.decode(r["entries"])]) for r in rows}
+
+    async def mark_failed(self, journal_id: int, error: ErrorBody) -> bool:
+        """Finish a journal the database refused to post as failed; False if already final."""
         async with converted_errors():
-            rows = await self._pool.fetch(CLAIM_EXPIRED, owner, lease_s, limit)
+            done = await self._pool.execute(MARK_FAILED, journal_id, error.code, error.message)
+        return done != "UPDATE 0"
+
+    async def claim_expired(self, owner: str, lease_s: float, limit: int,
+                            held: list[int]) -> list[ClaimedJournal]:
+        async with converted_errors():
+            rows = await self._pool.fetch(CLAIM_EXPIRED, owner, lease_s, limit, held)
         return [ClaimedJournal(r["id"], r["external_ref"], transaction_of(r)) for r in rows]
+
+    async def renew_leases(self, owner: str, journal_ids: list[int], lease_s: float) -> None:
+        """Extend this process's leases on journals it still holds (queued or running)."""
+        async with converted_errors():
+            await self._pool.execute(
+                "UPDATE journals SET lease_expires_at = now() + make_interval(secs => $3) "
+                "WHERE id = ANY($2::bigint[]) AND lease_owner = $1 AND status = 'processing'",
+                owner, journal_ids, lease_s)
 
     async def release_leases(self, owner: str) -> int:
         """On shutdown: let any process's sweeper take our unfinished journals at once."""

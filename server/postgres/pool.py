@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
 
 from core.errors import TransientConflict, Unavailable
+
+log = logging.getLogger("kassa.postgres")
 
 
 async def keep_session(conn: asyncpg.Connection) -> None:
@@ -41,7 +44,9 @@ async def converted_errors() -> AsyncIterator[None]:
     except (OSError, TimeoutError, asyncpg.PostgresConnectionError,
             asyncpg.OperatorInterventionError, asyncpg.InterfaceError) as exc:
         # Unreachable, restarting or shutting down (class 08 and 57 errors), or too slow.
-        raise Unavailable(f"database unavailable: {exc}", retry_after_s=1) from exc
+        # The message may reach a client: the driver's text (host, port) goes to the log.
+        log.warning("database unavailable: %r", exc)
+        raise Unavailable("the database is unavailable", retry_after_s=1) from exc
 
 
 def iso(ts: dt.datetime | None) -> str | None:

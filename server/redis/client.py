@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from core.errors import Unavailable
+
+log = logging.getLogger("kassa.redis")
 
 
 def create_client(url: str) -> aioredis.Redis:
@@ -23,4 +26,6 @@ async def converted_errors(what: str) -> AsyncIterator[None]:
     try:
         yield
     except (RedisError, OSError) as exc:
-        raise Unavailable(f"redis unavailable ({what}): {exc}", retry_after_s=1) from exc
+        # The message may reach a client: the driver's text (host, port) goes to the log.
+        log.warning("redis unavailable (%s): %r", what, exc)
+        raise Unavailable(f"redis is unavailable ({what})", retry_after_s=1) from exc
