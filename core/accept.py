@@ -55,6 +55,7 @@ class Submitted:
     replayed: bool = False
     body: bytes | None = None  # the original 202 body, when replayed from Redis
     outcome: Outcome | None = None  # set when a wait=true submission finished here
+    transaction: Transaction | None = None  # with the outcome: the answer needs no read
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +121,7 @@ class TransactionService:
         if not sub.wait:
             return Submitted(code, 202, processing_time)
         if isinstance(done, Outcome):
-            return _finished(code, processing_time, done)
+            return _finished(code, processing_time, done, sub.transaction)
         return await self._wait(done, processing_time)
 
     async def submit_many(self, subs: list[Submission], accounts: dict[str, AccountSnapshot]
@@ -145,6 +146,9 @@ class TransactionService:
             return await self.submit(sub, accounts)
         except KassaError as exc:
             return exc
+        except Exception:  # noqa: BLE001 - a defect, logged; the other items stand
+            log.exception("a batch item failed unexpectedly")
+            return Unavailable("the transaction could not be recorded", retry_after_s=1)
 
     async def _accept_plain(self, subs: list[Submission], accounts: dict[str, AccountSnapshot]
                             ) -> list[Submitted | KassaError]:
@@ -203,7 +207,7 @@ class TransactionService:
         self._log_start(code, sub.transaction)
         if isinstance(result, Outcome):  # applied in the accept's commit
             self._pool.release()
-            return _finished(code, processing_time, result) if sub.wait else Submitted(
+            return _finished(code, processing_time, result, sub.transaction) if sub.wait else Submitted(
                 code, 202, processing_time)
         assert isinstance(result, int)
         waiter = asyncio.get_running_loop().create_future() if sub.wait else None
@@ -267,7 +271,7 @@ class TransactionService:
         if outcome is None:
             # Still running (or finished elsewhere): the receipt stands; the client polls it.
             return Submitted(task.receipt_code, 202, processing_time)
-        return _finished(task.receipt_code, processing_time, outcome)
+        return _finished(task.receipt_code, processing_time, outcome, task.transaction)
 
     # ---- idempotency: Redis fast path, the journals' unique key as the authority ------
 
@@ -314,9 +318,9 @@ class TransactionService:
             log.warning("idempotency marker not cleared (it expires): %s", exc)
 
 
-def _finished(code: str, processing_time: str, outcome: Outcome) -> Submitted:
+def _finished(code: str, processing_time: str, outcome: Outcome, tx: Transaction) -> Submitted:
     status = 201 if outcome.status == COMPLETED else 422
-    return Submitted(code, status, processing_time, outcome=outcome)
+    return Submitted(code, status, processing_time, outcome=outcome, transaction=tx)
 
 
 def accepted_body(receipt_code: str, processing_time: str) -> bytes:

@@ -89,7 +89,7 @@ async def _apply_once(store: JournalStore, journals: list[PendingJournal]) -> Ap
         account_ids = sorted({a for j in fresh for a in j.transaction.account_ids})
         accounts, ids = await unit.lock_for_new(account_ids, len(fresh))
         decision = decide_batch([(i, j.receipt_code, j.transaction) for i, j in zip(ids, fresh, strict=True)],
-                                accounts, utc_now_iso())
+                                accounts, utc_now_iso(), recorded_with_decision=True)
         await unit.insert_finished(fresh, ids, decision)
     outcomes = dict(zip((j.receipt_code for j in fresh), decision.outcomes, strict=True))
     for first, repeat in repeats:  # a key sent twice in one batch: the first one stands

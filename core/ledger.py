@@ -34,6 +34,10 @@ class Outcome:
     status: str
     entries: list[Entry]
     error: ErrorBody | None
+    finished_at: str = ""  # RFC 3339, when decided; "" when not known here
+    # Set when the journal was recorded by the commit that decided it (apply at accept):
+    # then its created_at and completed_at are both `finished_at`.
+    recorded_with_decision: bool = False
 
 
 @dataclass
@@ -67,6 +71,8 @@ def decide_batch(
     tasks: list[tuple[int, str, Transaction]],
     accounts: dict[str, AccountSnapshot],
     occurred_at: str,
+    *,
+    recorded_with_decision: bool = False,
 ) -> BatchDecision:
     """Decide (journal_id, receipt_code, transaction) tasks in order."""
     balances = {a.id: a.balance for a in accounts.values()}
@@ -84,7 +90,8 @@ def decide_batch(
             code = next(money)
             error = None if code is None else ErrorBody(code, MESSAGES[code])
         status = COMPLETED if error is None else FAILED
-        outcomes.append(Outcome(journal_id, receipt, status, entries.get(journal_id, []), error))
+        outcomes.append(Outcome(journal_id, receipt, status, entries.get(journal_id, []), error,
+                                occurred_at, recorded_with_decision))
     changed = {k: v for k, v in balances.items() if v != accounts[k].balance}
     decision = BatchDecision(outcomes, changed, columns)
     decision.events = [event_payload(o, tx, occurred_at) for o, (_, _, tx) in zip(outcomes, tasks, strict=True)]

@@ -255,3 +255,26 @@ async def test_overdraft_limits(app_client, pg_dsn, limit: int) -> None:  # type
         "type": "transfer", "currency": "USD", "source": "alice", "destination": "bob", "amount": 1})
     assert no.status_code == 422 and no.json()["error"]["code"] == "insufficient_funds"
     await assert_invariants(pg_dsn)
+
+
+async def test_wait_true_answers_from_the_outcome_without_reading_it_back(app_client, pg_dsn) -> None:  # type: ignore[no-untyped-def]
+    await make_accounts(app_client, ("alice", 100, 0), ("bob", 0, 0))
+    body = {"type": "transfer", "currency": "USD", "source": "alice", "destination": "bob",
+            "amount": 30, "description": "rent", "metadata": {"b": 1, "a": [2]}}
+    reads = app_client.runtime.accounts
+
+    async def unreachable(receipt_code: str) -> None:
+        raise AssertionError("the finished transaction was read back")
+
+    original, reads.transaction = reads.transaction, unreachable
+    try:
+        posted = await app_client.post("/v1/transactions?wait=true", json=body)
+    finally:
+        reads.transaction = original
+    assert posted.status_code == 201, posted.text
+    stored = await app_client.get(f"/v1/transactions/{posted.json()['receipt_code']}")
+    assert stored.json() == posted.json(), "the answer reads exactly as the journal does"
+    assert posted.json()["entries"] == [
+        {"account": "alice", "direction": "debit", "amount": 30, "balance_after": 70},
+        {"account": "bob", "direction": "credit", "amount": 30, "balance_after": 30}]
+    await assert_invariants(pg_dsn)

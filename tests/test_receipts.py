@@ -193,7 +193,8 @@ async def test_dry_stock_with_the_service_down_is_unavailable_at_once(
             await client.next_codes(1)
         assert time.monotonic() - quick < 0.05, "a dry stock with the service down fails fast"
         await until(lambda: client.breaker.state == OPEN, 5)
-        assert breaker_states(client) == {"receipt_service": OPEN}
+        assert breaker_states(client) == {"receipt_service": OPEN,
+                                          "receipt_service_reads": CLOSED}
 
         procs.append(start_receipt_process(port, pg_dsn))
         after: list[str] = []

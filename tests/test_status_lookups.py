@@ -62,3 +62,20 @@ async def test_unknown_receipt_lookups_leave_the_write_path_open(client: httpx.A
         "type": "deposit", "currency": "USD", "destination": "alice", "amount": 5})
     assert r.status_code == 202, r.text
     assert r.headers["Location"] == f"/v1/transactions/{r.json()['receipt_code']}"
+
+
+async def test_an_open_read_breaker_leaves_writes_alone(client: httpx.AsyncClient) -> None:
+    """The read path (status lookups) and the write path (codes, registrations) trip apart."""
+    receipts = client.runtime.receipts  # type: ignore[attr-defined]
+    assert isinstance(receipts, ReceiptClient)
+    for _ in range(BREAKER_FAILURES_MAX):
+        receipts.read_breaker.record_failure()
+    assert receipts.read_breaker.state != CLOSED and receipts.breaker.state == CLOSED
+    assert await receipts.get_receipt("RCP-20261124-0000000000000001") is None  # refused at once
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    r = await client.post("/v1/accounts", json={"id": "bob", "currency": "USD"}, headers=admin)
+    assert r.status_code == 201
+    r = await client.post("/v1/transactions?wait=true", headers=admin, json={
+        "type": "deposit", "currency": "USD", "destination": "bob", "amount": 5})
+    assert r.status_code == 201, r.text
+    assert receipts.breaker.state == CLOSED

@@ -99,7 +99,10 @@ def _consume(future: asyncio.Future[None]) -> None:
 
 def breaker_states(*clients: ReceiptClient | NotificationClient) -> dict[str, str]:
     """Breaker name → state, for /readyz."""
-    return {c.breaker.name: c.breaker.state for c in clients}
+    states = {c.breaker.name: c.breaker.state for c in clients}
+    states.update({c.read_breaker.name: c.read_breaker.state for c in clients
+                   if isinstance(c, ReceiptClient)})
+    return states
 
 
 def _new_breaker(name: str, failures_max: int, reset_ms: float) -> CircuitBreaker:
@@ -137,7 +140,11 @@ class ReceiptClient:
         self.address = address
         self._security = security or GrpcSecurity()
         self._timeout_s = timeout_ms / 1000
+        # Separate breakers for the write path (reservations, registrations) and the read path
+        # (status lookups): failing lookups never stop accepting, and the other way round.
         self.breaker = _new_breaker("receipt_service", breaker_failures_max, breaker_reset_ms)
+        self.read_breaker = _new_breaker("receipt_service_reads", breaker_failures_max,
+                                         breaker_reset_ms)
         self._channel: grpc.aio.Channel | None = None
         self._stub: rpb_grpc.ReceiptServiceStub | None = None
         self.codes = CodeStock(self._reserve, block_size=block_size, timeout_ms=timeout_ms,
@@ -171,8 +178,8 @@ class ReceiptClient:
         request = rpb.GetReceiptRequest(code=code)
         try:
             found = await guarded(
-                self.breaker, lambda: self._live_stub().GetReceipt(request, timeout=self._timeout_s)
-            )
+                self.read_breaker,
+                lambda: self._live_stub().GetReceipt(request, timeout=self._timeout_s))
         except Unavailable as exc:
             log.warning("receipt lookup of %s failed: %s", code, exc.message)
             return None

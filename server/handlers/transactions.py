@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from core.accept import Submission, Submitted, accepted_body
 from core.errors import InvalidRequest, KassaError
+from core.ledger import Outcome
 from core.models import Transaction
 from core.validation import check_receipt_code, normalize_transaction
 from server.errors import error_dict
@@ -95,10 +96,16 @@ async def post_transaction(call: Call) -> Answer:
 
 
 async def answer(runtime: Runtime, submitted: Submitted) -> tuple[int, Any]:
-    """The HTTP status and body for one submission."""
+    """The HTTP status and body for one submission: a finished one from the outcome in
+    memory (no read that could fail after the transaction was posted), a replayed
+    `?wait=true` one from the journal as it stands."""
     if submitted.http_status == 202:
         return 202, submitted.body or accepted_body(submitted.receipt_code, submitted.processing_time)
-    view = await runtime.accounts.transaction(submitted.receipt_code)
+    outcome, tx = submitted.outcome, submitted.transaction
+    if outcome is not None and tx is not None and outcome.recorded_with_decision:
+        view = transaction_view(outcome, tx)
+    else:
+        view = await runtime.accounts.transaction(submitted.receipt_code)
     assert view is not None, "a submitted journal is durable"
     if view["status"] == "completed":
         return 201, view
@@ -107,6 +114,21 @@ async def answer(runtime: Runtime, submitted: Submitted) -> tuple[int, Any]:
                            receipt_code=submitted.receipt_code)
         return 422, {**error, "receipt_code": submitted.receipt_code}
     return 202, accepted_body(submitted.receipt_code, submitted.processing_time)
+
+
+def transaction_view(outcome: Outcome, tx: Transaction) -> dict[str, Any]:
+    """API.md's full transaction of a journal recorded by the commit that decided it, as
+    the database has it (both times are the decision's)."""
+    error = ({"code": outcome.error.code, "message": outcome.error.message}
+             if outcome.error is not None else None)
+    return {
+        "receipt_code": outcome.receipt_code, "status": outcome.status, "type": tx.type,
+        "currency": tx.currency, "journal_id": outcome.journal_id,
+        "description": tx.description, "metadata": tx.metadata,
+        "entries": [{"account": e.account, "direction": e.direction, "amount": e.amount,
+                     "balance_after": e.balance_after} for e in outcome.entries],
+        "error": error, "created_at": outcome.finished_at, "completed_at": outcome.finished_at,
+    }
 
 
 async def post_batch(call: Call) -> Answer:

@@ -108,15 +108,17 @@ FROM generate_series(1, $2)
 """
 
 # New journals decided in the same transaction: written once, already finished, and
-# posted, in one statement. A key recorded meanwhile by another transaction violates
+# posted, in one statement. Both times are the decision's, so that an answer built from the
+# outcome in memory reads exactly as the journal does later. A key recorded meanwhile by another transaction violates
 # journals_idempotency_key, and the whole statement fails: the caller retries.
 INSERT_AND_POST = f"""
 WITH recorded AS (
     INSERT INTO journals (id, external_ref, type, status, currency, description, metadata,
                           payload, idempotency_scope, idempotency_key, request_hash, mode,
-                          accept_time_us, error_code, error_message, completed_at)
+                          accept_time_us, error_code, error_message, created_at, completed_at)
     OVERRIDING SYSTEM VALUE
-    SELECT i, r, t, st, c, d, m::jsonb, p::jsonb, s, k, h, mo, us, ec, em, now()
+    SELECT i, r, t, st, c, d, m::jsonb, p::jsonb, s, k, h, mo, us, ec, em,
+           $26::text::timestamptz, $26::text::timestamptz
     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
                 $13::int[], $14::text[], $15::text[])
@@ -239,7 +241,8 @@ class PgLedgerUnit:
             await self._conn.execute(
                 INSERT_AND_POST, ids, cols[0], cols[1], [o.status for o in outcomes], *cols[2:],
                 [o.error.code if o.error else None for o in outcomes],
-                [o.error.message if o.error else None for o in outcomes], *posting_args(decision))
+                [o.error.message if o.error else None for o in outcomes], *posting_args(decision),
+                outcomes[0].finished_at)
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name != "journals_idempotency_key":
                 raise
