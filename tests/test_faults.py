@@ -109,7 +109,7 @@ def replies(sent: list[Sent]) -> list[Reply | Exception]:
 
 
 def code_of(result: Reply | Exception) -> str | None:
-    if isinstance(result, Reply) and isinstance(result.body, dict) and "error" in result.body:
+    if isinstance(result, Reply) and result.status >= 400 and isinstance(result.body, dict):
         return str(result.body["error"]["code"])
     return None
 

@@ -278,3 +278,16 @@ async def test_wait_true_answers_from_the_outcome_without_reading_it_back(app_cl
         {"account": "alice", "direction": "debit", "amount": 30, "balance_after": 70},
         {"account": "bob", "direction": "credit", "amount": 30, "balance_after": 30}]
     await assert_invariants(pg_dsn)
+
+
+async def test_idempotency_ignores_the_order_of_metadata_keys(app_client, pg_dsn) -> None:  # type: ignore[no-untyped-def]
+    await make_accounts(app_client, ("alice", 100, 0), ("bob", 0, 0))
+    base = {"type": "transfer", "currency": "USD", "source": "alice", "destination": "bob",
+            "amount": 5}
+    first = await app_client.post("/v1/transactions", headers={"Idempotency-Key": "order"},
+                                  json={**base, "metadata": {"a": 1, "b": {"x": 1, "y": 2}}})
+    again = await app_client.post("/v1/transactions", headers={"Idempotency-Key": "order"},
+                                  json={**base, "metadata": {"b": {"y": 2, "x": 1}, "a": 1}})
+    assert first.status_code == again.status_code == 202, again.text
+    assert again.headers["idempotent-replayed"] == "true" and again.json() == first.json()
+    await assert_invariants(pg_dsn)
