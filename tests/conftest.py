@@ -13,7 +13,7 @@ import pytest
 from server.postgres.migrate import apply_migrations
 from tests.fixtures.servers import PostgresServer, RedisServer, start_postgres, start_redis
 
-pytest_plugins = ["tests.fixtures.kafka"]
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.pipeline"]
 
 _db_numbers = itertools.count()
 

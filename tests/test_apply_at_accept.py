@@ -6,7 +6,6 @@ journals while the writers have a backlog."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -14,24 +13,13 @@ import pytest
 from core.executor import Executed, Task
 from core.ledger import Outcome
 from core.pool import ProcessorPool
-from core.ports import ExistingJournal, PendingJournal
-from core.validation import normalize_transaction
-from server.postgres.accounts import PgAccountStore
+from core.ports import ExistingJournal
 from server.postgres.journals import PgJournalStore
-from server.postgres.pool import create_pool
+from tests.fixtures.pipeline import balance, pending
 from tests.invariants import assert_invariants
 
 pytestmark = pytest.mark.timeout(60)
 
-
-@pytest.fixture
-async def db(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(pg_dsn, min_size=1, max_size=6)
-    accounts = PgAccountStore(pool)
-    for name in ("alice", "bob", "carol"):
-        await accounts.create(name, "USD", 0, None, {})
-    yield pool
-    await pool.close()
 
 
 def make_pool(db: asyncpg.Pool, executed: list[Executed], *, apply: bool = True) -> ProcessorPool:
@@ -42,18 +30,6 @@ def make_pool(db: asyncpg.Pool, executed: list[Executed], *, apply: bool = True)
                          batch_max=50, workers=1, attempts_max=3, apply_at_accept=apply)
 
 
-_codes = iter(range(10**6))
-
-
-def pending(kind: str, amount: int, *, source: str | None = None, destination: str | None = None,
-            key: str | None = None, mode: str = "async") -> PendingJournal:
-    tx = normalize_transaction(kind, "USD", amount=amount, source=source, destination=destination)
-    return PendingJournal(f"RCP-20261202-{next(_codes):016d}", tx, "scope" if key else None, key,
-                          f"hash-{kind}-{amount}" if key else None, mode, 100, "test-owner")
-
-
-async def balance(db: asyncpg.Pool, account: str) -> int:
-    return int(await db.fetchval("SELECT balance FROM accounts WHERE id = $1", account))
 
 
 async def test_a_group_is_decided_in_order_and_posted_in_one_commit(db: asyncpg.Pool,

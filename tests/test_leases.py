@@ -5,7 +5,6 @@ post-commit effects queue is bounded (a full one drops effects, never the commit
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -15,25 +14,14 @@ from core.isolation import deduplicated
 from core.ledger import Outcome
 from core.pool import ProcessorPool
 from core.recovery import RecoverySweeper
-from server.postgres.accounts import PgAccountStore
 from server.postgres.journals import PgJournalStore
-from server.postgres.pool import create_pool
+from tests.fixtures.pipeline import balance, pending
 from tests.invariants import assert_invariants
-from tests.test_apply_at_accept import balance, pending
 
 pytestmark = pytest.mark.timeout(60)
 
 LEASE_S = 0.2
 
-
-@pytest.fixture
-async def db(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(pg_dsn, min_size=1, max_size=6)
-    accounts = PgAccountStore(pool)
-    for name in ("alice", "bob"):
-        await accounts.create(name, "USD", 0, None, {})
-    yield pool
-    await pool.close()
 
 
 def make_pool(store: PgJournalStore, executed: list[Executed], *, apply: bool = False,

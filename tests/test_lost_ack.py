@@ -18,11 +18,9 @@ from core.ledger import Outcome
 from core.pool import ProcessorPool
 from core.ports import PendingJournal, RecordedJournal
 from server.errors import from_exception
-from server.postgres.accounts import PgAccountStore
 from server.postgres.journals import PgJournalStore, PgLedgerUnit
-from server.postgres.pool import create_pool
+from tests.fixtures.pipeline import balance, pending
 from tests.invariants import assert_invariants
-from tests.test_apply_at_accept import balance, pending
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,15 +61,6 @@ class LostAck:
             raise Unavailable("the database is unavailable")
         return await self._real.recorded(receipt_codes, session)
 
-
-@pytest.fixture
-async def db(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(pg_dsn, min_size=1, max_size=6)
-    accounts = PgAccountStore(pool)
-    for name in ("alice", "bob"):
-        await accounts.create(name, "USD", 0, None, {})
-    yield pool
-    await pool.close()
 
 
 def make_pool(store: Any, executed: list[Executed], *, apply: bool = True) -> ProcessorPool:
