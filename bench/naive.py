@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -41,11 +40,10 @@ from bench.scenarios import (
     rate,
     warnings,
 )
-from bench.stack import Server, StackConfig, free_port
+from bench.stack import Server, StackConfig, free_port, stop_process
 from bench.wrk import ROOT
 
 READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 30.0
 POLL_S = 0.1
 
 
@@ -140,13 +138,7 @@ class NaiveServer:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop_process(self.process)
 
 
 def start(backends: Backends, workers: int, log_path: Path) -> NaiveServer:

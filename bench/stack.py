@@ -60,15 +60,7 @@ class Server:
             return "(no log)"
 
     def stop(self) -> int | None:
-        """SIGTERM, then wait; SIGKILL only our own master if it ignores us."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            return None
+        return stop_process(self.process)
 
     def layout(self) -> procs.Layout:
         """Its processes for the CPU accounting: it is the gunicorn master and the parent
@@ -78,6 +70,18 @@ class Server:
 
     def discard(self) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> int | None:
+    """SIGTERM, then wait; SIGKILL only our own process if it ignores us (then None)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return None
 
 
 def free_port() -> int:
