@@ -86,8 +86,10 @@ def _param(name: str, where: str, schema: dict[str, Any], description: str,
             "description": description, "schema": schema}
 
 
-REQUEST_ID = _param("X-Request-Id", "header", HEADERS["X-Request-Id"]["schema"],
-                    "Names this request in the server's logs; echoed back.")
+# Any value is accepted: one that is not 1..128 visible ASCII characters is replaced.
+REQUEST_ID = _param("X-Request-Id", "header", {"type": "string"},
+                    "Names this request in the server's logs; echoed back when it is 1..128 "
+                    "visible ASCII characters, else replaced by a new one.")
 ACCOUNT_ID = _param("account_id", "path", {"type": "string", "pattern": r"^[A-Za-z0-9_@:-]{1,64}$"},
                     "An account id (`@world:<CUR>` for system accounts).")
 RECEIPT = _param("receipt_code", "path",
