@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
+
+from core.models import AMOUNT_MAX, LEGS_MAX
+from core.validation import DESCRIPTION_MAX
+
+# The request limits, on the Structs that decode requests, so that the generated OpenAPI
+# states them and the decoder refuses what breaks them (core/validation.py checks the
+# rules across fields, and the same limits again for callers that skip the decoder).
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3,10}$", description="3 to 10 uppercase letters")]
+AccountId = Annotated[str, Meta(pattern=r"^([A-Za-z0-9_-]{1,64}|@world:[A-Z]{3,10})$")]
+NewAccountId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Amount = Annotated[int, Meta(ge=1, le=AMOUNT_MAX, description="minor units")]
+Limit = Annotated[int, Meta(ge=0, le=AMOUNT_MAX)]
+Description = Annotated[str, Meta(max_length=DESCRIPTION_MAX)]
+TransactionType = Literal["transfer", "deposit", "withdrawal"]
 
 
 class Contact(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -14,9 +29,9 @@ class Contact(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 
 class AccountIn(msgspec.Struct, forbid_unknown_fields=True):
-    currency: str
-    id: str | None = None
-    overdraft_limit: int = 0
+    currency: Currency
+    id: NewAccountId | None = None
+    overdraft_limit: Limit = 0
     contact: Contact | None = None
     metadata: dict[str, Any] | None = None
 
@@ -26,19 +41,19 @@ class AccountPatch(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class LegIn(msgspec.Struct, forbid_unknown_fields=True, array_like=False):
-    source: str
-    destination: str
-    amount: int
+    source: AccountId
+    destination: AccountId
+    amount: Amount
 
 
 class TransactionIn(msgspec.Struct, forbid_unknown_fields=True):
-    type: str
-    currency: str
-    amount: int | None = None
-    source: str | None = None
-    destination: str | None = None
-    legs: list[LegIn] | None = None
-    description: str | None = None
+    type: TransactionType
+    currency: Currency
+    amount: Amount | None = None
+    source: AccountId | None = None
+    destination: AccountId | None = None
+    legs: Annotated[list[LegIn], Meta(min_length=1, max_length=LEGS_MAX)] | None = None
+    description: Description | None = None
     metadata: dict[str, Any] | None = None
 
 

@@ -282,6 +282,9 @@ class PgJournalStore:
         (after the rollback); the connection failing during COMMIT itself raises
         CommitUnknown, carrying the server pid so the check can fence that session."""
         async with converted_errors(), self._pool.acquire() as conn:
+            # Read now: once the connection is lost, asyncpg has already detached it from
+            # the pool's handle, and asking it then raises instead of answering.
+            session = conn.get_server_pid()
             committing = False
             try:
                 async with rejected_data(), conn.transaction():
@@ -290,8 +293,8 @@ class PgJournalStore:
             except LOST as exc:
                 if not committing:
                     raise
-                raise CommitUnknown(f"the commit was not acknowledged ({type(exc).__name__})",
-                                    session=conn.get_server_pid()) from exc
+                raise CommitUnknown("the commit was not acknowledged",
+                                    session=session) from exc
 
     async def recorded(self, receipt_codes: list[str], session: object | None
                        ) -> dict[str, RecordedJournal]:
@@ -304,7 +307,8 @@ class PgJournalStore:
                     await wait_gone(conn, session)
                 rows = await conn.fetch(RECORDED, receipt_codes)
         except (*LOST, asyncpg.PostgresError) as exc:
-            raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
+            log.warning("looking up journals after a lost commit failed: %r", exc)
+            raise Unavailable("the database is unavailable") from exc
         return {r["external_ref"]: RecordedJournal(
             r["id"], r["external_ref"], r["status"],
             ErrorBody(r["error_code"], r["error_message"]) if r["error_code"] else None,
