@@ -67,7 +67,7 @@ async def test_two_instances_share_one_ledger_through_a_crash(
         assert set(status_counts(replies)) <= {"202", "422", "503", "ServerDisconnectedError",
                                                 "ClientOSError", "ClientConnectorError",
                                                 "ClientPayloadError"}
-        assert len(receipts) > 1500, status_counts(replies)
+        assert len(receipts) > 500, status_counts(replies)
         assert len(set(receipts)) == len(receipts), "a receipt code was handed out twice"
         for kassa in (first, second):  # every receipt visible, and final, from both
             final = await wait_terminal(kassa.url, receipts, 90)

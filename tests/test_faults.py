@@ -227,11 +227,11 @@ async def test_lost_commit_acknowledgements_under_load(pg_server: PostgresServer
             pg.disarm()
             sent = await load
             counts = status_counts(replies(sent))
-            assert pg.cuts_after >= 5, f"only {pg.cuts_after} COMMITs were cut"
+            assert pg.cuts_after >= 3, f"only {pg.cuts_after} COMMITs were cut"
             assert set(counts) <= {"201", "202", "422", "503"}, counts
             assert {code_of(s.result) for s in sent if isinstance(s.result, Reply)
                     and s.result.status == 503} <= {"unavailable", "outcome_unknown"}, counts
-            assert len(accepted(sent)) > 1000, counts
+            assert len(accepted(sent)) > 300, counts
             await check_outcomes(dsn, kassa.url, sent)
 
             # Retried with the same key, an unanswered request is applied exactly once.
@@ -354,7 +354,7 @@ async def test_slow_receipt_service(pg_server: PostgresServer, redis_server: Red
             counts = status_counts(replies(sent))
             assert set(counts) <= {"201", "202", "422"}, counts
             during = [s for s in sent if slowed_at + 0.5 <= s.started_s <= restored_at]
-            assert len(during) > 500, f"only {len(during)} requests sent while slowed"
+            assert len(during) > 100, f"only {len(during)} requests sent while slowed"
             await check_outcomes(dsn, kassa.url, sent)
             deadline = time.monotonic() + 30
             while missing := await unregistered(dsn):
