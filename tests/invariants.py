@@ -7,6 +7,8 @@ check right after a load would see the lag, and most tests run without a receipt
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 
 from server.postgres.verify import GRACE_S, verify
@@ -24,9 +26,14 @@ async def assert_invariants(dsn: str, *, receipts: bool = False,
     assert not found, f"invariants broken: {found}"
 
 
-async def unfinished(dsn: str) -> int:
+async def scalar(dsn: str, sql: str, *args: object) -> Any:
+    """One value read on a connection of its own (tests check the database between steps)."""
     conn = await asyncpg.connect(dsn)
     try:
-        return int(await conn.fetchval("SELECT count(*) FROM journals WHERE status = 'processing'"))
+        return await conn.fetchval(sql, *args)
     finally:
         await conn.close()
+
+
+async def unfinished(dsn: str) -> int:
+    return int(await scalar(dsn, "SELECT count(*) FROM journals WHERE status = 'processing'"))

@@ -25,13 +25,18 @@ async def test_database_down_answers_503(redis_url: str) -> None:
             assert (await client.post("/v1/accounts", json={"id": "d1", "currency": "USD"})).status_code == 201
             await asyncio.to_thread(server.stop)
             for request in (client.post("/v1/accounts", json={"id": "d2", "currency": "USD"}),
-                            client.get("/v1/accounts/d1"),
+                            client.get("/v1/accounts/d1"), client.get("/v1/accounts/d1/entries"),
                             client.post("/v1/transactions", json={
                                 "type": "deposit", "currency": "USD", "destination": "d1", "amount": 5}),
                             client.get("/v1/transactions/RCP-20261124-0000000000000000/status")):
                 r = await asyncio.wait_for(request, 10)
                 assert r.status_code == 503, r.text
                 assert r.json()["error"]["code"] == "unavailable" and r.headers["retry-after"]
+                # The contract: error messages never carry driver, host or port text.
+                message = r.json()["error"]["message"].lower()
+                for leak in ("127.0.0.1", str(server.port), "asyncpg", "errno", "connect ", "refused",
+                             "socket", "localhost"):
+                    assert leak not in message, message
             ready = await client.get("/readyz")
             assert ready.status_code == 503 and ready.json()["postgres"] == "down"
         await asyncio.wait_for(runtime.stop(), 60)

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import new_database
 from tests.fixtures.kassa_server import KassaProcess, start_kassa
 from tests.fixtures.servers import PostgresServer, RedisServer
-from tests.invariants import assert_invariants
+from tests.invariants import assert_invariants, scalar
 from tests.load import (
     SERVE_ENV,
     Reply,
@@ -39,13 +39,7 @@ def accepted(replies: list[Reply | Exception]) -> list[str]:
 
 
 async def outbox_left(dsn: str) -> int:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM outbox"))
-    finally:
-        await conn.close()
+    return int(await scalar(dsn, "SELECT count(*) FROM outbox"))
 
 
 async def test_two_instances_share_one_ledger_through_a_crash(
