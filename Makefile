@@ -47,7 +47,7 @@ venv-dev: $(PY)
 	$(PIP) install -q -e '.[embedded,dev]'
 
 proto: venv-dev
-	$(PY) -m server.grpc.generate
+	$(PY) -m server.adapters.grpc.generate
 
 clean:
 	rm -rf build *.egg-info native/*.so native/_speedups.c .kassa

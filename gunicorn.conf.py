@@ -1,15 +1,15 @@
 """gunicorn settings for running Kassa under a plain `gunicorn` command:
 
-    KASSA_DATABASE_URL=... gunicorn -c gunicorn.conf.py 'server.app:create_app()'
+    KASSA_DATABASE_URL=... gunicorn -c gunicorn.conf.py 'server.http.app:create_app()'
 
-`kassa serve` uses the same values (server/gunicorn_app.py) and also runs migrations
+`kassa serve` uses the same values (server/process/gunicorn_app.py) and also runs migrations
 and the embedded stack; prefer it.
 """
 
 import multiprocessing
 import os
 
-from server.gunicorn_app import gunicorn_options
+from server.process.gunicorn_app import gunicorn_options
 
 _options = gunicorn_options(
     os.environ.get("KASSA_HOST", "127.0.0.1"),

@@ -4,7 +4,7 @@ accounting reports, and where `kassa serve`'s embedded Redis and broker listen.
 `kassa serve` is the gunicorn master; its children are the workers (forks: the same command
 line as the master), the embedded Redis (`redis-server 127.0.0.1:PORT`, redis rewrites its
 title), the broker (`tansu broker --listener-url tcp://HOST:PORT ...`) and the gRPC services
-(`... server.cli receipt-service ...`, `... notification-service ...`). The PostgreSQL
+(`... server.process.cli receipt-service ...`, `... notification-service ...`). The PostgreSQL
 postmaster is not a child: pg_ctl daemonizes it; its PID is the first line of
 `<data dir>/pg/postmaster.pid`.
 """

@@ -1,7 +1,7 @@
 """Start and stop `kassa serve` the README way, as a child we own and stop by PID.
 
 `StackConfig.kassa` may be another checkout's venv `kassa` script (`--kassa-bin`): it then
-runs from that checkout, because its gRPC services start with `python -m server.cli` and
+runs from that checkout, because its gRPC services start with `python -m server.process.cli` and
 `-m` puts the working directory first on sys.path.
 """
 

@@ -174,7 +174,7 @@ def block_codes(block_no, first, count, now_ms):
 # ------------------------------------------------------------------- post batch
 
 cdef enum:
-    LEGS_FAST_MAX = 64  # core.models.LEGS_MAX; longer tasks go to the twin
+    LEGS_FAST_MAX = 64  # core.ledger.models.LEGS_MAX; longer tasks go to the twin
     SLOTS_MAX = 2 * LEGS_FAST_MAX
     DELEGATE = -1
     POSTED = 0

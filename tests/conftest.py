@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import asyncpg
 import pytest
 
-from server.postgres.migrate import apply_migrations
+from server.adapters.postgres.migrate import apply_migrations
 from tests.fixtures.servers import PostgresServer, RedisServer, start_postgres, start_redis
 
 pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.pipeline"]
@@ -60,7 +60,7 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 async def clients(redis_url: str) -> AsyncIterator[Callable[[], object]]:
     """Redis clients, each with its own connection pool (as separate processes have)."""
-    from server.redis.client import create_client
+    from server.adapters.redis.client import create_client
 
     made: list = []  # type: ignore[type-arg]
 
@@ -91,7 +91,7 @@ TEST_API_KEYS = f"{ADMIN_KEY}:admin,{WRITE_KEY}:write,{READ_KEY}:read"
 
 
 def make_settings(pg_dsn: str, redis_url: str | None, **overrides: object):  # type: ignore[no-untyped-def]
-    from server.settings import Settings
+    from server.process.settings import Settings
 
     values: dict[str, object] = {"database_url": pg_dsn, "redis_url": redis_url,
                                  "api_keys": TEST_API_KEYS, "sweep_interval_s": 0.2}
@@ -104,8 +104,8 @@ async def app_client(pg_dsn: str, redis_url: str):  # type: ignore[no-untyped-de
     """An httpx client on the real app (real PostgreSQL and Redis), in this process."""
     import httpx
 
-    from server.app import create_app
-    from server.runtime import build_runtime
+    from server.http.app import create_app
+    from server.process.runtime import build_runtime
 
     app = create_app()
     runtime = await build_runtime(make_settings(pg_dsn, redis_url))

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.grpc.clients import CHANNEL_OPTIONS
+from server.adapters.grpc.clients import CHANNEL_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ async def serving(main: Coroutine[Any, Any, None], address: str) -> AsyncIterato
 def start_receipt_process(port: int, dsn: str) -> subprocess.Popen[bytes]:
     """The receipt service as a child process, the way the CLI runs it."""
     code = (
-        "from server.grpc.receipt_service import run_receipt_service; "
+        "from server.services.receipts.service import run_receipt_service; "
         f"run_receipt_service({port}, {dsn!r})"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -1,6 +1,6 @@
 """The DESIGN.md invariants, checked with SQL against the real database.
 
-The checks live in server/postgres/verify.py (`kassa verify` runs the same ones). Receipt
+The checks live in server/adapters/postgres/verify.py (`kassa verify` runs the same ones). Receipt
 registration is checked only when asked: it is batched after the outcome, and tests that
 check right after a load would see the lag, and most tests run without a receipt service.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from server.postgres.verify import GRACE_S, verify
+from server.adapters.postgres.verify import GRACE_S, verify
 
 
 async def violations(dsn: str, *, receipts: bool = False,

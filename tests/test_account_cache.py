@@ -15,12 +15,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from core.account_cache import CacheStats, LocalAccountCache
-from core.models import AccountSnapshot
-from server.postgres.journals import PgJournalStore
-from server.postgres.pool import create_pool
-from server.redis.account_cache import RedisAccountCache
-from server.redis.client import create_client
+from core.kit.account_cache import CacheStats, LocalAccountCache
+from core.ledger.models import AccountSnapshot
+from server.adapters.postgres.journals import PgJournalStore
+from server.adapters.postgres.pool import create_pool
+from server.adapters.redis.account_cache import RedisAccountCache
+from server.adapters.redis.client import create_client
 from tests.fixtures.servers import free_port, start_redis
 
 pytestmark = pytest.mark.timeout(60)
@@ -358,9 +358,9 @@ async def test_hung_redis_costs_reads_nothing() -> None:
 
 CHILD = """
 import asyncio, sys, time
-from core.models import AccountSnapshot
-from server.redis.account_cache import RedisAccountCache
-from server.redis.client import create_client
+from core.ledger.models import AccountSnapshot
+from server.adapters.redis.account_cache import RedisAccountCache
+from server.adapters.redis.client import create_client
 
 class Database:
     async def get_accounts(self, ids):

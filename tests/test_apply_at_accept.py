@@ -1,4 +1,4 @@
-"""Applying new journals in the accept's own commit (core.executor.apply_pending through
+"""Applying new journals in the accept's own commit (core.pipeline.executor.apply_pending through
 ProcessorPool.record), against the real PostgreSQL: outcomes per item, idempotency keys
 already recorded or sent twice in one group, racing groups, and the fallback to pending
 journals while the writers have a backlog."""
@@ -10,11 +10,11 @@ import asyncio
 import asyncpg
 import pytest
 
-from core.executor import Executed, Task
-from core.ledger import Outcome
-from core.pool import ProcessorPool
-from core.ports import ExistingJournal
-from server.postgres.journals import PgJournalStore
+from core.ledger.decide import Outcome
+from core.pipeline.executor import Executed, Task
+from core.pipeline.pool import ProcessorPool
+from core.pipeline.ports import ExistingJournal
+from server.adapters.postgres.journals import PgJournalStore
 from tests.fixtures.pipeline import balance, pending
 from tests.invariants import assert_invariants
 

@@ -1,4 +1,4 @@
-"""core.batcher.Batcher against in-memory sinks (this is about the logic, not a server)."""
+"""core.kit.batcher.Batcher against in-memory sinks (this is about the logic, not a server)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from core.batcher import Batcher
-from core.errors import Overloaded
+from core.kit.batcher import Batcher
+from core.ledger.errors import Overloaded
 
 
 class RecordingSink:
@@ -128,7 +128,7 @@ async def test_sink_failure_and_timeout_fail_every_item_of_the_batch() -> None:
     await batcher.close()
 
 
-# Regression tests for two bugs found in core/batcher.py (fixed).
+# Regression tests for two bugs found in core/kit/batcher.py (fixed).
 
 async def test_close_without_start_resolves_pending_items() -> None:
     batcher: Batcher[int, int] = Batcher(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from core.kit.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
 class FakeClock:

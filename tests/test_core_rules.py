@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import InvalidRequest
-from core.ledger import decide_batch, prevalidate
-from core.models import AccountSnapshot as Account
-from core.ports import JournalStatus
-from core.status import COMPLETED, EXECUTING, FAILED, PROCESSING, can_move
-from core.tracker import StatusTracker
-from core.validation import normalize_transaction as tx
+from core.ledger.decide import decide_batch, prevalidate
+from core.ledger.errors import InvalidRequest
+from core.ledger.models import AccountSnapshot as Account
+from core.ledger.status import COMPLETED, EXECUTING, FAILED, PROCESSING, can_move
+from core.ledger.validation import normalize_transaction as tx
+from core.pipeline.ports import JournalStatus
+from core.pipeline.tracker import StatusTracker
 
 
 def accounts(**balances: tuple[int, int | None]) -> dict[str, Account]:

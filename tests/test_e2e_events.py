@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from server.kafka.relay import APPLICATION_NAME, RELAY_LOCK_ID
+from server.adapters.kafka.relay import APPLICATION_NAME, RELAY_LOCK_ID
 from tests.conftest import new_database
 from tests.fixtures.kafka import KafkaBroker
 from tests.fixtures.kassa_server import KassaProcess, start_kassa

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.logs import FORMAT, RequestIdFilter
+from server.process.logs import FORMAT, RequestIdFilter
 from tests.test_http_api import make_accounts, snapshot
 
 pytestmark = pytest.mark.timeout(120)
@@ -319,8 +319,8 @@ async def test_world_accounts_cannot_be_patched(app_client, pg_dsn, monkeypatch)
 async def test_redis_errors_become_generic_messages() -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from core.errors import Unavailable
-    from server.redis.client import converted_errors
+    from core.ledger.errors import Unavailable
+    from server.adapters.redis.client import converted_errors
 
     with pytest.raises(Unavailable) as caught:
         async with converted_errors("rate limit"):
@@ -331,7 +331,7 @@ async def test_redis_errors_become_generic_messages() -> None:
 # 7. The admin key file --------------------------------------------------------------------
 
 def test_admin_key_file_is_owner_only_from_creation(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from server.cli import admin_key
+    from server.process.cli import admin_key
 
     # With a permissive umask and no chmod, only the mode given at creation counts.
     monkeypatch.setattr(Path, "chmod", lambda *args, **kwargs: None)

@@ -26,10 +26,10 @@ import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from core.errors import CommitUnknown
-from server.kafka.broker import stop_tansu, tansu_binary
-from server.postgres.journals import PgJournalStore
-from server.postgres.pool import create_pool
+from core.ledger.errors import CommitUnknown
+from server.adapters.postgres.journals import PgJournalStore
+from server.adapters.postgres.pool import create_pool
+from server.process.embedded_kafka import stop_tansu, tansu_binary
 from tests.conftest import new_database
 from tests.fixtures.kassa_server import KASSA, KassaProcess, start_kassa
 from tests.fixtures.pipeline import pending
@@ -182,7 +182,7 @@ def serve(**env: str) -> KassaProcess:
 
 # -- a. PostgreSQL: the connection cut right after COMMIT was sent ------------------------
 
-# Server bug found by these tests (server/postgres/journals.py, PgJournalStore._transaction):
+# Server bug found by these tests (server/adapters/postgres/journals.py, PgJournalStore._transaction):
 # when the connection fails during COMMIT, asyncpg has already detached the pool's
 # connection proxy, so `conn.get_server_pid()` in the `except LOST` handler raises
 # InterfaceError("cannot call Connection.get_server_pid(): connection has been released

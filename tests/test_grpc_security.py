@@ -15,12 +15,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.grpc import receipt_service
-from server.grpc.clients import CHANNEL_OPTIONS, ReceiptClient
-from server.grpc.gen.kassa.v1 import receipts_pb2 as pb
-from server.grpc.gen.kassa.v1 import receipts_pb2_grpc as pb_grpc
-from server.grpc.runtime import start_server, stop_server
-from server.grpc.security import GrpcSecurity, InsecureListen
+from server.adapters.grpc.clients import CHANNEL_OPTIONS, ReceiptClient
+from server.adapters.grpc.gen.kassa.v1 import receipts_pb2 as pb
+from server.adapters.grpc.gen.kassa.v1 import receipts_pb2_grpc as pb_grpc
+from server.adapters.grpc.security import GrpcSecurity, InsecureListen
+from server.services.grpc_server import start_server, stop_server
+from server.services.receipts import service as receipt_service
 
 pytestmark = pytest.mark.timeout(60)
 CODE = "RCP-20261202-0000000000000000"
@@ -76,7 +76,7 @@ def test_listening_beyond_loopback_needs_tls_and_a_token(certificate: tuple[str,
 
 def test_the_cli_refuses_a_public_address_in_one_line(pg_dsn: str) -> None:
     env = {**os.environ, "KASSA_DATABASE_URL": pg_dsn}
-    done = subprocess.run([sys.executable, "-m", "server.cli", "receipt-service", "--host",
+    done = subprocess.run([sys.executable, "-m", "server.process.cli", "receipt-service", "--host",
                            "0.0.0.0", "--port", "0"], env=env, capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 2

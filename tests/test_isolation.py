@@ -10,12 +10,12 @@ import asyncpg
 import msgspec
 import pytest
 
-from core.errors import Rejected
-from core.executor import Executed, Task
-from core.ledger import Outcome
-from core.pool import ProcessorPool
-from core.ports import PendingJournal
-from server.postgres.journals import PgJournalStore
+from core.ledger.decide import Outcome
+from core.ledger.errors import Rejected
+from core.pipeline.executor import Executed, Task
+from core.pipeline.pool import ProcessorPool
+from core.pipeline.ports import PendingJournal
+from server.adapters.postgres.journals import PgJournalStore
 from tests.fixtures.pipeline import balance, pending
 from tests.invariants import assert_invariants
 

@@ -12,7 +12,7 @@ from aiokafka.producer import sender
 from aiokafka.protocol.api import Request
 from aiokafka.protocol.transaction import InitProducerIdRequest_v0
 
-from server.kafka import compat
+from server.adapters.kafka import compat
 from tests.fixtures.kafka import KafkaBroker
 
 pytestmark = pytest.mark.timeout(30)

@@ -9,12 +9,12 @@ import asyncio
 import asyncpg
 import pytest
 
-from core.executor import Executed, Task
-from core.isolation import deduplicated
-from core.ledger import Outcome
-from core.pool import ProcessorPool
-from core.recovery import RecoverySweeper
-from server.postgres.journals import PgJournalStore
+from core.ledger.decide import Outcome
+from core.pipeline.executor import Executed, Task
+from core.pipeline.isolation import deduplicated
+from core.pipeline.pool import ProcessorPool
+from core.pipeline.recovery import RecoverySweeper
+from server.adapters.postgres.journals import PgJournalStore
 from tests.fixtures.pipeline import balance, pending
 from tests.invariants import assert_invariants
 

@@ -12,13 +12,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from core.errors import CommitUnknown, OutcomeUnknown, Unavailable
-from core.executor import Executed
-from core.ledger import Outcome
-from core.pool import ProcessorPool
-from core.ports import PendingJournal, RecordedJournal
-from server.errors import from_exception
-from server.postgres.journals import PgJournalStore, PgLedgerUnit
+from core.ledger.decide import Outcome
+from core.ledger.errors import CommitUnknown, OutcomeUnknown, Unavailable
+from core.pipeline.executor import Executed
+from core.pipeline.pool import ProcessorPool
+from core.pipeline.ports import PendingJournal, RecordedJournal
+from server.adapters.postgres.journals import PgJournalStore, PgLedgerUnit
+from server.http.errors import from_exception
 from tests.fixtures.pipeline import balance, pending
 from tests.invariants import assert_invariants
 

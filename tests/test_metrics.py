@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from server.metrics import LATENCY_BUCKETS, observe_many
+from server.adapters.prometheus import LATENCY_BUCKETS, observe_many
 
 
 def samples(histogram: Histogram, registry: CollectorRegistry) -> dict[tuple[str, str], float]:

@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from server.postgres.nodes import (
+from server.adapters.postgres.nodes import (
     NodeIdTaken,
     keep_node_id,
     lease_node_id,
     release_node_ids,
     renew_node_id,
 )
-from server.postgres.pool import create_pool
+from server.adapters.postgres.pool import create_pool
 
 pytestmark = pytest.mark.timeout(60)
 

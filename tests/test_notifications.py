@@ -18,12 +18,12 @@ import pytest
 from aiosmtpd.controller import Controller
 from prometheus_client import REGISTRY
 
-from core.ports import Notification
-from server.grpc import notification_service
-from server.grpc.clients import NotificationClient
-from server.grpc.gen.kassa.v1 import notifications_pb2 as pb
-from server.grpc.gen.kassa.v1 import notifications_pb2_grpc as pb_grpc
-from server.grpc.notification_delivery import NotificationConfig
+from core.pipeline.ports import Notification
+from server.adapters.grpc.clients import NotificationClient
+from server.adapters.grpc.gen.kassa.v1 import notifications_pb2 as pb
+from server.adapters.grpc.gen.kassa.v1 import notifications_pb2_grpc as pb_grpc
+from server.services.notifications import service as notification_service
+from server.services.notifications.delivery import NotificationConfig
 from tests.fixtures.servers import free_port
 from tests.grpc_helpers import serving
 

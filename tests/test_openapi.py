@@ -11,10 +11,10 @@ import msgspec
 import pytest
 from openapi_spec_validator import validate
 
-from server import schemas
-from server.app import HOT_ROUTES, ROUTES
-from server.errors import HTTP_STATUS
-from server.openapi import OPENAPI, UNDOCUMENTED_CODES
+from server.http import schemas
+from server.http.app import HOT_ROUTES, ROUTES
+from server.http.errors import HTTP_STATUS
+from server.http.openapi import OPENAPI, UNDOCUMENTED_CODES
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,8 +19,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 from prometheus_client import REGISTRY
 
-from server.kafka import relay as relay_module
-from server.kafka.relay import APPLICATION_NAME, RELAY_LOCK_ID, OutboxRelay
+from server.adapters.kafka import relay as relay_module
+from server.adapters.kafka.relay import APPLICATION_NAME, RELAY_LOCK_ID, OutboxRelay
 from tests.fixtures.kafka import KafkaBroker
 from tests.fixtures.servers import free_port
 
@@ -423,7 +423,7 @@ async def test_standalone_relay_takes_part_in_the_election(
     worker = OutboxRelay(pg_dsn, kafka_broker.bootstrap, TOPIC)
     await worker.start()
     await wait_leader([worker])
-    code = ("import asyncio, sys; from server.kafka.relay import run_standalone; "
+    code = ("import asyncio, sys; from server.adapters.kafka.relay import run_standalone; "
             "asyncio.run(run_standalone(*sys.argv[1:]))")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, pg_dsn, kafka_broker.bootstrap, TOPIC,

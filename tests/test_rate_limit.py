@@ -10,12 +10,12 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio as aioredis
 
-from core.errors import RateLimited
-from core.rate_limit import Throttle, bucket_key, retry_after_s
-from server.errors import from_exception
-from server.redis.client import create_client
-from server.redis.rate_limit import RedisRateLimiter, rate_limiter
-from server.settings import Settings
+from core.kit.rate_limit import Throttle, bucket_key, retry_after_s
+from core.ledger.errors import RateLimited
+from server.adapters.redis.client import create_client
+from server.adapters.redis.rate_limit import RedisRateLimiter, rate_limiter
+from server.http.errors import from_exception
+from server.process.settings import Settings
 from tests.fixtures.servers import free_port
 
 pytestmark = pytest.mark.timeout(30)

@@ -20,22 +20,22 @@ import pytest
 from prometheus_client import REGISTRY
 
 import native
-from core.breaker import CLOSED, OPEN, CircuitBreaker
-from core.errors import Unavailable
-from core.ports import ReceiptRecord
+from core.kit.breaker import CLOSED, OPEN, CircuitBreaker
+from core.ledger.errors import Unavailable
+from core.pipeline.ports import ReceiptRecord
 from native import _py
-from server.grpc import receipt_service
-from server.grpc.clients import CallRefused, ReceiptClient, breaker_states, guarded
-from server.grpc.gen.kassa.v1 import receipts_pb2 as pb
-from server.grpc.gen.kassa.v1 import receipts_pb2_grpc as pb_grpc
-from server.grpc.runtime import start_server, stop_server
-from server.receipts_local import LocalReceiptSource
-from server.settings import (
+from server.adapters.grpc.clients import CallRefused, ReceiptClient, breaker_states, guarded
+from server.adapters.grpc.gen.kassa.v1 import receipts_pb2 as pb
+from server.adapters.grpc.gen.kassa.v1 import receipts_pb2_grpc as pb_grpc
+from server.adapters.local_receipts import LocalReceiptSource
+from server.process.settings import (
     RECEIPT_BATCH_SIZE_MAX,
     RECEIPT_BLOCK_SIZE_MAX,
     ConfigError,
     load_settings,
 )
+from server.services.grpc_server import start_server, stop_server
+from server.services.receipts import service as receipt_service
 from tests.fixtures.servers import free_port
 from tests.grpc_helpers import serving, start_receipt_process, stop_process, wait_serving
 

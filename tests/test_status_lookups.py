@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from core.breaker import CLOSED
-from server.app import create_app
-from server.grpc import receipt_service
-from server.grpc.clients import ReceiptClient
-from server.runtime import build_runtime
+from core.kit.breaker import CLOSED
+from server.adapters.grpc.clients import ReceiptClient
+from server.http.app import create_app
+from server.process.runtime import build_runtime
+from server.services.receipts import service as receipt_service
 from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, make_settings
 from tests.fixtures.servers import free_port
 from tests.grpc_helpers import serving

@@ -11,11 +11,11 @@ import time
 import asyncpg
 import pytest
 
-from server.app import create_app
-from server.grpc import receipt_service
-from server.postgres import verify as verify_module
-from server.postgres.verify import CHECKS, verify
-from server.runtime import build_runtime
+from server.adapters.postgres import verify as verify_module
+from server.adapters.postgres.verify import CHECKS, verify
+from server.http.app import create_app
+from server.process.runtime import build_runtime
+from server.services.receipts import service as receipt_service
 from tests.conftest import ADMIN_KEY, make_settings
 from tests.fixtures.servers import free_port
 from tests.grpc_helpers import serving
@@ -102,7 +102,7 @@ async def planted(dsn: str, sql: str = "") -> str:
 def run_cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KASSA_")}
     env["KASSA_DATABASE_URL"] = dsn
-    return subprocess.run([sys.executable, "-m", "server.cli", "verify", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "server.process.cli", "verify", *args], env=env,
                           capture_output=True, text=True, timeout=30, check=False)
 
 
@@ -169,7 +169,7 @@ async def test_cli_exits_1_and_names_each_violation(pg_dsn: str) -> None:
 
 def test_cli_without_a_database_url_is_a_configuration_error() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KASSA_")}
-    result = subprocess.run([sys.executable, "-m", "server.cli", "verify"], env=env,
+    result = subprocess.run([sys.executable, "-m", "server.process.cli", "verify"], env=env,
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2
     assert "KASSA_DATABASE_URL" in result.stderr

@@ -1,0 +1,139 @@
+"""The executor's pure decision: a batch of accepted transactions against locked accounts.
+
+Given the accounts as locked inside one database transaction, decide each task in
+order (one failure fails that task only), and return everything the adapter must
+write: new balances, ledger rows as columns, journal outcomes and outbox events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+
+import native
+from core.ledger.errors import (
+    AccountInactive,
+    AccountNotFound,
+    BusinessRuleError,
+    CurrencyMismatch,
+    InsufficientFunds,
+)
+from core.ledger.models import AccountSnapshot, Entry, ErrorBody, Transaction, TransactionEvent
+from core.ledger.status import COMPLETED, FAILED
+
+INT64_MIN = -(1 << 63)
+_encode = msgspec.json.Encoder().encode
+DIRECTIONS = {native.DEBIT: "debit", native.CREDIT: "credit"}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    journal_id: int
+    receipt_code: str
+    status: str
+    entries: list[Entry]
+    error: ErrorBody | None
+    finished_at: str = ""  # RFC 3339, when decided; "" when not known here
+    # Set when the journal was recorded by the commit that decided it (apply at accept):
+    # then its created_at and completed_at are both `finished_at`.
+    recorded_with_decision: bool = False
+
+
+@dataclass
+class BatchDecision:
+    outcomes: list[Outcome]
+    balances: dict[str, int]  # only accounts whose balance changed
+    ledger_columns: list[list[int] | list[str]]  # journal ids, accounts, directions, amounts, after
+    events: list[bytes] = field(default_factory=list)
+
+
+def static_error(tx: Transaction, accounts: dict[str, AccountSnapshot]) -> BusinessRuleError | None:
+    """Rules that do not depend on balances: existence, currency, status."""
+    for account_id in tx.account_ids:
+        account = accounts.get(account_id)
+        if account is None:
+            return AccountNotFound(f"account {account_id} does not exist")
+        if account.currency != tx.currency:
+            return CurrencyMismatch(f"account {account_id} holds {account.currency}, not {tx.currency}")
+        if account.status != "active":
+            return AccountInactive(f"account {account_id} is {account.status}")
+    return None
+
+
+MESSAGES = {
+    "insufficient_funds": "an account debited by this transaction lacks the available balance",
+    "amount_overflow": "an account balance would leave the 64-bit range",
+}
+
+
+def decide_batch(
+    tasks: list[tuple[int, str, Transaction]],
+    accounts: dict[str, AccountSnapshot],
+    occurred_at: str,
+    *,
+    recorded_with_decision: bool = False,
+) -> BatchDecision:
+    """Decide (journal_id, receipt_code, transaction) tasks in order."""
+    balances = {a.id: a.balance for a in accounts.values()}
+    floors = {a.id: INT64_MIN if a.floor is None else a.floor for a in accounts.values()}
+    static = [static_error(tx, accounts) for _, _, tx in tasks]
+    postable = [(jid, [tuple(leg) for leg in tx.legs]) for (jid, _, tx), err in zip(tasks, static, strict=True)
+                if err is None]
+    money_errors, columns = native.post_batch(balances, floors, postable)
+    entries = _entries_by_journal(columns)
+    money = iter(money_errors)
+    outcomes = []
+    for (journal_id, receipt, _), err in zip(tasks, static, strict=True):
+        error = ErrorBody(err.code, err.message) if err is not None else None
+        if error is None:
+            code = next(money)
+            error = None if code is None else ErrorBody(code, MESSAGES[code])
+        status = COMPLETED if error is None else FAILED
+        outcomes.append(Outcome(journal_id, receipt, status, entries.get(journal_id, []), error,
+                                occurred_at, recorded_with_decision))
+    changed = {k: v for k, v in balances.items() if v != accounts[k].balance}
+    decision = BatchDecision(outcomes, changed, columns)
+    decision.events = [event_payload(o, tx, occurred_at) for o, (_, _, tx) in zip(outcomes, tasks, strict=True)]
+    return decision
+
+
+def _entries_by_journal(columns: list[list[int] | list[str]]) -> dict[int, list[Entry]]:
+    journal_ids, account_ids, directions, amounts, after = columns
+    grouped: dict[int, list[Entry]] = {}
+    for jid, acc, d, amount, bal in zip(journal_ids, account_ids, directions, amounts, after, strict=True):
+        grouped.setdefault(jid, []).append(Entry(acc, DIRECTIONS[d], amount, bal))  # type: ignore[index,arg-type]
+    return grouped
+
+
+def event_payload(outcome: Outcome, tx: Transaction, occurred_at: str) -> bytes:
+    event = TransactionEvent(
+        event=f"transaction.{outcome.status}",
+        receipt_code=outcome.receipt_code,
+        journal_id=outcome.journal_id,
+        type=tx.type,
+        currency=tx.currency,
+        entries=outcome.entries,
+        error=outcome.error,
+        occurred_at=occurred_at,
+    )
+    return _encode(event)
+
+
+def prevalidate(tx: Transaction, accounts: dict[str, AccountSnapshot]) -> BusinessRuleError | None:
+    """The early reject on the cached view: static rules, then the available balance.
+
+    Only an early answer: balances may be stale, and the executor decides again under lock.
+    """
+    error = static_error(tx, accounts)
+    if error is not None:
+        return error
+    net: dict[str, int] = {}
+    for leg in tx.legs:
+        net[leg.source] = net.get(leg.source, 0) - leg.amount
+        net[leg.destination] = net.get(leg.destination, 0) + leg.amount
+    for account_id, change in net.items():
+        account = accounts[account_id]
+        if change < 0 and account.floor is not None and account.balance + change < account.floor:
+            return InsufficientFunds(f"account {account_id} lacks the available balance")
+    return None

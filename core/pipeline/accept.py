@@ -1,0 +1,329 @@
+"""Accepting a transaction: the flow of DESIGN.md, steps 1 to 6 (and waiting for 7).
+
+validate (done by the caller) → idempotency → pre-validate on the cached view →
+reserve queue room → receipt code → durable journal (group commit) → queue → answer.
+A 202 is given only after the journal is committed; a full queue refuses before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core.kit.batcher import Batcher
+from core.ledger.decide import Outcome, prevalidate
+from core.ledger.errors import (
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    InsufficientFunds,
+    KassaError,
+    Overloaded,
+    Unavailable,
+)
+from core.ledger.models import AccountSnapshot, Transaction
+from core.ledger.status import COMPLETED
+from core.pipeline.executor import Task
+from core.pipeline.observer import NullObserver, Observer
+from core.pipeline.pool import ProcessorPool
+from core.pipeline.ports import (
+    AccountReader,
+    ExistingJournal,
+    IdempotencyCache,
+    IdempotencyRecord,
+    PendingJournal,
+    ReceiptSource,
+)
+
+log = logging.getLogger("kassa.accept")
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """The answer to one submission: 202 (accepted), 201 (completed) or 422 (failed).
+
+    0 means "answer from the journal as it stands now": the replay of a `?wait=true`
+    request, whose original answer was the finished transaction.
+    """
+
+    receipt_code: str
+    http_status: int
+    processing_time: str
+    replayed: bool = False
+    body: bytes | None = None  # the original 202 body, when replayed from Redis
+    outcome: Outcome | None = None  # set when a wait=true submission finished here
+    transaction: Transaction | None = None  # with the outcome: the answer needs no read
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    transaction: Transaction
+    scope: str
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    wait: bool = False
+
+
+def format_ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}ms"
+
+
+class TransactionService:
+    def __init__(
+        self,
+        *,
+        journals: Batcher[PendingJournal, int | ExistingJournal | Outcome],
+        receipts: ReceiptSource,
+        accounts: AccountReader,
+        pool: ProcessorPool,
+        idempotency: IdempotencyCache | None,
+        owner: str,
+        wait_timeout_s: float,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._journals = journals
+        self._receipts = receipts
+        self._accounts = accounts
+        self._pool = pool
+        self._idem = idempotency
+        self._owner = owner
+        self._wait_timeout_s = wait_timeout_s
+        self._observer = observer or NullObserver()
+        self._clock = clock
+
+    async def view_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
+        """One read for many submissions (the batch endpoint), passed back to `submit`."""
+        return await self._accounts.get_accounts(sorted(set(account_ids)))
+
+    async def submit(self, sub: Submission,
+                     accounts: dict[str, AccountSnapshot] | None = None) -> Submitted:
+        started = self._clock()
+        owned = False
+        if sub.idempotency_key is not None and self._idem is not None:
+            replay, owned = await self._begin_idempotent(sub)
+            if replay is not None:
+                return replay
+        try:
+            accepted = await self._accept(sub, started, accounts)
+        except BaseException:
+            if owned:
+                await self._abandon(sub)
+            raise
+        if isinstance(accepted, Submitted):
+            return accepted
+        code, processing_time, done = accepted
+        if owned:
+            await self._remember(sub, code, processing_time)
+        if not sub.wait:
+            return Submitted(code, 202, processing_time)
+        if isinstance(done, Outcome):
+            return _finished(code, processing_time, done, sub.transaction)
+        return await self._wait(done, processing_time)
+
+    async def submit_many(self, subs: list[Submission], accounts: dict[str, AccountSnapshot]
+                          ) -> list[Submitted | KassaError]:
+        """The items of one batch request, each answered on its own. Items with an
+        Idempotency-Key go one by one (each may replay); the others are checked, coded and
+        recorded together: one reservation, one block of codes, one group commit."""
+        keyed = [i for i, s in enumerate(subs) if s.idempotency_key is not None]
+        plain = [i for i, s in enumerate(subs) if s.idempotency_key is None]
+        plain_answers, keyed_answers = await asyncio.gather(
+            self._accept_plain([subs[i] for i in plain], accounts),
+            asyncio.gather(*(self._submit_or_error(subs[i], accounts) for i in keyed)))
+        results: list[Submitted | KassaError | None] = [None] * len(subs)
+        for i, answer in [*zip(plain, plain_answers, strict=True),
+                          *zip(keyed, keyed_answers, strict=True)]:
+            results[i] = answer
+        return [r for r in results if r is not None]
+
+    async def _submit_or_error(self, sub: Submission, accounts: dict[str, AccountSnapshot]
+                               ) -> Submitted | KassaError:
+        try:
+            return await self.submit(sub, accounts)
+        except KassaError as exc:
+            return exc
+        except Exception:  # noqa: BLE001 - a defect, logged; the other items stand
+            log.exception("a batch item failed unexpectedly")
+            return Unavailable("the transaction could not be recorded", retry_after_s=1)
+
+    async def _accept_plain(self, subs: list[Submission], accounts: dict[str, AccountSnapshot]
+                            ) -> list[Submitted | KassaError]:
+        if not subs:
+            return []
+        started = self._clock()
+        refusals = await self._check_many(subs, accounts)
+        ok = [i for i, refusal in enumerate(refusals) if refusal is None]
+        try:
+            self._pool.reserve(len(ok))
+        except Overloaded as exc:
+            return [exc if r is None else r for r in refusals]
+        try:
+            codes = await self._receipts.next_codes(len(ok))
+        except KassaError as exc:
+            self._pool.release(len(ok))
+            return [exc if r is None else r for r in refusals]
+        answers: list[Submitted | KassaError | Task | None] = list(refusals)
+        us = int((self._clock() - started) * 1e6)
+        recorded = await asyncio.gather(*(self._journals.submit(PendingJournal(
+            code, subs[i].transaction, None, None, None, "sync" if subs[i].wait else "async", us,
+            self._owner)) for i, code in zip(ok, codes, strict=True)), return_exceptions=True)
+        processing_time = format_ms(self._clock() - started)
+        for i, code, result in zip(ok, codes, recorded, strict=True):
+            answers[i] = self._accepted_item(subs[i], code, result, started, processing_time)
+        self._observer.accepted("transaction", self._clock() - started, len(ok))
+        tasks = [a for a in answers if isinstance(a, Task)]
+        finished = iter(await asyncio.gather(*(self._wait(t, processing_time) for t in tasks)))
+        return [next(finished) if isinstance(a, Task) else a for a in answers
+                if a is not None]
+
+    async def _check_many(self, subs: list[Submission], accounts: dict[str, AccountSnapshot]
+                          ) -> list[KassaError | None]:
+        """Pre-validation of many items; a refusal on funds is confirmed by one fresh read."""
+        errors: list[KassaError | None] = [prevalidate(s.transaction, accounts) for s in subs]
+        short = [i for i, e in enumerate(errors) if isinstance(e, InsufficientFunds)]
+        if short:
+            fresh = await self._accounts.get_accounts(
+                sorted({a for i in short for a in subs[i].transaction.account_ids}), fresh=True)
+            for i in short:
+                errors[i] = prevalidate(subs[i].transaction, fresh)
+        for error in errors:
+            if error is not None:
+                self._observer.refused(error.code)
+        return errors
+
+    def _accepted_item(self, sub: Submission, code: str, result: object, started: float,
+                       processing_time: str) -> Submitted | KassaError | Task:
+        """One recorded item: its answer, or its Task when it waits for a writer."""
+        if isinstance(result, BaseException):
+            self._pool.release()
+            if isinstance(result, KassaError):
+                return result
+            log.error("recording a batch item failed", exc_info=result)
+            return Unavailable("the transaction could not be recorded", retry_after_s=1)
+        self._log_start(code, sub.transaction)
+        if isinstance(result, Outcome):  # applied in the accept's commit
+            self._pool.release()
+            return _finished(code, processing_time, result, sub.transaction) if sub.wait else Submitted(
+                code, 202, processing_time)
+        assert isinstance(result, int)
+        waiter = asyncio.get_running_loop().create_future() if sub.wait else None
+        task = Task(result, code, sub.transaction, started, waiter)
+        self._pool.put(task)
+        return task if sub.wait else Submitted(code, 202, processing_time)
+
+    @staticmethod
+    def _log_start(code: str, tx: Transaction) -> None:
+        if log.isEnabledFor(logging.INFO):
+            log.info("[TRANSACTION START] Receipt: %s | Type: %s | Amount: %d | Accounts: %d",
+                     code, tx.type, tx.amount, len(tx.account_ids))
+
+    async def _accept(self, sub: Submission, started: float,
+                      accounts: dict[str, AccountSnapshot] | None
+                      ) -> tuple[str, str, Task | Outcome] | Submitted:
+        tx = sub.transaction
+        if accounts is None:
+            accounts = await self._accounts.get_accounts(tx.account_ids)
+        error = prevalidate(tx, accounts)
+        if isinstance(error, InsufficientFunds):
+            # A cached balance may be stale-low (a credit committed by another process):
+            # refuse on funds only by the database's view.
+            error = prevalidate(tx, await self._accounts.get_accounts(tx.account_ids, fresh=True))
+        if error is not None:
+            self._observer.refused(error.code)
+            raise error
+        self._pool.reserve()
+        try:
+            # From this process's stock of codes: no await unless it ran dry (then 503).
+            code = (await self._receipts.next_codes(1))[0]
+            result = await self._journals.submit(PendingJournal(
+                code, tx, sub.scope, sub.idempotency_key, sub.request_hash,
+                "sync" if sub.wait else "async",
+                int((self._clock() - started) * 1e6), self._owner))
+        except BaseException:
+            self._pool.release()
+            raise
+        if isinstance(result, ExistingJournal):
+            self._pool.release()
+            return self._replay_journal(sub, result)
+        done: Task | Outcome
+        if isinstance(result, Outcome):  # applied in the accept's commit
+            self._pool.release()
+            done = result
+        else:
+            waiter = asyncio.get_running_loop().create_future() if sub.wait else None
+            done = Task(result, code, tx, started, waiter)
+            self._pool.put(done)
+        elapsed = self._clock() - started
+        self._observer.accepted("transaction", elapsed)
+        self._log_start(code, tx)
+        return code, format_ms(elapsed), done
+
+    async def _wait(self, task: Task, processing_time: str) -> Submitted:
+        assert task.waiter is not None
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(task.waiter), self._wait_timeout_s)
+        except TimeoutError:
+            outcome = None
+        if outcome is None:
+            # Still running (or finished elsewhere): the receipt stands; the client polls it.
+            return Submitted(task.receipt_code, 202, processing_time)
+        return _finished(task.receipt_code, processing_time, outcome, task.transaction)
+
+    # ---- idempotency: Redis fast path, the journals' unique key as the authority ------
+
+    async def _begin_idempotent(self, sub: Submission) -> tuple[Submitted | None, bool]:
+        assert self._idem is not None and sub.idempotency_key is not None
+        try:
+            record = await self._idem.begin(sub.scope, sub.idempotency_key, sub.request_hash or "")
+        except Unavailable:
+            return None, False  # Redis down: the database constraint still decides
+        if record is None:
+            return None, True
+        if record.request_hash != sub.request_hash:
+            raise IdempotencyKeyReused("this Idempotency-Key was used with a different request")
+        if record.receipt_code is None:
+            raise IdempotencyInProgress("a request with this Idempotency-Key is being accepted",
+                                        retry_after_s=1)
+        if record.mode == "async" and record.body is not None:
+            return Submitted(record.receipt_code, 202, "", replayed=True, body=record.body), False
+        return Submitted(record.receipt_code, 0, "", replayed=True), False
+
+    def _replay_journal(self, sub: Submission, existing: ExistingJournal) -> Submitted:
+        if existing.request_hash != sub.request_hash:
+            raise IdempotencyKeyReused("this Idempotency-Key was used with a different request")
+        processing_time = format_ms((existing.accept_time_us or 0) / 1e6)
+        if existing.mode == "async":
+            return Submitted(existing.receipt_code, 202, processing_time, replayed=True)
+        return Submitted(existing.receipt_code, 0, processing_time, replayed=True)
+
+    async def _remember(self, sub: Submission, code: str, processing_time: str) -> None:
+        assert self._idem is not None and sub.idempotency_key is not None
+        mode = "sync" if sub.wait else "async"
+        body = accepted_body(code, processing_time) if mode == "async" else None
+        record = IdempotencyRecord(sub.request_hash or "", code, mode, body)
+        try:
+            await self._idem.complete(sub.scope, sub.idempotency_key, record)
+        except KassaError as exc:
+            log.warning("idempotency record not cached (the database still has it): %s", exc)
+
+    async def _abandon(self, sub: Submission) -> None:
+        assert self._idem is not None and sub.idempotency_key is not None
+        try:
+            await self._idem.abandon(sub.scope, sub.idempotency_key)
+        except KassaError as exc:
+            log.warning("idempotency marker not cleared (it expires): %s", exc)
+
+
+def _finished(code: str, processing_time: str, outcome: Outcome, tx: Transaction) -> Submitted:
+    status = 201 if outcome.status == COMPLETED else 422
+    return Submitted(code, status, processing_time, outcome=outcome, transaction=tx)
+
+
+def accepted_body(receipt_code: str, processing_time: str) -> bytes:
+    """The 202 body, byte for byte what a replay returns."""
+    return (b'{"receipt_code":"' + receipt_code.encode() + b'","status":"processing",'
+            b'"processing_time":"' + processing_time.encode() + b'"}')

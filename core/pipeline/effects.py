@@ -1,0 +1,96 @@
+"""After a batch commits: status, receipt status, notifications, cached balances, relay."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from core.ledger.decide import Outcome
+from core.ledger.models import AccountSnapshot, Transaction
+from core.ledger.status import COMPLETED
+from core.pipeline.executor import Executed, utc_now_iso
+from core.pipeline.observer import NullObserver, Observer
+from core.pipeline.ports import JournalStatus, Notification, Notifier, ReceiptRecord, ReceiptSource
+from core.pipeline.tracker import StatusTracker
+
+log = logging.getLogger("kassa.effects")
+
+# Sets the cached balances of accounts to what a commit of this process left (no I/O).
+BalancesCommitted = Callable[[dict[str, int]], None]
+
+# Which contact field feeds which notification channel.
+CHANNELS = (("email", "email"), ("phone", "sms"), ("push_token", "push"))
+
+
+def notifications_for(outcome: Outcome, accounts: list[AccountSnapshot]) -> list[Notification]:
+    subject = f"Transaction {outcome.receipt_code} {outcome.status}"
+    notes = []
+    for account in accounts:
+        contact = account.contact or {}
+        amount = sum(e.amount for e in outcome.entries if e.account == account.id)
+        body = (f"Account {account.id}: {amount} {account.currency} moved."
+                if outcome.status == COMPLETED else
+                f"Account {account.id}: nothing moved ({outcome.error.code if outcome.error else ''}).")
+        for field_name, channel in CHANNELS:
+            if contact.get(field_name):
+                notes.append(Notification(outcome.receipt_code, channel, contact[field_name],
+                                          subject, body))
+    return notes
+
+
+def receipt_record(tx: Transaction, outcome: Outcome) -> ReceiptRecord:
+    """What the receipt service keeps of a finished transaction."""
+    return ReceiptRecord(outcome.receipt_code, tx.type, tx.currency, tx.amount, tx.account_ids,
+                         outcome.status, outcome.error.code if outcome.error else None)
+
+
+class PostCommit:
+    def __init__(self, *, tracker: StatusTracker, receipts: ReceiptSource,
+                 notifier: Notifier | None = None,
+                 balances_committed: BalancesCommitted | None = None,
+                 wake_relay: Callable[[], None] | None = None,
+                 observer: Observer | None = None) -> None:
+        self._tracker = tracker
+        self._receipts = receipts
+        self._notifier = notifier
+        self._balances_committed = balances_committed
+        self._wake_relay = wake_relay
+        self._observer = observer or NullObserver()
+
+    async def __call__(self, executed: Executed) -> None:
+        if self._wake_relay is not None and executed.outcomes:
+            self._wake_relay()
+        now, now_iso = time.monotonic(), utc_now_iso()
+        self._tracker.finished([JournalStatus(o.receipt_code, o.status, o.error, now_iso)
+                                for o in executed.outcomes])
+        self._receipts.register([receipt_record(task.transaction, outcome) for task, outcome
+                                 in zip(executed.tasks, executed.outcomes, strict=True)])
+        counts: dict[tuple[str, str], int] = {}
+        logging_info = log.isEnabledFor(logging.INFO)
+        for task, outcome in zip(executed.tasks, executed.outcomes, strict=True):
+            key = (outcome.status, task.transaction.type)
+            counts[key] = counts.get(key, 0) + 1
+            if logging_info:
+                self._log(outcome, now - task.accepted_at)
+            if self._notifier is not None:
+                touched = [executed.accounts[a] for a in task.transaction.account_ids
+                           if a in executed.accounts]
+                for note in notifications_for(outcome, touched):
+                    self._notifier.notify(note)
+        if self._balances_committed is not None and executed.accounts:
+            # Every locked account, moved or not: the lock read is the freshest view there is.
+            balances = {a.id: a.balance for a in executed.accounts.values()}
+            balances |= {e.account: e.balance_after for o in executed.outcomes for e in o.entries}
+            self._balances_committed(balances)
+        self._observer.finished(counts, [now - task.accepted_at for task in executed.tasks])
+
+    @staticmethod
+    def _log(outcome: Outcome, seconds: float) -> None:
+        if outcome.status == COMPLETED:
+            log.info("[TRANSACTION SUCCESS] Receipt: %s | Journal ID: %d | Duration: %.1fms",
+                     outcome.receipt_code, outcome.journal_id, seconds * 1000)
+        else:
+            assert outcome.error is not None
+            log.info("[TRANSACTION ERROR] Receipt: %s | Journal ID: %d | Error: %s",
+                     outcome.receipt_code, outcome.journal_id, outcome.error.code)

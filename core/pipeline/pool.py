@@ -1,0 +1,317 @@
+"""The processor pool of one process: the accept batcher's sink, a bounded queue, a few
+batch writers, and the seed's many workers for post-commit effects.
+
+New journals reach `record` in groups. While the writers have no backlog, a group is
+decided and posted in its own commit (apply at accept: one commit per transaction);
+otherwise it is recorded pending and its tasks are queued for the writers, which also
+run what the recovery sweeper claims. Capacity is reserved before a request is made
+durable and used after, so a full queue refuses (503) before anything is written and an
+accepted task is never dropped. Writers take up to `batch_max` queued tasks and apply
+them in one database transaction (`batch_max=1` is the seed's one-commit-per-transaction
+design, kept as a baseline). Effects after commit (status, receipt registration,
+notifications, cached balances) go to `workers` coroutines, through a bounded queue:
+when it is full a batch's effects are dropped and counted (best effort; the commit stands).
+
+Failures are isolated. A group or batch whose data the database refuses (Rejected) is
+split until the refused items stand alone: only they fail (400 at accept; a queued
+journal is finished `failed`). A commit whose acknowledgement was lost (CommitUnknown) is
+checked on another connection within `commit_check_timeout_s`: landed → the normal
+answers; not landed → Unavailable; cannot tell → OutcomeUnknown. A journal is never twice
+in one batch, and the journals this process holds are not claimed by its own sweeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from core.ledger.decide import Outcome
+from core.ledger.errors import CommitUnknown, KassaError, Overloaded, Rejected
+from core.ledger.models import ErrorBody
+from core.ledger.status import FAILED
+from core.pipeline.executor import Executed, Task, apply_pending, execute_batch
+from core.pipeline.isolation import Recorded, bisected, deduplicated, landed, merged, resolve
+from core.pipeline.observer import NullObserver, Observer
+from core.pipeline.ports import JournalStore, PendingJournal
+
+log = logging.getLogger("kassa.pool")
+
+Effects = Callable[[Executed], Awaitable[None]]
+
+
+class ProcessorPool:
+    def __init__(
+        self,
+        store: JournalStore,
+        effects: Effects,
+        *,
+        queue_size_max: int,
+        writers: int,
+        batch_max: int,
+        workers: int,
+        attempts_max: int,
+        retry_backoff_max_s: float = 2.0,
+        apply_at_accept: bool = False,
+        observer: Observer | None = None,
+        effect_queue_max: int = 10_000,
+        commit_check_timeout_s: float = 2.0,
+    ) -> None:
+        self._store = store
+        self._effects = effects
+        self._capacity = queue_size_max
+        self._writers_n = writers
+        self._batch_max = batch_max
+        self._workers_n = workers
+        self._attempts_max = attempts_max
+        self._backoff_max_s = retry_backoff_max_s
+        self._apply_at_accept = apply_at_accept
+        self._observer = observer or NullObserver()
+        self._queue: asyncio.Queue[Task] = asyncio.Queue()
+        self._effect_queue: asyncio.Queue[Executed] = asyncio.Queue(effect_queue_max)
+        self._commit_check_s = commit_check_timeout_s
+        self.effects_dropped = 0  # batches whose post-commit effects found the queue full
+        self._dropped_logged_at = 0.0
+        self._held: dict[int, int] = {}  # journal id → tasks queued or running here
+        self._reserved = 0
+        self._busy = 0
+        self._busy_tasks = 0
+        self._refused = 0
+        self._refusal_logged_at = 0.0
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- admission ------------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize() + self._busy_tasks
+
+    @property
+    def room(self) -> int:
+        if self._closing:
+            return 0
+        return self._capacity - self._queue.qsize() - self._reserved
+
+    @property
+    def has_room(self) -> bool:
+        return self.room > 0
+
+    def reserve(self, n: int = 1) -> None:
+        """Hold room for n tasks about to be made durable, or refuse at once."""
+        if self._closing:
+            raise Overloaded("shutting down", retry_after_s=1)
+        if self._queue.qsize() + self._reserved + n > self._capacity:
+            self._refused += n
+            now = time.monotonic()
+            if now - self._refusal_logged_at >= 1.0:  # one line a second, not one per request
+                log.critical("[CRITICAL] processor queue full (%d): refused %d requests",
+                             self._capacity, self._refused)
+                self._refusal_logged_at, self._refused = now, 0
+            raise Overloaded("the processor queue is full", retry_after_s=1)
+        self._reserved += n
+
+    def release(self, n: int = 1) -> None:
+        assert self._reserved >= n
+        self._reserved -= n
+
+    def put(self, task: Task) -> None:
+        """Queue a task whose room was reserved; never refuses."""
+        self.release()
+        self._hold(task)
+        self._queue.put_nowait(task)
+        self._report()
+
+    def try_put(self, task: Task) -> bool:
+        """Queue a recovered task if there is room (no reservation); one this process
+        already holds is not queued twice."""
+        if task.journal_id in self._held:
+            return True
+        if not self.has_room:
+            return False
+        self._hold(task)
+        self._queue.put_nowait(task)
+        return True
+
+    @property
+    def held(self) -> list[int]:
+        """The journals queued or running in this process (their leases are ours)."""
+        return list(self._held)
+
+    def _hold(self, task: Task) -> None:
+        self._held[task.journal_id] = self._held.get(task.journal_id, 0) + 1
+
+    def _unhold(self, task: Task) -> None:
+        left = self._held[task.journal_id] - 1
+        if left:
+            self._held[task.journal_id] = left
+        else:
+            del self._held[task.journal_id]
+
+    # ---- recording new journals (the accept batcher's sink) ---------------------------
+
+    async def record(self, journals: list[PendingJournal]) -> Sequence[Recorded | KassaError]:
+        """Record a group of new journals in one commit: applied at once while the writers
+        are idle (an Outcome each: one commit and one journal write per transaction), or
+        as pending journals (ids) for the writers to apply, while they have a backlog.
+        Items whose data the database refuses get Rejected; the others are recorded."""
+        return await bisected(journals, self._record_group)
+
+    async def _record_group(self, journals: list[PendingJournal]
+                            ) -> Sequence[Recorded | KassaError]:
+        started = time.monotonic()
+        results: Sequence[Recorded | KassaError]
+        try:
+            if not (self._apply_at_accept and self.backlog == 0):
+                return await self._store.insert_pending(journals)
+            results, executed = await apply_pending(self._store, journals, self._attempts_max)
+            if executed.tasks:
+                self._observer.batch_executed(len(executed.tasks), time.monotonic() - started)
+        except CommitUnknown as lost:
+            results, executed = await landed(self._store, journals, lost, self._commit_check_s)
+        if executed.tasks:
+            self._post_effects(executed)
+        return results
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks += [asyncio.create_task(self._writer(n), name=f"writer-{n}")
+                        for n in range(self._writers_n)]
+        self._tasks += [asyncio.create_task(self._effect_worker(), name=f"effects-{n}")
+                        for n in range(self._workers_n)]
+
+    async def close(self, timeout_s: float) -> None:
+        """Stop admitting, finish queued and in-flight work within the timeout, then stop.
+
+        Whatever is left stays `processing` in the database with its lease, and the
+        recovery sweeper of a live process (or of the next start) executes it.
+        """
+        self._closing = True
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._queue.join()
+                await self._effect_queue.join()
+        except TimeoutError:
+            log.warning("shutdown: %d queued tasks left to recovery", self._queue.qsize())
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ---- the work -------------------------------------------------------------------
+
+    async def _writer(self, number: int) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            self._busy_tasks += len(batch)
+            self._busy += 1
+            self._report()
+            try:
+                unique, twins = deduplicated(batch)
+                await self._run_batch(number, unique)
+            finally:
+                resolve(twins, None)  # a twin's journal ran once, in this batch
+                self._busy_tasks -= len(batch)
+                self._busy -= 1
+                self._report()
+                for task in batch:
+                    self._unhold(task)
+                    self._queue.task_done()
+
+    async def _run_batch(self, number: int, batch: list[Task]) -> None:
+        started = time.monotonic()
+        for task in batch:
+            log.info("[TRANSACTION EXECUTING] Worker: %d | Receipt: %s", number, task.receipt_code)
+        executed = await self._execute_isolated(batch)
+        if executed is None:
+            resolve(batch, None)
+            return
+        self._observer.batch_executed(len(batch), time.monotonic() - started)
+        for task, outcome in zip(executed.tasks, executed.outcomes, strict=True):
+            resolve([task], outcome)
+        resolve(executed.already_final, None)
+        self._post_effects(executed)
+
+    async def _execute_isolated(self, batch: list[Task]) -> Executed | None:
+        """The batch applied, with the tasks whose data the database refuses split off and
+        finished failed; None when it is left to recovery."""
+        try:
+            return await self._execute_with_backoff(batch)
+        except Rejected as exc:
+            if len(batch) == 1:
+                return await self._fail(batch[0], exc)
+            log.warning("[TRANSACTION REJECTED] batch of %d split to isolate refused data",
+                        len(batch))
+        half = len(batch) // 2
+        first = await self._execute_isolated(batch[:half])
+        second = await self._execute_isolated(batch[half:])
+        if first is None or second is None:
+            resolve(batch[:half] if first is None else batch[half:], None)
+            return first or second
+        return merged(first, second)
+
+    async def _fail(self, task: Task, exc: Rejected) -> Executed | None:
+        log.critical("[TRANSACTION REJECTED] journal %d (%s) refused by the database: %s",
+                     task.journal_id, task.receipt_code, exc.message)
+        error = ErrorBody(exc.code, exc.message)
+        try:
+            finished = await self._store.mark_failed(task.journal_id, error)
+        except KassaError as down:
+            log.error("journal %d left to recovery: %s", task.journal_id, down.message)
+            return None
+        if not finished:
+            return Executed([], [], already_final=[task])
+        return Executed([task], [Outcome(task.journal_id, task.receipt_code, FAILED, [], error)])
+
+    async def _execute_with_backoff(self, batch: list[Task]) -> Executed | None:
+        """Retry while the database is unreachable; on shutdown leave the batch to recovery.
+        Refused data (Rejected) is raised for the caller to isolate; an unexpected error
+        leaves the batch to recovery at once rather than retrying it forever."""
+        delay = 0.05
+        while True:
+            try:
+                return await execute_batch(self._store, batch, self._attempts_max)
+            except Rejected:
+                raise
+            except KassaError as exc:
+                log.error("[TRANSACTION ERROR] batch of %d not applied: %r", len(batch), exc)
+                if not exc.retriable:
+                    return None
+            except Exception:  # noqa: BLE001 - a bug: logged loudly, journals stay recoverable
+                log.exception("[BUG] batch of %d not applied; left to recovery", len(batch))
+                return None
+            if self._closing:
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._backoff_max_s)
+
+    def _post_effects(self, executed: Executed) -> None:
+        try:
+            self._effect_queue.put_nowait(executed)
+        except asyncio.QueueFull:
+            self.effects_dropped += 1
+            now = time.monotonic()
+            if now - self._dropped_logged_at >= 1.0:
+                log.warning("effect queue full (%d): post-commit effects of %d batches dropped "
+                            "so far", self._effect_queue.maxsize, self.effects_dropped)
+                self._dropped_logged_at = now
+
+    async def _effect_worker(self) -> None:
+        while True:
+            executed = await self._effect_queue.get()
+            try:
+                await self._effects(executed)
+            except Exception:  # noqa: BLE001 - effects are best effort; the commit stands
+                log.exception("post-commit effects failed")
+            finally:
+                self._effect_queue.task_done()
+
+    def _report(self) -> None:
+        self._observer.queue_changed(self._queue.qsize(), self._capacity, self._busy, self._writers_n)
+

@@ -1,0 +1,57 @@
+"""The recovery sweeper: every process claims unfinished journals whose lease expired
+(their process died) and executes them, so every 202 ends completed or failed. Each tick
+first renews the leases of the journals this process still holds: a journal waiting
+long in the queue is not taken over by another process while this one is alive."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from core.pipeline.executor import Task
+from core.pipeline.pool import ProcessorPool
+from core.pipeline.ports import JournalStore
+
+log = logging.getLogger("kassa.recovery")
+
+CLAIM_MAX = 1000
+
+
+class RecoverySweeper:
+    def __init__(self, store: JournalStore, pool: ProcessorPool, *, owner: str,
+                 lease_s: float, interval_s: float) -> None:
+        self._store = store
+        self._pool = pool
+        self._owner = owner
+        self._lease_s = lease_s
+        self._interval_s = interval_s
+
+    async def sweep(self) -> int:
+        """Renew the leases of the journals this process holds (queued or running), then
+        claim as many expired journals, never its own, as the queue has room for; returns
+        how many were claimed."""
+        held = self._pool.held
+        if held:
+            await self._store.renew_leases(self._owner, held, self._lease_s)
+        room = min(CLAIM_MAX, self._pool.room)
+        if room <= 0:
+            return 0
+        claimed = await self._store.claim_expired(self._owner, self._lease_s, room,
+                                                  self._pool.held)
+        now = time.monotonic()
+        for journal in claimed:
+            queued = self._pool.try_put(Task(journal.journal_id, journal.receipt_code,
+                                             journal.transaction, now))
+            assert queued, "room was checked before claiming"
+        if claimed:
+            log.warning("[RECOVERY] claimed %d journals with expired leases", len(claimed))
+        return len(claimed)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:  # noqa: BLE001 - next tick tries again
+                log.error("[RECOVERY] sweep failed: %r", exc)
+            await asyncio.sleep(self._interval_s)

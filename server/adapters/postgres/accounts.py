@@ -1,0 +1,118 @@
+"""Accounts and read models: account CRUD, entry pages, full transactions."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from core.ledger.errors import AccountExists, InvalidRequest
+from core.ledger.models import world_account
+from server.adapters.postgres.pool import converted_errors, iso
+
+_json = msgspec.json.Encoder()
+_obj = msgspec.json.Decoder(dict[str, Any])
+
+ACCOUNT_COLUMNS = "id, currency, balance, overdraft_limit, status, contact, metadata, created_at"
+
+
+def account_view(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"], "currency": row["currency"], "balance": row["balance"],
+        "overdraft_limit": row["overdraft_limit"], "status": row["status"],
+        "contact": _obj.decode(row["contact"]) if row["contact"] else None,
+        "created_at": iso(row["created_at"]), "metadata": _obj.decode(row["metadata"]),
+    }
+
+
+def encode_cursor(ledger_id: int) -> str:
+    return base64.urlsafe_b64encode(f"l{ledger_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("l"):
+            raise ValueError(raw)
+        return int(raw[1:])
+    except ValueError:
+        raise InvalidRequest("cursor is not one this API returned") from None
+
+
+class PgAccountStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create(self, account_id: str, currency: str, overdraft_limit: int,
+                     contact: dict[str, str] | None, metadata: dict[str, Any]) -> dict[str, Any]:
+        async with converted_errors(), self._pool.acquire() as conn, conn.transaction():
+            # Every currency's system account exists before its first transaction.
+            await conn.execute(
+                "INSERT INTO accounts (id, currency, overdraft_limit) VALUES ($1, $2, NULL) "
+                "ON CONFLICT (id) DO NOTHING", world_account(currency), currency)
+            try:
+                row = await conn.fetchrow(
+                    "INSERT INTO accounts (id, currency, overdraft_limit, contact, metadata) "
+                    f"VALUES ($1, $2, $3, $4::jsonb, $5::jsonb) RETURNING {ACCOUNT_COLUMNS}",
+                    account_id, currency, overdraft_limit,
+                    _json.encode(contact).decode() if contact else None,
+                    _json.encode(metadata).decode())
+            except asyncpg.UniqueViolationError:
+                raise AccountExists(f"account {account_id} exists") from None
+        return account_view(row)
+
+    async def get(self, account_id: str) -> dict[str, Any] | None:
+        async with converted_errors():
+            row = await self._pool.fetchrow(
+                f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id)
+        return None if row is None else account_view(row)
+
+    async def set_status(self, account_id: str, status: str) -> dict[str, Any] | None:
+        async with converted_errors():
+            row = await self._pool.fetchrow(
+                "UPDATE accounts SET status = $2, version = version + 1, updated_at = now() "
+                f"WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}", account_id, status)
+        return None if row is None else account_view(row)
+
+    async def entries(self, account_id: str, limit: int, cursor: str | None
+                      ) -> tuple[list[dict[str, Any]], str | None]:
+        before = decode_cursor(cursor) if cursor else None
+        async with converted_errors():
+            rows = await self._pool.fetch(
+                "SELECT l.id, j.external_ref, l.journal_id, l.direction, l.amount, l.balance_after,"
+                " l.created_at FROM ledgers l JOIN journals j ON j.id = l.journal_id"
+                " WHERE l.account_id = $1 AND ($2::bigint IS NULL OR l.id < $2)"
+                " ORDER BY l.id DESC LIMIT $3", account_id, before, limit + 1)
+        page = [{"receipt_code": r["external_ref"], "journal_id": r["journal_id"],
+                 "direction": r["direction"], "amount": r["amount"],
+                 "balance_after": r["balance_after"], "created_at": iso(r["created_at"])}
+                for r in rows[:limit]]
+        next_cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
+        return page, next_cursor
+
+    async def transaction(self, receipt_code: str) -> dict[str, Any] | None:
+        """The full transaction view of API.md, or None for an unknown receipt."""
+        async with converted_errors(), self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT id, status, type, currency, description, metadata, error_code,"
+                " error_message, created_at, completed_at FROM journals WHERE external_ref = $1",
+                receipt_code)
+            if row is None:
+                return None
+            entries = await conn.fetch(
+                "SELECT account_id, direction, amount, balance_after FROM ledgers"
+                " WHERE journal_id = $1 ORDER BY id", row["id"])
+        error = ({"code": row["error_code"], "message": row["error_message"]}
+                 if row["error_code"] else None)
+        return {
+            "receipt_code": receipt_code, "status": row["status"], "type": row["type"],
+            "currency": row["currency"], "journal_id": row["id"],
+            "description": row["description"], "metadata": _obj.decode(row["metadata"]),
+            "entries": [{"account": e["account_id"], "direction": e["direction"],
+                         "amount": e["amount"], "balance_after": e["balance_after"]}
+                        for e in entries],
+            "error": error, "created_at": iso(row["created_at"]),
+            "completed_at": iso(row["completed_at"]),
+        }

@@ -1,0 +1,43 @@
+"""The idempotency fast path: a Redis marker while a request is accepted, then its answer.
+
+The journals' unique (scope, key) constraint stays the authority; this only answers
+repeats quickly and detects a repeat that races the first request (409).
+"""
+
+from __future__ import annotations
+
+import msgspec
+import redis.asyncio as aioredis
+
+from core.pipeline.ports import IdempotencyRecord
+from server.adapters.redis.client import converted_errors
+
+KEY = "kassa:idem:{}:{}"
+IN_FLIGHT_TTL_S = 60
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(IdempotencyRecord).decode
+
+
+class RedisIdempotencyCache:
+    def __init__(self, client: aioredis.Redis, *, ttl_s: int) -> None:
+        self._client = client
+        self._ttl_s = ttl_s
+
+    async def begin(self, scope: str, key: str, request_hash: str) -> IdempotencyRecord | None:
+        name = KEY.format(scope, key)
+        marker = _encode(IdempotencyRecord(request_hash))
+        async with converted_errors("idempotency"):
+            if await self._client.set(name, marker, nx=True, ex=IN_FLIGHT_TTL_S):
+                return None
+            raw = await self._client.get(name)
+        # Expired between SET and GET: treat as a fresh key; the database still decides.
+        return None if raw is None else _decode(raw)
+
+    async def complete(self, scope: str, key: str, record: IdempotencyRecord) -> None:
+        async with converted_errors("idempotency"):
+            await self._client.set(KEY.format(scope, key), _encode(record), ex=self._ttl_s)
+
+    async def abandon(self, scope: str, key: str) -> None:
+        async with converted_errors("idempotency"):
+            await self._client.delete(KEY.format(scope, key))

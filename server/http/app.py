@@ -1,0 +1,69 @@
+"""The Starlette application and its one routing table."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from server.http.errors import error_response
+from server.http.handlers import accounts, ops, transactions
+from server.http.hot import Handler, HotRoutes
+from server.process.runtime import build_runtime
+from server.process.settings import Settings, load_settings
+
+log = logging.getLogger("kassa.app")
+
+# The hot routes, served as raw ASGI ahead of Starlette (server/http/handlers/hot.py).
+HOT_ROUTES: dict[tuple[str, str], Handler] = {
+    ("POST", "/v1/transactions"): transactions.post_transaction,
+    ("POST", "/v1/transactions/batch"): transactions.post_batch,
+}
+
+ROUTES = [
+    Route("/healthz", ops.healthz, methods=["GET"]),
+    Route("/readyz", ops.readyz, methods=["GET"]),
+    Route("/metrics", ops.prometheus, methods=["GET"]),
+    Route("/openapi.json", ops.openapi, methods=["GET"]),
+    Route("/v1/accounts", accounts.create_account, methods=["POST"]),
+    Route("/v1/accounts/{account_id}", accounts.get_account, methods=["GET"]),
+    Route("/v1/accounts/{account_id}", accounts.patch_account, methods=["PATCH"]),
+    Route("/v1/accounts/{account_id}/entries", accounts.list_entries, methods=["GET"]),
+    Route("/v1/transactions/{receipt_code}", transactions.get_transaction, methods=["GET"]),
+    Route("/v1/transactions/{receipt_code}/status", transactions.get_status, methods=["GET"]),
+]
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response("not_found", f"no route for {request.url.path}")
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    response = error_response("invalid_request", f"{request.method} is not allowed here")
+    response.status_code = 405
+    return response
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response("internal", "internal error")
+
+
+def create_app(settings: Settings | None = None) -> HotRoutes:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        runtime = await build_runtime(settings or load_settings())
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={
+        404: _not_found, 405: _method_not_allowed, 500: _internal})
+    return HotRoutes(app, HOT_ROUTES, lambda: app.state.runtime)

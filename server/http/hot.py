@@ -1,0 +1,163 @@
+"""The two hot routes as raw ASGI: POST /v1/transactions and POST /v1/transactions/batch.
+
+Per request, Starlette builds Request, Headers, QueryParams and Response objects, matches
+route regexes and passes two middlewares: more Python than the rest of the accept path
+(docs/performance.md). These two routes read the ASGI scope directly and answer with two
+`send` calls; every other route stays in Starlette's routing table (server/http/app.py), and
+both share the handlers' logic and the contract's error bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from core.ledger.errors import InvalidRequest, KassaError
+from server.http.errors import HTTP_STATUS, error_dict
+from server.http.handlers.common import BodyTooLarge
+from server.http.schemas import encoder
+from server.process.logs import REQUEST_ID
+from server.process.runtime import Runtime
+
+log = logging.getLogger("kassa.http")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_JSON = (b"content-type", b"application/json")
+_REQUEST_ID = b"x-request-id"
+_CLIENT_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
+
+
+def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The client's X-Request-Id if it is 1..128 visible ASCII characters, else a new one."""
+    for name, value in headers:
+        if name == _REQUEST_ID and _CLIENT_REQUEST_ID.fullmatch(value):
+            return value
+    return secrets.token_hex(16).encode()
+
+
+@dataclass(slots=True)
+class Call:
+    """What a hot handler needs of one HTTP request."""
+
+    runtime: Runtime
+    headers: dict[bytes, bytes]  # lower-case names; the last value of a repeated header
+    query: dict[str, str]
+    body: bytes
+
+    def header(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        return None if value is None else value.decode("latin-1")
+
+
+@dataclass(slots=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+
+
+Handler = Callable[[Call], Awaitable[Answer]]
+
+
+def json_answer(body: Any, status: int, headers: dict[str, str] | None = None) -> Answer:
+    raw = body if isinstance(body, bytes) else encoder.encode(body)
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    return Answer(status, raw, extra)
+
+
+def error_answer(exc: KassaError, status: int | None = None) -> Answer:
+    status = status or HTTP_STATUS.get(exc.code, 500)
+    headers = {}
+    if status in (429, 503) or exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s or 1)
+    return json_answer(error_dict(exc.code, exc.message), status, headers)
+
+
+class HotRoutes:
+    """ASGI app: the hot routes here, everything else to `fallback` (Starlette)."""
+
+    def __init__(self, fallback: Any, routes: dict[tuple[str, str], Handler],
+                 runtime: Callable[[], Runtime]) -> None:
+        self._fallback: ASGIApp = fallback
+        self._routes = routes
+        self._paths = {path for _, path in routes}
+        self._runtime = runtime
+        self.state = fallback.state  # where the lifespan (or a test) puts the runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._fallback(scope, receive, send)
+            return
+        rid = request_id(scope["headers"])
+        token = REQUEST_ID.set(rid.decode("ascii"))
+        try:
+            if scope["path"] in self._paths:
+                await self._hot(scope, receive, send, rid)
+            else:
+                await self._fallback(scope, receive, _with_request_id(send, rid))
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _hot(self, scope: Scope, receive: Receive, send: Send, rid: bytes) -> None:
+        handler = self._routes.get((scope["method"], scope["path"]))
+        if handler is None:
+            answer = json_answer(error_dict("invalid_request", f"{scope['method']} is not allowed here"),
+                                 405)
+        else:
+            answer = await self._answer(handler, scope, receive)
+        await send({"type": "http.response.start", "status": answer.status,
+                    "headers": [_JSON, (b"content-length", str(len(answer.body)).encode()),
+                                (_REQUEST_ID, rid), *answer.headers]})
+        await send({"type": "http.response.body", "body": answer.body})
+
+    async def _answer(self, handler: Handler, scope: Scope, receive: Receive) -> Answer:
+        try:
+            runtime = self._runtime()
+            call = Call(runtime, dict(scope["headers"]), _query(scope["query_string"]),
+                        await _body(receive, runtime.settings.body_size_max))
+            return await handler(call)
+        except BodyTooLarge as exc:
+            return error_answer(exc, 413)
+        except KassaError as exc:
+            return error_answer(exc)
+        except Exception:  # noqa: BLE001 - a defect: logged, answered as the contract says
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            return json_answer(error_dict("internal", "internal error"), 500)
+
+
+def _with_request_id(send: Send, rid: bytes) -> Send:
+    async def send_with_id(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (_REQUEST_ID, rid)]}
+        await send(message)
+
+    return send_with_id
+
+
+def _query(raw: bytes) -> dict[str, str]:
+    return dict(parse_qsl(raw.decode("latin-1"))) if raw else {}
+
+
+async def _body(receive: Receive, limit: int) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("the client went away before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,0 +1,244 @@
+"""The OpenAPI document of API.md (served at /openapi.json), generated.
+
+Bodies come from the msgspec Structs in server/http/schemas.py (the request Structs are the
+ones that decode requests, so the document cannot drift from them); error statuses come
+from server/http/errors.py's one table. What is written here by hand is only which route
+answers which statuses and codes, and its headers and parameters; tests/test_openapi.py
+checks that every route of server/http/app.py is here and that the document is valid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from server.http import schemas
+from server.http.errors import HTTP_STATUS
+from server.http.handlers.accounts import PAGE_LIMIT_MAX
+from server.http.handlers.transactions import BATCH_MAX
+
+REF = "#/components/schemas/{name}"
+
+# Every response Struct and every request Struct; a union of Structs is a oneOf below.
+BODIES: tuple[type[msgspec.Struct], ...] = (
+    schemas.AccountIn, schemas.AccountPatch, schemas.TransactionIn, schemas.BatchItemIn,
+    schemas.BatchIn, schemas.ErrorOut, schemas.FailedOut, schemas.AccountOut,
+    schemas.EntriesPage, schemas.AcceptedOut, schemas.TransactionOut, schemas.StatusOut,
+    schemas.PendingTransactionOut, schemas.HealthOut, schemas.ReadinessOut,
+)
+
+
+def _ref(struct: type[msgspec.Struct]) -> dict[str, str]:
+    return {"$ref": REF.format(name=struct.__name__)}
+
+
+def _one_of(*structs: type[msgspec.Struct]) -> dict[str, Any]:
+    return {"oneOf": [_ref(s) for s in structs]}
+
+
+def _any_of(*structs: type[msgspec.Struct]) -> dict[str, Any]:
+    return {"anyOf": [_ref(s) for s in structs]}
+
+
+def _with_codes(schema: dict[str, Any], codes: tuple[str, ...]) -> dict[str, Any]:
+    """An error body whose `error.code` is one of `codes`."""
+    return {"allOf": [schema], "properties": {"error": {
+        "properties": {"code": {"enum": list(codes)}}}}}
+
+
+def components() -> dict[str, Any]:
+    _, found = msgspec.json.schema_components(BODIES, ref_template=REF)
+    # BatchIn decodes its items one by one (msgspec.Raw) so that a bad item is refused
+    # alone: each item is a BatchItemIn.
+    items = found["BatchIn"]["properties"]["transactions"]
+    items.update(items=_ref(schemas.BatchItemIn), minItems=1, maxItems=BATCH_MAX)
+    found["BatchResults"] = {
+        "type": "object", "required": ["results"], "properties": {"results": {
+            "type": "array", "description": "one per item, in order",
+            "items": _one_of(schemas.AcceptedOut, schemas.TransactionOut, schemas.ErrorOut)}}}
+    return dict(sorted(found.items()))
+
+
+# ------------------------------------------------------------------ headers, parameters
+
+HEADERS = {
+    "X-Request-Id": {"description": "The client's X-Request-Id (1..128 visible ASCII "
+                                    "characters) or a new one; log lines name it.",
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 128}},
+    "Location": {"description": "Where the resource or the receipt is read.",
+                 "schema": {"type": "string"}},
+    "Retry-After": {"description": "Seconds to wait before trying again.",
+                    "schema": {"type": "integer", "minimum": 1}},
+    "Idempotent-Replayed": {"description": "`true` on a replay of an earlier answer to the "
+                                           "same Idempotency-Key and body (nothing posted).",
+                            "schema": {"const": "true"}},
+}
+
+
+def _header(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/headers/{name}"}
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str,
+           required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required or where == "path",
+            "description": description, "schema": schema}
+
+
+# Any value is accepted: one that is not 1..128 visible ASCII characters is replaced.
+REQUEST_ID = _param("X-Request-Id", "header", {"type": "string"},
+                    "Names this request in the server's logs; echoed back when it is 1..128 "
+                    "visible ASCII characters, else replaced by a new one.")
+ACCOUNT_ID = _param("account_id", "path", {"type": "string", "pattern": r"^[A-Za-z0-9_@:-]{1,64}$"},
+                    "An account id (`@world:<CUR>` for system accounts).")
+RECEIPT = _param("receipt_code", "path",
+                 {"type": "string", "pattern": r"^RCP-[0-9]{8}-[0-9A-HJKMNP-TV-Z]{16}$"},
+                 "A receipt code.")
+IDEMPOTENCY_KEY = _param("Idempotency-Key", "header",
+                         {"type": "string", "minLength": 1, "maxLength": 255},
+                         "Same key and body: one posting, the original answer replayed.")
+WAIT = _param("wait", "query", {"type": "boolean"},
+              "`true`: answer when the transaction is final (201, or its 422).")
+LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": PAGE_LIMIT_MAX,
+                                  "default": 100}, "Page size.")
+CURSOR = _param("cursor", "query", {"type": "string"}, "`next_cursor` of the previous page.")
+
+# ------------------------------------------------------------------------- responses
+
+# Refused before anything is read, for every /v1 route; 503 unavailable when a
+# dependency the route needs (PostgreSQL, Redis, the receipt service) is down.
+V1_ERRORS = ("invalid_request", "unauthorized", "forbidden", "rate_limited", "unavailable")
+BODY_ERRORS = ("unsupported_media_type",)
+BUSINESS_ERRORS = ("account_not_found", "account_inactive", "currency_mismatch",
+                   "insufficient_funds", "amount_overflow")
+TRANSACTION_422 = (*BUSINESS_ERRORS, "idempotency_key_reused")
+
+
+def _error_responses(codes: tuple[str, ...], body: bool) -> dict[str, Any]:
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(HTTP_STATUS[code], []).append(code)
+    out: dict[str, Any] = {}
+    for status, status_codes in sorted(by_status.items()):
+        schema = _with_codes(_ref(schemas.ErrorOut), tuple(status_codes))
+        headers = {"X-Request-Id": _header("X-Request-Id")}
+        if status in (429, 503):
+            headers["Retry-After"] = _header("Retry-After")
+        out[str(status)] = {"description": ", ".join(status_codes), "headers": headers,
+                            "content": {"application/json": {"schema": schema}}}
+    if body:
+        out["413"] = {"description": "invalid_request: the body is over KASSA_BODY_SIZE_MAX",
+                      "headers": {"X-Request-Id": _header("X-Request-Id")},
+                      "content": {"application/json": {"schema": _ref(schemas.ErrorOut)}}}
+    return out
+
+
+def _ok(description: str, schema: dict[str, Any], *headers: str) -> dict[str, Any]:
+    return {"description": description,
+            "headers": {h: _header(h) for h in ("X-Request-Id", *headers)},
+            "content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, scope: str | None, responses: dict[str, Any], errors: tuple[str, ...] = (),
+        body: dict[str, Any] | None = None, params: tuple[dict[str, Any], ...] = ()
+        ) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "parameters": [REQUEST_ID, *params]}
+    if scope is not None:
+        op["description"] = f"Needs an API key with scope `{scope}` (or `admin`)."
+        op["security"] = [{"bearer": []}]
+        errors = V1_ERRORS + errors
+    else:
+        op["security"] = []
+    if body is not None:
+        op["requestBody"] = {"required": True,
+                             "content": {"application/json": {"schema": body}}}
+    op["responses"] = {**responses, **_error_responses(errors, body is not None)}
+    return op
+
+
+def paths() -> dict[str, Any]:
+    replay = ("Location", "Idempotent-Replayed")
+    accepted = _ok("Accepted: durable, it will end completed or failed.",
+                   _ref(schemas.AcceptedOut), *replay)
+    return {
+        "/healthz": {"get": _op("Liveness", None, {
+            "200": _ok("The process runs.", _ref(schemas.HealthOut))})},
+        "/readyz": {"get": _op("Readiness", None, {
+            "200": _ok("Ready.", _ref(schemas.ReadinessOut)),
+            "503": _ok("Not ready.", _ref(schemas.ReadinessOut))})},
+        "/metrics": {"get": _op("Prometheus metrics, all worker processes", None, {
+            "200": {"description": "Prometheus text format",
+                    "headers": {"X-Request-Id": _header("X-Request-Id")},
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}})},
+        "/openapi.json": {"get": _op("This document", None, {
+            "200": _ok("OpenAPI 3.1", {"type": "object"})})},
+        "/v1/accounts": {"post": _op(
+            "Create an account", "admin",
+            {"201": _ok("Created.", _ref(schemas.AccountOut), "Location")},
+            ("account_exists", *BODY_ERRORS), _ref(schemas.AccountIn))},
+        "/v1/accounts/{account_id}": {
+            "parameters": [ACCOUNT_ID],
+            "get": _op("Get an account", "read",
+                       {"200": _ok("The account.", _ref(schemas.AccountOut))},
+                       ("not_found",)),
+            "patch": _op("Change an account's status", "admin",
+                         {"200": _ok("Changed.", _ref(schemas.AccountOut)),
+                          "422": _ok("invalid_request: a system account cannot be changed",
+                                     _with_codes(_ref(schemas.ErrorOut), ("invalid_request",)))},
+                         ("not_found", *BODY_ERRORS), _ref(schemas.AccountPatch))},
+        "/v1/accounts/{account_id}/entries": {
+            "parameters": [ACCOUNT_ID],
+            "get": _op("Ledger entries, newest first", "read",
+                       {"200": _ok("A page.", _ref(schemas.EntriesPage))},
+                       ("not_found",), params=(LIMIT, CURSOR))},
+        "/v1/transactions": {"post": _op(
+            "Post a transaction", "write",
+            {"202": accepted,
+             "201": _ok("Completed (wait=true).", _ref(schemas.TransactionOut), *replay),
+             "422": _ok("Refused by a business rule at pre-validation (no receipt yet), "
+                        "or at execution with wait=true (FailedOut: with its receipt); or "
+                        "idempotency_key_reused. " + ", ".join(TRANSACTION_422),
+                        _with_codes(_any_of(schemas.ErrorOut, schemas.FailedOut),
+                                    TRANSACTION_422), "Idempotent-Replayed")},
+            ("idempotency_in_progress", *BODY_ERRORS, "overloaded", "outcome_unknown"),
+            _ref(schemas.TransactionIn), (IDEMPOTENCY_KEY, WAIT))},
+        "/v1/transactions/batch": {"post": _op(
+            "Post 1 to 1,000 independent transactions", "write",
+            {"202": _ok("Per-item results: 202 bodies or errors.", REF_BATCH_RESULTS),
+             "201": _ok("Per-item results (wait=true): transactions or errors.",
+                        REF_BATCH_RESULTS)},
+            (*BODY_ERRORS, "overloaded"), _ref(schemas.BatchIn), (WAIT,))},
+        "/v1/transactions/{receipt_code}": {
+            "parameters": [RECEIPT],
+            "get": _op("Get a transaction", "read", {"200": _ok(
+                "The transaction; before it is final, its status with no entries.",
+                _one_of(schemas.TransactionOut, schemas.PendingTransactionOut))},
+                ("not_found",))},
+        "/v1/transactions/{receipt_code}/status": {
+            "parameters": [RECEIPT],
+            "get": _op("Get a transaction's status", "read",
+                       {"200": _ok("The status.", _ref(schemas.StatusOut))}, ("not_found",))},
+    }
+
+
+REF_BATCH_RESULTS = {"$ref": REF.format(name="BatchResults")}
+
+# Every code of the table but a method that a path does not have (405, not per route);
+# a defect (500 `internal`) is not in the table.
+UNDOCUMENTED_CODES = ("method_not_allowed",)
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Kassa", "version": "1",
+                 "description": "A double-entry ledger behind an HTTP API. Every error body "
+                                "is ErrorOut; every response carries X-Request-Id."},
+        "paths": paths(),
+        "components": {"schemas": components(), "headers": HEADERS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+OPENAPI: dict[str, Any] = document()

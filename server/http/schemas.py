@@ -1,0 +1,177 @@
+"""Wire shapes: msgspec structs decoded once per request, unknown fields rejected."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from core.ledger.models import AMOUNT_MAX, LEGS_MAX
+from core.ledger.validation import DESCRIPTION_MAX
+
+# The request limits, on the Structs that decode requests, so that the generated OpenAPI
+# states them and the decoder refuses what breaks them (core/ledger/validation.py checks the
+# rules across fields, and the same limits again for callers that skip the decoder).
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3,10}$", description="3 to 10 uppercase letters")]
+AccountId = Annotated[str, Meta(pattern=r"^([A-Za-z0-9_-]{1,64}|@world:[A-Z]{3,10})$")]
+NewAccountId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Amount = Annotated[int, Meta(ge=1, le=AMOUNT_MAX, description="minor units")]
+Limit = Annotated[int, Meta(ge=0, le=AMOUNT_MAX)]
+Description = Annotated[str, Meta(max_length=DESCRIPTION_MAX)]
+TransactionType = Literal["transfer", "deposit", "withdrawal"]
+
+
+class Contact(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    email: str | None = None
+    phone: str | None = None
+    push_token: str | None = None
+
+
+class AccountIn(msgspec.Struct, forbid_unknown_fields=True):
+    currency: Currency
+    id: NewAccountId | None = None
+    overdraft_limit: Limit = 0
+    contact: Contact | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class AccountPatch(msgspec.Struct, forbid_unknown_fields=True):
+    status: Literal["active", "locked", "closed"]
+
+
+class LegIn(msgspec.Struct, forbid_unknown_fields=True, array_like=False):
+    source: AccountId
+    destination: AccountId
+    amount: Amount
+
+
+class TransactionIn(msgspec.Struct, forbid_unknown_fields=True):
+    type: TransactionType
+    currency: Currency
+    amount: Amount | None = None
+    source: AccountId | None = None
+    destination: AccountId | None = None
+    legs: Annotated[list[LegIn], Meta(min_length=1, max_length=LEGS_MAX)] | None = None
+    description: Description | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class BatchItemIn(TransactionIn, forbid_unknown_fields=True):
+    idempotency_key: str | None = None
+
+
+class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    # Items are decoded one by one: a bad item is refused alone, not the whole batch.
+    transactions: list[msgspec.Raw]
+
+
+account_in = msgspec.json.Decoder(AccountIn)
+account_patch = msgspec.json.Decoder(AccountPatch)
+transaction_in = msgspec.json.Decoder(TransactionIn)
+batch_in = msgspec.json.Decoder(BatchIn)
+batch_item_in = msgspec.json.Decoder(BatchItemIn)
+encoder = msgspec.json.Encoder()
+
+
+# Response shapes, for the OpenAPI document (server/http/openapi.py). The handlers build these
+# bodies as dicts (or bytes, on the hot path); these Structs only describe them.
+
+Status = Literal["processing", "executing", "completed", "failed", "held", "voided"]
+
+
+class ErrorDetail(msgspec.Struct):
+    code: str
+    message: str
+    # On a ?wait=true transaction that failed at execution.
+    receipt_code: str | None = None
+
+
+class ErrorOut(msgspec.Struct):
+    error: ErrorDetail
+
+
+class FailedOut(msgspec.Struct):
+    """A ?wait=true transaction that failed at execution (422): the receipt is in both."""
+
+    error: ErrorDetail
+    receipt_code: str
+
+
+class AccountOut(msgspec.Struct):
+    id: str
+    currency: str
+    balance: int
+    # null: unlimited (the @world:<CUR> system accounts).
+    overdraft_limit: int | None
+    status: Literal["active", "locked", "closed"]
+    created_at: str
+    metadata: dict[str, Any]
+    contact: Contact | None = None
+
+
+class AccountEntryOut(msgspec.Struct):
+    receipt_code: str
+    journal_id: int
+    direction: Literal["debit", "credit"]
+    amount: int
+    balance_after: int
+    created_at: str
+
+
+class EntriesPage(msgspec.Struct):
+    entries: list[AccountEntryOut]
+    next_cursor: str | None
+
+
+class AcceptedOut(msgspec.Struct):
+    receipt_code: str
+    status: Literal["processing"]
+    processing_time: str
+
+
+class PostingOut(msgspec.Struct):
+    account: str
+    direction: Literal["debit", "credit"]
+    amount: int
+    balance_after: int
+
+
+class TransactionOut(msgspec.Struct):
+    receipt_code: str
+    status: Status
+    type: Literal["transfer", "deposit", "withdrawal"]
+    currency: str
+    journal_id: int
+    description: str | None
+    metadata: dict[str, Any]
+    entries: list[PostingOut]
+    error: ErrorDetail | None
+    created_at: str
+    completed_at: str | None
+
+
+class StatusOut(msgspec.Struct):
+    receipt_code: str
+    status: Status
+    error: ErrorDetail | None
+    updated_at: str
+
+
+class PendingTransactionOut(StatusOut):
+    """GET /v1/transactions/{receipt_code} before the transaction is final."""
+
+    entries: list[PostingOut]
+
+
+class HealthOut(msgspec.Struct):
+    status: Literal["ok"]
+
+
+class ReadinessOut(msgspec.Struct):
+    """One field per dependency; remote services add their circuit breaker's state."""
+
+    status: Literal["ready", "not_ready"]
+    postgres: Literal["ok", "down"]
+    redis: Literal["ok", "down", "not_configured"]
+    worker_pool: Literal["ok", "full"]

@@ -1,0 +1,1 @@
+"""Running Kassa: the CLI, gunicorn, the embedded stack, settings, logs, and the composition root of a worker process."""

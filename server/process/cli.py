@@ -1,0 +1,220 @@
+"""The `kassa` command line (API.md, Command line)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.adapters.grpc.security import GrpcSecurity
+from server.process.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("kassa.cli")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="kassa", description="Kassa transaction server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_p = sub.add_parser("serve", help="run the HTTP server under gunicorn")
+    serve_p.add_argument("--host", default="127.0.0.1")
+    serve_p.add_argument("--port", type=int, default=8000)
+    serve_p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    serve_p.add_argument("--data-dir", default=os.environ.get("KASSA_DATA_DIR", ".kassa"))
+    sub.add_parser("migrate", help="apply database migrations and exit")
+    for name in ("receipt-service", "notification-service"):
+        p = sub.add_parser(name, help=f"run the {name} gRPC server on its own")
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=50051 if name == "receipt-service" else 50052)
+    sub.add_parser("relay", help="run the outbox relay (database to Kafka) on its own")
+    verify_p = sub.add_parser(
+        "verify", help="check the ledger invariants on KASSA_DATABASE_URL (read-only)",
+        description="Checks the ledger invariants (DESIGN.md) on a live database in one "
+                    "read-only snapshot, prints one line per check (OK or the number of "
+                    "violations, with a few examples) and exits 1 on any violation.")
+    verify_p.add_argument(
+        "--grace-s", type=float, default=60.0,
+        help="journals still unfinished this long after their lease expired, and receipts "
+             "not registered this long after their journal finished, count as violations "
+             "(default 60)")
+    verify_p.add_argument(
+        "--no-receipts", action="store_true",
+        help="skip the receipt-registration check (servers run without a receipt service)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"kassa: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    from server.process.logs import configure
+
+    configure(settings.log_level)
+    COMMANDS[args.command](args, settings)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
+    from server.adapters.postgres.migrate import apply_migrations
+
+    if not settings.database_url:
+        print("kassa: configuration error: KASSA_DATABASE_URL is required for migrate",
+              file=sys.stderr)
+        sys.exit(2)
+    applied = asyncio.run(apply_migrations(settings.database_url))
+    print(f"applied {len(applied)} migrations: {', '.join(applied) or 'none needed'}")
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    from server.adapters.postgres.migrate import apply_migrations
+    from server.process.embedded import EmbeddedStack
+    from server.process.gunicorn_app import KassaApplication, gunicorn_options
+
+    # Until gunicorn installs its own handlers, SIGTERM must still stop the children.
+    signal.signal(signal.SIGTERM, _raise_exit)
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack = EmbeddedStack(data_dir, reserved_ports={args.port})
+    try:
+        env = start_dependencies(stack, settings, data_dir)
+        os.environ.update(env)
+        asyncio.run(apply_migrations(os.environ["KASSA_DATABASE_URL"]))
+        prepare_metrics_dir(data_dir)
+        options = gunicorn_options(args.host, args.port, args.workers, settings.log_level)
+        log.info("kassa serving on http://%s:%d with %d workers", args.host, args.port, args.workers)
+        KassaApplication(options).run()
+    finally:
+        stack.stop()
+
+
+def start_dependencies(stack: object, settings: Settings, data_dir: Path) -> dict[str, str]:
+    """Start what is not configured; returns the KASSA_* variables the workers need."""
+    from server.process.embedded import EmbeddedStack
+
+    assert isinstance(stack, EmbeddedStack)
+    env: dict[str, str] = {}
+    if not settings.database_url:
+        env["KASSA_DATABASE_URL"] = stack.start_postgres()
+    if not settings.redis_url:
+        env["KASSA_REDIS_URL"] = stack.start_redis()
+    if not settings.api_keys:
+        env["KASSA_API_KEYS"] = f"{admin_key(data_dir)}:admin"
+    if not settings.kafka_bootstrap_servers:
+        env["KASSA_KAFKA_BOOTSTRAP_SERVERS"] = stack.start_kafka()
+    database_url = settings.database_url or env["KASSA_DATABASE_URL"]
+    child_env = {**os.environ, **env}
+    if not settings.receipt_service_addr:
+        port = stack.free_port()
+        stack.spawn_python("receipt-service", ["receipt-service", "--port", str(port)], port, child_env)
+        env["KASSA_RECEIPT_SERVICE_ADDR"] = f"127.0.0.1:{port}"
+    if not settings.notification_service_addr:
+        port = stack.free_port()
+        stack.spawn_python("notification-service", ["notification-service", "--port", str(port)],
+                           port, child_env)
+        env["KASSA_NOTIFICATION_SERVICE_ADDR"] = f"127.0.0.1:{port}"
+    assert database_url
+    return env
+
+
+def admin_key(data_dir: Path) -> str:
+    """The generated admin key: made and printed once, then read from the data dir."""
+    path = data_dir / "admin_api_key"
+    if path.exists():
+        return path.read_text().strip()
+    key = f"kassa_{secrets.token_urlsafe(24)}"
+    # Created owner-only: never readable by others, not even between a write and a chmod.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(key + "\n")
+    print(f"Generated admin API key (stored in {path}; shown once): {key}", flush=True)
+    return key
+
+
+def prepare_metrics_dir(data_dir: Path) -> None:
+    """prometheus_client multiprocess mode: one fresh directory per server run."""
+    metrics_dir = data_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+
+def _require_database(settings: Settings) -> str:
+    if not settings.database_url:
+        print("kassa: configuration error: KASSA_DATABASE_URL is required", file=sys.stderr)
+        sys.exit(2)
+    return settings.database_url
+
+
+def _grpc_security(args: argparse.Namespace, settings: Settings) -> GrpcSecurity:
+    """The services' security settings, refusing a non-loopback address without TLS and a token."""
+    from server.adapters.grpc.security import GrpcSecurity, InsecureListen
+
+    security = GrpcSecurity.from_settings(settings)
+    try:
+        security.check_listen(args.host)
+    except InsecureListen as exc:
+        print(f"kassa: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    return security
+
+
+def cmd_receipt_service(args: argparse.Namespace, settings: Settings) -> None:
+    from server.services.receipts.service import run_receipt_service
+
+    security = _grpc_security(args, settings)
+    run_receipt_service(args.port, _require_database(settings), args.host, security)
+
+
+def cmd_notification_service(args: argparse.Namespace, settings: Settings) -> None:
+    from server.services.notifications.delivery import NotificationConfig
+    from server.services.notifications.service import run_notification_service
+
+    try:
+        config = NotificationConfig.from_env()
+    except ValueError as exc:
+        print(f"kassa: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    security = _grpc_security(args, settings)
+    run_notification_service(args.port, _require_database(settings), config, args.host, security)
+
+
+def cmd_relay(args: argparse.Namespace, settings: Settings) -> None:
+    from server.adapters.kafka.relay import run_standalone
+
+    if not settings.kafka_bootstrap_servers:
+        print("kassa: configuration error: KASSA_KAFKA_BOOTSTRAP_SERVERS is required",
+              file=sys.stderr)
+        sys.exit(2)
+    asyncio.run(run_standalone(_require_database(settings), settings.kafka_bootstrap_servers,
+                               settings.kafka_topic))
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> None:
+    from server.adapters.postgres.verify import verify
+
+    report = asyncio.run(verify(_require_database(settings), grace_s=args.grace_s,
+                                receipts=not args.no_receipts))
+    print("\n".join(report.lines()), flush=True)
+    sys.exit(0 if report.ok else 1)
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "migrate": cmd_migrate,
+    "receipt-service": cmd_receipt_service,
+    "notification-service": cmd_notification_service,
+    "relay": cmd_relay,
+    "verify": cmd_verify,
+}
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""gunicorn as the process manager of `kassa serve`: this process is the master."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from uvicorn_worker import UvicornWorker
+
+
+class KassaWorker(UvicornWorker):
+    """uvicorn under gunicorn, pinned to uvloop and httptools (the fast path)."""
+
+    # No proxy-headers middleware: Kassa never uses the client's address, and the
+    # middleware is one more coroutine per request.
+    CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools", "lifespan": "on",
+                     "access_log": False, "server_header": False, "proxy_headers": False}
+
+
+def gunicorn_options(host: str, port: int, workers: int, log_level: str) -> dict[str, Any]:
+    """The tuned defaults (docs/performance.md says how they were chosen)."""
+    return {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "server.process.gunicorn_app.KassaWorker",
+        "backlog": 2048,
+        "keepalive": 30,
+        "timeout": 60,
+        # Workers get this long after SIGTERM: 30 s to finish in-flight work, plus closing.
+        "graceful_timeout": 38,
+        "loglevel": "warning" if log_level in ("warning", "error") else "info",
+        "accesslog": None,
+        # Several servers may run side by side (tests, benchmarks): no shared control socket.
+        "control_socket_disable": True,
+        "child_exit": child_exit,
+    }
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+class KassaArbiter(Arbiter):  # type: ignore[misc]
+    """Ctrl-C stops as gracefully as SIGTERM (gunicorn's default SIGINT is a quick stop,
+    which would kill workers with their in-flight transactions)."""
+
+    def handle_int(self) -> None:
+        self.handle_term()
+
+
+class KassaApplication(BaseApplication):  # type: ignore[misc]
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def run(self) -> None:
+        KassaArbiter(self).run()
+
+    def load(self) -> Any:
+        from server.http.app import create_app
+
+        return create_app()

@@ -1,0 +1,220 @@
+"""The composition root: builds one worker process's pipeline from settings and tears it
+down in the seed's order. Nothing else constructs adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from core.kit.batcher import Batcher
+from core.pipeline.accept import TransactionService
+from core.pipeline.effects import PostCommit
+from core.pipeline.pool import ProcessorPool
+from core.pipeline.ports import ReceiptSource
+from core.pipeline.queries import StatusQuery
+from core.pipeline.recovery import RecoverySweeper
+from core.pipeline.tracker import StatusTracker
+from server.adapters.grpc.clients import NotificationClient, ReceiptClient, breaker_states
+from server.adapters.grpc.security import GrpcSecurity
+from server.adapters.kafka.relay import OutboxRelay
+from server.adapters.local_receipts import LocalReceiptSource
+from server.adapters.postgres.accounts import PgAccountStore
+from server.adapters.postgres.journals import PgJournalStore
+from server.adapters.postgres.nodes import keep_node_id, lease_node_id, release_node_ids
+from server.adapters.postgres.pool import create_pool
+from server.adapters.prometheus import PrometheusObserver
+from server.adapters.redis.account_cache import RedisAccountCache
+from server.adapters.redis.client import create_client
+from server.adapters.redis.idempotency import RedisIdempotencyCache
+from server.adapters.redis.rate_limit import RedisRateLimiter, rate_limiter
+from server.adapters.redis.status import RedisStatusStore
+from server.http.auth import ApiKeys
+from server.process.settings import Settings, parse_api_keys
+
+log = logging.getLogger("kassa.runtime")
+
+
+NODE_LEASE_S = 30.0
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    keys: ApiKeys
+    db: asyncpg.Pool
+    redis: aioredis.Redis | None
+    accounts: PgAccountStore
+    journals: PgJournalStore
+    service: TransactionService
+    status: StatusQuery
+    pool: ProcessorPool
+    tracker: StatusTracker
+    journal_batcher: Batcher  # type: ignore[type-arg]
+    receipts: ReceiptSource
+    owner: str
+    notifier: NotificationClient | None = None
+    relay: OutboxRelay | None = None
+    account_cache: RedisAccountCache | None = None
+    limiter: RedisRateLimiter | None = None
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    stopping: bool = False
+
+    async def limit(self, api_key: str) -> None:
+        """Per-key rate limit when KASSA_RATE_LIMIT is set (429 with Retry-After)."""
+        if self.limiter is not None:
+            await self.limiter.check(api_key)
+
+    async def invalidate_accounts(self, account_ids: list[str]) -> None:
+        """Drop cached views of these accounts in every process."""
+        if self.account_cache is not None:
+            await self.account_cache.invalidate(account_ids)
+
+    def dependency_states(self) -> dict[str, str]:
+        """Circuit breaker states of remote dependencies, for /readyz."""
+        clients = [c for c in (self.receipts, self.notifier)
+                   if isinstance(c, ReceiptClient | NotificationClient)]
+        return breaker_states(*clients)
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight work, flush batches, close pools (seed order)."""
+        self.stopping = True
+        s = self.settings
+        await self.pool.close(s.shutdown_timeout_s)
+        await self.journal_batcher.close()
+        for task in self.background:
+            task.cancel()
+        for task in self.background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await self.journals.release_leases(self.owner)
+        with contextlib.suppress(Exception):
+            await release_node_ids(self.db, self.owner)
+        if isinstance(self.receipts, ReceiptClient):
+            await self.receipts.close()
+        if self.notifier is not None:
+            await self.notifier.close()
+        if self.relay is not None:
+            await self.relay.close()
+        await self.tracker.flush()
+        if self.account_cache is not None:
+            await self.account_cache.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.db.close()
+
+
+def receipt_source(settings: Settings, node_id: int) -> ReceiptSource:
+    """The receipt service over gRPC when configured, else codes made in this process."""
+    if not settings.receipt_service_addr:
+        return LocalReceiptSource(node_id)
+    client = ReceiptClient(
+        settings.receipt_service_addr, block_size=settings.receipt_block_size,
+        batch_size_max=settings.receipt_batch_size,
+        flush_interval_ms=settings.receipt_flush_interval_ms,
+        timeout_ms=settings.receipt_timeout_ms, pending_max=settings.receipt_pending_max,
+        retry_max_ms=settings.receipt_retry_max_ms,
+        breaker_failures_max=settings.breaker_failures_max,
+        breaker_reset_ms=settings.breaker_reset_s * 1000,
+        security=GrpcSecurity.from_settings(settings))
+    client.start()
+    return client
+
+
+def notification_client(settings: Settings) -> NotificationClient | None:
+    if not settings.notification_service_addr:
+        return None
+    client = NotificationClient(
+        settings.notification_service_addr, batch_size_max=settings.notification_batch_size,
+        flush_interval_ms=settings.notification_flush_interval_ms,
+        pending_max=max(settings.processor_queue_size, settings.notification_batch_size),
+        breaker_failures_max=settings.breaker_failures_max,
+        breaker_reset_ms=settings.breaker_reset_s * 1000,
+        security=GrpcSecurity.from_settings(settings))
+    client.start()
+    return client
+
+
+async def build_runtime(settings: Settings) -> Runtime:
+    assert settings.database_url, "kassa serve sets KASSA_DATABASE_URL for its workers"
+    owner = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+    observer = PrometheusObserver()
+    db = await create_pool(settings.database_url, min_size=settings.db_pool_min,
+                           max_size=settings.db_pool_max)
+    redis = create_client(settings.redis_url) if settings.redis_url else None
+    journals = PgJournalStore(db, lease_s=settings.lease_s)
+    account_cache = (RedisAccountCache(redis, journals, size=settings.account_cache_size,
+                                       ttl_ms=settings.account_cache_ttl_ms)
+                     if redis is not None else None)
+    status_store = RedisStatusStore(redis) if redis is not None else None
+    tracker = StatusTracker(status_store, flush_interval_ms=settings.status_update_interval_ms,
+                            redis_ttl_s=settings.status_ttl_s,
+                            memory_ttl_s=settings.status_memory_ttl_s,
+                            entries_max=settings.status_memory_max)
+    node_id = -1
+    if not settings.receipt_service_addr:  # codes made here carry a leased node id
+        node_id = await lease_node_id(db, owner, NODE_LEASE_S,
+                                      settings.node_id if settings.node_id >= 0 else None)
+    receipts = receipt_source(settings, node_id)
+    notifier = notification_client(settings)
+    relay = (OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
+                         settings.kafka_topic, batch_size_max=settings.relay_batch_max,
+                         poll_interval_ms=settings.relay_poll_interval_ms,
+                         linger_ms=settings.relay_linger_ms,
+                         standby_interval_ms=settings.relay_standby_interval_ms,
+                         step_down_after_s=settings.relay_step_down_after_s)
+             if settings.kafka_bootstrap_servers else None)
+    single = settings.executor == "single"
+    pool = ProcessorPool(
+        journals, PostCommit(tracker=tracker, receipts=receipts, notifier=notifier,
+                             balances_committed=account_cache.set_balances if account_cache else None,
+                             wake_relay=relay.wake if relay else None, observer=observer),
+        queue_size_max=settings.processor_queue_size,
+        writers=max(settings.executor_writers, 8) if single else settings.executor_writers,
+        batch_max=1 if single else settings.executor_batch_max,
+        workers=settings.processor_workers, attempts_max=settings.execute_attempts_max,
+        apply_at_accept=settings.accept_mode == "apply" and not single, observer=observer,
+        effect_queue_max=settings.effect_queue_max,
+        commit_check_timeout_s=settings.commit_check_timeout_ms / 1000,
+    )
+    journal_batcher: Batcher = Batcher(  # type: ignore[type-arg]
+        "accept", pool.record, batch_size_max=settings.accept_batch_max,
+        flush_interval_ms=settings.accept_flush_interval_ms,
+        in_flight_max=settings.accept_in_flight_max,
+        pending_max=settings.processor_queue_size, on_flush=observer.accept_flushed)
+    service = TransactionService(
+        journals=journal_batcher, receipts=receipts, accounts=account_cache or journals,
+        pool=pool,
+        idempotency=RedisIdempotencyCache(redis, ttl_s=settings.idempotency_ttl_s) if redis else None,
+        owner=owner, wait_timeout_s=settings.transaction_timeout_s, observer=observer)
+    runtime = Runtime(
+        settings=settings, keys=ApiKeys(parse_api_keys(settings.api_keys or "")), db=db,
+        redis=redis, accounts=PgAccountStore(db), journals=journals, service=service,
+        status=StatusQuery(tracker, status_store, receipts, journals), pool=pool,
+        tracker=tracker, journal_batcher=journal_batcher, receipts=receipts, owner=owner,
+        notifier=notifier, relay=relay, account_cache=account_cache,
+        limiter=rate_limiter(redis, settings))
+    journal_batcher.start()
+    pool.start()
+    if relay is not None:
+        await relay.start()
+    if account_cache is not None:
+        await account_cache.start()
+    sweeper = RecoverySweeper(journals, pool, owner=owner, lease_s=settings.lease_s,
+                              interval_s=settings.sweep_interval_s)
+    runtime.background += [asyncio.create_task(tracker.run(), name="tracker"),
+                           asyncio.create_task(sweeper.run(), name="sweeper"),
+                           asyncio.create_task(observer.run_gauges(runtime), name="gauges")]
+    if isinstance(receipts, LocalReceiptSource):
+        runtime.background.append(asyncio.create_task(keep_node_id(
+            db, node_id, owner, NODE_LEASE_S, lambda n: setattr(receipts, "node_id", n)),
+            name="node-lease"))
+    return runtime

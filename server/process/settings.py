@@ -1,0 +1,186 @@
+"""Every setting and limit in one place, read from KASSA_* environment variables.
+
+An invalid value raises ConfigError naming the variable; the CLI prints that one
+line and exits. Units are last in names (`_ms`, `_s`, `_max`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, fields
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    redis_url: str | None = None
+    kafka_bootstrap_servers: str | None = None
+    kafka_topic: str = "kassa.transactions"
+    receipt_service_addr: str | None = None
+    notification_service_addr: str | None = None
+    # gRPC services: a token required from every caller (then sent by the clients), and TLS,
+    # both required to listen beyond loopback (server/adapters/grpc/security.py).
+    grpc_token: str | None = None
+    grpc_tls_cert: str | None = None
+    grpc_tls_key: str | None = None
+    grpc_tls_ca: str | None = None
+    api_keys: str | None = None
+    log_level: str = "info"
+    rate_limit: str | None = None
+    executor: str = "batch"
+    node_id: int = -1  # -1: the lowest free id leased from PostgreSQL (codes made in-process)
+    # HTTP
+    body_size_max: int = 1_048_576
+    # Durable accept (group commit of pending journals)
+    accept_batch_max: int = 256
+    accept_flush_interval_ms: float = 1.0
+    accept_in_flight_max: int = 2
+    # "apply": a group of new journals is decided and posted in its own accept commit
+    # while the writers are idle; "queue": recorded pending, applied by the writers.
+    accept_mode: str = "apply"
+    # Processor pool and batch executor
+    processor_queue_size: int = 10_000
+    processor_workers: int = 50
+    executor_writers: int = 2
+    executor_batch_max: int = 500
+    transaction_timeout_s: float = 30.0
+    execute_attempts_max: int = 5
+    effect_queue_max: int = 10_000  # batches awaiting post-commit effects; full = dropped
+    # After a lost COMMIT acknowledgement: how long to find out whether the group landed
+    # (then 503 `outcome_unknown`).
+    commit_check_timeout_ms: float = 2000.0
+    # Recovery
+    lease_s: float = 30.0
+    sweep_interval_s: float = 2.0
+    # Status tracker
+    status_update_interval_ms: float = 1000.0
+    status_ttl_s: int = 86_400
+    status_memory_ttl_s: int = 600
+    status_memory_max: int = 100_000  # final statuses kept in memory per process
+    idempotency_ttl_s: int = 86_400
+    # Receipt codes: blocks reserved from the receipt service, a new one when half is used
+    receipt_block_size: int = 8192  # codes per block, 1..65536
+    # Receipt registration after the outcome: batches of up to this many (1..10,000), one
+    # call in flight; at most receipt_pending_max wait (then new ones are dropped, counted).
+    receipt_batch_size: int = 2000
+    receipt_flush_interval_ms: float = 50.0
+    receipt_pending_max: int = 100_000
+    receipt_timeout_ms: float = 2000.0  # per call, and the longest a request waits for codes
+    receipt_retry_max_ms: float = 2000.0  # backoff cap while the receipt service is down
+    # Notification batcher
+    notification_batch_size: int = 100
+    notification_flush_interval_ms: float = 50.0
+    breaker_failures_max: int = 5
+    breaker_reset_s: float = 5.0
+    # Account cache (pre-validation), per process. This process's commits update cached
+    # balances in place and account admin invalidates every process through Redis, so the
+    # TTL only bounds how long other processes' commits go unseen (a refusal on funds reads
+    # again) and facts whose invalidation was lost. About 500 bytes per entry.
+    account_cache_size: int = 50_000
+    account_cache_ttl_ms: float = 60_000.0
+    # Database pool per process
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    # Outbox relay: one publisher per database (advisory lock), the others stand by
+    relay_batch_max: int = 500
+    relay_poll_interval_ms: float = 500.0  # publisher's fallback when no wake-up comes
+    relay_linger_ms: float = 20.0  # under load, publish cycles start at most this often
+    relay_standby_interval_ms: float = 1000.0  # standbys try the lock this often (takeover)
+    relay_step_down_after_s: float = 30.0  # publisher failing this long lets another try
+    # Shutdown
+    shutdown_timeout_s: float = 30.0
+
+    @property
+    def rate_limit_per_s(self) -> tuple[int, float] | None:
+        """(burst, refill per second) from `<requests>/<seconds>`."""
+        if not self.rate_limit:
+            return None
+        requests, seconds = self.rate_limit.split("/")
+        return int(requests), int(requests) / float(seconds)
+
+
+_CHOICES = {
+    "executor": ("batch", "single"),
+    "accept_mode": ("apply", "queue"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+_POSITIVE_EXCEPT = {"node_id"}
+
+
+def _convert(name: str, kind: type, raw: str) -> object:
+    var = f"KASSA_{name.upper()}"
+    try:
+        value: object = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+    if isinstance(value, int | float) and name not in _POSITIVE_EXCEPT and value <= 0:
+        raise ConfigError(f"{var}={raw!r} must be positive")
+    return value
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for field in fields(Settings):
+        raw = env.get(f"KASSA_{field.name.upper()}")
+        if raw is None or raw == "":
+            continue
+        kind = {"int": int, "float": float}.get(str(field.type).split(" ")[0], str)
+        values[field.name] = _convert(field.name, kind, raw.strip())
+    settings = Settings(**values)  # type: ignore[arg-type]
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    for name, allowed in _CHOICES.items():
+        if getattr(s, name) not in allowed:
+            raise ConfigError(f"KASSA_{name.upper()}={getattr(s, name)!r}: use one of {allowed}")
+    if s.rate_limit is not None and not re.fullmatch(r"[1-9]\d*/[1-9]\d*", s.rate_limit):
+        raise ConfigError(f"KASSA_RATE_LIMIT={s.rate_limit!r}: use <requests>/<seconds>, e.g. 1000/1")
+    if s.api_keys is not None:
+        parse_api_keys(s.api_keys)
+    for name in ("database_url", "redis_url"):
+        url = getattr(s, name)
+        if url is not None and "://" not in url:
+            raise ConfigError(f"KASSA_{name.upper()}={url!r} is not a URL")
+    if s.accept_batch_max > s.processor_queue_size:
+        raise ConfigError("KASSA_ACCEPT_BATCH_MAX must not exceed KASSA_PROCESSOR_QUEUE_SIZE")
+    _check_receipts(s)
+
+
+RECEIPT_BLOCK_SIZE_MAX = 65_536  # native.BLOCK_SPAN: offsets per block number
+RECEIPT_BATCH_SIZE_MAX = 10_000  # items per RegisterReceipts call the receipt service takes
+
+
+def _check_receipts(s: Settings) -> None:
+    if s.receipt_block_size > RECEIPT_BLOCK_SIZE_MAX:
+        raise ConfigError(f"KASSA_RECEIPT_BLOCK_SIZE={s.receipt_block_size}: at most "
+                          f"{RECEIPT_BLOCK_SIZE_MAX}")
+    if s.receipt_batch_size > RECEIPT_BATCH_SIZE_MAX:
+        raise ConfigError(f"KASSA_RECEIPT_BATCH_SIZE={s.receipt_batch_size}: at most "
+                          f"{RECEIPT_BATCH_SIZE_MAX}")
+    if s.receipt_pending_max < s.receipt_batch_size:
+        raise ConfigError("KASSA_RECEIPT_PENDING_MAX must not be below KASSA_RECEIPT_BATCH_SIZE")
+
+
+SCOPES = ("admin", "write", "read")
+
+
+def parse_api_keys(raw: str) -> dict[str, str]:
+    """`key:scope,key:scope` to {key: scope}."""
+    keys: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, sep, scope = item.rpartition(":")
+        if not sep or not key or scope not in SCOPES:
+            raise ConfigError(f"KASSA_API_KEYS: {item!r} is not key:scope with scope in {SCOPES}")
+        keys[key] = scope
+    if not keys:
+        raise ConfigError("KASSA_API_KEYS is empty")
+    return keys
+

@@ -1,0 +1,1 @@
+"""The notification service: delivery of notifications by channel (kassa notifications)."""

@@ -1,0 +1,1 @@
+"""The receipt service: receipt code blocks and receipt records (kassa receipts)."""
