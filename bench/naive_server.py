@@ -9,7 +9,7 @@ way, on the same PostgreSQL, Redis and broker as Kassa. `GET /healthz` answers 2
 
 The Kafka event is handed over with `await producer.send(...)`, which returns once the
 record is queued in the producer, not when the broker acknowledged it (that would be
-`send_and_wait`). This is what the reference prototype in RECIPES.md did (3,400-3,800
+`send_and_wait`). This is what the reference prototype this bench compares against did (3,400-3,800
 req/s), and Kassa's 202 does not wait for the broker either (its outbox publishes after
 the answer). The bench checks after each run that the topic holds one record per 2xx
 answer, so no event is silently lost from the measurement; delivery failures are counted

@@ -172,7 +172,7 @@ def failures(result: dict[str, Any], scenario: Scenario) -> list[str]:
                        "journals written: an answer was given before the request was durable")
     defects = {c: n for c, n in result["codes"].items() if c.startswith("5") and c != "503"}
     if defects:
-        out.append(f"5xx other than 503 (a defect per API.md): {defects}")
+        out.append(f"5xx other than 503 (a defect per docs/api.md): {defects}")
     return out
 
 

@@ -21,7 +21,7 @@ CURRENCY = "USD"
 # Large enough that random transfers of 1..100 cents (bench/wrk/common.lua) never run dry,
 # even on the hot accounts: the scenarios measure the ledger, not insufficient_funds.
 OPENING_BALANCE = 1_000_000_000
-LEGS_MAX = 64  # API.md: 1 to 64 legs per transfer
+LEGS_MAX = 64  # docs/api.md: 1 to 64 legs per transfer
 
 
 class SeedError(RuntimeError):

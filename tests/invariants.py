@@ -1,4 +1,4 @@
-"""The DESIGN.md invariants, checked with SQL against the real database.
+"""The ledger invariants (docs/design.md), checked with SQL against the real database.
 
 The checks live in server/adapters/postgres/verify.py (`kassa verify` runs the same ones). Receipt
 registration is checked only when asked: it is batched after the outcome, and tests that

@@ -1,4 +1,4 @@
-"""The edge of the HTTP contract (API.md, Errors), on the real app over HTTP: media types,
+"""The edge of the HTTP contract (docs/api.md, Errors), on the real app over HTTP: media types,
 path and query values that cannot name anything, body strings and nesting, X-Request-Id,
 the system accounts' status, 503 messages, and the admin key file's mode."""
 

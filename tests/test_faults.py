@@ -188,7 +188,7 @@ def serve(**env: str) -> KassaProcess:
 # InterfaceError("cannot call Connection.get_server_pid(): connection has been released
 # back to the pool"). converted_errors() turns that into Unavailable("the database is
 # unavailable"): the lost-acknowledgement check (fence, look up) never runs, and a group
-# that landed is answered 503 `unavailable` (API.md: only when nothing was accepted).
+# that landed is answered 503 `unavailable` (docs/api.md: only when nothing was accepted).
 # Reading the pid before COMMIT (at acquire) would fix it.
 async def test_a_lost_commit_acknowledgement_reaches_the_check(pg_server: PostgresServer) -> None:
     """The store alone, without HTTP: the cut COMMIT lands, and the store must say it

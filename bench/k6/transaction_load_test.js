@@ -1,4 +1,4 @@
-// The seed's load test, against Kassa: async transfers among random accounts.
+// The original load test, against Kassa: async transfers among random accounts.
 //
 //   k6 run --vus 200 --duration 5m transaction_load_test.js
 //

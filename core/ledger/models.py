@@ -69,7 +69,7 @@ class ErrorBody(msgspec.Struct, frozen=True):
 
 
 class TransactionEvent(msgspec.Struct, frozen=True):
-    """The Kafka event of a finished transaction (API.md, Events)."""
+    """The Kafka event of a finished transaction (docs/api.md, Events)."""
 
     event: str
     receipt_code: str

@@ -1,4 +1,4 @@
-"""Accepting a transaction: the flow of DESIGN.md, steps 1 to 6 (and waiting for 7).
+"""Accepting a transaction: the flow of docs/design.md, up to the durable accept (and waiting for the outcome).
 
 validate (done by the caller) → idempotency → pre-validate on the cached view →
 reserve queue room → receipt code → durable journal (group commit) → queue → answer.

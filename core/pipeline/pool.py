@@ -1,5 +1,5 @@
 """The processor pool of one process: the accept batcher's sink, a bounded queue, a few
-batch writers, and the seed's many workers for post-commit effects.
+batch writers, and many workers for post-commit effects.
 
 New journals reach `record` in groups. While the writers have no backlog, a group is
 decided and posted in its own commit (apply at accept: one commit per transaction);
@@ -7,7 +7,7 @@ otherwise it is recorded pending and its tasks are queued for the writers, which
 run what the recovery sweeper claims. Capacity is reserved before a request is made
 durable and used after, so a full queue refuses (503) before anything is written and an
 accepted task is never dropped. Writers take up to `batch_max` queued tasks and apply
-them in one database transaction (`batch_max=1` is the seed's one-commit-per-transaction
+them in one database transaction (`batch_max=1` is the one-commit-per-transaction
 design, kept as a baseline). Effects after commit (status, receipt registration,
 notifications, cached balances) go to `workers` coroutines, through a bounded queue:
 when it is full a batch's effects are dropped and counted (best effort; the commit stands).

@@ -31,7 +31,7 @@ class ReceiptStatus(msgspec.Struct, frozen=True):
 
 
 class ReceiptSource(Protocol):
-    """Receipt codes and receipt records (DESIGN.md, steps 4 and 8)."""
+    """Receipt codes and receipt records (docs/design.md: codes before the accept, records after the outcome)."""
 
     async def next_codes(self, count: int) -> list[str]:
         """`count` fresh receipt codes (1 for a request, up to 1,000 for a whole batch).

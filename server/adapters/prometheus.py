@@ -1,4 +1,4 @@
-"""Prometheus metrics: the seed's names plus what separates accepted from applied.
+"""Prometheus metrics: the contract's names plus what separates accepted from applied.
 
 Under gunicorn every worker writes to PROMETHEUS_MULTIPROC_DIR (set by `kassa serve`)
 and /metrics aggregates all of them.

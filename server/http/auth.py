@@ -1,4 +1,4 @@
-"""API keys and scopes (API.md, Authentication)."""
+"""API keys and scopes (docs/api.md, Authentication)."""
 
 from __future__ import annotations
 

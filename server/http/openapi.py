@@ -1,4 +1,4 @@
-"""The OpenAPI document of API.md (served at /openapi.json), generated.
+"""The OpenAPI document of docs/api.md (served at /openapi.json), generated.
 
 Bodies come from the msgspec Structs in server/http/schemas.py (the request Structs are the
 ones that decode requests, so the document cannot drift from them); error statuses come

@@ -1,4 +1,4 @@
-"""The `kassa` command line (API.md, Command line)."""
+"""The `kassa` command line (docs/api.md, Command line)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("relay", help="run the outbox relay (database to Kafka) on its own")
     verify_p = sub.add_parser(
         "verify", help="check the ledger invariants on KASSA_DATABASE_URL (read-only)",
-        description="Checks the ledger invariants (DESIGN.md) on a live database in one "
+        description="Checks the ledger invariants (docs/design.md) on a live database in one "
                     "read-only snapshot, prints one line per check (OK or the number of "
                     "violations, with a few examples) and exits 1 on any violation.")
     verify_p.add_argument(

@@ -1,5 +1,5 @@
 """The composition root: builds one worker process's pipeline from settings and tears it
-down in the seed's order. Nothing else constructs adapters."""
+down in reverse order of dependence. Nothing else constructs adapters."""
 
 from __future__ import annotations
 

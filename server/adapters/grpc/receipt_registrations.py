@@ -1,4 +1,4 @@
-"""Receipts waiting for registration with the receipt service (DESIGN.md, step 8).
+"""Receipts waiting for registration with the receipt service (docs/design.md, the flow of a transaction).
 
 Registration is best effort from a request's point of view: it happens after the
 outcome, never blocks or fails a request, and survives a receipt service outage by

@@ -93,7 +93,7 @@ class PgAccountStore:
         return page, next_cursor
 
     async def transaction(self, receipt_code: str) -> dict[str, Any] | None:
-        """The full transaction view of API.md, or None for an unknown receipt."""
+        """The full transaction view of docs/api.md, or None for an unknown receipt."""
         async with converted_errors(), self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT id, status, type, currency, description, metadata, error_code,"

@@ -1,4 +1,4 @@
-"""The ledger's invariants (DESIGN.md) as SQL: `kassa verify` and the tests run these.
+"""The ledger's invariants (docs/design.md) as SQL: `kassa verify` and the tests run these.
 
 Each check is a query that returns the rows that break one law, so an empty result is a
 pass. `verify` runs them all in one READ ONLY, REPEATABLE READ transaction: every check

@@ -117,7 +117,7 @@ async def answer(runtime: Runtime, submitted: Submitted) -> tuple[int, Any]:
 
 
 def transaction_view(outcome: Outcome, tx: Transaction) -> dict[str, Any]:
-    """API.md's full transaction of a journal recorded by the commit that decided it, as
+    """The full transaction (docs/api.md) of a journal recorded by the commit that decided it, as
     the database has it (both times are the decision's)."""
     error = ({"code": outcome.error.code, "message": outcome.error.message}
              if outcome.error is not None else None)

@@ -11,7 +11,7 @@ from core.ledger.status import RANK
 from server.adapters.grpc.gen.kassa.v1 import receipts_pb2 as pb
 
 # Account ids travel to PostgreSQL joined by this character, which no account id may hold
-# (API.md: [A-Za-z0-9_@:-]); unnest cannot take an array of arrays of different lengths.
+# (docs/api.md: [A-Za-z0-9_@:-]); unnest cannot take an array of arrays of different lengths.
 ID_SEPARATOR = ","
 
 RESERVE_BLOCK = "SELECT nextval('receipt_blocks')"
