@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SYSTEM_PACKAGES := postgresql redis-server wrk prometheus
 
-.PHONY: run test lint system-deps venv venv-dev bench bench-quick proto clean
+.PHONY: run test test-fast lint system-deps venv venv-dev bench bench-quick proto clean
 
 ## make run: create the venv, install Kassa with the embedded stack, start `kassa serve`.
 run: venv
@@ -14,6 +14,10 @@ run: venv
 ## make test: install everything the tests need (apt and pip), lint, run the whole suite.
 test: system-deps venv-dev lint
 	$(PY) -m pytest
+
+## make test-fast: the pure and fake-backed tests (tests/unit), no server started; under 30 s.
+test-fast:
+	$(PY) -m pytest tests/unit -q
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -1,20 +1,18 @@
 """gunicorn settings for running Kassa under a plain `gunicorn` command:
 
-    KASSA_DATABASE_URL=... gunicorn -c gunicorn.conf.py 'server.http.app:create_app()'
+    KASSA_DATABASE_URL=... gunicorn -c gunicorn.conf.py 'server.process.asgi:create_app()'
 
 `kassa serve` uses the same values (server/process/gunicorn_app.py) and also runs migrations
-and the embedded stack; prefer it.
+and the embedded stack; prefer it. Host, port, workers and logging come from the KASSA_*
+settings (KASSA_HOST, KASSA_PORT, KASSA_WORKERS, KASSA_LOG_LEVEL, KASSA_LOG_FORMAT).
 """
 
-import multiprocessing
-import os
-
 from server.process.gunicorn_app import gunicorn_options
+from server.process.logs import configure
+from server.process.settings import load_settings
 
-_options = gunicorn_options(
-    os.environ.get("KASSA_HOST", "127.0.0.1"),
-    int(os.environ.get("KASSA_PORT", "8000")),
-    int(os.environ.get("KASSA_WORKERS", multiprocessing.cpu_count())),
-    os.environ.get("KASSA_LOG_LEVEL", "info"),
-)
-globals().update(_options)
+_settings = load_settings()
+# The workers fork from this process and keep its logging, as under `kassa serve`.
+configure(_settings.log_level, _settings.log_format)
+globals().update(gunicorn_options(_settings.host, _settings.port, _settings.workers,
+                                  _settings.log_level, _settings.log_format))

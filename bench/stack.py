@@ -1,4 +1,5 @@
-"""Start and stop `kassa serve` the README way, as a child we own and stop by PID.
+"""Start and stop `kassa serve` for a benchmark run: the tests' launcher
+(tests/fixtures/kassa_server.py) with the benchmark's configuration and accounting.
 
 `StackConfig.kassa` may be another checkout's venv `kassa` script (`--kassa-bin`): it then
 runs from that checkout, because its gRPC services start with `python -m server.process.cli` and
@@ -7,25 +8,27 @@ runs from that checkout, because its gRPC services start with `python -m server.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from bench import procs
+from server.process.embedded import free_port
+from tests.fixtures.kassa_server import (
+    KASSA,
+    STOP_TIMEOUT_S,
+    KassaProcess,
+    start_kassa,
+    stop_process,
+)
 
-KASSA = Path(sys.executable).parent / "kassa"
+__all__ = ["API_KEY", "KASSA", "Server", "StackConfig", "checkout_of", "free_port", "start",
+           "stop_process"]
+
 API_KEY = "bench-admin"
 READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -38,29 +41,17 @@ class StackConfig:
 
 
 @dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    port: int
-    data_dir: Path
-    dsn: str
+class Server(KassaProcess):
+    """A running `kassa serve`, with the database the benchmark seeds and reads."""
+
+    dsn: str = ""
     embedded_pg: bool = True
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "serve.log"
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> int | None:
-        return stop_process(self.process)
+    def stop(self, sig: int = signal.SIGTERM,  # type: ignore[override]
+             timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """As KassaProcess.stop, but a server that had to be killed gives None instead of
+        an error: the benchmark reports its exit code and goes on."""
+        return stop_process(self.process, sig, timeout_s)
 
     def layout(self) -> procs.Layout:
         """Its processes for the CPU accounting: it is the gunicorn master and the parent
@@ -72,28 +63,10 @@ class Server:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> int | None:
-    """SIGTERM, then wait; SIGKILL only our own process if it ignores us (then None)."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def server_env(config: StackConfig) -> dict[str, str]:
-    # Our own KASSA_* only: a stray variable in the caller's shell must not change the numbers.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KASSA_")}
-    env.update({"KASSA_API_KEYS": f"{API_KEY}:admin", "KASSA_LOG_LEVEL": "warning"})
+    """The benchmark's KASSA_* settings (the launcher drops any from the caller's shell, so
+    they cannot change the numbers)."""
+    env = {"KASSA_API_KEYS": f"{API_KEY}:admin"}
     if config.database_url:
         env["KASSA_DATABASE_URL"] = config.database_url
     if config.redis_url:
@@ -111,34 +84,9 @@ def checkout_of(kassa: Path) -> Path | None:
 def start(config: StackConfig) -> Server:
     # Under /tmp: pgserver makes every parent of its data dir world-readable.
     data_dir = Path(tempfile.mkdtemp(prefix="kassa-bench-", dir="/tmp"))
-    port = free_port()
+    kassa = start_kassa(server_env(config), workers=config.workers, data_dir=data_dir,
+                        timeout_s=READY_TIMEOUT_S, kassa=config.kassa,
+                        cwd=checkout_of(config.kassa) or data_dir)
     dsn = config.database_url or f"postgresql://postgres:@/postgres?host={data_dir}/pg"
-    with open(data_dir / "serve.log", "ab") as log_file:  # the child keeps its own descriptor
-        process = subprocess.Popen(
-            [str(config.kassa), "serve", "--workers", str(config.workers), "--port", str(port),
-             "--data-dir", str(data_dir)],
-            stdout=log_file, stderr=subprocess.STDOUT, env=server_env(config),
-            cwd=checkout_of(config.kassa) or data_dir,
-        )
-    server = Server(process, port, data_dir, dsn, embedded_pg=not config.database_url)
-    try:
-        wait_ready(server)
-    except BaseException:
-        server.stop()
-        raise
-    return server
-
-
-def wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"kassa serve exited with {server.process.returncode}:\n"
-                               f"{server.log_tail()}")
-        try:
-            if httpx.get(server.url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"kassa serve not ready after {READY_TIMEOUT_S}s:\n{server.log_tail()}")
+    return Server(kassa.process, kassa.port, kassa.data_dir, kassa.log_path, dsn,
+                  embedded_pg=not config.database_url)

@@ -104,7 +104,7 @@ async def app_client(pg_dsn: str, redis_url: str):  # type: ignore[no-untyped-de
     """An httpx client on the real app (real PostgreSQL and Redis), in this process."""
     import httpx
 
-    from server.http.app import create_app
+    from server.process.asgi import create_app
     from server.process.runtime import build_runtime
 
     app = create_app()

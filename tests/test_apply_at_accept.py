@@ -11,9 +11,10 @@ import asyncpg
 import pytest
 
 from core.ledger.decide import Outcome
-from core.pipeline.executor import Executed, Task
+from core.pipeline.executor import Executed
 from core.pipeline.pool import ProcessorPool
 from core.pipeline.ports import ExistingJournal
+from core.pipeline.tasks import Task
 from server.adapters.postgres.journals import PgJournalStore
 from tests.fixtures.pipeline import balance, pending
 from tests.invariants import assert_invariants

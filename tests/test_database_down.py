@@ -7,7 +7,7 @@ import asyncio
 import httpx
 
 from server.adapters.postgres.migrate import apply_migrations
-from server.http.app import create_app
+from server.process.asgi import create_app
 from server.process.runtime import build_runtime
 from tests.conftest import ADMIN_KEY, make_settings
 from tests.fixtures.servers import start_postgres

@@ -41,7 +41,7 @@ class Untouched:
     def __init__(self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[str] = []
         runtime = client.runtime  # type: ignore[attr-defined]
-        for owner, name in ((runtime, "limit"), (runtime.accounts, "get"),
+        for owner, name in ((runtime.api, "limit"), (runtime.accounts, "get"),
                             (runtime.accounts, "entries"), (runtime.accounts, "transaction"),
                             (runtime.accounts, "set_status"), (runtime.status, "status")):
             monkeypatch.setattr(owner, name, self._recorder(name))

@@ -182,14 +182,11 @@ def serve(**env: str) -> KassaProcess:
 
 # -- a. PostgreSQL: the connection cut right after COMMIT was sent ------------------------
 
-# Server bug found by these tests (server/adapters/postgres/journals.py, PgJournalStore._transaction):
-# when the connection fails during COMMIT, asyncpg has already detached the pool's
-# connection proxy, so `conn.get_server_pid()` in the `except LOST` handler raises
-# InterfaceError("cannot call Connection.get_server_pid(): connection has been released
-# back to the pool"). converted_errors() turns that into Unavailable("the database is
-# unavailable"): the lost-acknowledgement check (fence, look up) never runs, and a group
-# that landed is answered 503 `unavailable` (docs/api.md: only when nothing was accepted).
-# Reading the pid before COMMIT (at acquire) would fix it.
+# Regression (server/adapters/postgres/lost_commit.py, `transaction`): when the connection
+# fails during COMMIT, asyncpg has already detached the pool's connection proxy, so asking
+# it for the session pid then raised InterfaceError and the group was answered 503
+# `unavailable` although it landed (docs/api.md: only when nothing was accepted). The pid
+# is now read at acquire, so the lost-acknowledgement check (fence, look up) runs.
 async def test_a_lost_commit_acknowledgement_reaches_the_check(pg_server: PostgresServer) -> None:
     """The store alone, without HTTP: the cut COMMIT lands, and the store must say it
     does not know (CommitUnknown, with the session to fence), not Unavailable."""

@@ -12,9 +12,10 @@ import pytest
 
 from core.ledger.decide import Outcome
 from core.ledger.errors import Rejected
-from core.pipeline.executor import Executed, Task
+from core.pipeline.executor import Executed
 from core.pipeline.pool import ProcessorPool
 from core.pipeline.ports import PendingJournal
+from core.pipeline.tasks import Task
 from server.adapters.postgres.journals import PgJournalStore
 from tests.fixtures.pipeline import balance, pending
 from tests.invariants import assert_invariants

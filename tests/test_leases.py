@@ -10,10 +10,11 @@ import asyncpg
 import pytest
 
 from core.ledger.decide import Outcome
-from core.pipeline.executor import Executed, Task
+from core.pipeline.executor import Executed
 from core.pipeline.isolation import deduplicated
 from core.pipeline.pool import ProcessorPool
 from core.pipeline.recovery import RecoverySweeper
+from core.pipeline.tasks import Task
 from server.adapters.postgres.journals import PgJournalStore
 from tests.fixtures.pipeline import balance, pending
 from tests.invariants import assert_invariants

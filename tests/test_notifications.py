@@ -22,6 +22,7 @@ from core.pipeline.ports import Notification
 from server.adapters.grpc.clients import NotificationClient
 from server.adapters.grpc.gen.kassa.v1 import notifications_pb2 as pb
 from server.adapters.grpc.gen.kassa.v1 import notifications_pb2_grpc as pb_grpc
+from server.process.settings import ConfigError, load_settings
 from server.services.notifications import service as notification_service
 from server.services.notifications.delivery import NotificationConfig
 from tests.fixtures.servers import free_port
@@ -127,21 +128,21 @@ def _failed_total() -> float:
     return REGISTRY.get_sample_value("kassa_notifications_failed_total") or 0.0
 
 
-def test_config_from_env() -> None:
-    config = NotificationConfig.from_env({
+def test_config_from_settings() -> None:
+    config = NotificationConfig.from_settings(load_settings({
         "KASSA_SMTP_HOST": "mail", "KASSA_SMTP_PORT": "2525", "KASSA_SMTP_FROM": "k@x",
         "KASSA_SMS_WEBHOOK_URL": "http://h/sms", "KASSA_WEBHOOK_SECRET": "s",
         "KASSA_NOTIFY_ATTEMPTS_MAX": "5", "KASSA_NOTIFY_BACKOFF_MS": "0",
-    })
+    }))
     assert (config.smtp_host, config.smtp_port, config.smtp_from) == ("mail", 2525, "k@x")
     assert (config.sms_webhook_url, config.push_webhook_url) == ("http://h/sms", None)
     assert (config.attempts_max, config.backoff_ms) == (5, 0)
     assert config.route("email") == "email" and config.route("push") == "log"
-    assert NotificationConfig.from_env({}) == NotificationConfig()
+    assert NotificationConfig.from_settings(load_settings({})) == NotificationConfig()
     for name, bad in [("KASSA_SMTP_PORT", "x"), ("KASSA_NOTIFY_ATTEMPTS_MAX", "0"),
                       ("KASSA_NOTIFY_BACKOFF_MS", "-1"), ("KASSA_PUSH_WEBHOOK_URL", "ftp://x")]:
-        with pytest.raises(ValueError, match=name):
-            NotificationConfig.from_env({name: bad})
+        with pytest.raises(ConfigError, match=name):
+            load_settings({name: bad})
 
 
 async def test_email_arrives_at_a_real_smtp_server(smtp: Any, notifier: Any) -> None:

@@ -19,8 +19,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 from prometheus_client import REGISTRY
 
-from server.adapters.kafka import relay as relay_module
+from server.adapters.kafka import publisher as publisher_module
+from server.adapters.kafka.publisher import OutboxPublisher
 from server.adapters.kafka.relay import APPLICATION_NAME, RELAY_LOCK_ID, OutboxRelay
+from server.adapters.postgres.outbox import OutboxSession
 from tests.fixtures.kafka import KafkaBroker
 from tests.fixtures.servers import free_port
 
@@ -325,11 +327,16 @@ class _CrashingRelay(OutboxRelay):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.acked = asyncio.Event()
         self.backend_pid = 0
+        relay = self
 
-    async def _delete_published(self, conn: asyncpg.Connection, ids: list[int]) -> None:
-        self.backend_pid = conn.get_server_pid()
-        self.acked.set()
-        await conn.execute("SELECT pg_sleep(60)")
+        class Crashing(OutboxPublisher):
+            async def _delete_published(self, session: OutboxSession, ids: list[int]) -> None:
+                conn = session._conn  # a query in flight when the crash comes
+                relay.backend_pid = conn.get_server_pid()
+                relay.acked.set()
+                await conn.execute("SELECT pg_sleep(60)")
+
+        self._publisher = Crashing(self._kafka, self._batch_size_max)
 
 
 @pytest.mark.parametrize("crash", ["task_cancelled", "connection_dropped"])
@@ -361,8 +368,8 @@ async def test_a_row_committed_after_higher_ids_were_published_still_goes_out(
     """Reads start above the ids already published (dead index entries below them cost a
     scan each time); a transaction that drew a lower id and committed later is found by the
     periodic read from the start."""
-    monkeypatch.setattr(relay_module, "SETTLE_S", 0.0)
-    monkeypatch.setattr(relay_module, "FULL_SCAN_INTERVAL_S", 3.0)
+    monkeypatch.setattr(publisher_module, "SETTLE_S", 0.0)
+    monkeypatch.setattr(publisher_module, "FULL_SCAN_INTERVAL_S", 3.0)
     relay = OutboxRelay(pg_dsn, kafka_broker.bootstrap, TOPIC, poll_interval_ms=100)
     await relay.start()
     try:

@@ -9,7 +9,7 @@ import pytest
 
 from core.kit.breaker import CLOSED
 from server.adapters.grpc.clients import ReceiptClient
-from server.http.app import create_app
+from server.process.asgi import create_app
 from server.process.runtime import build_runtime
 from server.services.receipts import service as receipt_service
 from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, make_settings

@@ -13,7 +13,7 @@ import pytest
 
 from server.adapters.postgres import verify as verify_module
 from server.adapters.postgres.verify import CHECKS, verify
-from server.http.app import create_app
+from server.process.asgi import create_app
 from server.process.runtime import build_runtime
 from server.services.receipts import service as receipt_service
 from tests.conftest import ADMIN_KEY, make_settings

@@ -64,6 +64,25 @@ class AmountOverflow(BusinessRuleError):
     code = "amount_overflow"
 
 
+class HoldNotPending(BusinessRuleError):
+    """A capture or void of a hold already captured, voided or expired (409)."""
+
+    code = "hold_not_pending"
+
+
+class ReversalExceedsOriginal(BusinessRuleError):
+    """Reversals of one journal would add up to more than its amount (409)."""
+
+    code = "reversal_exceeds_original"
+
+
+class NotReversible(BusinessRuleError):
+    """A reversal of a journal that is not a completed transfer, deposit, withdrawal or
+    capture (422 `invalid_request`)."""
+
+    code = "invalid_request"
+
+
 class RateLimited(KassaError):
     code = "rate_limited"
     retriable = True

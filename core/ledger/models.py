@@ -30,6 +30,10 @@ class Transaction(msgspec.Struct, frozen=True):
     legs: tuple[Leg, ...]
     description: str | None = None
     metadata: dict[str, Any] = {}
+    # A hold (transfer or withdrawal): seconds until the server voids it.
+    hold_expires_in_s: int | None = None
+    # The receipt code a capture or void names (the hold) or a reversal (the original).
+    target: str | None = None
 
     @property
     def amount(self) -> int:
@@ -50,10 +54,12 @@ class AccountSnapshot(msgspec.Struct, frozen=True):
     balance: int
     overdraft_limit: int | None  # None: unlimited (system accounts)
     contact: dict[str, str] | None = None
+    held: int = 0  # sum of this account's pending holds as a source
 
     @property
     def floor(self) -> int | None:
-        return None if self.overdraft_limit is None else -self.overdraft_limit
+        """The lowest balance a debit may reach: what is held stays reserved."""
+        return None if self.overdraft_limit is None else self.held - self.overdraft_limit
 
 
 class Entry(msgspec.Struct, frozen=True):

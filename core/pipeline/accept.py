@@ -12,63 +12,32 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from core.kit.batcher import Batcher
 from core.ledger.decide import Outcome, prevalidate
-from core.ledger.errors import (
-    IdempotencyInProgress,
-    IdempotencyKeyReused,
-    InsufficientFunds,
-    KassaError,
-    Overloaded,
-    Unavailable,
-)
+from core.ledger.errors import InsufficientFunds, KassaError, Overloaded, Unavailable
 from core.ledger.models import AccountSnapshot, Transaction
-from core.ledger.status import COMPLETED
-from core.pipeline.executor import Task
+from core.pipeline.idempotency import IdempotencyGate, replay_of_journal
 from core.pipeline.observer import NullObserver, Observer
 from core.pipeline.pool import ProcessorPool
 from core.pipeline.ports import (
     AccountReader,
     ExistingJournal,
     IdempotencyCache,
-    IdempotencyRecord,
     PendingJournal,
     ReceiptSource,
 )
+from core.pipeline.submission import (
+    Accepted,
+    Finished,
+    Replayed,
+    Submission,
+    Submitted,
+    format_ms,
+)
+from core.pipeline.tasks import Task
 
 log = logging.getLogger("kassa.accept")
-
-
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    """The answer to one submission: 202 (accepted), 201 (completed) or 422 (failed).
-
-    0 means "answer from the journal as it stands now": the replay of a `?wait=true`
-    request, whose original answer was the finished transaction.
-    """
-
-    receipt_code: str
-    http_status: int
-    processing_time: str
-    replayed: bool = False
-    body: bytes | None = None  # the original 202 body, when replayed from Redis
-    outcome: Outcome | None = None  # set when a wait=true submission finished here
-    transaction: Transaction | None = None  # with the outcome: the answer needs no read
-
-
-@dataclass(frozen=True, slots=True)
-class Submission:
-    transaction: Transaction
-    scope: str
-    idempotency_key: str | None = None
-    request_hash: str | None = None
-    wait: bool = False
-
-
-def format_ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f}ms"
 
 
 class TransactionService:
@@ -89,7 +58,7 @@ class TransactionService:
         self._receipts = receipts
         self._accounts = accounts
         self._pool = pool
-        self._idem = idempotency
+        self._idem = IdempotencyGate(idempotency) if idempotency is not None else None
         self._owner = owner
         self._wait_timeout_s = wait_timeout_s
         self._observer = observer or NullObserver()
@@ -104,22 +73,24 @@ class TransactionService:
         started = self._clock()
         owned = False
         if sub.idempotency_key is not None and self._idem is not None:
-            replay, owned = await self._begin_idempotent(sub)
+            replay, owned = await self._idem.begin(sub)
             if replay is not None:
                 return replay
         try:
             accepted = await self._accept(sub, started, accounts)
         except BaseException:
             if owned:
-                await self._abandon(sub)
+                assert self._idem is not None
+                await self._idem.abandon(sub)
             raise
-        if isinstance(accepted, Submitted):
+        if isinstance(accepted, Accepted | Replayed):
             return accepted
         code, processing_time, done = accepted
         if owned:
-            await self._remember(sub, code, processing_time)
+            assert self._idem is not None
+            await self._idem.remember(sub, code, processing_time)
         if not sub.wait:
-            return Submitted(code, 202, processing_time)
+            return Accepted(code, processing_time)
         if isinstance(done, Outcome):
             return _finished(code, processing_time, done, sub.transaction)
         return await self._wait(done, processing_time)
@@ -207,13 +178,13 @@ class TransactionService:
         self._log_start(code, sub.transaction)
         if isinstance(result, Outcome):  # applied in the accept's commit
             self._pool.release()
-            return _finished(code, processing_time, result, sub.transaction) if sub.wait else Submitted(
-                code, 202, processing_time)
+            return (_finished(code, processing_time, result, sub.transaction) if sub.wait
+                    else Accepted(code, processing_time))
         assert isinstance(result, int)
         waiter = asyncio.get_running_loop().create_future() if sub.wait else None
         task = Task(result, code, sub.transaction, started, waiter)
         self._pool.put(task)
-        return task if sub.wait else Submitted(code, 202, processing_time)
+        return task if sub.wait else Accepted(code, processing_time)
 
     @staticmethod
     def _log_start(code: str, tx: Transaction) -> None:
@@ -223,7 +194,7 @@ class TransactionService:
 
     async def _accept(self, sub: Submission, started: float,
                       accounts: dict[str, AccountSnapshot] | None
-                      ) -> tuple[str, str, Task | Outcome] | Submitted:
+                      ) -> tuple[str, str, Task | Outcome] | Accepted | Replayed:
         tx = sub.transaction
         if accounts is None:
             accounts = await self._accounts.get_accounts(tx.account_ids)
@@ -248,7 +219,7 @@ class TransactionService:
             raise
         if isinstance(result, ExistingJournal):
             self._pool.release()
-            return self._replay_journal(sub, result)
+            return replay_of_journal(sub, result)
         done: Task | Outcome
         if isinstance(result, Outcome):  # applied in the accept's commit
             self._pool.release()
@@ -270,60 +241,9 @@ class TransactionService:
             outcome = None
         if outcome is None:
             # Still running (or finished elsewhere): the receipt stands; the client polls it.
-            return Submitted(task.receipt_code, 202, processing_time)
+            return Accepted(task.receipt_code, processing_time)
         return _finished(task.receipt_code, processing_time, outcome, task.transaction)
 
-    # ---- idempotency: Redis fast path, the journals' unique key as the authority ------
 
-    async def _begin_idempotent(self, sub: Submission) -> tuple[Submitted | None, bool]:
-        assert self._idem is not None and sub.idempotency_key is not None
-        try:
-            record = await self._idem.begin(sub.scope, sub.idempotency_key, sub.request_hash or "")
-        except Unavailable:
-            return None, False  # Redis down: the database constraint still decides
-        if record is None:
-            return None, True
-        if record.request_hash != sub.request_hash:
-            raise IdempotencyKeyReused("this Idempotency-Key was used with a different request")
-        if record.receipt_code is None:
-            raise IdempotencyInProgress("a request with this Idempotency-Key is being accepted",
-                                        retry_after_s=1)
-        if record.mode == "async" and record.body is not None:
-            return Submitted(record.receipt_code, 202, "", replayed=True, body=record.body), False
-        return Submitted(record.receipt_code, 0, "", replayed=True), False
-
-    def _replay_journal(self, sub: Submission, existing: ExistingJournal) -> Submitted:
-        if existing.request_hash != sub.request_hash:
-            raise IdempotencyKeyReused("this Idempotency-Key was used with a different request")
-        processing_time = format_ms((existing.accept_time_us or 0) / 1e6)
-        if existing.mode == "async":
-            return Submitted(existing.receipt_code, 202, processing_time, replayed=True)
-        return Submitted(existing.receipt_code, 0, processing_time, replayed=True)
-
-    async def _remember(self, sub: Submission, code: str, processing_time: str) -> None:
-        assert self._idem is not None and sub.idempotency_key is not None
-        mode = "sync" if sub.wait else "async"
-        body = accepted_body(code, processing_time) if mode == "async" else None
-        record = IdempotencyRecord(sub.request_hash or "", code, mode, body)
-        try:
-            await self._idem.complete(sub.scope, sub.idempotency_key, record)
-        except KassaError as exc:
-            log.warning("idempotency record not cached (the database still has it): %s", exc)
-
-    async def _abandon(self, sub: Submission) -> None:
-        assert self._idem is not None and sub.idempotency_key is not None
-        try:
-            await self._idem.abandon(sub.scope, sub.idempotency_key)
-        except KassaError as exc:
-            log.warning("idempotency marker not cleared (it expires): %s", exc)
-
-
-def _finished(code: str, processing_time: str, outcome: Outcome, tx: Transaction) -> Submitted:
-    status = 201 if outcome.status == COMPLETED else 422
-    return Submitted(code, status, processing_time, outcome=outcome, transaction=tx)
-
-
-def accepted_body(receipt_code: str, processing_time: str) -> bytes:
-    """The 202 body, byte for byte what a replay returns."""
-    return (b'{"receipt_code":"' + receipt_code.encode() + b'","status":"processing",'
-            b'"processing_time":"' + processing_time.encode() + b'"}')
+def _finished(code: str, processing_time: str, outcome: Outcome, tx: Transaction) -> Finished:
+    return Finished(code, processing_time, outcome, tx)

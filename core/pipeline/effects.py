@@ -6,10 +6,11 @@ import logging
 import time
 from collections.abc import Callable
 
+from core.kit.clock import utc_now_iso
 from core.ledger.decide import Outcome
 from core.ledger.models import AccountSnapshot, Transaction
 from core.ledger.status import COMPLETED
-from core.pipeline.executor import Executed, utc_now_iso
+from core.pipeline.executor import Executed
 from core.pipeline.observer import NullObserver, Observer
 from core.pipeline.ports import JournalStatus, Notification, Notifier, ReceiptRecord, ReceiptSource
 from core.pipeline.tracker import StatusTracker

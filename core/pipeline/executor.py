@@ -13,31 +13,21 @@ writers free of deadlocks; the rare transient conflict is retried.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from core.kit.clock import utc_now_iso
 from core.ledger.decide import BatchDecision, Outcome, decide_batch
 from core.ledger.errors import TransientConflict
-from core.ledger.models import AccountSnapshot, Transaction
+from core.ledger.models import AccountSnapshot
 from core.pipeline.ports import ExistingJournal, JournalStore, PendingJournal
+from core.pipeline.tasks import Task
 
 log = logging.getLogger("kassa.executor")
 T = TypeVar("T")
-
-
-@dataclass(slots=True, eq=False)
-class Task:
-    """One accepted journal waiting for execution in this process."""
-
-    journal_id: int
-    receipt_code: str
-    transaction: Transaction
-    accepted_at: float  # monotonic seconds
-    waiter: asyncio.Future[Outcome | None] | None = None
 
 
 @dataclass
@@ -48,10 +38,6 @@ class Executed:
     outcomes: list[Outcome]
     accounts: dict[str, AccountSnapshot] = field(default_factory=dict)
     already_final: list[Task] = field(default_factory=list)
-
-
-def utc_now_iso() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 async def execute_batch(store: JournalStore, tasks: list[Task], attempts_max: int) -> Executed:

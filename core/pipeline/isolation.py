@@ -19,8 +19,9 @@ from typing import TypeVar
 from core.ledger.decide import Outcome
 from core.ledger.errors import CommitUnknown, KassaError, OutcomeUnknown, Rejected, Unavailable
 from core.ledger.status import PROCESSING
-from core.pipeline.executor import Executed, Task
+from core.pipeline.executor import Executed
 from core.pipeline.ports import ExistingJournal, JournalStore, PendingJournal, RecordedJournal
+from core.pipeline.tasks import Task
 
 log = logging.getLogger("kassa.isolation")
 T = TypeVar("T")

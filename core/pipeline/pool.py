@@ -26,21 +26,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
-from core.ledger.decide import Outcome
-from core.ledger.errors import CommitUnknown, KassaError, Overloaded, Rejected
-from core.ledger.models import ErrorBody
-from core.ledger.status import FAILED
-from core.pipeline.executor import Executed, Task, apply_pending, execute_batch
-from core.pipeline.isolation import Recorded, bisected, deduplicated, landed, merged, resolve
+from core.ledger.errors import CommitUnknown, KassaError, Overloaded
+from core.pipeline.effect_queue import EffectQueue, Effects
+from core.pipeline.executor import Executed, apply_pending
+from core.pipeline.isolation import Recorded, bisected, deduplicated, landed, resolve
 from core.pipeline.observer import NullObserver, Observer
 from core.pipeline.ports import JournalStore, PendingJournal
+from core.pipeline.tasks import Task
+from core.pipeline.writers import BatchWriter
 
 log = logging.getLogger("kassa.pool")
-
-Effects = Callable[[Executed], Awaitable[None]]
-
 
 class ProcessorPool:
     def __init__(
@@ -60,20 +57,19 @@ class ProcessorPool:
         commit_check_timeout_s: float = 2.0,
     ) -> None:
         self._store = store
-        self._effects = effects
         self._capacity = queue_size_max
         self._writers_n = writers
         self._batch_max = batch_max
         self._workers_n = workers
         self._attempts_max = attempts_max
-        self._backoff_max_s = retry_backoff_max_s
         self._apply_at_accept = apply_at_accept
         self._observer = observer or NullObserver()
         self._queue: asyncio.Queue[Task] = asyncio.Queue()
-        self._effect_queue: asyncio.Queue[Executed] = asyncio.Queue(effect_queue_max)
+        self._effect_queue = EffectQueue(effects, effect_queue_max)
+        self._batch_writer = BatchWriter(store, attempts_max=attempts_max,
+                                         backoff_max_s=retry_backoff_max_s,
+                                         observer=self._observer, closing=lambda: self._closing)
         self._commit_check_s = commit_check_timeout_s
-        self.effects_dropped = 0  # batches whose post-commit effects found the queue full
-        self._dropped_logged_at = 0.0
         self._held: dict[int, int] = {}  # journal id → tasks queued or running here
         self._reserved = 0
         self._busy = 0
@@ -82,6 +78,11 @@ class ProcessorPool:
         self._refusal_logged_at = 0.0
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def effects_dropped(self) -> int:
+        """Batches whose post-commit effects found the effect queue full."""
+        return self._effect_queue.dropped
 
     # ---- admission ------------------------------------------------------------------
 
@@ -180,7 +181,7 @@ class ProcessorPool:
     def start(self) -> None:
         self._tasks += [asyncio.create_task(self._writer(n), name=f"writer-{n}")
                         for n in range(self._writers_n)]
-        self._tasks += [asyncio.create_task(self._effect_worker(), name=f"effects-{n}")
+        self._tasks += [asyncio.create_task(self._effect_queue.work(), name=f"effects-{n}")
                         for n in range(self._workers_n)]
 
     async def close(self, timeout_s: float) -> None:
@@ -225,92 +226,12 @@ class ProcessorPool:
                     self._queue.task_done()
 
     async def _run_batch(self, number: int, batch: list[Task]) -> None:
-        started = time.monotonic()
-        for task in batch:
-            log.info("[TRANSACTION EXECUTING] Worker: %d | Receipt: %s", number, task.receipt_code)
-        executed = await self._execute_isolated(batch)
-        if executed is None:
-            resolve(batch, None)
-            return
-        self._observer.batch_executed(len(batch), time.monotonic() - started)
-        for task, outcome in zip(executed.tasks, executed.outcomes, strict=True):
-            resolve([task], outcome)
-        resolve(executed.already_final, None)
-        self._post_effects(executed)
-
-    async def _execute_isolated(self, batch: list[Task]) -> Executed | None:
-        """The batch applied, with the tasks whose data the database refuses split off and
-        finished failed; None when it is left to recovery."""
-        try:
-            return await self._execute_with_backoff(batch)
-        except Rejected as exc:
-            if len(batch) == 1:
-                return await self._fail(batch[0], exc)
-            log.warning("[TRANSACTION REJECTED] batch of %d split to isolate refused data",
-                        len(batch))
-        half = len(batch) // 2
-        first = await self._execute_isolated(batch[:half])
-        second = await self._execute_isolated(batch[half:])
-        if first is None or second is None:
-            resolve(batch[:half] if first is None else batch[half:], None)
-            return first or second
-        return merged(first, second)
-
-    async def _fail(self, task: Task, exc: Rejected) -> Executed | None:
-        log.critical("[TRANSACTION REJECTED] journal %d (%s) refused by the database: %s",
-                     task.journal_id, task.receipt_code, exc.message)
-        error = ErrorBody(exc.code, exc.message)
-        try:
-            finished = await self._store.mark_failed(task.journal_id, error)
-        except KassaError as down:
-            log.error("journal %d left to recovery: %s", task.journal_id, down.message)
-            return None
-        if not finished:
-            return Executed([], [], already_final=[task])
-        return Executed([task], [Outcome(task.journal_id, task.receipt_code, FAILED, [], error)])
-
-    async def _execute_with_backoff(self, batch: list[Task]) -> Executed | None:
-        """Retry while the database is unreachable; on shutdown leave the batch to recovery.
-        Refused data (Rejected) is raised for the caller to isolate; an unexpected error
-        leaves the batch to recovery at once rather than retrying it forever."""
-        delay = 0.05
-        while True:
-            try:
-                return await execute_batch(self._store, batch, self._attempts_max)
-            except Rejected:
-                raise
-            except KassaError as exc:
-                log.error("[TRANSACTION ERROR] batch of %d not applied: %r", len(batch), exc)
-                if not exc.retriable:
-                    return None
-            except Exception:  # noqa: BLE001 - a bug: logged loudly, journals stay recoverable
-                log.exception("[BUG] batch of %d not applied; left to recovery", len(batch))
-                return None
-            if self._closing:
-                return None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._backoff_max_s)
+        executed = await self._batch_writer.run(number, batch)
+        if executed is not None:
+            self._post_effects(executed)
 
     def _post_effects(self, executed: Executed) -> None:
-        try:
-            self._effect_queue.put_nowait(executed)
-        except asyncio.QueueFull:
-            self.effects_dropped += 1
-            now = time.monotonic()
-            if now - self._dropped_logged_at >= 1.0:
-                log.warning("effect queue full (%d): post-commit effects of %d batches dropped "
-                            "so far", self._effect_queue.maxsize, self.effects_dropped)
-                self._dropped_logged_at = now
-
-    async def _effect_worker(self) -> None:
-        while True:
-            executed = await self._effect_queue.get()
-            try:
-                await self._effects(executed)
-            except Exception:  # noqa: BLE001 - effects are best effort; the commit stands
-                log.exception("post-commit effects failed")
-            finally:
-                self._effect_queue.task_done()
+        self._effect_queue.post(executed)
 
     def _report(self) -> None:
         self._observer.queue_changed(self._queue.qsize(), self._capacity, self._busy, self._writers_n)

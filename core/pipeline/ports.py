@@ -209,7 +209,8 @@ class IdempotencyRecord(msgspec.Struct, frozen=True):
     request_hash: str
     receipt_code: str | None = None  # None while the first request is being accepted
     mode: str = "async"
-    body: bytes | None = None  # the original 202 body
+    body: bytes | None = None  # an earlier version's stored answer: opaque, replayed as is
+    processing_time: str | None = None  # an async request's, for its replayed answer
 
 
 class IdempotencyCache(Protocol):

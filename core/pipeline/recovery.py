@@ -9,9 +9,9 @@ import asyncio
 import logging
 import time
 
-from core.pipeline.executor import Task
 from core.pipeline.pool import ProcessorPool
 from core.pipeline.ports import JournalStore
+from core.pipeline.tasks import Task
 
 log = logging.getLogger("kassa.recovery")
 

@@ -10,7 +10,7 @@ import asyncio
 import bisect
 import logging
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,8 +23,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
-if TYPE_CHECKING:
-    from server.process.runtime import Runtime
+from core.pipeline.read_ports import Backlog
+from core.pipeline.tracker import StatusTracker
 
 log = logging.getLogger("kassa.metrics")
 
@@ -100,18 +100,17 @@ class PrometheusObserver:
     def accept_flushed(self, size: int, seconds: float) -> None:
         ACCEPT_BATCH.observe(size)
 
-    async def run_gauges(self, runtime: Runtime) -> None:
-        """Refresh the gauges that need a query; cheap, every few seconds."""
+    async def run_gauges(self, backlog: Callable[[], Awaitable[Backlog]],
+                         tracker: StatusTracker) -> None:
+        """Refresh the gauges that need a query (`backlog`) or the tracker's counters;
+        cheap, every few seconds."""
         while True:
             try:
-                row = await runtime.db.fetchrow(
-                    "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age "
-                    "FROM journals WHERE status = 'processing'")
-                BACKLOG.set(row["n"])
-                OLDEST.set(float(row["age"] or 0))
+                found = await backlog()
+                BACKLOG.set(found.size)
+                OLDEST.set(found.oldest_age_s)
             except Exception as exc:  # noqa: BLE001 - a gauge may lag; never crash the worker
                 log.debug("gauge refresh failed: %r", exc)
-            tracker = runtime.tracker
             lookups = tracker.hits + tracker.misses
             HIT_RATE.set(tracker.hits / lookups if lookups else 0.0)
             TRACKER_SIZE.set(len(tracker))

@@ -1,25 +1,25 @@
-"""The Starlette application and its one routing table."""
+"""The Starlette application and its one routing table; server/process/asgi.py gives it a
+lifespan that builds the worker's runtime."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from server.http.api import api_of
 from server.http.errors import error_response
 from server.http.handlers import accounts, ops, transactions
 from server.http.hot import Handler, HotRoutes
-from server.process.runtime import build_runtime
-from server.process.settings import Settings, load_settings
 
 log = logging.getLogger("kassa.app")
 
-# The hot routes, served as raw ASGI ahead of Starlette (server/http/handlers/hot.py).
+# The hot routes, served as raw ASGI ahead of Starlette (server/http/hot.py).
 HOT_ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/v1/transactions"): transactions.post_transaction,
     ("POST", "/v1/transactions/batch"): transactions.post_batch,
@@ -54,16 +54,8 @@ async def _internal(request: Request, exc: Exception) -> Response:
     return error_response("internal", "internal error")
 
 
-def create_app(settings: Settings | None = None) -> HotRoutes:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        runtime = await build_runtime(settings or load_settings())
-        app.state.runtime = runtime
-        try:
-            yield
-        finally:
-            await runtime.stop()
-
+def build_app(lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]]) -> HotRoutes:
+    """The app; `lifespan` must set `app.state.runtime` (whose `api` the handlers use)."""
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={
         404: _not_found, 405: _method_not_allowed, 500: _internal})
-    return HotRoutes(app, HOT_ROUTES, lambda: app.state.runtime)
+    return HotRoutes(app, HOT_ROUTES, lambda: api_of(app.state))

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from core.kit.request_context import REQUEST_ID
 from core.ledger.errors import InvalidRequest, KassaError
+from server.http.api import Api
 from server.http.errors import HTTP_STATUS, error_dict
 from server.http.handlers.common import BodyTooLarge
 from server.http.schemas import encoder
-from server.process.logs import REQUEST_ID
-from server.process.runtime import Runtime
 
 log = logging.getLogger("kassa.http")
 
@@ -48,7 +48,7 @@ def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
 class Call:
     """What a hot handler needs of one HTTP request."""
 
-    runtime: Runtime
+    api: Api
     headers: dict[bytes, bytes]  # lower-case names; the last value of a repeated header
     query: dict[str, str]
     body: bytes
@@ -86,11 +86,11 @@ class HotRoutes:
     """ASGI app: the hot routes here, everything else to `fallback` (Starlette)."""
 
     def __init__(self, fallback: Any, routes: dict[tuple[str, str], Handler],
-                 runtime: Callable[[], Runtime]) -> None:
+                 api: Callable[[], Api]) -> None:
         self._fallback: ASGIApp = fallback
         self._routes = routes
         self._paths = {path for _, path in routes}
-        self._runtime = runtime
+        self._api = api
         self.state = fallback.state  # where the lifespan (or a test) puts the runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -121,9 +121,9 @@ class HotRoutes:
 
     async def _answer(self, handler: Handler, scope: Scope, receive: Receive) -> Answer:
         try:
-            runtime = self._runtime()
-            call = Call(runtime, dict(scope["headers"]), _query(scope["query_string"]),
-                        await _body(receive, runtime.settings.body_size_max))
+            api = self._api()
+            call = Call(api, dict(scope["headers"]), _query(scope["query_string"]),
+                        await _body(receive, api.body_size_max))
             return await handler(call)
         except BodyTooLarge as exc:
             return error_answer(exc, 413)

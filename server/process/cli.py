@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import os
 import secrets
@@ -21,42 +22,90 @@ log = logging.getLogger("kassa.cli")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="kassa", description="Kassa transaction server")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve_p = sub.add_parser("serve", help="run the HTTP server under gunicorn")
-    serve_p.add_argument("--host", default="127.0.0.1")
-    serve_p.add_argument("--port", type=int, default=8000)
-    serve_p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    serve_p.add_argument("--data-dir", default=os.environ.get("KASSA_DATA_DIR", ".kassa"))
-    sub.add_parser("migrate", help="apply database migrations and exit")
-    for name in ("receipt-service", "notification-service"):
-        p = sub.add_parser(name, help=f"run the {name} gRPC server on its own")
-        p.add_argument("--host", default="127.0.0.1")
-        p.add_argument("--port", type=int, default=50051 if name == "receipt-service" else 50052)
-    sub.add_parser("relay", help="run the outbox relay (database to Kafka) on its own")
-    verify_p = sub.add_parser(
-        "verify", help="check the ledger invariants on KASSA_DATABASE_URL (read-only)",
-        description="Checks the ledger invariants (docs/design.md) on a live database in one "
-                    "read-only snapshot, prints one line per check (OK or the number of "
-                    "violations, with a few examples) and exits 1 on any violation.")
-    verify_p.add_argument(
-        "--grace-s", type=float, default=60.0,
-        help="journals still unfinished this long after their lease expired, and receipts "
-             "not registered this long after their journal finished, count as violations "
-             "(default 60)")
-    verify_p.add_argument(
-        "--no-receipts", action="store_true",
-        help="skip the receipt-registration check (servers run without a receipt service)")
-    args = parser.parse_args(argv)
     try:
-        settings = load_settings()
+        settings, config_error = load_settings(), None
     except ConfigError as exc:
-        print(f"kassa: configuration error: {exc}", file=sys.stderr)
+        # --help and --version still work; any command stops below with this one line.
+        settings, config_error = Settings(), exc
+    args = build_parser(settings).parse_args(argv)
+    if config_error is not None:
+        print(f"kassa: configuration error: {config_error}", file=sys.stderr)
         sys.exit(2)
     from server.process.logs import configure
 
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     COMMANDS[args.command](args, settings)
+
+
+_HELP = argparse.ArgumentDefaultsHelpFormatter  # appends "(default: ...)" to every option
+
+
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    """The command line; option defaults come from the KASSA_* settings."""
+    parser = argparse.ArgumentParser(
+        prog="kassa", formatter_class=_HELP,
+        description="Kassa transaction server. Configured by KASSA_* environment variables "
+                    "(README.md, Configuration); options override the HTTP server's.")
+    parser.add_argument("--version", action="version", version=f"kassa {package_version()}",
+                        help="print the installed version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    _add_serve(sub, settings)
+    sub.add_parser("migrate", formatter_class=_HELP, help="apply database migrations and exit",
+                   description="Applies the pending migrations to KASSA_DATABASE_URL and exits.")
+    for name, port in (("receipt-service", 50051), ("notification-service", 50052)):
+        p = sub.add_parser(name, formatter_class=_HELP, help=f"run the {name} gRPC server on its own",
+                           description=f"Runs the {name} gRPC server in the foreground "
+                                       "(KASSA_DATABASE_URL required).")
+        p.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on; beyond loopback, TLS and a token are required")
+        p.add_argument("--port", type=int, default=port, help="port to listen on")
+    sub.add_parser("relay", formatter_class=_HELP,
+                   help="run the outbox relay (database to Kafka) on its own",
+                   description="Publishes the outbox of KASSA_DATABASE_URL to "
+                               "KASSA_KAFKA_BOOTSTRAP_SERVERS until stopped.")
+    _add_verify(sub)
+    return parser
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+               settings: Settings) -> None:
+    p = sub.add_parser(
+        "serve", formatter_class=_HELP, help="run the HTTP server under gunicorn",
+        description="Runs the HTTP server under gunicorn after applying migrations; starts "
+                    "embedded PostgreSQL, Redis, Kafka and the gRPC services for whatever "
+                    "is not configured.")
+    p.add_argument("--host", default=settings.host, help="address to listen on (KASSA_HOST)")
+    p.add_argument("--port", type=int, default=settings.port,
+                   help="port to listen on (KASSA_PORT)")
+    p.add_argument("--workers", type=int, default=settings.workers,
+                   help="gunicorn worker processes (KASSA_WORKERS, else the CPU count)")
+    p.add_argument("--data-dir", default=settings.data_dir,
+                   help="where the embedded stack, the generated admin key and the child logs "
+                        "live (KASSA_DATA_DIR)")
+
+
+def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "verify", formatter_class=_HELP,
+        help="check the ledger invariants on KASSA_DATABASE_URL (read-only)",
+        description="Checks the ledger invariants (docs/design.md) on a live database in one "
+                    "read-only snapshot, prints one line per check (OK or the number of "
+                    "violations, with a few examples) and exits 1 on any violation.")
+    p.add_argument(
+        "--grace-s", type=float, default=60.0,
+        help="journals still unfinished this long after their lease expired, and receipts "
+             "not registered this long after their journal finished, count as violations")
+    p.add_argument(
+        "--no-receipts", action="store_true",
+        help="skip the receipt-registration check (servers run without a receipt service)")
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml), not a copy kept in the code."""
+    try:
+        return importlib.metadata.version("kassa")
+    except importlib.metadata.PackageNotFoundError:  # running from a tree never installed
+        return "unknown"
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
@@ -87,9 +136,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     try:
         env = start_dependencies(stack, settings, data_dir)
         os.environ.update(env)
-        asyncio.run(apply_migrations(os.environ["KASSA_DATABASE_URL"]))
+        asyncio.run(apply_migrations(settings.database_url or env["KASSA_DATABASE_URL"]))
         prepare_metrics_dir(data_dir)
-        options = gunicorn_options(args.host, args.port, args.workers, settings.log_level)
+        options = gunicorn_options(args.host, args.port, args.workers, settings.log_level,
+                                   settings.log_format)
         log.info("kassa serving on http://%s:%d with %d workers", args.host, args.port, args.workers)
         KassaApplication(options).run()
     finally:
@@ -178,11 +228,7 @@ def cmd_notification_service(args: argparse.Namespace, settings: Settings) -> No
     from server.services.notifications.delivery import NotificationConfig
     from server.services.notifications.service import run_notification_service
 
-    try:
-        config = NotificationConfig.from_env()
-    except ValueError as exc:
-        print(f"kassa: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    config = NotificationConfig.from_settings(settings)
     security = _grpc_security(args, settings)
     run_notification_service(args.port, _require_database(settings), config, args.host, security)
 

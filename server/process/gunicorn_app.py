@@ -7,7 +7,10 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.glogging import Logger
 from uvicorn_worker import UvicornWorker
+
+from server.process.logs import use_format
 
 
 class KassaWorker(UvicornWorker):
@@ -19,8 +22,21 @@ class KassaWorker(UvicornWorker):
                      "access_log": False, "server_header": False, "proxy_headers": False}
 
 
-def gunicorn_options(host: str, port: int, workers: int, log_level: str) -> dict[str, Any]:
+class JsonLogger(Logger):  # type: ignore[misc]
+    """gunicorn's error and access logs (uvicorn's too: its worker shares their handlers)
+    as JSON lines, like the rest of Kassa's under KASSA_LOG_FORMAT=json."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)  # also on SIGHUP/USR1: handlers are remade, formatted again
+        for logger in (self.error_log, self.access_log):
+            for handler in logger.handlers:
+                use_format(handler, "json")
+
+
+def gunicorn_options(host: str, port: int, workers: int, log_level: str,
+                     log_format: str = "text") -> dict[str, Any]:
     """The tuned defaults (docs/performance.md says how they were chosen)."""
+    json_logs = {"logger_class": "server.process.gunicorn_app.JsonLogger"}
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
@@ -35,6 +51,7 @@ def gunicorn_options(host: str, port: int, workers: int, log_level: str) -> dict
         # Several servers may run side by side (tests, benchmarks): no shared control socket.
         "control_socket_disable": True,
         "child_exit": child_exit,
+        **(json_logs if log_format == "json" else {}),
     }
 
 
@@ -66,6 +83,6 @@ class KassaApplication(BaseApplication):  # type: ignore[misc]
         KassaArbiter(self).run()
 
     def load(self) -> Any:
-        from server.http.app import create_app
+        from server.process.asgi import create_app
 
         return create_app()

@@ -1,18 +1,20 @@
 """Log format and level (KASSA_LOG_LEVEL; `warning` silences per-transaction lines).
 
 Every line names the HTTP request it was written for (`X-Request-Id`, set per request by
-server/http/handlers/hot.py), or `-` outside one.
+server/http/hot.py), or `-` outside one. KASSA_LOG_FORMAT=json writes each record as one
+JSON object per line (for log shippers) instead of the text FORMAT.
 """
 
 from __future__ import annotations
 
 import logging
-from contextvars import ContextVar
+from datetime import UTC, datetime
+
+import msgspec
+
+from core.kit.request_context import REQUEST_ID
 
 FORMAT = "%(asctime)s %(levelname)s [%(process)d] [%(request_id)s] %(name)s: %(message)s"
-
-REQUEST_ID: ContextVar[str] = ContextVar("kassa_request_id", default="-")
-
 
 class RequestIdFilter(logging.Filter):
     """Adds `request_id` to every record: the request the current task serves."""
@@ -22,10 +24,47 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=FORMAT, force=True)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RequestIdFilter())
+_encode = msgspec.json.Encoder().encode
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, pid, request_id,
+    message, and `exception` / `stack` when the record carries them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            # Set by RequestIdFilter; read here too so a handler without it still names one.
+            "request_id": getattr(record, "request_id", None) or REQUEST_ID.get(),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        # A JSON string never holds a raw newline: one record stays one line.
+        return _encode(entry).decode()
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    """The formatter of KASSA_LOG_FORMAT (`text` or `json`, validated by settings)."""
+    return JsonFormatter() if log_format == "json" else logging.Formatter(FORMAT)
+
+
+def use_format(handler: logging.Handler, log_format: str) -> None:
+    handler.setFormatter(formatter(log_format))
+    handler.addFilter(RequestIdFilter())
+
+
+def configure(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler()
+    use_format(handler, log_format)
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # Third-party chatter stays at warning whatever our level is.
     for noisy in ("aiokafka", "asyncio", "pgserver", "grpc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

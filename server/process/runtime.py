@@ -1,5 +1,9 @@
 """The composition root: builds one worker process's pipeline from settings and tears it
-down in reverse order of dependence. Nothing else constructs adapters."""
+down in reverse order of dependence. Nothing else constructs adapters.
+
+The HTTP layer gets only `Runtime.api` (server/http/api.py): the use cases, never a
+database or Redis client. The rest of Runtime is lifecycle: what `stop` must close.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -16,26 +21,32 @@ import redis.asyncio as aioredis
 
 from core.kit.batcher import Batcher
 from core.pipeline.accept import TransactionService
+from core.pipeline.accounts import AccountService
 from core.pipeline.effects import PostCommit
+from core.pipeline.health import HealthCheck
 from core.pipeline.pool import ProcessorPool
 from core.pipeline.ports import ReceiptSource
 from core.pipeline.queries import StatusQuery
 from core.pipeline.recovery import RecoverySweeper
 from core.pipeline.tracker import StatusTracker
+from core.pipeline.transaction_query import TransactionQuery
 from server.adapters.grpc.clients import NotificationClient, ReceiptClient, breaker_states
 from server.adapters.grpc.security import GrpcSecurity
 from server.adapters.kafka.relay import OutboxRelay
 from server.adapters.local_receipts import LocalReceiptSource
 from server.adapters.postgres.accounts import PgAccountStore
 from server.adapters.postgres.journals import PgJournalStore
+from server.adapters.postgres.monitoring import PgMonitoring
 from server.adapters.postgres.nodes import keep_node_id, lease_node_id, release_node_ids
 from server.adapters.postgres.pool import create_pool
-from server.adapters.prometheus import PrometheusObserver
+from server.adapters.prometheus import PrometheusObserver, render
 from server.adapters.redis.account_cache import RedisAccountCache
 from server.adapters.redis.client import create_client
+from server.adapters.redis.health import RedisPing
 from server.adapters.redis.idempotency import RedisIdempotencyCache
 from server.adapters.redis.rate_limit import RedisRateLimiter, rate_limiter
 from server.adapters.redis.status import RedisStatusStore
+from server.http.api import Api
 from server.http.auth import ApiKeys
 from server.process.settings import Settings, parse_api_keys
 
@@ -66,16 +77,7 @@ class Runtime:
     limiter: RedisRateLimiter | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     stopping: bool = False
-
-    async def limit(self, api_key: str) -> None:
-        """Per-key rate limit when KASSA_RATE_LIMIT is set (429 with Retry-After)."""
-        if self.limiter is not None:
-            await self.limiter.check(api_key)
-
-    async def invalidate_accounts(self, account_ids: list[str]) -> None:
-        """Drop cached views of these accounts in every process."""
-        if self.account_cache is not None:
-            await self.account_cache.invalidate(account_ids)
+    api: Api = field(init=False)  # what the HTTP layer gets (build_api)
 
     def dependency_states(self) -> dict[str, str]:
         """Circuit breaker states of remote dependencies, for /readyz."""
@@ -110,6 +112,31 @@ class Runtime:
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()
+
+
+def rate_limit(limiter: RedisRateLimiter | None) -> Callable[[str], Awaitable[None]]:
+    """Per-key rate limit when KASSA_RATE_LIMIT is set (429 with Retry-After)."""
+    async def limit(api_key: str) -> None:
+        if limiter is not None:
+            await limiter.check(api_key)
+
+    return limit
+
+
+def build_api(runtime: Runtime) -> Api:
+    """The use cases over this runtime's adapters, for the HTTP layer."""
+    monitoring = PgMonitoring(runtime.db)
+    return Api(
+        transactions=runtime.service,
+        accounts=AccountService(runtime.accounts, runtime.account_cache),
+        queries=TransactionQuery(runtime.accounts, runtime.status),
+        health=HealthCheck(database=monitoring,
+                           redis=RedisPing(runtime.redis) if runtime.redis is not None else None,
+                           has_room=lambda: runtime.pool.has_room,
+                           dependency_states=runtime.dependency_states,
+                           stopping=lambda: runtime.stopping),
+        keys=runtime.keys, limit=rate_limit(runtime.limiter), metrics=render,
+        body_size_max=runtime.settings.body_size_max)
 
 
 def receipt_source(settings: Settings, node_id: int) -> ReceiptSource:
@@ -202,6 +229,7 @@ async def build_runtime(settings: Settings) -> Runtime:
         tracker=tracker, journal_batcher=journal_batcher, receipts=receipts, owner=owner,
         notifier=notifier, relay=relay, account_cache=account_cache,
         limiter=rate_limiter(redis, settings))
+    runtime.api = build_api(runtime)
     journal_batcher.start()
     pool.start()
     if relay is not None:
@@ -212,7 +240,8 @@ async def build_runtime(settings: Settings) -> Runtime:
                               interval_s=settings.sweep_interval_s)
     runtime.background += [asyncio.create_task(tracker.run(), name="tracker"),
                            asyncio.create_task(sweeper.run(), name="sweeper"),
-                           asyncio.create_task(observer.run_gauges(runtime), name="gauges")]
+                           asyncio.create_task(observer.run_gauges(
+                               PgMonitoring(db).backlog, tracker), name="gauges")]
     if isinstance(receipts, LocalReceiptSource):
         runtime.background.append(asyncio.create_task(keep_node_id(
             db, node_id, owner, NODE_LEASE_S, lambda n: setattr(receipts, "node_id", n)),

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 
 class ConfigError(Exception):
     pass
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -31,10 +35,15 @@ class Settings:
     grpc_tls_ca: str | None = None
     api_keys: str | None = None
     log_level: str = "info"
+    log_format: str = "text"  # "json": one JSON object per log line (server/process/logs.py)
     rate_limit: str | None = None
     executor: str = "batch"
     node_id: int = -1  # -1: the lowest free id leased from PostgreSQL (codes made in-process)
-    # HTTP
+    # HTTP server (`kassa serve` option defaults, and gunicorn.conf.py under plain gunicorn)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = field(default_factory=_cpu_count)
+    data_dir: str = ".kassa"  # embedded PostgreSQL, generated admin key, child logs
     body_size_max: int = 1_048_576
     # Durable accept (group commit of pending journals)
     accept_batch_max: int = 256
@@ -94,6 +103,17 @@ class Settings:
     relay_step_down_after_s: float = 30.0  # publisher failing this long lets another try
     # Shutdown
     shutdown_timeout_s: float = 30.0
+    # Notification delivery, in the notification service (server/services/notifications/
+    # delivery.py): a channel with nothing configured is delivered to the log.
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str = "kassa@localhost"
+    sms_webhook_url: str | None = None
+    push_webhook_url: str | None = None
+    webhook_secret: str = ""  # HMAC key of X-Kassa-Signature
+    notify_attempts_max: int = 3
+    notify_backoff_ms: int = 50  # doubles after each failed attempt
+    notify_timeout_ms: int = 5000  # per delivery attempt
 
     @property
     def rate_limit_per_s(self) -> tuple[int, float] | None:
@@ -104,34 +124,53 @@ class Settings:
         return int(requests), int(requests) / float(seconds)
 
 
+def env_name(field_name: str) -> str:
+    """The environment variable of a Settings field."""
+    return f"KASSA_{field_name.upper()}"
+
+
 _CHOICES = {
     "executor": ("batch", "single"),
     "accept_mode": ("apply", "queue"),
     "log_level": ("debug", "info", "warning", "error"),
+    "log_format": ("text", "json"),
 }
-_POSITIVE_EXCEPT = {"node_id"}
+# Numbers bounded otherwise than "positive": (lowest, highest), both allowed.
+_RANGES: dict[str, tuple[int, int]] = {
+    "port": (1, 65_535),
+    "smtp_port": (1, 65_535),
+    "notify_attempts_max": (1, 20),
+    "notify_backoff_ms": (0, 60_000),  # 0: retry at once
+    "notify_timeout_ms": (1, 120_000),
+}
+_POSITIVE_EXCEPT = {"node_id", *_RANGES}
+_HTTP_URLS = ("sms_webhook_url", "push_webhook_url")
 
 
 def _convert(name: str, kind: type, raw: str) -> object:
-    var = f"KASSA_{name.upper()}"
+    var = env_name(name)
     try:
         value: object = kind(raw)
     except ValueError:
         raise ConfigError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
     if isinstance(value, int | float) and name not in _POSITIVE_EXCEPT and value <= 0:
         raise ConfigError(f"{var}={raw!r} must be positive")
+    if name in _RANGES and isinstance(value, int | float):
+        low, high = _RANGES[name]
+        if not low <= value <= high:
+            raise ConfigError(f"{var}={raw!r} must be between {low} and {high}")
     return value
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
-    for field in fields(Settings):
-        raw = env.get(f"KASSA_{field.name.upper()}")
+    for setting in fields(Settings):
+        raw = env.get(env_name(setting.name))
         if raw is None or raw == "":
             continue
-        kind = {"int": int, "float": float}.get(str(field.type).split(" ")[0], str)
-        values[field.name] = _convert(field.name, kind, raw.strip())
+        kind = {"int": int, "float": float}.get(str(setting.type).split(" ")[0], str)
+        values[setting.name] = _convert(setting.name, kind, raw.strip())
     settings = Settings(**values)  # type: ignore[arg-type]
     _check(settings)
     return settings
@@ -140,7 +179,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
 def _check(s: Settings) -> None:
     for name, allowed in _CHOICES.items():
         if getattr(s, name) not in allowed:
-            raise ConfigError(f"KASSA_{name.upper()}={getattr(s, name)!r}: use one of {allowed}")
+            raise ConfigError(f"{env_name(name)}={getattr(s, name)!r}: use one of {allowed}")
     if s.rate_limit is not None and not re.fullmatch(r"[1-9]\d*/[1-9]\d*", s.rate_limit):
         raise ConfigError(f"KASSA_RATE_LIMIT={s.rate_limit!r}: use <requests>/<seconds>, e.g. 1000/1")
     if s.api_keys is not None:
@@ -148,7 +187,11 @@ def _check(s: Settings) -> None:
     for name in ("database_url", "redis_url"):
         url = getattr(s, name)
         if url is not None and "://" not in url:
-            raise ConfigError(f"KASSA_{name.upper()}={url!r} is not a URL")
+            raise ConfigError(f"{env_name(name)}={url!r} is not a URL")
+    for name in _HTTP_URLS:
+        url = getattr(s, name)
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{env_name(name)}={url!r} is not an http:// or https:// URL")
     if s.accept_batch_max > s.processor_queue_size:
         raise ConfigError("KASSA_ACCEPT_BATCH_MAX must not exceed KASSA_PROCESSOR_QUEUE_SIZE")
     _check_receipts(s)

@@ -1,4 +1,5 @@
-"""Accounts and read models: account CRUD, entry pages, full transactions."""
+"""Accounts and read models: account CRUD, entry pages, full transactions (the ports
+AccountStore and TransactionReader of core/pipeline/read_ports.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import asyncpg
 import msgspec
 
 from core.ledger.errors import AccountExists, InvalidRequest
-from core.ledger.models import world_account
+from core.ledger.models import Entry, ErrorBody, world_account
+from core.pipeline.views import AccountView, EntryLine, EntryPage, TransactionView
 from server.adapters.postgres.pool import converted_errors, iso
 
 _json = msgspec.json.Encoder()
@@ -18,13 +20,11 @@ _obj = msgspec.json.Decoder(dict[str, Any])
 ACCOUNT_COLUMNS = "id, currency, balance, overdraft_limit, status, contact, metadata, created_at"
 
 
-def account_view(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": row["id"], "currency": row["currency"], "balance": row["balance"],
-        "overdraft_limit": row["overdraft_limit"], "status": row["status"],
-        "contact": _obj.decode(row["contact"]) if row["contact"] else None,
-        "created_at": iso(row["created_at"]), "metadata": _obj.decode(row["metadata"]),
-    }
+def account_view(row: asyncpg.Record) -> AccountView:
+    return AccountView(
+        row["id"], row["currency"], row["balance"], row["overdraft_limit"], row["status"],
+        _obj.decode(row["contact"]) if row["contact"] else None, iso(row["created_at"]),
+        _obj.decode(row["metadata"]))
 
 
 def encode_cursor(ledger_id: int) -> str:
@@ -46,7 +46,7 @@ class PgAccountStore:
         self._pool = pool
 
     async def create(self, account_id: str, currency: str, overdraft_limit: int,
-                     contact: dict[str, str] | None, metadata: dict[str, Any]) -> dict[str, Any]:
+                     contact: dict[str, Any] | None, metadata: dict[str, Any]) -> AccountView:
         async with converted_errors(), self._pool.acquire() as conn, conn.transaction():
             # Every currency's system account exists before its first transaction.
             await conn.execute(
@@ -63,21 +63,20 @@ class PgAccountStore:
                 raise AccountExists(f"account {account_id} exists") from None
         return account_view(row)
 
-    async def get(self, account_id: str) -> dict[str, Any] | None:
+    async def get(self, account_id: str) -> AccountView | None:
         async with converted_errors():
             row = await self._pool.fetchrow(
                 f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id)
         return None if row is None else account_view(row)
 
-    async def set_status(self, account_id: str, status: str) -> dict[str, Any] | None:
+    async def set_status(self, account_id: str, status: str) -> AccountView | None:
         async with converted_errors():
             row = await self._pool.fetchrow(
                 "UPDATE accounts SET status = $2, version = version + 1, updated_at = now() "
                 f"WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}", account_id, status)
         return None if row is None else account_view(row)
 
-    async def entries(self, account_id: str, limit: int, cursor: str | None
-                      ) -> tuple[list[dict[str, Any]], str | None]:
+    async def entries(self, account_id: str, limit: int, cursor: str | None) -> EntryPage:
         before = decode_cursor(cursor) if cursor else None
         async with converted_errors():
             rows = await self._pool.fetch(
@@ -85,14 +84,12 @@ class PgAccountStore:
                 " l.created_at FROM ledgers l JOIN journals j ON j.id = l.journal_id"
                 " WHERE l.account_id = $1 AND ($2::bigint IS NULL OR l.id < $2)"
                 " ORDER BY l.id DESC LIMIT $3", account_id, before, limit + 1)
-        page = [{"receipt_code": r["external_ref"], "journal_id": r["journal_id"],
-                 "direction": r["direction"], "amount": r["amount"],
-                 "balance_after": r["balance_after"], "created_at": iso(r["created_at"])}
-                for r in rows[:limit]]
+        page = [EntryLine(r["external_ref"], r["journal_id"], r["direction"], r["amount"],
+                          r["balance_after"], iso(r["created_at"])) for r in rows[:limit]]
         next_cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
-        return page, next_cursor
+        return EntryPage(page, next_cursor)
 
-    async def transaction(self, receipt_code: str) -> dict[str, Any] | None:
+    async def transaction(self, receipt_code: str) -> TransactionView | None:
         """The full transaction view of docs/api.md, or None for an unknown receipt."""
         async with converted_errors(), self._pool.acquire() as conn:
             row = await conn.fetchrow(
@@ -104,15 +101,11 @@ class PgAccountStore:
             entries = await conn.fetch(
                 "SELECT account_id, direction, amount, balance_after FROM ledgers"
                 " WHERE journal_id = $1 ORDER BY id", row["id"])
-        error = ({"code": row["error_code"], "message": row["error_message"]}
+        error = (ErrorBody(row["error_code"], row["error_message"])
                  if row["error_code"] else None)
-        return {
-            "receipt_code": receipt_code, "status": row["status"], "type": row["type"],
-            "currency": row["currency"], "journal_id": row["id"],
-            "description": row["description"], "metadata": _obj.decode(row["metadata"]),
-            "entries": [{"account": e["account_id"], "direction": e["direction"],
-                         "amount": e["amount"], "balance_after": e["balance_after"]}
-                        for e in entries],
-            "error": error, "created_at": iso(row["created_at"]),
-            "completed_at": iso(row["completed_at"]),
-        }
+        return TransactionView(
+            receipt_code, row["status"], row["type"], row["currency"], row["id"],
+            row["description"], _obj.decode(row["metadata"]),
+            [Entry(e["account_id"], e["direction"], e["amount"], e["balance_after"])
+             for e in entries],
+            error, iso(row["created_at"]), iso(row["completed_at"]))

@@ -42,11 +42,11 @@ CURSOR_TEXT = re.compile(rb"l[0-9]{1,19}")
 
 @guarded
 async def create_account(request: Request) -> Response:
-    runtime, _ = await authorize(request, "admin")
+    api, _ = await authorize(request, "admin")
     check_media_type(request.headers.get("content-type"))
-    body = decode(account_in, await read_body(request, runtime.settings.body_size_max))
+    body = decode(account_in, await read_body(request, api.body_size_max))
     account_id = check_account_id(body.id) if body.id is not None else f"acc_{secrets.token_hex(10)}"
-    account = await runtime.accounts.create(
+    account = await api.accounts.create(
         account_id, check_currency(body.currency), check_overdraft_limit(body.overdraft_limit),
         msgspec.to_builtins(body.contact) if body.contact else None, body.metadata or {})
     return json_response(account, 201, {"Location": f"/v1/accounts/{account_id}"})
@@ -54,45 +54,40 @@ async def create_account(request: Request) -> Response:
 
 @guarded
 async def get_account(request: Request) -> Response:
-    runtime, api_key = authenticate(request, "read")
+    api, api_key = authenticate(request, "read")
     account_id = check_account_ref(request.path_params["account_id"])
-    await runtime.limit(api_key)
-    account = await runtime.accounts.get(account_id)
-    return json_response(account) if account else not_found("account")
+    await api.limit(api_key)
+    account = await api.accounts.get(account_id)
+    return json_response(account) if account is not None else not_found("account")
 
 
 @guarded
 async def patch_account(request: Request) -> Response:
-    runtime, api_key = authenticate(request, "admin")
+    api, api_key = authenticate(request, "admin")
     account_id = check_account_ref(request.path_params["account_id"])
     if account_id.startswith(WORLD_PREFIX):
         # The contract's one invalid_request that is a 422: the system accounts' status is fixed.
         response = error_response("invalid_request", "system accounts cannot be changed")
         response.status_code = 422
         return response
-    await runtime.limit(api_key)
+    await api.limit(api_key)
     check_media_type(request.headers.get("content-type"))
-    body = decode(account_patch, await read_body(request, runtime.settings.body_size_max))
-    account = await runtime.accounts.set_status(account_id, body.status)
-    if account is None:
-        return not_found("account")
-    await runtime.invalidate_accounts([account_id])
-    return json_response(account)
+    body = decode(account_patch, await read_body(request, api.body_size_max))
+    account = await api.accounts.set_status(account_id, body.status)
+    return json_response(account) if account is not None else not_found("account")
 
 
 @guarded
 async def list_entries(request: Request) -> Response:
-    runtime, api_key = authenticate(request, "read")
+    api, api_key = authenticate(request, "read")
     account_id = check_account_ref(request.path_params["account_id"])
     limit = check_limit(request.query_params.get("limit", "100"), PAGE_LIMIT_MAX)
     cursor = request.query_params.get("cursor")
     if cursor:  # an empty cursor is the first page, as before
         check_cursor(cursor)
-    await runtime.limit(api_key)
-    if await runtime.accounts.get(account_id) is None:
-        return not_found("account")
-    entries, next_cursor = await runtime.accounts.entries(account_id, limit, cursor or None)
-    return json_response({"entries": entries, "next_cursor": next_cursor})
+    await api.limit(api_key)
+    page = await api.accounts.entries(account_id, limit, cursor or None)
+    return json_response(page) if page is not None else not_found("account")
 
 
 def check_cursor(cursor: str) -> None:

@@ -1,10 +1,10 @@
-"""What every handler shares: the runtime, body reading with a limit, JSON answers."""
+"""What every handler shares: the Api, body reading with a limit, JSON answers."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import msgspec.inspect
@@ -13,33 +13,30 @@ from starlette.responses import Response
 
 from core.ledger.errors import InvalidRequest, KassaError
 from core.ledger.validation import NESTING_MAX, check_json_value
+from server.http.api import Api, api_of
 from server.http.errors import error_response, from_exception
 from server.http.schemas import encoder
-
-if TYPE_CHECKING:
-    from server.process.runtime import Runtime
 
 T = TypeVar("T")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+def request_api(request: Request) -> Api:
+    return api_of(request.app.state)
 
 
-def authenticate(request: Request, scope: str) -> tuple[Runtime, str]:
-    """The runtime and the caller's API key, once the key has `scope` (401 or 403
+def authenticate(request: Request, scope: str) -> tuple[Api, str]:
+    """The Api and the caller's API key, once the key has `scope` (401 or 403
     otherwise); no dependency is touched."""
-    runtime = runtime_of(request)
-    return runtime, runtime.keys.require(request, scope)
+    api = request_api(request)
+    return api, api.keys.require(request, scope)
 
 
-async def authorize(request: Request, scope: str) -> tuple[Runtime, str]:
+async def authorize(request: Request, scope: str) -> tuple[Api, str]:
     """As `authenticate`, and within the key's rate limit (429 otherwise)."""
-    runtime, api_key = authenticate(request, scope)
-    await runtime.limit(api_key)
-    return runtime, api_key
+    api, api_key = authenticate(request, scope)
+    await api.limit(api_key)
+    return api, api_key
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

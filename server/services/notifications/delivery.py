@@ -10,8 +10,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -19,36 +17,41 @@ import aiosmtplib
 import httpx
 import msgspec
 
+from server.process.settings import Settings
+
 log = logging.getLogger("kassa.notifications")
+_DEFAULTS = Settings()
 
 CHANNELS = frozenset(("email", "sms", "push", "log"))
 
 
 @dataclass(frozen=True)
 class NotificationConfig:
+    """The delivery part of Settings (KASSA_SMTP_*, KASSA_*_WEBHOOK_URL, KASSA_NOTIFY_*):
+    parsed and validated there, copied here so delivery depends on these fields only."""
+
     smtp_host: str | None = None
-    smtp_port: int = 25
-    smtp_from: str = "kassa@localhost"
+    smtp_port: int = _DEFAULTS.smtp_port
+    smtp_from: str = _DEFAULTS.smtp_from
     sms_webhook_url: str | None = None
     push_webhook_url: str | None = None
-    webhook_secret: str = ""
-    attempts_max: int = 3
-    backoff_ms: int = 50  # doubles after each failed attempt
-    attempt_timeout_ms: int = 5000
+    webhook_secret: str = _DEFAULTS.webhook_secret
+    attempts_max: int = _DEFAULTS.notify_attempts_max
+    backoff_ms: int = _DEFAULTS.notify_backoff_ms  # doubles after each failed attempt
+    attempt_timeout_ms: int = _DEFAULTS.notify_timeout_ms
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> NotificationConfig:
-        """Read KASSA_* variables; an invalid value raises ValueError naming the variable."""
+    def from_settings(cls, settings: Settings) -> NotificationConfig:
         return cls(
-            smtp_host=env.get("KASSA_SMTP_HOST") or None,
-            smtp_port=_int(env, "KASSA_SMTP_PORT", 25, 1, 65535),
-            smtp_from=env.get("KASSA_SMTP_FROM") or cls.smtp_from,
-            sms_webhook_url=_url(env, "KASSA_SMS_WEBHOOK_URL"),
-            push_webhook_url=_url(env, "KASSA_PUSH_WEBHOOK_URL"),
-            webhook_secret=env.get("KASSA_WEBHOOK_SECRET", ""),
-            attempts_max=_int(env, "KASSA_NOTIFY_ATTEMPTS_MAX", 3, 1, 20),
-            backoff_ms=_int(env, "KASSA_NOTIFY_BACKOFF_MS", 50, 0, 60_000),
-            attempt_timeout_ms=_int(env, "KASSA_NOTIFY_TIMEOUT_MS", 5000, 1, 120_000),
+            smtp_host=settings.smtp_host,
+            smtp_port=settings.smtp_port,
+            smtp_from=settings.smtp_from,
+            sms_webhook_url=settings.sms_webhook_url,
+            push_webhook_url=settings.push_webhook_url,
+            webhook_secret=settings.webhook_secret,
+            attempts_max=settings.notify_attempts_max,
+            backoff_ms=settings.notify_backoff_ms,
+            attempt_timeout_ms=settings.notify_timeout_ms,
         )
 
     def route(self, channel: str) -> str:
@@ -57,26 +60,6 @@ class NotificationConfig:
             "email": self.smtp_host, "sms": self.sms_webhook_url, "push": self.push_webhook_url,
         }
         return channel if configured.get(channel) else "log"
-
-
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
-def _url(env: Mapping[str, str], name: str) -> str | None:
-    raw = env.get(name) or None
-    if raw is not None and not raw.startswith(("http://", "https://")):
-        raise ValueError(f"{name} must be an http:// or https:// URL, got {raw!r}")
-    return raw
 
 
 class WebhookPayload(msgspec.Struct):

@@ -18,6 +18,7 @@ from server.adapters.grpc.gen.kassa.v1 import notifications_pb2 as pb
 from server.adapters.grpc.gen.kassa.v1 import notifications_pb2_grpc as pb_grpc
 from server.adapters.grpc.security import GrpcSecurity
 from server.adapters.postgres.pool import keep_session
+from server.process.settings import load_settings
 from server.services.grpc_server import listen_address, run_until_signal, serve_until_cancelled
 from server.services.notifications.delivery import (
     CHANNELS,
@@ -124,5 +125,5 @@ def run_notification_service(
     host: str = "127.0.0.1", security: GrpcSecurity | None = None,
 ) -> None:
     """Blocking entry point for the CLI: serve until SIGTERM/SIGINT; config from the env."""
-    resolved = config if config is not None else NotificationConfig.from_env()
+    resolved = config if config is not None else NotificationConfig.from_settings(load_settings())
     run_until_signal(lambda: serve(port, database_url, resolved, host=host, security=security))

@@ -19,7 +19,7 @@ try:
 except ImportError:  # test_extension_is_built says so; the parity tests skip
     _speedups = None
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INT64_MIN, INT64_MAX = _py.INT64_MIN, _py.INT64_MAX
 AMOUNT_MAX = (1 << 53) - 1
 CROCKFORD = _py.CROCKFORD

@@ -1,0 +1,192 @@
+"""Holds, captures, voids and reversals: the decisions of journals that name another one.
+
+A hold reserves its amount on each source (`held` grows, nothing is posted); a capture
+posts some or all of a pending hold and releases the rest; a void releases it; a
+reversal posts a completed journal's entries the other way, at most its amount in all.
+The adapter locks the accounts and the named journals (their `Target`s) inside the
+database transaction; these functions decide against that locked state, one journal
+at a time, and change the state in place so the next journal of the batch sees it.
+
+Every decision is all or nothing: a journal that fails changes no balance, no hold and
+no target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import native
+from core.ledger.decide import INT64_MIN, MESSAGES, Outcome, static_error
+from core.ledger.errors import (
+    AmountOverflow,
+    BusinessRuleError,
+    HoldNotPending,
+    InsufficientFunds,
+    NotReversible,
+    ReversalExceedsOriginal,
+)
+from core.ledger.models import AccountSnapshot, Entry, ErrorBody, Leg, Transaction
+from core.ledger.status import COMPLETED, FAILED, HELD, VOIDED
+
+CAPTURE, VOID, REVERSAL = "capture", "void", "reversal"
+LINKED_TYPES = frozenset({CAPTURE, VOID, REVERSAL})
+REVERSIBLE_TYPES = frozenset({"transfer", "deposit", "withdrawal", CAPTURE})
+DIRECTIONS = {native.DEBIT: "debit", native.CREDIT: "credit"}
+
+
+@dataclass(slots=True)
+class Target:
+    """A journal named by a capture, void or reversal, as locked for this batch."""
+
+    receipt_code: str
+    journal_id: int
+    type: str
+    status: str
+    legs: tuple[Leg, ...]
+    is_hold: bool
+    reversed: int = 0  # sum of the completed reversals of this journal
+
+    @property
+    def amount(self) -> int:
+        return sum(leg.amount for leg in self.legs)
+
+
+def is_linked(tx: Transaction) -> bool:
+    """Whether deciding `tx` needs more than balances: a hold, or a journal naming one."""
+    return tx.hold_expires_in_s is not None or tx.type in LINKED_TYPES
+
+
+def source_debits(legs: tuple[Leg, ...]) -> dict[str, int]:
+    """What each source account gives up across the legs (its part of a hold)."""
+    debits: dict[str, int] = {}
+    for leg in legs:
+        debits[leg.source] = debits.get(leg.source, 0) + leg.amount
+    return debits
+
+
+@dataclass
+class LedgerState:
+    """Balances and holds of the locked accounts while a batch is decided."""
+
+    accounts: dict[str, AccountSnapshot]
+    balances: dict[str, int]
+    held: dict[str, int]
+    targets: dict[str, Target]
+    changed_targets: dict[str, Target] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, accounts: dict[str, AccountSnapshot], targets: dict[str, Target]) -> LedgerState:
+        return cls(accounts, {a.id: a.balance for a in accounts.values()},
+                   {a.id: a.held for a in accounts.values()}, targets)
+
+    def floor(self, account_id: str) -> int:
+        """The lowest balance a debit may reach: overdraft limit below what is held."""
+        limit = self.accounts[account_id].overdraft_limit
+        return INT64_MIN if limit is None else self.held[account_id] - limit
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedOutcome:
+    outcome: Outcome
+    target: Target | None  # the target as it stands after this journal, when one was named
+
+
+def decide_linked(journal_id: int, receipt_code: str, tx: Transaction, state: LedgerState,
+                  occurred_at: str) -> LinkedOutcome:
+    """Decide one hold, capture, void or reversal against `state`, changing it on success."""
+    target = state.targets.get(tx.target) if tx.target is not None else None
+    try:
+        status, entries = _decide(journal_id, tx, state, target)
+    except BusinessRuleError as exc:
+        failed = Outcome(journal_id, receipt_code, FAILED, [], ErrorBody(exc.code, exc.message),
+                         occurred_at)
+        return LinkedOutcome(failed, target)
+    if target is not None:
+        state.changed_targets[target.receipt_code] = target
+    return LinkedOutcome(Outcome(journal_id, receipt_code, status, entries, None, occurred_at),
+                         target)
+
+
+def _decide(journal_id: int, tx: Transaction, state: LedgerState, target: Target | None
+            ) -> tuple[str, list[Entry]]:
+    error = static_error(tx, state.accounts)
+    if error is not None:
+        raise error
+    if tx.type == CAPTURE:
+        return COMPLETED, _capture(journal_id, tx, state, _pending_hold(target, tx))
+    if tx.type == VOID:
+        hold = _pending_hold(target, tx)
+        _release(hold, state)
+        hold.status = VOIDED
+        return VOIDED, []
+    if tx.type == REVERSAL:
+        return COMPLETED, _reverse(journal_id, tx, state, target)
+    _reserve(tx, state)
+    return HELD, []
+
+
+def _pending_hold(target: Target | None, tx: Transaction) -> Target:
+    if target is None or not target.is_hold or target.status != HELD:
+        raise HoldNotPending(f"{tx.target} is not a pending hold")
+    return target
+
+
+def _reserve(tx: Transaction, state: LedgerState) -> None:
+    """A new hold: each source's debit must fit its available balance."""
+    debits = source_debits(tx.legs)
+    for account_id, amount in debits.items():
+        if state.balances[account_id] - amount < state.floor(account_id):
+            raise _insufficient(account_id)
+    for account_id, amount in debits.items():
+        state.held[account_id] += amount
+
+
+def _release(hold: Target, state: LedgerState) -> None:
+    for account_id, amount in source_debits(hold.legs).items():
+        state.held[account_id] -= amount
+
+
+def _capture(journal_id: int, tx: Transaction, state: LedgerState, hold: Target) -> list[Entry]:
+    """Release the whole hold, then post the captured legs; undo the release on failure."""
+    _release(hold, state)
+    try:
+        entries = _post(journal_id, tx.legs, state)
+    except BusinessRuleError:
+        for account_id, amount in source_debits(hold.legs).items():
+            state.held[account_id] += amount
+        raise
+    hold.status = COMPLETED
+    return entries
+
+
+def _reverse(journal_id: int, tx: Transaction, state: LedgerState, original: Target | None
+             ) -> list[Entry]:
+    if original is None or original.status != COMPLETED or original.type not in REVERSIBLE_TYPES:
+        raise NotReversible(f"{tx.target} is not a completed transaction that can be reversed")
+    if original.reversed + tx.amount > original.amount:
+        raise ReversalExceedsOriginal(
+            f"reversals of {original.receipt_code} would add up to more than its amount")
+    entries = _post(journal_id, tx.legs, state)
+    original.reversed += tx.amount
+    return entries
+
+
+def _post(journal_id: int, legs: tuple[Leg, ...], state: LedgerState) -> list[Entry]:
+    """Post legs against the current balances and floors, all or none (native's rules)."""
+    names = {a for leg in legs for a in (leg.source, leg.destination)}
+    floors = {a: state.floor(a) for a in names}
+    errors, columns = native.post_batch(state.balances, floors, [(journal_id, list(legs))])
+    if errors[0] is not None:
+        raise _error_of(errors[0])
+    _, accounts, directions, amounts, after = columns
+    return [Entry(a, DIRECTIONS[d], n, b)
+            for a, d, n, b in zip(accounts, directions, amounts, after, strict=True)]
+
+
+def _insufficient(account_id: str) -> BusinessRuleError:
+    return InsufficientFunds(f"account {account_id} lacks the available balance")
+
+
+def _error_of(code: str) -> BusinessRuleError:
+    kind = InsufficientFunds if code == "insufficient_funds" else AmountOverflow
+    return kind(MESSAGES[code])

@@ -1,0 +1,60 @@
+"""The ports of the reads, account administration and health (core/pipeline/ports.py
+holds those of the write path). Every I/O method raises core.ledger.errors.Unavailable
+when its server is unreachable."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+
+from core.pipeline.views import AccountView, EntryPage, TransactionView
+
+
+class AccountStore(Protocol):
+    """Accounts as the system of record has them."""
+
+    async def create(self, account_id: str, currency: str, overdraft_limit: int,
+                     contact: dict[str, Any] | None, metadata: dict[str, Any]) -> AccountView:
+        """Create the account (and its currency's system account if missing); raises
+        core.ledger.errors.AccountExists when the id is taken."""
+        ...
+
+    async def get(self, account_id: str) -> AccountView | None:
+        ...
+
+    async def set_status(self, account_id: str, status: str) -> AccountView | None:
+        """The account after the change, or None when there is no such account."""
+        ...
+
+    async def entries(self, account_id: str, limit: int, cursor: str | None) -> EntryPage:
+        """Postings newest first, `limit` a page; `cursor` is a page's `next_cursor`."""
+        ...
+
+
+class TransactionReader(Protocol):
+    async def transaction(self, receipt_code: str) -> TransactionView | None:
+        """The full transaction, or None for an unknown receipt."""
+        ...
+
+
+class AccountInvalidator(Protocol):
+    async def invalidate(self, account_ids: list[str]) -> None:
+        """Drop cached views of these accounts in every process."""
+        ...
+
+
+class Ping(Protocol):
+    async def ping(self) -> None:
+        """Return when the server answers; raise (anything) when it does not."""
+        ...
+
+
+class Backlog(msgspec.Struct, frozen=True):
+    size: int  # accepted journals not yet final
+    oldest_age_s: float  # age of the oldest of them; 0 when there is none
+
+
+class BacklogReader(Protocol):
+    async def backlog(self) -> Backlog:
+        ...

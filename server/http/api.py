@@ -1,0 +1,37 @@
+"""The one object the HTTP layer gets from the composition root: the use cases and what
+HTTP itself needs (API keys, the rate limit, the body size limit, the metrics page).
+
+Never a database or Redis client: handlers decode, call one use case, encode.
+server/process/runtime.py builds it; the app reaches it as `app.state.runtime.api`
+(the lifespan, or a test, puts the runtime there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from core.pipeline.accept import TransactionService
+from core.pipeline.accounts import AccountService
+from core.pipeline.health import HealthCheck
+from core.pipeline.transaction_query import TransactionQuery
+from server.http.auth import ApiKeys
+
+
+@dataclass
+class Api:
+    transactions: TransactionService
+    accounts: AccountService
+    queries: TransactionQuery
+    health: HealthCheck
+    keys: ApiKeys
+    limit: Callable[[str], Awaitable[None]]  # per-key rate limit; raises RateLimited (429)
+    metrics: Callable[[], tuple[bytes, str]]  # the /metrics page and its content type
+    body_size_max: int
+
+
+def api_of(state: Any) -> Api:
+    """The Api of an app's state (Starlette's `app.state`)."""
+    api: Api = state.runtime.api
+    return api

@@ -1,0 +1,15 @@
+"""In-memory fakes of the ports of core/pipeline/ports.py, for logic tests without servers."""
+
+from tests.fakes.journals import FakeJournalStore, FakeLedgerUnit, JournalRow
+from tests.fakes.services import (
+    FakeAccountCache,
+    FakeIdempotencyCache,
+    FakeNotifier,
+    FakeReceiptSource,
+    FakeStatusStore,
+    RecordingObserver,
+)
+
+__all__ = ["FakeAccountCache", "FakeIdempotencyCache", "FakeJournalStore", "FakeLedgerUnit",
+           "FakeNotifier", "FakeReceiptSource", "FakeStatusStore", "JournalRow",
+           "RecordingObserver"]

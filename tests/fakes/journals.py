@@ -1,0 +1,308 @@
+"""An in-memory JournalStore (and AccountReader): the rules of server/adapters/postgres/journals.py
+without PostgreSQL.
+
+One `FakeJournalStore` is the database: accounts, journals, ledger entries. Every commit
+is all or nothing; a unit works on staged changes and commits on a clean exit. Units run
+one at a time (a stricter isolation than the row locks they stand for). The rules the real
+store promises are enforced, not assumed:
+
+- an idempotency key (scope, key) names at most one journal;
+- a journal is finished once: `write` refuses a journal that is not `processing`;
+- an account's balance never goes below its floor (-overdraft_limit): a commit that
+  would leave one there is refused (Rejected), as the database's check constraint does;
+- leases: `claim_expired` takes only unfinished journals whose lease expired, never
+  those listed as held; the lease clock is `now` (seconds), moved by the test.
+
+Faults to inject: `down` (every call raises Unavailable), `reject` (receipt codes whose
+group the database refuses: Rejected, the group rolled back), `lose_acks` (that many
+next commits raise CommitUnknown; `lost_commits_land` tells whether they landed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from core.ledger.decide import BatchDecision
+from core.ledger.errors import CommitUnknown, Rejected, TransientConflict, Unavailable
+from core.ledger.models import AccountSnapshot, Entry, ErrorBody, Transaction
+from core.ledger.status import FAILED, PROCESSING, is_final
+from core.pipeline.ports import (
+    ClaimedJournal,
+    ExistingJournal,
+    JournalStatus,
+    PendingJournal,
+    RecordedJournal,
+)
+
+Key = tuple[str, str]
+
+
+@dataclass
+class JournalRow:
+    id: int
+    receipt_code: str
+    transaction: Transaction
+    scope: str | None
+    key: str | None
+    request_hash: str | None
+    mode: str
+    accept_time_us: int | None
+    status: str = PROCESSING
+    error: ErrorBody | None = None
+    entries: list[Entry] = field(default_factory=list)
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    recorded_finished: bool = False  # inserted already decided (apply at accept)
+    updated_at: str = "2026-12-02T00:00:00.000000Z"
+
+    def existing(self) -> ExistingJournal:
+        return ExistingJournal(self.id, self.receipt_code, self.request_hash, self.mode,
+                               self.status, self.accept_time_us)
+
+
+def _key_of(journal: PendingJournal) -> Key | None:
+    if journal.idempotency_key is None:
+        return None
+    assert journal.idempotency_scope is not None
+    return journal.idempotency_scope, journal.idempotency_key
+
+
+class _Staged:
+    """What one commit changes: new rows, finished rows, balances."""
+
+    def __init__(self) -> None:
+        self.new: list[JournalRow] = []
+        self.finished: dict[int, tuple[str, ErrorBody | None, list[Entry]]] = {}
+        self.balances: dict[str, int] = {}
+
+
+class FakeLedgerUnit:
+    def __init__(self, store: FakeJournalStore) -> None:
+        self._store = store
+        self.staged = _Staged()
+
+    async def lock_unfinished(self, journal_ids: list[int]) -> set[int]:
+        self._store.check_up()
+        return {i for i in journal_ids
+                if i in self._store.journals and self._store.journals[i].status == PROCESSING}
+
+    async def lock_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
+        self._store.check_up()
+        self._store.locks.append(list(account_ids))
+        return self._store.snapshots(account_ids)
+
+    async def write(self, decision: BatchDecision) -> None:
+        self._store.check_up()
+        for outcome in decision.outcomes:
+            row = self._store.journals.get(outcome.journal_id)
+            assert row is not None, f"journal {outcome.journal_id} was never recorded"
+            assert row.status == PROCESSING and outcome.journal_id not in self.staged.finished, \
+                f"journal {outcome.journal_id} finished twice"
+            self.staged.finished[outcome.journal_id] = (outcome.status, outcome.error,
+                                                         list(outcome.entries))
+        self.staged.balances |= decision.balances
+
+    async def existing(self, journals: list[PendingJournal]) -> dict[Key, ExistingJournal]:
+        self._store.check_up()
+        return self._store.existing_by_key(journals)
+
+    async def lock_for_new(self, account_ids: list[str], count: int
+                           ) -> tuple[dict[str, AccountSnapshot], list[int]]:
+        accounts = await self.lock_accounts(account_ids)
+        return accounts, [next(self._store.ids) for _ in range(count)]  # a sequence: gaps on rollback
+
+    async def insert_finished(self, journals: list[PendingJournal], ids: list[int],
+                              decision: BatchDecision) -> None:
+        self._store.check_up()
+        keys = [k for k in map(_key_of, journals) if k is not None]
+        if len(set(keys)) != len(keys):
+            raise AssertionError("one key twice in one insert (the executor splits repeats)")
+        if any(k in self._store.by_key for k in keys):
+            raise TransientConflict("an idempotency key was recorded meanwhile")
+        for journal, jid, outcome in zip(journals, ids, decision.outcomes, strict=True):
+            assert outcome.journal_id == jid and outcome.receipt_code == journal.receipt_code
+            self.staged.new.append(JournalRow(
+                jid, journal.receipt_code, journal.transaction, journal.idempotency_scope,
+                journal.idempotency_key, journal.request_hash, journal.mode,
+                journal.accept_time_us, outcome.status, outcome.error, list(outcome.entries),
+                recorded_finished=True))
+        self.staged.balances |= decision.balances
+
+
+class FakeJournalStore:
+    def __init__(self, *, lease_s: float = 30.0) -> None:
+        self.lease_s = lease_s
+        self.now = 0.0  # the lease clock, in seconds
+        self.accounts: dict[str, AccountSnapshot] = {}
+        self.journals: dict[int, JournalRow] = {}
+        self.by_key: dict[Key, int] = {}
+        self.by_code: dict[str, int] = {}
+        self.ids = itertools.count(1)
+        self.commits = 0
+        self.locks: list[list[str]] = []  # the account ids each lock asked for
+        self.down = False
+        self.reject: set[str] = set()
+        self.lose_acks = 0
+        self.lost_commits_land = True
+        self._unit_lock = asyncio.Lock()
+
+    # ---- set-up and inspection for tests ----------------------------------------------
+
+    def add_account(self, account_id: str, balance: int = 0, *, overdraft_limit: int | None = 0,
+                    currency: str = "USD", status: str = "active",
+                    contact: dict[str, str] | None = None) -> AccountSnapshot:
+        account = AccountSnapshot(account_id, currency, status, balance, overdraft_limit, contact)
+        self.accounts[account_id] = account
+        return account
+
+    def balance(self, account_id: str) -> int:
+        return self.accounts[account_id].balance
+
+    def journal(self, receipt_code: str) -> JournalRow:
+        return self.journals[self.by_code[receipt_code]]
+
+    def statuses(self) -> dict[str, str]:
+        return {row.receipt_code: row.status for row in self.journals.values()}
+
+    def check_up(self) -> None:
+        if self.down:
+            raise Unavailable("the database is unavailable", retry_after_s=1)
+
+    def snapshots(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
+        return {a: self.accounts[a] for a in sorted(account_ids) if a in self.accounts}
+
+    def existing_by_key(self, journals: list[PendingJournal]) -> dict[Key, ExistingJournal]:
+        found = {}
+        for journal in journals:
+            key = _key_of(journal)
+            if key is not None and key in self.by_key:
+                found[key] = self.journals[self.by_key[key]].existing()
+        return found
+
+    # ---- JournalStore -----------------------------------------------------------------
+
+    async def insert_pending(self, journals: list[PendingJournal]) -> list[int | ExistingJournal]:
+        self.check_up()
+        staged = _Staged()
+        results: list[int | ExistingJournal] = []
+        keys: dict[Key, JournalRow] = {}
+        for journal in journals:
+            key = _key_of(journal)
+            if key is not None and key in self.by_key:
+                results.append(self.journals[self.by_key[key]].existing())
+                continue
+            if key is not None and key in keys:  # ON CONFLICT DO NOTHING: the first stands
+                results.append(keys[key].existing())
+                continue
+            row = JournalRow(next(self.ids), journal.receipt_code, journal.transaction,
+                             journal.idempotency_scope, journal.idempotency_key,
+                             journal.request_hash, journal.mode, journal.accept_time_us,
+                             lease_owner=journal.lease_owner,
+                             lease_expires_at=self.now + self.lease_s)
+            if key is not None:
+                keys[key] = row
+            staged.new.append(row)
+            results.append(row.id)
+        self._commit(staged)
+        return results
+
+    @contextlib.asynccontextmanager
+    async def unit(self) -> AsyncIterator[FakeLedgerUnit]:
+        async with self._unit_lock:
+            self.check_up()
+            unit = FakeLedgerUnit(self)
+            yield unit
+            self._commit(unit.staged)
+
+    async def recorded(self, receipt_codes: list[str], session: object | None
+                       ) -> dict[str, RecordedJournal]:
+        self.check_up()
+        rows = [self.journals[self.by_code[c]] for c in receipt_codes if c in self.by_code]
+        return {r.receipt_code: RecordedJournal(r.id, r.receipt_code, r.status, r.error,
+                                                list(r.entries)) for r in rows}
+
+    async def mark_failed(self, journal_id: int, error: ErrorBody) -> bool:
+        self.check_up()
+        row = self.journals.get(journal_id)
+        if row is None or is_final(row.status):
+            return False
+        row.status, row.error = FAILED, error
+        row.lease_owner = row.lease_expires_at = None
+        self.commits += 1
+        return True
+
+    async def claim_expired(self, owner: str, lease_s: float, limit: int,
+                            held: list[int]) -> list[ClaimedJournal]:
+        self.check_up()
+        claimed = []
+        for jid in sorted(self.journals):
+            row = self.journals[jid]
+            if len(claimed) == limit:
+                break
+            if (row.status == PROCESSING and row.lease_expires_at is not None
+                    and row.lease_expires_at < self.now and jid not in held):
+                row.lease_owner, row.lease_expires_at = owner, self.now + lease_s
+                claimed.append(ClaimedJournal(jid, row.receipt_code, row.transaction))
+        return claimed
+
+    async def renew_leases(self, owner: str, journal_ids: list[int], lease_s: float) -> None:
+        self.check_up()
+        for jid in journal_ids:
+            row = self.journals.get(jid)
+            if row is not None and row.lease_owner == owner and row.status == PROCESSING:
+                row.lease_expires_at = self.now + lease_s
+
+    async def journal_status(self, receipt_code: str) -> JournalStatus | None:
+        self.check_up()
+        if receipt_code not in self.by_code:
+            return None
+        row = self.journal(receipt_code)
+        return JournalStatus(receipt_code, row.status, row.error, row.updated_at)
+
+    # ---- AccountReader (straight from the "database": always fresh) -------------------
+
+    async def get_accounts(self, account_ids: list[str], *, fresh: bool = False
+                           ) -> dict[str, AccountSnapshot]:
+        self.check_up()
+        return self.snapshots(account_ids)
+
+    # ---- the commit -------------------------------------------------------------------
+
+    def _commit(self, staged: _Staged) -> None:
+        codes = {r.receipt_code for r in staged.new} | {
+            self.journals[j].receipt_code for j in staged.finished}
+        if codes & self.reject:
+            raise Rejected("the database refused this transaction's data")
+        for row in staged.new:
+            assert row.receipt_code not in self.by_code, f"receipt code {row.receipt_code} twice"
+        for account_id, balance in staged.balances.items():
+            account = self.accounts[account_id]
+            if account.floor is not None and balance < account.floor:
+                raise Rejected("the database refused this transaction (a constraint)")
+        if self.lose_acks:
+            self.lose_acks -= 1
+            if not self.lost_commits_land:
+                raise CommitUnknown("the commit was not acknowledged", session=self.commits)
+            self._apply(staged)
+            raise CommitUnknown("the commit was not acknowledged", session=self.commits)
+        self._apply(staged)
+
+    def _apply(self, staged: _Staged) -> None:
+        for row in staged.new:
+            self.journals[row.id] = row
+            self.by_code[row.receipt_code] = row.id
+            if row.scope is not None and row.key is not None:
+                self.by_key[(row.scope, row.key)] = row.id
+        for jid, (status, error, entries) in staged.finished.items():
+            row = self.journals[jid]
+            row.status, row.error, row.entries = status, error, entries
+            row.lease_owner = row.lease_expires_at = None
+        for account_id, balance in staged.balances.items():
+            old = self.accounts[account_id]
+            self.accounts[account_id] = AccountSnapshot(
+                old.id, old.currency, old.status, balance, old.overdraft_limit, old.contact)
+        self.commits += 1

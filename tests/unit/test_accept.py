@@ -1,0 +1,262 @@
+"""TransactionService on the fakes: what a submission records, answers and refuses."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from core.ledger.decide import MESSAGES, Outcome
+from core.ledger.errors import (
+    AccountNotFound,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    InsufficientFunds,
+    Overloaded,
+    Unavailable,
+)
+from core.ledger.models import AccountSnapshot, ErrorBody
+from core.ledger.status import COMPLETED, FAILED, PROCESSING
+from core.pipeline.submission import Accepted, Finished, Replayed
+from tests.unit.conftest import PipelineFactory, deposit, submission, transfer
+
+
+def finished(answer: object) -> Outcome:
+    """The outcome of an answer that must have finished while the client waited."""
+    assert isinstance(answer, Finished), answer
+    return answer.outcome
+
+
+async def test_submit_records_the_journal_before_answering(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(start=False)  # no writer: the journal stays as recorded
+    answer = await p.service.submit(submission(transfer(30)))
+    assert isinstance(answer, Accepted) and not answer.replayed
+    assert p.store.journal(answer.receipt_code).status == PROCESSING
+    assert p.store.balance("alice") == 100
+
+
+async def test_an_accepted_transaction_is_executed_by_a_writer(make_pipeline: PipelineFactory
+                                                               ) -> None:
+    p = await make_pipeline()
+    answer = await p.service.submit(submission(transfer(30)))
+    await p.drain()
+    assert p.store.journal(answer.receipt_code).status == COMPLETED
+    assert (p.store.balance("alice"), p.store.balance("bob")) == (70, 30)
+
+
+async def test_wait_answers_with_the_outcome(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
+    answer = await p.service.submit(submission(transfer(30), wait=True))
+    assert finished(answer).status == COMPLETED
+    assert [(e.account, e.balance_after) for e in finished(answer).entries] == [("alice", 70),
+                                                                               ("bob", 30)]
+    assert answer.transaction == transfer(30)
+
+
+async def test_wait_times_out_into_an_accepted_answer(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(start=False, wait_timeout_s=0)
+    answer = await p.service.submit(submission(transfer(30), wait=True))
+    assert isinstance(answer, Accepted)
+    assert p.store.journal(answer.receipt_code).status == PROCESSING
+
+
+async def test_apply_at_accept_finishes_in_the_accept_commit(make_pipeline: PipelineFactory
+                                                            ) -> None:
+    p = await make_pipeline(apply_at_accept=True, start=False)
+    answer = await p.service.submit(submission(transfer(30), wait=True))
+    assert finished(answer).status == COMPLETED
+    row = p.store.journal(answer.receipt_code)
+    assert row.recorded_finished and row.status == COMPLETED
+    assert p.pool.room == 100  # nothing queued, the reservation released
+
+
+async def test_a_replay_returns_the_first_receipt_from_the_cache(make_pipeline: PipelineFactory
+                                                                ) -> None:
+    p = await make_pipeline()
+    first = await p.service.submit(submission(transfer(10), key="k1"))
+    again = await p.service.submit(submission(transfer(10), key="k1"))
+    assert isinstance(again, Accepted) and again.replayed
+    assert again.receipt_code == first.receipt_code
+    assert again.processing_time == first.processing_time
+    await p.drain()
+    assert len(p.store.journals) == 1 and p.store.balance("alice") == 90
+
+
+async def test_a_replay_without_the_cache_is_found_by_the_journal_key(
+        make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(idempotency=False)
+    first = await p.service.submit(submission(transfer(10), key="k1"))
+    again = await p.service.submit(submission(transfer(10), key="k1"))
+    assert again.replayed and again.receipt_code == first.receipt_code
+    await p.drain()
+    assert len(p.store.journals) == 1 and p.store.balance("alice") == 90
+
+
+async def test_a_key_reused_with_another_body_is_refused(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
+    await p.service.submit(submission(transfer(10), key="k1", request_hash="a"))
+    with pytest.raises(IdempotencyKeyReused):
+        await p.service.submit(submission(transfer(20), key="k1", request_hash="b"))
+    assert len(p.store.journals) == 1
+
+
+async def test_a_key_reused_with_another_body_is_refused_by_the_journals(
+        make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(idempotency=False)
+    await p.service.submit(submission(transfer(10), key="k1", request_hash="a"))
+    with pytest.raises(IdempotencyKeyReused):
+        await p.service.submit(submission(transfer(20), key="k1", request_hash="b"))
+    assert len(p.store.journals) == 1
+
+
+async def test_a_key_being_accepted_elsewhere_is_in_progress(make_pipeline: PipelineFactory
+                                                            ) -> None:
+    p = await make_pipeline()
+    assert await p.idempotency.begin("scope", "k1", "hash-k1") is None  # another request
+    with pytest.raises(IdempotencyInProgress):
+        await p.service.submit(submission(transfer(10), key="k1"))
+    assert not p.store.journals
+
+
+async def test_the_cache_down_leaves_idempotency_to_the_journals(make_pipeline: PipelineFactory
+                                                                ) -> None:
+    p = await make_pipeline()
+    p.idempotency.down = True
+    first = await p.service.submit(submission(transfer(10), key="k1"))
+    again = await p.service.submit(submission(transfer(10), key="k1"))
+    assert again.replayed and again.receipt_code == first.receipt_code
+    assert len(p.store.journals) == 1
+
+
+async def test_an_unknown_account_is_refused_before_anything_is_written(
+        make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
+    with pytest.raises(AccountNotFound):
+        await p.service.submit(submission(transfer(10, destination="nobody")))
+    assert not p.store.journals and not p.receipts.issued
+    assert p.observer.refusals == ["account_not_found"]
+
+
+async def test_insufficient_funds_is_refused_on_the_fresh_view(make_pipeline: PipelineFactory
+                                                              ) -> None:
+    p = await make_pipeline()
+    with pytest.raises(InsufficientFunds):
+        await p.service.submit(submission(transfer(101)))
+    assert p.cache.fresh_reads == 1 and not p.store.journals
+
+
+async def test_a_stale_low_cached_balance_does_not_refuse(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
+    p.cache.stale(AccountSnapshot("alice", "USD", "active", 0, 0))  # the cache missed a credit
+    answer = await p.service.submit(submission(transfer(60), wait=True))
+    assert finished(answer).status == COMPLETED
+    assert p.store.balance("alice") == 40
+
+
+async def test_a_stale_high_cached_balance_fails_at_execution_not_below_the_floor(
+        make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
+    p.cache.stale(AccountSnapshot("alice", "USD", "active", 1000, 0))
+    answer = await p.service.submit(submission(transfer(500), wait=True))
+    assert finished(answer).status == FAILED
+    assert finished(answer).error == ErrorBody("insufficient_funds", MESSAGES["insufficient_funds"])
+    assert p.store.balance("alice") == 100
+
+
+async def test_a_full_queue_refuses_before_anything_is_written(make_pipeline: PipelineFactory
+                                                              ) -> None:
+    p = await make_pipeline(start=False, queue_size_max=2)
+    for _ in range(2):
+        await p.service.submit(submission(transfer(1)))
+    with pytest.raises(Overloaded):
+        await p.service.submit(submission(transfer(1)))
+    assert len(p.store.journals) == 2 and len(p.receipts.issued) == 2
+
+
+async def test_receipt_source_down_refuses_and_releases_the_room(make_pipeline: PipelineFactory
+                                                                ) -> None:
+    p = await make_pipeline(start=False)
+    p.receipts.down = True
+    with pytest.raises(Unavailable):
+        await p.service.submit(submission(transfer(1)))
+    assert p.pool.room == 100 and not p.store.journals
+
+
+async def test_database_down_abandons_the_idempotency_key(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
+    p.store.down = True
+    with pytest.raises(Unavailable):
+        await p.service.submit(submission(transfer(1), key="k1"))
+    assert p.idempotency.abandoned == [("scope", "k1")]
+    assert p.pool.room == 100
+    p.store.down = False
+    answer = await p.service.submit(submission(transfer(1), key="k1"))
+    assert not answer.replayed
+
+
+async def test_a_completed_key_remembers_its_receipt(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
+    answer = await p.service.submit(submission(transfer(1), key="k1"))
+    record = p.idempotency.records[("scope", "k1")]
+    assert record.receipt_code == answer.receipt_code and record.mode == "async"
+
+
+async def test_submit_many_answers_each_item_in_order(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
+    subs = [submission(transfer(10)), submission(transfer(10, destination="nobody")),
+            submission(deposit(5, destination="bob"), key="k1"), submission(transfer(10))]
+    accounts = await p.service.view_accounts([a for s in subs for a in s.transaction.account_ids])
+    answers = await p.service.submit_many(subs, accounts)
+    assert isinstance(answers[1], AccountNotFound)
+    codes = [a.receipt_code for a in answers if not isinstance(a, Exception)]
+    assert len(codes) == 3 and len(set(codes)) == 3
+    await p.drain()
+    assert all(p.store.journal(c).status == COMPLETED for c in codes)
+    assert (p.store.balance("alice"), p.store.balance("bob")) == (80, 25)
+
+
+async def test_submit_many_replays_a_keyed_item(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
+    first = await p.service.submit(submission(transfer(10), key="k1"))
+    subs = [submission(transfer(10), key="k1"), submission(transfer(5))]
+    answers = await p.service.submit_many(subs, await p.service.view_accounts(["alice", "bob"]))
+    assert not isinstance(answers[0], Exception) and answers[0].replayed
+    assert answers[0].receipt_code == first.receipt_code
+    assert not isinstance(answers[1], Exception) and not answers[1].replayed
+
+
+async def test_submit_many_over_capacity_refuses_the_plain_items(make_pipeline: PipelineFactory
+                                                                ) -> None:
+    p = await make_pipeline(start=False, queue_size_max=1)
+    subs = [submission(transfer(1)), submission(transfer(1))]
+    answers = await p.service.submit_many(subs, await p.service.view_accounts(["alice", "bob"]))
+    assert all(isinstance(a, Overloaded) for a in answers)
+    assert not p.store.journals
+
+
+async def test_submit_many_waits_for_the_outcomes(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
+    subs = [submission(transfer(60), wait=True), submission(transfer(60), wait=True)]
+    answers = await p.service.submit_many(subs, await p.service.view_accounts(["alice", "bob"]))
+    statuses = sorted(finished(a).status for a in answers)
+    assert statuses == [COMPLETED, FAILED]
+    assert p.store.balance("alice") == 40
+
+
+async def test_a_replay_of_a_waited_request_is_answered_from_the_journal(
+        make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline()
+    first = await p.service.submit(submission(transfer(10), key="k1", wait=True))
+    again = await p.service.submit(submission(transfer(10), key="k1", wait=True))
+    assert isinstance(again, Replayed) and again.receipt_code == first.receipt_code
+    assert p.store.balance("alice") == 90
+
+
+async def test_concurrent_debits_never_pass_the_overdraft_limit(make_pipeline: PipelineFactory
+                                                               ) -> None:
+    p = await make_pipeline(batch_max=4)
+    subs = [submission(transfer(20, source="carol"), wait=True) for _ in range(6)]
+    answers = await asyncio.gather(*(p.service.submit(s) for s in subs))
+    statuses = [finished(a).status for a in answers]
+    assert statuses.count(COMPLETED) == 2 and statuses.count(FAILED) == 4
+    assert (p.store.balance("carol"), p.store.balance("bob")) == (-40, 40)

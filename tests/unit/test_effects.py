@@ -1,0 +1,118 @@
+"""PostCommit on the fakes: what follows a commit, and the bound of the effect queue."""
+
+from __future__ import annotations
+
+import time
+
+from core.ledger.decide import decide_batch
+from core.ledger.status import COMPLETED, FAILED
+from core.pipeline.effects import PostCommit
+from core.pipeline.executor import Executed
+from core.pipeline.ports import ReceiptRecord
+from core.pipeline.tasks import Task
+from core.pipeline.tracker import StatusTracker
+from tests.fakes import (
+    FakeAccountCache,
+    FakeJournalStore,
+    FakeNotifier,
+    FakeReceiptSource,
+    FakeStatusStore,
+    RecordingObserver,
+)
+from tests.unit.conftest import PipelineFactory, pending, transfer
+
+
+class Effects:
+    def __init__(self) -> None:
+        self.store = FakeJournalStore()
+        self.store.add_account("alice", 100, contact={"email": "alice@example.com",
+                                                      "phone": "+15550100"})
+        self.store.add_account("bob", 0)
+        self.status_store = FakeStatusStore()
+        self.tracker = StatusTracker(self.status_store, flush_interval_ms=10, redis_ttl_s=60,
+                                     memory_ttl_s=60)
+        self.receipts, self.notifier = FakeReceiptSource(), FakeNotifier()
+        self.cache, self.observer = FakeAccountCache(self.store), RecordingObserver()
+        self.wakes = 0
+        self.post = PostCommit(tracker=self.tracker, receipts=self.receipts,
+                               notifier=self.notifier, balances_committed=self.cache.set_balances,
+                               wake_relay=self.wake, observer=self.observer)
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+    def executed(self, *amounts: int) -> Executed:
+        """A batch of transfers alice → bob as the executor decides it."""
+        accounts = self.store.snapshots(["alice", "bob"])
+        tasks = [Task(i, f"RCP-{i}", transfer(a), time.monotonic())
+                 for i, a in enumerate(amounts, 1)]
+        decision = decide_batch([(t.journal_id, t.receipt_code, t.transaction) for t in tasks],
+                                accounts, "2026-12-02T00:00:00Z")
+        return Executed(tasks, decision.outcomes, accounts)
+
+
+async def test_final_statuses_reach_the_tracker_and_then_the_status_store() -> None:
+    e = Effects()
+    await e.post(e.executed(30, 500))
+    assert [e.tracker.get(c).status for c in ("RCP-1", "RCP-2")] == [COMPLETED, FAILED]  # type: ignore[union-attr]
+    assert await e.tracker.flush() == 2
+    assert e.status_store.records["RCP-2"].status == FAILED
+
+
+async def test_receipts_are_registered_with_their_outcome() -> None:
+    e = Effects()
+    await e.post(e.executed(30, 500))
+    assert e.receipts.registered == [
+        ReceiptRecord("RCP-1", "transfer", "USD", 30, ["alice", "bob"], COMPLETED, None),
+        ReceiptRecord("RCP-2", "transfer", "USD", 500, ["alice", "bob"], FAILED,
+                      "insufficient_funds")]
+
+
+async def test_each_contact_of_a_touched_account_is_notified() -> None:
+    e = Effects()
+    await e.post(e.executed(30))
+    assert sorted((n.channel, n.recipient) for n in e.notifier.sent) == [
+        ("email", "alice@example.com"), ("sms", "+15550100")]
+    assert all(n.receipt_code == "RCP-1" and "completed" in n.subject for n in e.notifier.sent)
+
+
+async def test_committed_balances_reach_the_account_cache() -> None:
+    e = Effects()
+    await e.cache.get_accounts(["alice", "bob"])  # cached at 100 and 0
+    await e.post(e.executed(30, 20))
+    assert {a: s.balance for a, s in e.cache.cached.items()} == {"alice": 50, "bob": 50}
+
+
+async def test_the_relay_is_woken_only_when_something_finished() -> None:
+    e = Effects()
+    await e.post(Executed([], []))
+    assert e.wakes == 0
+    await e.post(e.executed(1))
+    assert e.wakes == 1
+
+
+async def test_the_observer_counts_outcomes_by_status_and_type() -> None:
+    e = Effects()
+    await e.post(e.executed(30, 500, 1))
+    assert e.observer.finished_counts == {(COMPLETED, "transfer"): 2, (FAILED, "transfer"): 1}
+
+
+async def test_a_full_effect_queue_drops_effects_and_the_commit_stands(
+        make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(apply_at_accept=True, start=False, effect_queue_max=1)
+    journals = [pending(transfer(1)), pending(transfer(1))]
+    await p.pool.record(journals[:1])
+    await p.pool.record(journals[1:])  # no effect worker runs: the queue holds one batch
+    assert p.pool.effects_dropped == 1
+    assert p.store.balance("bob") == 2
+    assert not p.receipts.registered
+
+
+async def test_effects_of_a_pipeline_run_after_its_commit(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(apply_at_accept=True)
+    journal = pending(transfer(1))
+    await p.pool.record([journal])
+    await p.drain()
+    assert [r.code for r in p.receipts.registered] == [journal.receipt_code]
+    assert p.tracker.get(journal.receipt_code) is not None
+    assert len(p.relay_wakes) == 1
