@@ -8,6 +8,7 @@ write: new balances, ledger rows as columns, journal outcomes and outbox events.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -46,6 +47,8 @@ class BatchDecision:
     balances: dict[str, int]  # only accounts whose balance changed
     ledger_columns: list[list[int] | list[str]]  # journal ids, accounts, directions, amounts, after
     events: list[bytes] = field(default_factory=list)
+    held: dict[str, int] = field(default_factory=dict)  # only accounts whose `held` changed
+    targets: list[Any] = field(default_factory=list)  # linked.Target rows to update
 
 
 def static_error(tx: Transaction, accounts: dict[str, AccountSnapshot]) -> BusinessRuleError | None:
@@ -107,7 +110,12 @@ def _entries_by_journal(columns: list[list[int] | list[str]]) -> dict[int, list[
 
 
 def event_payload(outcome: Outcome, tx: Transaction, occurred_at: str) -> bytes:
+    links = {}
+    if tx.target is not None:
+        links = {"captures" if tx.type == "capture" else "voids" if tx.type == "void"
+                 else "reverses": tx.target}
     event = TransactionEvent(
+        **links,
         event=f"transaction.{outcome.status}",
         receipt_code=outcome.receipt_code,
         journal_id=outcome.journal_id,

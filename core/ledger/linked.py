@@ -16,7 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import native
-from core.ledger.decide import INT64_MIN, MESSAGES, Outcome, static_error
+from core.ledger.decide import (
+    INT64_MIN,
+    MESSAGES,
+    BatchDecision,
+    Outcome,
+    event_payload,
+    static_error,
+)
 from core.ledger.errors import (
     AmountOverflow,
     BusinessRuleError,
@@ -190,3 +197,28 @@ def _insufficient(account_id: str) -> BusinessRuleError:
 def _error_of(code: str) -> BusinessRuleError:
     kind = InsufficientFunds if code == "insufficient_funds" else AmountOverflow
     return kind(MESSAGES[code])
+
+
+def decide_with_linked(plain: BatchDecision, linked: list[tuple[int, str, Transaction]],
+                       accounts: dict[str, AccountSnapshot], targets: dict[str, Target],
+                       occurred_at: str) -> BatchDecision:
+    """The batch's plain decision extended by its linked journals, decided after it in
+    order against the balances it left: one decision for the adapter to write."""
+    state = LedgerState.of(accounts, targets)
+    state.balances.update(plain.balances)
+    columns: list[list[int] | list[str]] = [list(c) for c in plain.ledger_columns]  # type: ignore[misc]
+    outcomes, events = list(plain.outcomes), list(plain.events)
+    for journal_id, code, tx in linked:
+        outcome = decide_linked(journal_id, code, tx, state, occurred_at).outcome
+        outcomes.append(outcome)
+        events.append(event_payload(outcome, tx, occurred_at))
+        for entry in outcome.entries:
+            row = (journal_id, entry.account, native.DEBIT if entry.direction == "debit"
+                   else native.CREDIT, entry.amount, entry.balance_after)
+            for col, value in zip(columns, row, strict=True):
+                col.append(value)  # type: ignore[arg-type]
+    held = {a: h for a, h in state.held.items() if h != accounts[a].held}
+    balances = {a: b for a, b in state.balances.items()
+                if b != accounts[a].balance or a in held}
+    return BatchDecision(outcomes, balances, columns, events, held,
+                         list(state.changed_targets.values()))

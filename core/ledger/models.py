@@ -74,8 +74,9 @@ class ErrorBody(msgspec.Struct, frozen=True):
     message: str
 
 
-class TransactionEvent(msgspec.Struct, frozen=True):
-    """The Kafka event of a finished transaction (docs/api.md, Events)."""
+class TransactionEvent(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The Kafka event of a finished transaction (docs/api.md, Events); the links appear
+    only on the journals that name another one."""
 
     event: str
     receipt_code: str
@@ -85,3 +86,6 @@ class TransactionEvent(msgspec.Struct, frozen=True):
     entries: list[Entry]
     error: ErrorBody | None
     occurred_at: str
+    captures: str | None = None
+    voids: str | None = None
+    reverses: str | None = None

@@ -22,6 +22,7 @@ from typing import TypeVar
 from core.kit.clock import utc_now_iso
 from core.ledger.decide import BatchDecision, Outcome, decide_batch
 from core.ledger.errors import TransientConflict
+from core.ledger.linked import decide_with_linked, is_linked
 from core.ledger.models import AccountSnapshot
 from core.pipeline.ports import ExistingJournal, JournalStore, PendingJournal
 from core.pipeline.tasks import Task
@@ -124,10 +125,21 @@ async def _execute_once(store: JournalStore, tasks: list[Task]) -> Executed:
         todo = [t for t in tasks if t.journal_id in live]
         ids = sorted({a for t in todo for a in t.transaction.account_ids})
         accounts = await unit.lock_accounts(ids) if ids else {}
+        plain = [t for t in todo if not is_linked(t.transaction)]
+        linked = [t for t in todo if is_linked(t.transaction)]
+        now = utc_now_iso()
         decision: BatchDecision = decide_batch(
-            [(t.journal_id, t.receipt_code, t.transaction) for t in todo], accounts, utc_now_iso()
-        )
+            [(t.journal_id, t.receipt_code, t.transaction) for t in plain], accounts, now)
+        if linked:
+            named = sorted({t.transaction.target for t in linked if t.transaction.target})
+            targets = await unit.lock_targets(named) if named else {}
+            decision = decide_with_linked(
+                decision, [(t.journal_id, t.receipt_code, t.transaction) for t in linked],
+                accounts, targets, now)
+            todo = plain + linked  # the order of the decision's outcomes
         if todo:
             await unit.write(decision)
+        if decision.targets:
+            await unit.update_targets(decision.targets)
     done = [t for t in tasks if t.journal_id not in live]
     return Executed(todo, decision.outcomes, accounts, done)

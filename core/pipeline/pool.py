@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 
 from core.ledger.errors import CommitUnknown, KassaError, Overloaded
+from core.ledger.linked import is_linked
 from core.pipeline.effect_queue import EffectQueue, Effects
 from core.pipeline.executor import Executed, apply_pending
 from core.pipeline.isolation import Recorded, bisected, deduplicated, landed, resolve
@@ -165,7 +166,10 @@ class ProcessorPool:
         started = time.monotonic()
         results: Sequence[Recorded | KassaError]
         try:
-            if not (self._apply_at_accept and self.backlog == 0):
+            # Holds and the journals naming one are applied by the writers, which lock
+            # the named journals too; a group holding one is recorded pending whole.
+            if not (self._apply_at_accept and self.backlog == 0) or any(
+                    is_linked(j.transaction) for j in journals):
                 return await self._store.insert_pending(journals)
             results, executed = await apply_pending(self._store, journals, self._attempts_max)
             if executed.tasks:

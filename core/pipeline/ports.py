@@ -8,6 +8,7 @@ from typing import Protocol
 import msgspec
 
 from core.ledger.decide import BatchDecision
+from core.ledger.linked import Target
 from core.ledger.models import AccountSnapshot, Entry, ErrorBody, Transaction
 
 
@@ -127,6 +128,14 @@ class LedgerUnit(Protocol):
 
     async def lock_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
         """Lock the accounts that exist, in id order (`SELECT … FOR UPDATE`)."""
+        ...
+
+    async def lock_targets(self, receipt_codes: list[str]) -> dict[str, Target]:
+        """Lock the journals named by captures, voids and reversals (after the accounts)."""
+        ...
+
+    async def update_targets(self, targets: list[Target]) -> None:
+        """Write the named journals' new status and reversed sum."""
         ...
 
     async def write(self, decision: BatchDecision) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 INSERT_PENDING = """
 INSERT INTO journals (external_ref, type, status, currency, description, metadata, payload,
                       idempotency_scope, idempotency_key, request_hash, mode, accept_time_us,
-                      lease_owner, lease_expires_at)
+                      lease_owner, lease_expires_at, target, hold_expires_at)
 SELECT r, t, 'processing', c, d, m::jsonb, p::jsonb, s, k, h, mo, us, $12,
-       now() + make_interval(secs => $13)
+       now() + make_interval(secs => $13), tg, now() + make_interval(secs => hs)
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::text[], $9::text[], $10::text[], $11::int[]) AS u(r, t, c, d, m, p, s, k, h, mo, us)
+            $8::text[], $9::text[], $10::text[], $11::int[], $14::text[], $15::int[])
+     AS u(r, t, c, d, m, p, s, k, h, mo, us, tg, hs)
 ON CONFLICT (idempotency_scope, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, external_ref
 """
@@ -34,27 +35,31 @@ ORDER BY id FOR UPDATE
 """
 
 LOCK_ACCOUNTS = """
-SELECT id, currency, status, balance, overdraft_limit, contact FROM accounts
+SELECT id, currency, status, balance, overdraft_limit, contact, held FROM accounts
 WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
 """
 
 
 def _posting(first: int) -> str:
-    """The CTEs that post a decided batch (balances, ledger entries, outbox events), with
-    their ten parameters numbered from `first`: one statement writes a whole batch."""
-    p = [f"${first + k}" for k in range(10)]
+    """The CTEs that post a decided batch (balances and holds, ledger entries, outbox
+    events), with their eleven parameters numbered from `first`: one statement writes a
+    whole batch. Balance and `held` change in one UPDATE so the available-balance check
+    never sees one without the other."""
+    p = [f"${first + k}" for k in range(11)]
     return f"""
 balances AS (
-    UPDATE accounts a SET balance = u.b, version = a.version + 1, updated_at = now()
-    FROM unnest({p[0]}::text[], {p[1]}::bigint[]) AS u(id, b) WHERE a.id = u.id
+    UPDATE accounts a SET balance = u.b, held = coalesce(u.h, a.held),
+           version = a.version + 1, updated_at = now()
+    FROM unnest({p[0]}::text[], {p[1]}::bigint[], {p[2]}::bigint[]) AS u(id, b, h)
+    WHERE a.id = u.id
 ), entries AS (
     INSERT INTO ledgers (journal_id, account_id, direction, amount, balance_after)
     SELECT j, a, CASE WHEN d = 0 THEN 'debit' ELSE 'credit' END, m, b
-    FROM unnest({p[2]}::bigint[], {p[3]}::text[], {p[4]}::int[], {p[5]}::bigint[],
-                {p[6]}::bigint[]) AS u(j, a, d, m, b)
+    FROM unnest({p[3]}::bigint[], {p[4]}::text[], {p[5]}::int[], {p[6]}::bigint[],
+                {p[7]}::bigint[]) AS u(j, a, d, m, b)
 ), events AS (
     INSERT INTO outbox (journal_id, receipt_code, payload)
-    SELECT * FROM unnest({p[7]}::bigint[], {p[8]}::text[], {p[9]}::bytea[])
+    SELECT * FROM unnest({p[8]}::bigint[], {p[9]}::text[], {p[10]}::bytea[])
 )"""
 
 
@@ -72,13 +77,13 @@ SELECT 1
 # The accounts of new journals locked (id order) and ids for the journals, in one round trip.
 LOCK_FOR_NEW = """
 WITH locked AS (
-    SELECT id, currency, status, balance, overdraft_limit, contact FROM accounts
+    SELECT id, currency, status, balance, overdraft_limit, contact, held FROM accounts
     WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
 )
-SELECT id, currency, status, balance, overdraft_limit, contact, NULL::bigint AS journal_id
+SELECT id, currency, status, balance, overdraft_limit, contact, held, NULL::bigint AS journal_id
 FROM locked
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, nextval(pg_get_serial_sequence('journals', 'id'))
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, nextval(pg_get_serial_sequence('journals', 'id'))
 FROM generate_series(1, $2)
 """
 
@@ -93,7 +98,7 @@ WITH recorded AS (
                           accept_time_us, error_code, error_message, created_at, completed_at)
     OVERRIDING SYSTEM VALUE
     SELECT i, r, t, st, c, d, m::jsonb, p::jsonb, s, k, h, mo, us, ec, em,
-           $26::text::timestamptz, $26::text::timestamptz
+           $27::text::timestamptz, $27::text::timestamptz
     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
                 $13::int[], $14::text[], $15::text[])
@@ -110,7 +115,28 @@ FROM (SELECT id FROM journals WHERE status = 'processing' AND lease_expires_at <
       AND NOT id = ANY($4::bigint[])
       ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) AS c
 WHERE j.id = c.id
-RETURNING j.id, j.external_ref, j.type, j.currency, j.description, j.metadata, j.payload
+RETURNING j.id, j.external_ref, j.type, j.currency, j.description, j.metadata, j.payload,
+          j.target, j.hold_expires_at IS NOT NULL AS is_hold
+"""
+
+# The journals named by a batch's captures, voids and reversals, locked after the accounts
+# (every writer locks accounts first, then these, in id order: no deadlock).
+LOCK_TARGETS = """
+SELECT id, external_ref, type, status, payload, hold_expires_at IS NOT NULL AS is_hold,
+       reversed
+FROM journals WHERE external_ref = ANY($1::text[]) ORDER BY id FOR UPDATE
+"""
+
+# A capture or void ends its hold; a reversal adds to its original's `reversed`.
+UPDATE_TARGETS = """
+UPDATE journals j SET status = u.s, reversed = u.r
+FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(id, s, r) WHERE j.id = u.id
+"""
+
+# Pending holds past their deadline, oldest first, for the expiry sweeper.
+EXPIRED_HOLDS = """
+SELECT external_ref, currency, payload FROM journals
+WHERE status = 'held' AND hold_expires_at <= now() ORDER BY hold_expires_at LIMIT $1
 """
 
 RENEW_LEASES = """
@@ -152,6 +178,6 @@ FROM journals WHERE external_ref = $1
 """
 
 GET_ACCOUNTS = """
-SELECT id, currency, status, balance, overdraft_limit, contact FROM accounts
+SELECT id, currency, status, balance, overdraft_limit, contact, held FROM accounts
 WHERE id = ANY($1::text[])
 """

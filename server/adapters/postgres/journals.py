@@ -52,7 +52,8 @@ class PgJournalStore:
         cols = pending_columns(journals)
         async with self._transaction() as conn:
             ids = {r["external_ref"]: r["id"] for r in
-                   await conn.fetch(INSERT_PENDING, *cols, journals[0].lease_owner, self._lease_s)}
+                   await conn.fetch(INSERT_PENDING, *cols[:11], journals[0].lease_owner,
+                                    self._lease_s, *cols[11:])}
             missing = [j for j in journals if j.receipt_code not in ids]
             existing = await existing_by_key(conn, missing) if missing else {}
         return [ids.get(j.receipt_code) or existing[(j.idempotency_scope, j.idempotency_key)]
@@ -115,5 +116,8 @@ class PgJournalStore:
 def transaction_of(row: asyncpg.Record) -> Transaction:
     """A claimed journal's transaction, rebuilt from its row."""
     legs = tuple(Leg(*leg) for leg in _legs.decode(row["payload"]))
+    # A recovered hold keeps its deadline from the accept; any value marks it a hold.
     return Transaction(row["type"], row["currency"], legs, row["description"],
-                       _meta.decode(row["metadata"]))
+                       _meta.decode(row["metadata"]),
+                       hold_expires_in_s=1 if row.get("is_hold") else None,
+                       target=row.get("target"))

@@ -8,7 +8,8 @@ import msgspec
 
 from core.ledger.decide import BatchDecision
 from core.ledger.errors import TransientConflict
-from core.ledger.models import AccountSnapshot
+from core.ledger.linked import Target
+from core.ledger.models import AccountSnapshot, Leg
 from core.pipeline.ports import ExistingJournal, PendingJournal
 from server.adapters.postgres.journal_sql import (
     EXISTING_BY_KEY,
@@ -16,11 +17,14 @@ from server.adapters.postgres.journal_sql import (
     INSERT_AND_POST,
     LOCK_ACCOUNTS,
     LOCK_FOR_NEW,
+    LOCK_TARGETS,
     LOCK_UNFINISHED,
+    UPDATE_TARGETS,
 )
 
 _json = msgspec.json.Encoder()
 _contact = msgspec.json.Decoder(dict[str, str] | None)
+_legs = msgspec.json.Decoder(list[tuple[str, str, int]])
 
 
 class PgLedgerUnit:
@@ -40,6 +44,17 @@ class PgLedgerUnit:
             [o.error.code if o.error else None for o in outcomes],
             [o.error.message if o.error else None for o in outcomes], *posting_args(decision))
 
+    async def lock_targets(self, receipt_codes: list[str]) -> dict[str, Target]:
+        rows = await self._conn.fetch(LOCK_TARGETS, receipt_codes)
+        return {r["external_ref"]: Target(
+            r["external_ref"], r["id"], r["type"], r["status"],
+            tuple(Leg(*leg) for leg in _legs.decode(r["payload"])), r["is_hold"], r["reversed"])
+            for r in rows}
+
+    async def update_targets(self, targets: list[Target]) -> None:
+        await self._conn.execute(UPDATE_TARGETS, [t.journal_id for t in targets],
+                                 [t.status for t in targets], [t.reversed for t in targets])
+
     async def existing(self, journals: list[PendingJournal]
                        ) -> dict[tuple[str, str], ExistingJournal]:
         return await existing_by_key(self._conn, journals)
@@ -58,7 +73,7 @@ class PgLedgerUnit:
         outcomes = decision.outcomes
         try:
             await self._conn.execute(
-                INSERT_AND_POST, ids, cols[0], cols[1], [o.status for o in outcomes], *cols[2:],
+                INSERT_AND_POST, ids, cols[0], cols[1], [o.status for o in outcomes], *cols[2:11],
                 [o.error.code if o.error else None for o in outcomes],
                 [o.error.message if o.error else None for o in outcomes], *posting_args(decision),
                 outcomes[0].finished_at)
@@ -69,21 +84,26 @@ class PgLedgerUnit:
 
 
 def posting_args(decision: BatchDecision) -> list[object]:
-    """The ten parameters of journal_sql._posting: balances, ledger columns, outbox events."""
+    """The eleven parameters of journal_sql._posting: balances and holds, ledger columns,
+    outbox events."""
     outcomes = decision.outcomes
-    return [list(decision.balances), list(decision.balances.values()), *decision.ledger_columns,
+    held = decision.held
+    return [list(decision.balances), list(decision.balances.values()),
+            [held.get(a) for a in decision.balances], *decision.ledger_columns,
             [o.journal_id for o in outcomes], [o.receipt_code for o in outcomes], decision.events]
 
 
 def pending_columns(journals: list[PendingJournal]) -> list[list[object]]:
     """The journals as columns for unnest: code, type, currency, description, metadata,
-    legs, idempotency scope, key and request hash, mode, accept time."""
-    cols: list[list[object]] = [[] for _ in range(11)]
+    legs, idempotency scope, key and request hash, mode, accept time; then the target and
+    the hold's seconds to expiry (pending journals only)."""
+    cols: list[list[object]] = [[] for _ in range(13)]
     for j in journals:
         tx = j.transaction
         row = (j.receipt_code, tx.type, tx.currency, tx.description,
                _json.encode(tx.metadata).decode(), _json.encode(tx.legs).decode(),
-               j.idempotency_scope, j.idempotency_key, j.request_hash, j.mode, j.accept_time_us)
+               j.idempotency_scope, j.idempotency_key, j.request_hash, j.mode, j.accept_time_us,
+               tx.target, tx.hold_expires_in_s)
         for col, value in zip(cols, row, strict=True):
             col.append(value)
     return cols
@@ -101,4 +121,4 @@ async def existing_by_key(conn: asyncpg.Connection, journals: list[PendingJourna
 def snapshot(row: asyncpg.Record) -> AccountSnapshot:
     contact = _contact.decode(row["contact"]) if row["contact"] else None
     return AccountSnapshot(row["id"], row["currency"], row["status"], row["balance"],
-                           row["overdraft_limit"], contact)
+                           row["overdraft_limit"], contact, row.get("held", 0))
