@@ -52,6 +52,7 @@ class Target:
     legs: tuple[Leg, ...]
     is_hold: bool
     reversed: int = 0  # sum of the completed reversals of this journal
+    currency: str = ""
 
     @property
     def amount(self) -> int:

@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 from core.kit.clock import utc_now_iso
 from core.ledger.decide import Outcome
+from core.ledger.linked import Target
 from core.ledger.models import AccountSnapshot, Transaction
-from core.ledger.status import COMPLETED
+from core.ledger.status import COMPLETED, is_final
 from core.pipeline.executor import Executed
 from core.pipeline.observer import NullObserver, Observer
 from core.pipeline.ports import JournalStatus, Notification, Notifier, ReceiptRecord, ReceiptSource
@@ -46,6 +47,13 @@ def receipt_record(tx: Transaction, outcome: Outcome) -> ReceiptRecord:
                          outcome.status, outcome.error.code if outcome.error else None)
 
 
+def target_record(target: Target) -> ReceiptRecord:
+    """A named journal's receipt after a capture, void or reversal changed it."""
+    return ReceiptRecord(target.receipt_code, target.type, target.currency, target.amount,
+                         sorted({a for leg in target.legs for a in (leg.source, leg.destination)}),
+                         target.status, None)
+
+
 class PostCommit:
     def __init__(self, *, tracker: StatusTracker, receipts: ReceiptSource,
                  notifier: Notifier | None = None,
@@ -63,10 +71,15 @@ class PostCommit:
         if self._wake_relay is not None and executed.outcomes:
             self._wake_relay()
         now, now_iso = time.monotonic(), utc_now_iso()
+        # A hold's `held` is not final (its capture or void ends it): never cached.
         self._tracker.finished([JournalStatus(o.receipt_code, o.status, o.error, now_iso)
-                                for o in executed.outcomes])
-        self._receipts.register([receipt_record(task.transaction, outcome) for task, outcome
-                                 in zip(executed.tasks, executed.outcomes, strict=True)])
+                                for o in executed.outcomes if is_final(o.status)])
+        self._tracker.finished([JournalStatus(t.receipt_code, t.status, None, now_iso)
+                                for t in executed.targets if is_final(t.status)])
+        self._receipts.register(
+            [receipt_record(task.transaction, outcome) for task, outcome
+             in zip(executed.tasks, executed.outcomes, strict=True)]
+            + [target_record(t) for t in executed.targets])
         counts: dict[tuple[str, str], int] = {}
         logging_info = log.isEnabledFor(logging.INFO)
         for task, outcome in zip(executed.tasks, executed.outcomes, strict=True):

@@ -22,7 +22,7 @@ from typing import TypeVar
 from core.kit.clock import utc_now_iso
 from core.ledger.decide import BatchDecision, Outcome, decide_batch
 from core.ledger.errors import TransientConflict
-from core.ledger.linked import decide_with_linked, is_linked
+from core.ledger.linked import Target, decide_with_linked, is_linked
 from core.ledger.models import AccountSnapshot
 from core.pipeline.ports import ExistingJournal, JournalStore, PendingJournal
 from core.pipeline.tasks import Task
@@ -39,6 +39,8 @@ class Executed:
     outcomes: list[Outcome]
     accounts: dict[str, AccountSnapshot] = field(default_factory=dict)
     already_final: list[Task] = field(default_factory=list)
+    # Journals named by this batch's captures, voids and reversals, as they now stand.
+    targets: list[Target] = field(default_factory=list)
 
 
 async def execute_batch(store: JournalStore, tasks: list[Task], attempts_max: int) -> Executed:
@@ -142,4 +144,4 @@ async def _execute_once(store: JournalStore, tasks: list[Task]) -> Executed:
         if decision.targets:
             await unit.update_targets(decision.targets)
     done = [t for t in tasks if t.journal_id not in live]
-    return Executed(todo, decision.outcomes, accounts, done)
+    return Executed(todo, decision.outcomes, accounts, done, decision.targets)

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.ledger.status import COMPLETED, FAILED
+from core.ledger.status import COMPLETED, FAILED, HELD, VOIDED
 from core.pipeline.submission import Accepted, Finished, Submitted
 from core.pipeline.transaction_query import TransactionQuery
 from core.pipeline.views import decided_view
 from server.http.errors import error_dict
+
+# A transaction that failed on execution answers 422, but for the two conflicts with
+# another journal (a hold no longer pending, reversals over their original): 409.
+FAILED_STATUS = {"hold_not_pending": 409, "reversal_exceeds_original": 409}
 
 
 def accepted_body(receipt_code: str, processing_time: str) -> bytes:
@@ -31,10 +35,10 @@ async def answer(queries: TransactionQuery, submitted: Submitted) -> tuple[int, 
         found = await queries.transaction(code)
         assert found is not None, "a submitted journal is durable"
         view = found
-    if view.status == COMPLETED:
+    if view.status in (COMPLETED, HELD, VOIDED):
         return 201, view
     if view.status == FAILED:
         assert view.error is not None, "a failed journal carries its error"
         error = error_dict(view.error.code, view.error.message, receipt_code=code)
-        return 422, {**error, "receipt_code": code}
+        return FAILED_STATUS.get(view.error.code, 422), {**error, "receipt_code": code}
     return 202, accepted_body(code, submitted.processing_time)

@@ -14,6 +14,8 @@ HTTP_STATUS = {
     "forbidden": 403,
     "not_found": 404,
     "account_exists": 409,
+    "hold_not_pending": 409,
+    "reversal_exceeds_original": 409,
     "idempotency_in_progress": 409,
     "account_not_found": 422,
     "account_inactive": 422,

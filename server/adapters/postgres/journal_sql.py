@@ -123,7 +123,7 @@ RETURNING j.id, j.external_ref, j.type, j.currency, j.description, j.metadata, j
 # (every writer locks accounts first, then these, in id order: no deadlock).
 LOCK_TARGETS = """
 SELECT id, external_ref, type, status, payload, hold_expires_at IS NOT NULL AS is_hold,
-       reversed
+       reversed, currency
 FROM journals WHERE external_ref = ANY($1::text[]) ORDER BY id FOR UPDATE
 """
 
@@ -135,8 +135,14 @@ FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(id, s, r) WHERE j.id = 
 
 # Pending holds past their deadline, oldest first, for the expiry sweeper.
 EXPIRED_HOLDS = """
-SELECT external_ref, currency, payload FROM journals
+SELECT external_ref, type, status, currency, payload, true AS is_hold, reversed FROM journals
 WHERE status = 'held' AND hold_expires_at <= now() ORDER BY hold_expires_at LIMIT $1
+"""
+
+NAMED_JOURNAL = """
+SELECT external_ref, type, status, currency, payload, hold_expires_at IS NOT NULL AS is_hold,
+       reversed
+FROM journals WHERE external_ref = $1
 """
 
 RENEW_LEASES = """

@@ -48,7 +48,8 @@ class PgLedgerUnit:
         rows = await self._conn.fetch(LOCK_TARGETS, receipt_codes)
         return {r["external_ref"]: Target(
             r["external_ref"], r["id"], r["type"], r["status"],
-            tuple(Leg(*leg) for leg in _legs.decode(r["payload"])), r["is_hold"], r["reversed"])
+            tuple(Leg(*leg) for leg in _legs.decode(r["payload"])), r["is_hold"], r["reversed"],
+            r["currency"])
             for r in rows}
 
     async def update_targets(self, targets: list[Target]) -> None:

@@ -1,0 +1,66 @@
+"""Hold expiry: every process looks for pending holds past their deadline and submits a
+void for each, through the same pipeline as a client's void.
+
+Exactly once, with any number of processes and instances: every expiry void carries the
+Idempotency-Key `expire:<hold receipt>` in a scope of its own, so the database's unique
+key lets one journal in and answers the others as repeats; and the writers decide the
+void under the hold's row lock, so a capture that got there first makes it fail
+`hold_not_pending` instead of voiding a captured hold. A process that dies after the
+accept leaves a durable journal that recovery executes, like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from core.ledger.linked import VOID
+from core.ledger.models import Transaction
+from core.pipeline.accept import TransactionService
+from core.pipeline.idempotency import request_hash
+from core.pipeline.links import NamedJournal
+from core.pipeline.submission import Submission
+
+log = logging.getLogger("kassa.expiry")
+
+EXPIRY_SCOPE = "kassa:hold-expiry"  # never a key digest (24 hex characters)
+EXPIRED = "expired"  # the description of a void the server made
+
+
+class ExpiredHolds(Protocol):
+    async def expired_holds(self, limit: int) -> list[NamedJournal]:
+        """Pending holds past their deadline, oldest deadline first."""
+        ...
+
+
+def expiry_void(hold: NamedJournal) -> Submission:
+    tx = Transaction(VOID, hold.currency, hold.legs, description=EXPIRED,
+                     target=hold.receipt_code)
+    return Submission(tx, EXPIRY_SCOPE, f"expire:{hold.receipt_code}", request_hash(tx))
+
+
+class HoldExpiry:
+    def __init__(self, holds: ExpiredHolds, service: TransactionService, *,
+                 interval_s: float, batch_max: int = 100) -> None:
+        self._holds = holds
+        self._service = service
+        self._interval_s = interval_s
+        self._batch_max = batch_max
+
+    async def sweep(self) -> int:
+        """Submit a void for each expired hold found; returns how many were submitted."""
+        expired = await self._holds.expired_holds(self._batch_max)
+        for hold in expired:
+            await self._service.submit(expiry_void(hold))
+        if expired:
+            log.info("[HOLD EXPIRY] voids submitted for %d expired holds", len(expired))
+        return len(expired)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:  # noqa: BLE001 - the next tick tries again
+                log.error("[HOLD EXPIRY] sweep failed: %r", exc)
+            await asyncio.sleep(self._interval_s)

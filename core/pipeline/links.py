@@ -1,0 +1,107 @@
+"""Captures, voids and reversals as requests: each names an earlier journal, and becomes a
+transaction of its own (legs taken from the journal it names) submitted through the same
+durable pipeline as any other, with its own receipt and Idempotency-Key.
+
+These checks answer early and clearly (404, 409 `hold_not_pending`, 409
+`reversal_exceeds_original`) on the journal as it stands; the writers decide again under
+the named journal's row lock (core/ledger/linked.py), which is what keeps two concurrent
+captures, or reversals adding up past the original, from both succeeding.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from core.ledger.errors import (
+    HoldNotPending,
+    InvalidRequest,
+    NotFound,
+    NotReversible,
+    ReversalExceedsOriginal,
+)
+from core.ledger.linked import CAPTURE, REVERSAL, REVERSIBLE_TYPES, VOID
+from core.ledger.models import Leg, Transaction
+from core.ledger.status import COMPLETED, HELD
+
+
+class NamedJournal(msgspec.Struct, frozen=True):
+    """What a capture, void or reversal needs to know of the journal it names."""
+
+    receipt_code: str
+    type: str
+    status: str
+    currency: str
+    legs: tuple[Leg, ...]
+    is_hold: bool
+    reversed: int  # the sum of its completed reversals
+
+    @property
+    def amount(self) -> int:
+        return sum(leg.amount for leg in self.legs)
+
+
+class NamedJournalReader(Protocol):
+    async def named_journal(self, receipt_code: str) -> NamedJournal | None:
+        """The journal under this receipt code, or None."""
+        ...
+
+
+class LinkedRequests:
+    def __init__(self, reader: NamedJournalReader) -> None:
+        self._reader = reader
+
+    async def capture(self, receipt_code: str, amount: int | None) -> Transaction:
+        """Post `amount` (default: all) of a pending hold; the rest is released."""
+        hold = await self._pending_hold(receipt_code)
+        legs = _scaled(hold, amount, "a multi-leg hold is captured whole")
+        return Transaction(CAPTURE, hold.currency, legs, target=receipt_code)
+
+    async def void(self, receipt_code: str) -> Transaction:
+        hold = await self._pending_hold(receipt_code)
+        return Transaction(VOID, hold.currency, hold.legs, target=receipt_code)
+
+    async def reverse(self, receipt_code: str, amount: int | None,
+                      description: str | None) -> Transaction:
+        """The original's entries the other way: `amount` of a single-leg one (default:
+        what is not reversed yet), a multi-leg one whole."""
+        original = await self._named(receipt_code)
+        if original.status != COMPLETED or original.type not in REVERSIBLE_TYPES:
+            raise NotReversible(f"{receipt_code} is not a completed transfer, deposit, "
+                                "withdrawal or capture")
+        left = original.amount - original.reversed
+        wanted = left if amount is None and len(original.legs) == 1 else amount
+        if left == 0 or (wanted or original.amount) > left:
+            raise ReversalExceedsOriginal(
+                f"reversals of {receipt_code} would add up to more than its amount")
+        legs = _scaled(original, wanted, "a multi-leg transaction is reversed whole")
+        inverse = tuple(Leg(leg.destination, leg.source, leg.amount) for leg in legs)
+        return Transaction(REVERSAL, original.currency, inverse, description=description,
+                           target=receipt_code)
+
+    async def _pending_hold(self, receipt_code: str) -> NamedJournal:
+        hold = await self._named(receipt_code)
+        if not hold.is_hold:
+            raise InvalidRequest(f"{receipt_code} is not a hold")
+        if hold.status != HELD:
+            raise HoldNotPending(f"{receipt_code} is {hold.status}, not a pending hold")
+        return hold
+
+    async def _named(self, receipt_code: str) -> NamedJournal:
+        found = await self._reader.named_journal(receipt_code)
+        if found is None:
+            raise NotFound(f"no transaction {receipt_code}")
+        return found
+
+
+def _scaled(journal: NamedJournal, amount: int | None, whole_only: str) -> tuple[Leg, ...]:
+    """The journal's legs for `amount` of it: all of them when None."""
+    if amount is None or amount == journal.amount:
+        return journal.legs
+    if len(journal.legs) > 1:
+        raise InvalidRequest(whole_only)
+    if not 1 <= amount <= journal.amount:
+        raise InvalidRequest(f"amount must be 1 to {journal.amount}")
+    (leg,) = journal.legs
+    return (Leg(leg.source, leg.destination, amount),)
