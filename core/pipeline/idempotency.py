@@ -20,10 +20,19 @@ log = logging.getLogger("kassa.accept")
 _canonical = msgspec.json.Encoder(order="sorted")
 
 
+# Fields added to Transaction after keys were first hashed: left out while unset, so a
+# plain transaction hashes as it always did (keys are remembered across upgrades).
+_LATER_FIELDS = ("hold_expires_in_s", "target")
+
+
 def request_hash(tx: Transaction) -> str:
     """The same request in any JSON spelling hashes the same: the normalised form, with
     object keys (metadata included) in sorted order."""
-    return hashlib.sha256(_canonical.encode(tx)).hexdigest()
+    form = msgspec.to_builtins(tx)
+    for name in _LATER_FIELDS:
+        if form[name] is None:
+            del form[name]
+    return hashlib.sha256(_canonical.encode(form)).hexdigest()
 
 
 @functools.lru_cache(maxsize=1024)

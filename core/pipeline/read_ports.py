@@ -4,11 +4,20 @@ when its server is unreachable."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Protocol
 
 import msgspec
 
-from core.pipeline.views import AccountView, EntryPage, TransactionView
+from core.pipeline.views import (
+    AccountAtView,
+    AccountPage,
+    AccountView,
+    EntryPage,
+    JournalPage,
+    TransactionFilter,
+    TransactionView,
+)
 
 
 class AccountStore(Protocol):
@@ -35,6 +44,27 @@ class AccountStore(Protocol):
 class TransactionReader(Protocol):
     async def transaction(self, receipt_code: str) -> TransactionView | None:
         """The full transaction, or None for an unknown receipt."""
+        ...
+
+
+class Listings(Protocol):
+    """Pages over every journal and every account, and balances in the past."""
+
+    async def journals(self, where: TransactionFilter, limit: int, cursor: str | None
+                       ) -> JournalPage:
+        """Journals matching `where`, newest (highest id) first, `limit` a page; `cursor` is
+        a page's `next_cursor` (keyset on the journal id: rows written meanwhile never
+        repeat or hide the rows that were there)."""
+        ...
+
+    async def accounts(self, currency: str | None, status: str | None, limit: int,
+                       cursor: str | None) -> AccountPage:
+        """Accounts (system accounts included) by id ascending."""
+        ...
+
+    async def account_at(self, account_id: str, at: dt.datetime) -> AccountAtView | None:
+        """The account with the balance after its newest entry created at or before `at`
+        (0 when none); None when there is no such account."""
         ...
 
 

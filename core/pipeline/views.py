@@ -3,6 +3,7 @@ them (the HTTP layer encodes these structs as they are)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import msgspec
@@ -38,6 +39,36 @@ class EntryPage(msgspec.Struct, frozen=True):
     next_cursor: str | None  # None on the last page
 
 
+class AccountPage(msgspec.Struct, frozen=True):
+    accounts: list[AccountView]
+    next_cursor: str | None  # None on the last page
+
+
+class AccountAtView(msgspec.Struct, frozen=True):
+    """An account with `balance` as it stood at an instant (GET /v1/accounts/{id}?at=):
+    the fields of AccountView, never `held` or `available`."""
+
+    id: str
+    currency: str
+    balance: int
+    overdraft_limit: int | None
+    status: str
+    contact: dict[str, Any] | None
+    created_at: str | None
+    metadata: dict[str, Any]
+
+
+class TransactionFilter(msgspec.Struct, frozen=True):
+    """GET /v1/transactions' filters, already checked; None: no filter. `statuses` are the
+    journal statuses a row may have (`executing` is only ever recorded as `processing`)."""
+
+    account: str | None = None
+    statuses: tuple[str, ...] | None = None
+    type: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+
 class TransactionView(msgspec.Struct, frozen=True):
     """The full transaction of docs/api.md, as its journal stands."""
 
@@ -52,6 +83,29 @@ class TransactionView(msgspec.Struct, frozen=True):
     error: ErrorBody | None
     created_at: str | None
     completed_at: str | None
+
+
+class PendingView(msgspec.Struct, frozen=True):
+    """A transaction not yet final, as GET /v1/transactions/{receipt_code} answers it: its
+    status object with no entries."""
+
+    receipt_code: str
+    status: str
+    error: ErrorBody | None
+    updated_at: str
+    entries: list[Entry]
+
+
+class JournalPage(msgspec.Struct, frozen=True):
+    """A page of journals as the database has them (a `processing` one not yet refreshed)."""
+
+    transactions: list[TransactionView]
+    next_cursor: str | None
+
+
+class TransactionPage(msgspec.Struct, frozen=True):
+    transactions: list[TransactionView | PendingView]
+    next_cursor: str | None  # None on the last page
 
 
 def decided_view(outcome: Outcome, tx: Transaction) -> TransactionView:

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from server.http.api import api_of
 from server.http.errors import error_response
-from server.http.handlers import accounts, ops, transactions
+from server.http.handlers import accounts, listing, ops, transactions
 from server.http.hot import Handler, HotRoutes
 
 log = logging.getLogger("kassa.app")
@@ -31,9 +31,11 @@ ROUTES = [
     Route("/metrics", ops.prometheus, methods=["GET"]),
     Route("/openapi.json", ops.openapi, methods=["GET"]),
     Route("/v1/accounts", accounts.create_account, methods=["POST"]),
+    Route("/v1/accounts", listing.list_accounts, methods=["GET"]),
     Route("/v1/accounts/{account_id}", accounts.get_account, methods=["GET"]),
     Route("/v1/accounts/{account_id}", accounts.patch_account, methods=["PATCH"]),
     Route("/v1/accounts/{account_id}/entries", accounts.list_entries, methods=["GET"]),
+    Route("/v1/transactions", listing.list_transactions, methods=["GET"]),
     Route("/v1/transactions/{receipt_code}", transactions.get_transaction, methods=["GET"]),
     Route("/v1/transactions/{receipt_code}/status", transactions.get_status, methods=["GET"]),
 ]

@@ -90,6 +90,9 @@ class HotRoutes:
         self._fallback: ASGIApp = fallback
         self._routes = routes
         self._paths = {path for _, path in routes}
+        # Paths that the fallback also routes (GET /v1/transactions): their other methods
+        # go there, which answers 405 for a method neither has.
+        self._shared = {getattr(r, "path", None) for r in getattr(fallback, "routes", ())}
         self._api = api
         self.state = fallback.state  # where the lifespan (or a test) puts the runtime
 
@@ -100,7 +103,9 @@ class HotRoutes:
         rid = request_id(scope["headers"])
         token = REQUEST_ID.set(rid.decode("ascii"))
         try:
-            if scope["path"] in self._paths:
+            path = scope["path"]
+            if path in self._paths and ((scope["method"], path) in self._routes
+                                        or path not in self._shared):
                 await self._hot(scope, receive, send, rid)
             else:
                 await self._fallback(scope, receive, _with_request_id(send, rid))

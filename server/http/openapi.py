@@ -26,6 +26,7 @@ BODIES: tuple[type[msgspec.Struct], ...] = (
     schemas.BatchIn, schemas.ErrorOut, schemas.FailedOut, schemas.AccountOut,
     schemas.EntriesPage, schemas.AcceptedOut, schemas.TransactionOut, schemas.StatusOut,
     schemas.PendingTransactionOut, schemas.HealthOut, schemas.ReadinessOut,
+    schemas.AccountsPage, schemas.AccountAtOut, schemas.TransactionsPage,
 )
 
 
@@ -53,6 +54,8 @@ def components() -> dict[str, Any]:
     # alone: each item is a BatchItemIn.
     items = found["BatchIn"]["properties"]["transactions"]
     items.update(items=_ref(schemas.BatchItemIn), minItems=1, maxItems=BATCH_MAX)
+    found["TransactionsPage"]["properties"]["transactions"]["items"] = _one_of(
+        schemas.TransactionOut, schemas.PendingTransactionOut)
     found["BatchResults"] = {
         "type": "object", "required": ["results"], "properties": {"results": {
             "type": "array", "description": "one per item, in order",
@@ -103,6 +106,24 @@ WAIT = _param("wait", "query", {"type": "boolean"},
 LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": PAGE_LIMIT_MAX,
                                   "default": 100}, "Page size.")
 CURSOR = _param("cursor", "query", {"type": "string"}, "`next_cursor` of the previous page.")
+_TIME = {"type": "string", "format": "date-time"}
+AT = _param("at", "query", _TIME, "RFC 3339 instant: answer the balance as it stood then "
+            "(held and available omitted).")
+LIST_FILTERS = (
+    _param("account", "query", {"type": "string", "pattern": r"^[A-Za-z0-9_@:-]{1,64}$"},
+           "Only transactions with a leg on this account (unknown account: empty list)."),
+    _param("status", "query", {"enum": ["processing", "executing", "completed", "failed",
+                                        "held", "voided"]}, "Only this status."),
+    _param("type", "query", {"enum": ["transfer", "deposit", "withdrawal", "capture", "void",
+                                      "reversal"]}, "Only this type."),
+    _param("since", "query", _TIME, "Created at or after this RFC 3339 instant."),
+    _param("until", "query", _TIME, "Created at or before this RFC 3339 instant."),
+)
+ACCOUNT_FILTERS = (
+    _param("currency", "query", {"type": "string", "pattern": r"^[A-Z]{3,10}$"},
+           "Only accounts of this currency."),
+    _param("status", "query", {"enum": ["active", "locked", "closed"]}, "Only this status."),
+)
 
 # ------------------------------------------------------------------------- responses
 
@@ -173,15 +194,19 @@ def paths() -> dict[str, Any]:
                     "content": {"text/plain": {"schema": {"type": "string"}}}}})},
         "/openapi.json": {"get": _op("This document", None, {
             "200": _ok("OpenAPI 3.1", {"type": "object"})})},
-        "/v1/accounts": {"post": _op(
-            "Create an account", "admin",
-            {"201": _ok("Created.", _ref(schemas.AccountOut), "Location")},
-            ("account_exists", *BODY_ERRORS), _ref(schemas.AccountIn))},
+        "/v1/accounts": {
+            "post": _op("Create an account", "admin",
+                        {"201": _ok("Created.", _ref(schemas.AccountOut), "Location")},
+                        ("account_exists", *BODY_ERRORS), _ref(schemas.AccountIn)),
+            "get": _op("List accounts by id (system accounts included)", "read",
+                       {"200": _ok("A page.", _ref(schemas.AccountsPage))},
+                       params=(*ACCOUNT_FILTERS, LIMIT, CURSOR))},
         "/v1/accounts/{account_id}": {
             "parameters": [ACCOUNT_ID],
             "get": _op("Get an account", "read",
-                       {"200": _ok("The account.", _ref(schemas.AccountOut))},
-                       ("not_found",)),
+                       {"200": _ok("The account; with `at`, its balance then.",
+                                   _any_of(schemas.AccountOut, schemas.AccountAtOut))},
+                       ("not_found",), params=(AT,)),
             "patch": _op("Change an account's status", "admin",
                          {"200": _ok("Changed.", _ref(schemas.AccountOut)),
                           "422": _ok("invalid_request: a system account cannot be changed",
@@ -192,7 +217,10 @@ def paths() -> dict[str, Any]:
             "get": _op("Ledger entries, newest first", "read",
                        {"200": _ok("A page.", _ref(schemas.EntriesPage))},
                        ("not_found",), params=(LIMIT, CURSOR))},
-        "/v1/transactions": {"post": _op(
+        "/v1/transactions": {"get": _op(
+            "List transactions, newest first", "read",
+            {"200": _ok("A page.", _ref(schemas.TransactionsPage))},
+            params=(*LIST_FILTERS, LIMIT, CURSOR)), "post": _op(
             "Post a transaction", "write",
             {"202": accepted,
              "201": _ok("Completed (wait=true).", _ref(schemas.TransactionOut), *replay),

@@ -164,6 +164,34 @@ class PendingTransactionOut(StatusOut):
     entries: list[PostingOut]
 
 
+class AccountsPage(msgspec.Struct):
+    """GET /v1/accounts: by id, `@world:<CUR>` system accounts included."""
+
+    accounts: list[AccountOut]
+    next_cursor: str | None
+
+
+class AccountAtOut(msgspec.Struct):
+    """GET /v1/accounts/{id}?at=: the account with its balance as it stood then."""
+
+    id: str
+    currency: str
+    balance: int
+    overdraft_limit: int | None
+    status: Literal["active", "locked", "closed"]
+    created_at: str
+    metadata: dict[str, Any]
+    contact: Contact | None = None
+
+
+class TransactionsPage(msgspec.Struct):
+    """GET /v1/transactions: newest first; each item a TransactionOut or, while it is not
+    final, a PendingTransactionOut (server/http/openapi.py states the oneOf)."""
+
+    transactions: list[dict[str, Any]]
+    next_cursor: str | None
+
+
 class HealthOut(msgspec.Struct):
     status: Literal["ok"]
 

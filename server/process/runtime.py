@@ -24,6 +24,7 @@ from core.pipeline.accept import TransactionService
 from core.pipeline.accounts import AccountService
 from core.pipeline.effects import PostCommit
 from core.pipeline.health import HealthCheck
+from core.pipeline.listing import Listing
 from core.pipeline.pool import ProcessorPool
 from core.pipeline.ports import ReceiptSource
 from core.pipeline.queries import StatusQuery
@@ -36,6 +37,7 @@ from server.adapters.kafka.relay import OutboxRelay
 from server.adapters.local_receipts import LocalReceiptSource
 from server.adapters.postgres.accounts import PgAccountStore
 from server.adapters.postgres.journals import PgJournalStore
+from server.adapters.postgres.listing import PgListings
 from server.adapters.postgres.monitoring import PgMonitoring
 from server.adapters.postgres.nodes import keep_node_id, lease_node_id, release_node_ids
 from server.adapters.postgres.pool import create_pool
@@ -130,6 +132,7 @@ def build_api(runtime: Runtime) -> Api:
         transactions=runtime.service,
         accounts=AccountService(runtime.accounts, runtime.account_cache),
         queries=TransactionQuery(runtime.accounts, runtime.status),
+        listing=Listing(PgListings(runtime.db), runtime.status),
         health=HealthCheck(database=monitoring,
                            redis=RedisPing(runtime.redis) if runtime.redis is not None else None,
                            has_room=lambda: runtime.pool.has_room,

@@ -31,6 +31,7 @@ from server.http.handlers.common import (
     not_found,
     read_body,
 )
+from server.http.handlers.listing import check_time
 from server.http.schemas import account_in, account_patch
 
 PAGE_LIMIT_MAX = 1000
@@ -56,6 +57,12 @@ async def create_account(request: Request) -> Response:
 async def get_account(request: Request) -> Response:
     api, api_key = authenticate(request, "read")
     account_id = check_account_ref(request.path_params["account_id"])
+    at = request.query_params.get("at")
+    if at is not None:  # the balance as it stood then; no held or available
+        instant = check_time("at", at)
+        await api.limit(api_key)
+        past = await api.listing.account_at(account_id, instant)
+        return json_response(past) if past is not None else not_found("account")
     await api.limit(api_key)
     account = await api.accounts.get(account_id)
     return json_response(account) if account is not None else not_found("account")
