@@ -110,10 +110,12 @@ def _entries_by_journal(columns: list[list[int] | list[str]]) -> dict[int, list[
 
 
 def event_payload(outcome: Outcome, tx: Transaction, occurred_at: str) -> bytes:
-    links = {}
+    links: dict[str, str] = {}
     if tx.target is not None:
         links = {"captures" if tx.type == "capture" else "voids" if tx.type == "void"
                  else "reverses": tx.target}
+    if tx.type == "void":  # core/pipeline/expiry.py marks the voids the server makes
+        links["reason"] = "expired" if tx.description == "expired" else "requested"
     event = TransactionEvent(
         **links,
         event=f"transaction.{outcome.status}",

@@ -89,3 +89,4 @@ class TransactionEvent(msgspec.Struct, frozen=True, omit_defaults=True):
     captures: str | None = None
     voids: str | None = None
     reverses: str | None = None
+    reason: str | None = None  # a void's: "requested" or "expired"
