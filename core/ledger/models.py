@@ -8,6 +8,8 @@ import msgspec
 
 AMOUNT_MAX = 2**53 - 1
 LEGS_MAX = 64
+HOLD_EXPIRES_DEFAULT_S = 604_800  # a week
+HOLD_EXPIRES_MAX_S = 2_592_000  # thirty days
 WORLD_PREFIX = "@world:"
 
 

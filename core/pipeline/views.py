@@ -21,6 +21,8 @@ class AccountView(msgspec.Struct, frozen=True):
     contact: dict[str, Any] | None
     created_at: str | None
     metadata: dict[str, Any]
+    held: int = 0  # sum of the pending holds with this account as a source
+    available: int = 0  # balance - held: what debits and new holds are checked against
 
 
 class EntryLine(msgspec.Struct, frozen=True):
@@ -69,8 +71,9 @@ class TransactionFilter(msgspec.Struct, frozen=True):
     until: dt.datetime | None = None
 
 
-class TransactionView(msgspec.Struct, frozen=True):
-    """The full transaction of docs/api.md, as its journal stands."""
+class TransactionView(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The full transaction of docs/api.md, as its journal stands; the links appear only
+    where they are set."""
 
     receipt_code: str
     status: str
@@ -83,6 +86,18 @@ class TransactionView(msgspec.Struct, frozen=True):
     error: ErrorBody | None
     created_at: str | None
     completed_at: str | None
+    captures: str | None = None  # a capture's hold
+    voids: str | None = None  # a void's hold
+    reverses: str | None = None  # a reversal's original
+    reversed_by: list[str] | None = None  # an original's completed reversals
+    hold_expires_at: str | None = None  # a hold's deadline
+
+
+def link_fields(type_: str, target: str | None) -> dict[str, str]:
+    """A journal's link to the one it names, under the name docs/api.md gives it."""
+    if target is None:
+        return {}
+    return {{"capture": "captures", "void": "voids"}.get(type_, "reverses"): target}
 
 
 class PendingView(msgspec.Struct, frozen=True):

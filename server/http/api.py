@@ -15,6 +15,7 @@ from typing import Any
 from core.pipeline.accept import TransactionService
 from core.pipeline.accounts import AccountService
 from core.pipeline.health import HealthCheck
+from core.pipeline.links import LinkedRequests
 from core.pipeline.listing import Listing
 from core.pipeline.transaction_query import TransactionQuery
 from server.http.auth import ApiKeys
@@ -26,6 +27,7 @@ class Api:
     accounts: AccountService
     queries: TransactionQuery
     listing: Listing
+    links: LinkedRequests
     health: HealthCheck
     keys: ApiKeys
     limit: Callable[[str], Awaitable[None]]  # per-key rate limit; raises RateLimited (429)

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from server.http.api import api_of
 from server.http.errors import error_response
-from server.http.handlers import accounts, listing, ops, transactions
+from server.http.handlers import accounts, links, listing, ops, transactions
 from server.http.hot import Handler, HotRoutes
 
 log = logging.getLogger("kassa.app")
@@ -38,6 +38,9 @@ ROUTES = [
     Route("/v1/transactions", listing.list_transactions, methods=["GET"]),
     Route("/v1/transactions/{receipt_code}", transactions.get_transaction, methods=["GET"]),
     Route("/v1/transactions/{receipt_code}/status", transactions.get_status, methods=["GET"]),
+    Route("/v1/transactions/{receipt_code}/capture", links.capture, methods=["POST"]),
+    Route("/v1/transactions/{receipt_code}/void", links.void, methods=["POST"]),
+    Route("/v1/transactions/{receipt_code}/reverse", links.reverse, methods=["POST"]),
 ]
 
 

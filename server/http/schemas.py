@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from core.ledger.models import AMOUNT_MAX, LEGS_MAX
+from core.ledger.models import AMOUNT_MAX, HOLD_EXPIRES_MAX_S, LEGS_MAX
 from core.ledger.validation import DESCRIPTION_MAX
 
 # The request limits, on the Structs that decode requests, so that the generated OpenAPI
@@ -55,6 +55,18 @@ class TransactionIn(msgspec.Struct, forbid_unknown_fields=True):
     legs: Annotated[list[LegIn], Meta(min_length=1, max_length=LEGS_MAX)] | None = None
     description: Description | None = None
     metadata: dict[str, Any] | None = None
+    # A hold reserves instead of posting (transfers and withdrawals); voided when expired.
+    hold: bool = False
+    hold_expires_in_s: Annotated[int, Meta(ge=1, le=HOLD_EXPIRES_MAX_S)] | None = None
+
+
+class CaptureIn(msgspec.Struct, forbid_unknown_fields=True):
+    amount: Amount | None = None  # default: the whole hold
+
+
+class ReverseIn(msgspec.Struct, forbid_unknown_fields=True):
+    amount: Amount | None = None  # default: what is not reversed yet
+    description: Description | None = None
 
 
 class BatchItemIn(TransactionIn, forbid_unknown_fields=True):
@@ -67,6 +79,8 @@ class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 account_in = msgspec.json.Decoder(AccountIn)
+capture_in = msgspec.json.Decoder(CaptureIn)
+reverse_in = msgspec.json.Decoder(ReverseIn)
 account_patch = msgspec.json.Decoder(AccountPatch)
 transaction_in = msgspec.json.Decoder(TransactionIn)
 batch_in = msgspec.json.Decoder(BatchIn)

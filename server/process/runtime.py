@@ -23,7 +23,9 @@ from core.kit.batcher import Batcher
 from core.pipeline.accept import TransactionService
 from core.pipeline.accounts import AccountService
 from core.pipeline.effects import PostCommit
+from core.pipeline.expiry import HoldExpiry
 from core.pipeline.health import HealthCheck
+from core.pipeline.links import LinkedRequests
 from core.pipeline.listing import Listing
 from core.pipeline.pool import ProcessorPool
 from core.pipeline.ports import ReceiptSource
@@ -36,6 +38,7 @@ from server.adapters.grpc.security import GrpcSecurity
 from server.adapters.kafka.relay import OutboxRelay
 from server.adapters.local_receipts import LocalReceiptSource
 from server.adapters.postgres.accounts import PgAccountStore
+from server.adapters.postgres.holds import PgHolds
 from server.adapters.postgres.journals import PgJournalStore
 from server.adapters.postgres.listing import PgListings
 from server.adapters.postgres.monitoring import PgMonitoring
@@ -133,6 +136,7 @@ def build_api(runtime: Runtime) -> Api:
         accounts=AccountService(runtime.accounts, runtime.account_cache),
         queries=TransactionQuery(runtime.accounts, runtime.status),
         listing=Listing(PgListings(runtime.db), runtime.status),
+        links=LinkedRequests(PgHolds(runtime.db)),
         health=HealthCheck(database=monitoring,
                            redis=RedisPing(runtime.redis) if runtime.redis is not None else None,
                            has_room=lambda: runtime.pool.has_room,
@@ -243,6 +247,10 @@ async def build_runtime(settings: Settings) -> Runtime:
                               interval_s=settings.sweep_interval_s)
     runtime.background += [asyncio.create_task(tracker.run(), name="tracker"),
                            asyncio.create_task(sweeper.run(), name="sweeper"),
+                           asyncio.create_task(HoldExpiry(
+                               PgHolds(db), service,
+                               interval_s=settings.hold_expiry_interval_s).run(),
+                               name="hold-expiry"),
                            asyncio.create_task(observer.run_gauges(
                                PgMonitoring(db).backlog, tracker), name="gauges")]
     if isinstance(receipts, LocalReceiptSource):

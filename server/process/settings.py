@@ -66,6 +66,7 @@ class Settings:
     # Recovery
     lease_s: float = 30.0
     sweep_interval_s: float = 2.0
+    hold_expiry_interval_s: float = 1.0  # how often expired holds are looked for
     # Status tracker
     status_update_interval_ms: float = 1000.0
     status_ttl_s: int = 86_400

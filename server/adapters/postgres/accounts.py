@@ -11,20 +11,28 @@ import msgspec
 
 from core.ledger.errors import AccountExists, InvalidRequest
 from core.ledger.models import Entry, ErrorBody, world_account
-from core.pipeline.views import AccountView, EntryLine, EntryPage, TransactionView
+from core.pipeline.views import AccountView, EntryLine, EntryPage, TransactionView, link_fields
 from server.adapters.postgres.pool import converted_errors, iso
 
 _json = msgspec.json.Encoder()
 _obj = msgspec.json.Decoder(dict[str, Any])
 
-ACCOUNT_COLUMNS = "id, currency, balance, overdraft_limit, status, contact, metadata, created_at"
+ACCOUNT_COLUMNS = ("id, currency, balance, overdraft_limit, status, contact, metadata, created_at, "
+                   "held")
+
+
+# The completed reversals of journals, oldest first.
+REVERSED_BY = """
+SELECT target, external_ref FROM journals
+WHERE target = ANY($1::text[]) AND type = 'reversal' AND status = 'completed' ORDER BY id
+"""
 
 
 def account_view(row: asyncpg.Record) -> AccountView:
     return AccountView(
         row["id"], row["currency"], row["balance"], row["overdraft_limit"], row["status"],
         _obj.decode(row["contact"]) if row["contact"] else None, iso(row["created_at"]),
-        _obj.decode(row["metadata"]))
+        _obj.decode(row["metadata"]), row["held"], row["balance"] - row["held"])
 
 
 def encode_cursor(ledger_id: int) -> str:
@@ -94,13 +102,15 @@ class PgAccountStore:
         async with converted_errors(), self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT id, status, type, currency, description, metadata, error_code,"
-                " error_message, created_at, completed_at FROM journals WHERE external_ref = $1",
+                " error_message, created_at, completed_at, target, hold_expires_at"
+                " FROM journals WHERE external_ref = $1",
                 receipt_code)
             if row is None:
                 return None
             entries = await conn.fetch(
                 "SELECT account_id, direction, amount, balance_after FROM ledgers"
                 " WHERE journal_id = $1 ORDER BY id", row["id"])
+            reversals = [r["external_ref"] for r in await conn.fetch(REVERSED_BY, [receipt_code])]
         error = (ErrorBody(row["error_code"], row["error_message"])
                  if row["error_code"] else None)
         return TransactionView(
@@ -108,4 +118,6 @@ class PgAccountStore:
             row["description"], _obj.decode(row["metadata"]),
             [Entry(e["account_id"], e["direction"], e["amount"], e["balance_after"])
              for e in entries],
-            error, iso(row["created_at"]), iso(row["completed_at"]))
+            error, iso(row["created_at"]), iso(row["completed_at"]),
+            **link_fields(row["type"], row["target"]),  # type: ignore[arg-type]
+            reversed_by=reversals or None, hold_expires_at=iso(row["hold_expires_at"]))

@@ -19,8 +19,9 @@ from core.pipeline.views import (
     JournalPage,
     TransactionFilter,
     TransactionView,
+    link_fields,
 )
-from server.adapters.postgres.accounts import ACCOUNT_COLUMNS, account_view
+from server.adapters.postgres.accounts import ACCOUNT_COLUMNS, REVERSED_BY, account_view
 from server.adapters.postgres.pool import converted_errors, iso
 
 _obj = msgspec.json.Decoder(dict[str, Any])
@@ -37,7 +38,8 @@ JOURNAL_TYPES = frozenset({"transfer", "deposit", "withdrawal", "capture", "void
 ACCOUNT_STATUSES = frozenset({"active", "locked", "closed"})
 
 JOURNAL_COLUMNS = ("j.id, j.external_ref, j.status, j.type, j.currency, j.description,"
-                   " j.metadata, j.error_code, j.error_message, j.created_at, j.completed_at")
+                   " j.metadata, j.error_code, j.error_message, j.created_at, j.completed_at,"
+                   " j.target, j.hold_expires_at")
 
 
 def encode_cursor(kind: str, key: int | str) -> str:
@@ -145,6 +147,11 @@ class PgListings:
             rows = await conn.fetch(sql, *args)
             ids = [r["id"] for r in rows[:limit]]
             entries = await conn.fetch(ENTRIES_OF, ids) if ids else []
+            codes = [r["external_ref"] for r in rows[:limit]]
+            reversals = await conn.fetch(REVERSED_BY, codes) if codes else []
+        reversed_by: dict[str, list[str]] = {}
+        for r in reversals:
+            reversed_by.setdefault(r["target"], []).append(r["external_ref"])
         by_journal: dict[int, list[Entry]] = {}
         for e in entries:
             by_journal.setdefault(e["journal_id"], []).append(
@@ -153,7 +160,10 @@ class PgListings:
             r["external_ref"], r["status"], r["type"], r["currency"], r["id"],
             r["description"], _obj.decode(r["metadata"]), by_journal.get(r["id"], []),
             ErrorBody(r["error_code"], r["error_message"]) if r["error_code"] else None,
-            iso(r["created_at"]), iso(r["completed_at"])) for r in rows[:limit]]
+            iso(r["created_at"]), iso(r["completed_at"]),
+            **link_fields(r["type"], r["target"]),  # type: ignore[arg-type]
+            reversed_by=reversed_by.get(r["external_ref"]),
+            hold_expires_at=iso(r["hold_expires_at"])) for r in rows[:limit]]
         next_cursor = encode_cursor("j", rows[limit - 1]["id"]) if len(rows) > limit else None
         return JournalPage(page, next_cursor)
 

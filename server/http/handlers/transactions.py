@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from core.ledger.errors import InvalidRequest, KassaError
-from core.ledger.models import Transaction
+from core.ledger.models import HOLD_EXPIRES_DEFAULT_S, Transaction
 from core.ledger.validation import check_receipt_code, normalize_transaction
 from core.pipeline.idempotency import submission
 from core.pipeline.ports import JournalStatus
@@ -38,10 +38,18 @@ def to_transaction(body: TransactionIn) -> Transaction:
     legs = [(leg.source, leg.destination, leg.amount) for leg in body.legs] if body.legs else None
     if body.legs is not None and not body.legs:
         raise InvalidRequest("legs must hold 1 to 64 legs")
-    return normalize_transaction(
+    tx = normalize_transaction(
         body.type, body.currency, amount=body.amount, source=body.source,
         destination=body.destination, legs=legs, description=body.description,
         metadata=body.metadata)
+    if not body.hold:
+        if body.hold_expires_in_s is not None:
+            raise InvalidRequest("hold_expires_in_s is for holds (\"hold\": true)")
+        return tx
+    if tx.type not in ("transfer", "withdrawal"):
+        raise InvalidRequest("only a transfer or a withdrawal can be held")
+    return msgspec.structs.replace(
+        tx, hold_expires_in_s=body.hold_expires_in_s or HOLD_EXPIRES_DEFAULT_S)
 
 
 def check_idempotency_key(key: str | None) -> str | None:

@@ -1,0 +1,137 @@
+"""Holds, captures, voids and reversals over HTTP on the real app (real PostgreSQL and
+Redis, in-process): docs/api.md, Holds and Reversals."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.invariants import assert_invariants, scalar
+from tests.test_http_api import make_accounts
+
+
+async def account(client: Any, account_id: str) -> dict[str, Any]:
+    r = await client.get(f"/v1/accounts/{account_id}")
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def hold(client: Any, amount: int, source: str = "alice", **extra: Any) -> dict[str, Any]:
+    r = await client.post("/v1/transactions?wait=true", json={
+        "type": "transfer", "currency": "USD", "source": source, "destination": "bob",
+        "amount": amount, "hold": True, **extra})
+    assert r.status_code == 201, r.text
+    body = dict(r.json())
+    assert body["status"] == "held" and body["entries"] == []
+    return body
+
+
+async def test_a_hold_reserves_and_a_partial_capture_posts_and_releases(app_client, pg_dsn) -> None:
+    await make_accounts(app_client, ("alice", 1000, 0), ("bob", 0, 0))
+    held = await hold(app_client, 600)
+    alice = await account(app_client, "alice")
+    assert (alice["balance"], alice["held"], alice["available"]) == (1000, 600, 400)
+    # Debits are checked against what is available, not the balance.
+    r = await app_client.post("/v1/transactions?wait=true", json={
+        "type": "transfer", "currency": "USD", "source": "alice", "destination": "bob",
+        "amount": 500})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "insufficient_funds"
+    code = held["receipt_code"]
+    r = await app_client.post(f"/v1/transactions/{code}/capture?wait=true", json={"amount": 250})
+    assert r.status_code == 201, r.text
+    capture = r.json()
+    assert capture["status"] == "completed" and capture["captures"] == code
+    assert [(e["account"], e["direction"], e["amount"]) for e in capture["entries"]] == [
+        ("alice", "debit", 250), ("bob", "credit", 250)]
+    alice = await account(app_client, "alice")
+    assert (alice["balance"], alice["held"], alice["available"]) == (750, 0, 750)
+    status = (await app_client.get(f"/v1/transactions/{code}/status")).json()
+    assert status["status"] == "completed"
+    r = await app_client.post(f"/v1/transactions/{code}/void?wait=true")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "hold_not_pending"
+    await assert_invariants(pg_dsn)
+
+
+async def test_a_void_releases_the_hold_once(app_client, pg_dsn) -> None:
+    await make_accounts(app_client, ("alice", 1000, 0), ("bob", 0, 0))
+    code = (await hold(app_client, 700))["receipt_code"]
+    r = await app_client.post(f"/v1/transactions/{code}/void?wait=true")
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "voided" and r.json()["voids"] == code
+    assert (await account(app_client, "alice"))["held"] == 0
+    assert (await app_client.get(f"/v1/transactions/{code}/status")).json()["status"] == "voided"
+    r = await app_client.post(f"/v1/transactions/{code}/capture?wait=true")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "hold_not_pending"
+    await assert_invariants(pg_dsn)
+
+
+async def test_concurrent_capture_and_void_end_the_hold_once(app_client, pg_dsn) -> None:
+    await make_accounts(app_client, ("alice", 1000, 0), ("bob", 0, 0))
+    codes = [(await hold(app_client, 100))["receipt_code"] for _ in range(10)]
+    answers = await asyncio.gather(*(
+        app_client.post(f"/v1/transactions/{c}/{verb}?wait=true")
+        for c in codes for verb in ("capture", "void")))
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(201) == 10 and statuses.count(409) == 10, statuses
+    alice = await account(app_client, "alice")
+    captured = sum(1 for a in answers if a.status_code == 201 and "captures" in a.json())
+    assert alice["held"] == 0 and alice["balance"] == 1000 - 100 * captured
+    await assert_invariants(pg_dsn)
+
+
+async def test_an_expired_hold_is_voided_by_the_server(app_client, pg_dsn) -> None:
+    await make_accounts(app_client, ("alice", 1000, 0), ("bob", 0, 0))
+    code = (await hold(app_client, 300, hold_expires_in_s=1))["receipt_code"]
+    for _ in range(100):
+        if (await app_client.get(f"/v1/transactions/{code}/status")).json()["status"] == "voided":
+            break
+        await asyncio.sleep(0.1)
+    assert (await app_client.get(f"/v1/transactions/{code}/status")).json()["status"] == "voided"
+    assert (await account(app_client, "alice"))["held"] == 0
+    voids = await scalar(pg_dsn, "SELECT count(*) FROM journals WHERE target = $1 AND "
+                         "type = 'void' AND description = 'expired'", code)
+    assert voids == 1
+    await assert_invariants(pg_dsn)
+
+
+async def test_reversals_never_exceed_the_original(app_client, pg_dsn) -> None:
+    await make_accounts(app_client, ("alice", 1000, 0), ("bob", 0, 0))
+    r = await app_client.post("/v1/transactions?wait=true", json={
+        "type": "transfer", "currency": "USD", "source": "alice", "destination": "bob",
+        "amount": 500})
+    code = r.json()["receipt_code"]
+    answers = await asyncio.gather(*(
+        app_client.post(f"/v1/transactions/{code}/reverse?wait=true", json={"amount": 300})
+        for _ in range(2)))
+    assert sorted(a.status_code for a in answers) == [201, 409], [a.text for a in answers]
+    done = next(a.json() for a in answers if a.status_code == 201)
+    assert done["reverses"] == code
+    original = (await app_client.get(f"/v1/transactions/{code}")).json()
+    assert original["reversed_by"] == [done["receipt_code"]]
+    r = await app_client.post(f"/v1/transactions/{code}/reverse?wait=true")
+    assert r.status_code == 201 and sum(e["amount"] for e in r.json()["entries"]) == 400
+    r = await app_client.post(f"/v1/transactions/{code}/reverse?wait=true", json={"amount": 1})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "reversal_exceeds_original"
+    assert (await account(app_client, "alice"))["balance"] == 1000
+    await assert_invariants(pg_dsn)
+
+
+async def test_bad_requests_change_nothing(app_client, pg_dsn) -> None:
+    await make_accounts(app_client, ("alice", 1000, 0), ("bob", 0, 0))
+    r = await app_client.post("/v1/transactions", json={
+        "type": "deposit", "currency": "USD", "destination": "bob", "amount": 5, "hold": True})
+    assert r.status_code == 400
+    r = await app_client.post("/v1/transactions", json={
+        "type": "transfer", "currency": "USD", "source": "alice", "destination": "bob",
+        "amount": 5, "hold": True, "hold_expires_in_s": 0})
+    assert r.status_code == 400
+    missing = "RCP-20261202-0000000000000000"
+    assert (await app_client.post(f"/v1/transactions/{missing}/void")).status_code == 404
+    assert (await app_client.post("/v1/transactions/nope/void")).status_code == 400
+    code = (await hold(app_client, 100))["receipt_code"]
+    r = await app_client.post(f"/v1/transactions/{code}/capture", json={"amount": 101})
+    assert r.status_code == 400
+    r = await app_client.post(f"/v1/transactions/{code}/reverse")
+    assert r.status_code == 400
+    assert (await account(app_client, "alice"))["held"] == 100
+    await assert_invariants(pg_dsn)
