@@ -81,7 +81,9 @@ def test_request_bodies_are_the_structs_that_decode_them() -> None:
     decoders = {("/v1/accounts", "post"): schemas.account_in,
                 ("/v1/accounts/{account_id}", "patch"): schemas.account_patch,
                 ("/v1/transactions", "post"): schemas.transaction_in,
-                ("/v1/transactions/batch", "post"): schemas.batch_in}
+                ("/v1/transactions/batch", "post"): schemas.batch_in,
+                ("/v1/transactions/{receipt_code}/capture", "post"): schemas.capture_in,
+                ("/v1/transactions/{receipt_code}/reverse", "post"): schemas.reverse_in}
     with_body = {(path, method) for path, method, op in operations() if "requestBody" in op}
     assert with_body == set(decoders)
     components = OPENAPI["components"]["schemas"]

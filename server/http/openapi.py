@@ -26,7 +26,8 @@ BODIES: tuple[type[msgspec.Struct], ...] = (
     schemas.BatchIn, schemas.ErrorOut, schemas.FailedOut, schemas.AccountOut,
     schemas.EntriesPage, schemas.AcceptedOut, schemas.TransactionOut, schemas.StatusOut,
     schemas.PendingTransactionOut, schemas.HealthOut, schemas.ReadinessOut,
-    schemas.AccountsPage, schemas.AccountAtOut, schemas.TransactionsPage,
+    schemas.AccountsPage, schemas.AccountAtOut, schemas.TransactionsPage, schemas.CaptureIn,
+    schemas.ReverseIn,
 )
 
 
@@ -247,7 +248,35 @@ def paths() -> dict[str, Any]:
             "parameters": [RECEIPT],
             "get": _op("Get a transaction's status", "read",
                        {"200": _ok("The status.", _ref(schemas.StatusOut))}, ("not_found",))},
+        "/v1/transactions/{receipt_code}/capture": _linked(
+            "Capture a pending hold, all of it or part (the rest is released)",
+            schemas.CaptureIn, ("hold_not_pending",)),
+        "/v1/transactions/{receipt_code}/void": _linked(
+            "Void a pending hold", None, ("hold_not_pending",)),
+        "/v1/transactions/{receipt_code}/reverse": _linked(
+            "Reverse a completed transaction, all of it or part (single-leg)",
+            schemas.ReverseIn, ("reversal_exceeds_original",)),
     }
+
+
+def _linked(summary: str, body: type[msgspec.Struct] | None, conflicts: tuple[str, ...]
+            ) -> dict[str, Any]:
+    """A capture, void or reversal: a new transaction naming the one in the path."""
+    accepted = _ok("Accepted: a receipt of its own, processing.", _ref(schemas.AcceptedOut),
+                   "Location", "Idempotent-Replayed")
+    op = _op(
+        summary, "write",
+        {"202": accepted,
+         "201": _ok("Finished (wait=true).", _ref(schemas.TransactionOut),
+                    "Location", "Idempotent-Replayed"),
+         "422": _ok("Refused by a business rule at execution (wait=true), with its receipt.",
+                    _with_codes(_ref(schemas.FailedOut), TRANSACTION_422))},
+        ("not_found", "idempotency_in_progress", *conflicts, *BODY_ERRORS, "overloaded",
+         "outcome_unknown"),
+        _ref(body) if body is not None else None, (IDEMPOTENCY_KEY, WAIT))
+    if body is not None:
+        op["requestBody"]["required"] = False  # every field has a default
+    return {"parameters": [RECEIPT], "post": op}
 
 
 REF_BATCH_RESULTS = {"$ref": REF.format(name="BatchResults")}

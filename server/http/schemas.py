@@ -121,6 +121,9 @@ class AccountOut(msgspec.Struct):
     status: Literal["active", "locked", "closed"]
     created_at: str
     metadata: dict[str, Any]
+    # The sum of pending holds with this account as a source, and balance - held.
+    held: int
+    available: int
     contact: Contact | None = None
 
 
@@ -154,7 +157,7 @@ class PostingOut(msgspec.Struct):
 class TransactionOut(msgspec.Struct):
     receipt_code: str
     status: Status
-    type: Literal["transfer", "deposit", "withdrawal"]
+    type: Literal["transfer", "deposit", "withdrawal", "capture", "void", "reversal"]
     currency: str
     journal_id: int
     description: str | None
@@ -163,6 +166,13 @@ class TransactionOut(msgspec.Struct):
     error: ErrorDetail | None
     created_at: str
     completed_at: str | None
+    # Present only where set: what a capture, void or reversal names, an original's
+    # completed reversals, a hold's deadline.
+    captures: str | None = None
+    voids: str | None = None
+    reverses: str | None = None
+    reversed_by: list[str] | None = None
+    hold_expires_at: str | None = None
 
 
 class StatusOut(msgspec.Struct):
