@@ -100,7 +100,8 @@ def selected(args: argparse.Namespace) -> list[Scenario]:
 
 async def wrk_tool(url: str, scenario: Scenario, conns: int, duration_s: float,
                    env: dict[str, str]) -> LoadResult:
-    return await wrk.run(url, scenario.script, conns, duration_s, env)
+    threads = conns if scenario.thread_per_connection else wrk.THREADS
+    return await wrk.run(url, scenario.script, conns, duration_s, env, threads)
 
 
 async def k6_tool(url: str, scenario: Scenario, conns: int, duration_s: float,
@@ -237,7 +238,7 @@ def finish(args: argparse.Namespace, results: list[dict[str, Any]], errors: list
     png = report.chart(results, args.results_dir / f"{date}-summary.png")
     print("\n" + report.table(results) + "\n")
     print(report.cpu_table(results) + "\n")
-    for line in report.open_loop_text(results):
+    for line in report.open_loop_text(results) + report.mix_text(results):
         print(line)
     for name, value in found.items():
         print(f"ratio {name}: {value}")

@@ -51,7 +51,7 @@ def codes_text(codes: dict[str, int]) -> str:
 
 
 HEADER = ("| scenario | conns | duration s | accepted/s | completed/s (load) "
-          "| completed/s (to drained) | × naive | p50 ms | p99 ms | p99.9 ms | codes | backlog "
+          "| completed/s (to drained) | × naive | × async | p50 ms | p99 ms | p99.9 ms | codes | backlog "
           "| drain s | outbox drain s | CPU µs/transfer | invariants OK |")
 
 
@@ -65,7 +65,7 @@ def table(results: list[dict[str, Any]]) -> str:
         if r.get("dropped_iterations") is not None:
             codes += f" dropped_iterations:{r['dropped_iterations']}"
         cells = [name(r) + tool, conns, r["load_s"], r["accepted_per_s"],
-                 r.get("completed_per_s"), r.get("completed_overall_per_s"), r.get("vs_naive"),
+                 r.get("completed_per_s"), r.get("completed_overall_per_s"), r.get("vs_naive"), r.get("vs_async"),
                  lat["p50"], lat["p99"], lat["p99.9"], codes,
                  r.get("backlog_end"), r.get("drain_s"),
                  r.get("outbox_drain_s", r.get("publish_drain_s")),
@@ -76,7 +76,8 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def cpu_table(results: list[dict[str, Any]]) -> str:
-    """µs of CPU per completed transfer by process group (ceiling: per answered request)."""
+    """µs of CPU per completed transfer by process group (ceiling: per answered request;
+    mixed: per completed operation)."""
     present = [g for g in GROUPS if any(g in r["cpu"]["us_per_transfer"] for r in results)]
     header = ("| CPU µs per completed transfer | completed | window s | "
               + " | ".join(present) + " | total | cores busy |")
@@ -97,6 +98,28 @@ def open_loop_text(results: list[dict[str, Any]]) -> list[str]:
             for r in results if r.get("target_rate")]
 
 
+def mix_text(results: list[dict[str, Any]]) -> list[str]:
+    """The mixed scenario by request kind: share of the answered requests, answers by status,
+    completed operations and their rate; the fallbacks to transfers; 409s and failures."""
+    lines = []
+    for r in results:
+        mix = r.get("mix")
+        if not mix:
+            continue
+        kinds = []
+        for kind, k in mix["by_kind"].items():
+            share = f"{k['share']:.1%}" if k["share"] is not None else "-"
+            kinds.append(f"{kind} {share} of requests ({codes_text(k['codes']) or 'none'}), "
+                         f"{k['completed']:,} completed ({fmt(k['completed_per_s'])}/s)")
+        fallbacks = ", ".join(f"{k} {n:,}" for k, n in mix["fallbacks"].items()) or "none"
+        lines.append(f"mix {name(r)}: " + "; ".join(kinds))
+        lines.append(f"mix {name(r)}: sent as transfers for want of a receipt old enough: "
+                     f"{fallbacks}; 409 (hold not pending / reversal over original, expected "
+                     f"races, not failures): {mix['conflicts_409']:,}; journals failed: "
+                     f"{mix['failed']:,}; completed operations {mix['completed']:,}")
+    return lines
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
@@ -114,6 +137,11 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
     naive = next((r for r in results if r["scenario"] == "naive"), None)
     for r in results:
         r["vs_naive"] = ratio(completed_rate(r), completed_rate(naive)) if naive else None
+        # The same build's async: the mixed scenario's cost of holds, captures, voids, reversals.
+        base = next((a for a in results if a["scenario"] == "async"
+                     and a["build"] == r["build"]), None)
+        r["vs_async"] = (ratio(completed_rate(r), completed_rate(base))
+                         if base and r["scenario"] not in ("async", "naive") else None)
     out: dict[str, float | None] = {}
     for label in labels:
         prefix = f"[{label}] " if len(labels) > 1 else ""
@@ -149,11 +177,17 @@ def build_ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
     out["hot/uniform accepted"] = ratio(get("hot", "accepted_per_s"), get("async", "accepted_per_s"))
     out["bulk/async completed (to drained)"] = ratio(get("bulk", "completed_overall_per_s"),
                                                      get("async", "completed_overall_per_s"))
+    out["mixed/async completed (to drained)"] = ratio(get("mixed", "completed_overall_per_s"),
+                                                      get("async", "completed_overall_per_s"))
     out["async/naive completed (to drained)"] = ratio(get("async", "completed_overall_per_s"),
                                                       get("naive", "completed_overall_per_s"))
     cpu_async = by.get("async", {}).get("cpu", {}).get("us_per_transfer", {}).get("total")
     cpu_naive = by.get("naive", {}).get("cpu", {}).get("us_per_transfer", {}).get("total")
     out["async/naive CPU per transfer"] = ratio(cpu_async, cpu_naive)
+    cpu_mixed = by.get("mixed", {}).get("cpu", {}).get("us_per_transfer", {}).get("total")
+    out["mixed/async CPU per operation"] = ratio(cpu_mixed, cpu_async)
+    out["mixed/naive completed (to drained)"] = ratio(get("mixed", "completed_overall_per_s"),
+                                                      get("naive", "completed_overall_per_s"))
     return out
 
 

@@ -12,12 +12,25 @@ import asyncpg
 
 INTERVAL_S = 1.0
 DRAIN_POLL_S = 0.25
-COUNTS_SQL = (
-    "SELECT count(*) FILTER (WHERE status IN ('completed', 'failed')) AS final, "
-    "count(*) FILTER (WHERE status = 'processing') AS backlog, count(*) AS total, "
-    # Unpublished rows only: published ones may be updated or deleted, this holds either way
-    # (and the partial index outbox_unpublished keeps it cheap).
-    "(SELECT count(*) FROM outbox WHERE published_at IS NULL) AS unpublished FROM journals")
+FINAL = ("completed", "failed")
+
+
+def counts_sql(final: tuple[str, ...] = FINAL) -> str:
+    """`final`: the statuses counted as done (the mixed scenario: held, completed, voided)."""
+    statuses = ", ".join(f"'{s}'" for s in final)
+    return (
+        f"SELECT count(*) FILTER (WHERE status IN ({statuses})) AS final, "
+        "count(*) FILTER (WHERE status = 'processing') AS backlog, count(*) AS total, "
+        # Unpublished rows only: published ones may be updated or deleted, this holds either
+        # way (and the partial index outbox_unpublished keeps it cheap).
+        "(SELECT count(*) FROM outbox WHERE published_at IS NULL) AS unpublished FROM journals")
+
+
+COUNTS_SQL = counts_sql()
+# Journals by kind (a hold is a transfer or withdrawal with a deadline) and status: the
+# mixed scenario's breakdown, read at the start of the load and after the drain.
+KINDS_SQL = ("SELECT CASE WHEN hold_expires_at IS NOT NULL THEN 'hold' ELSE type END AS kind, "
+             "status, count(*) AS n FROM journals GROUP BY 1, 2")
 
 
 @dataclass
@@ -38,6 +51,7 @@ class Drained:
 @dataclass
 class Sampler:
     dsn: str
+    final: tuple[str, ...] = FINAL
     samples: list[Sample] = field(default_factory=list)
     _conn: asyncpg.Connection | None = None
     _t0: float = 0.0
@@ -58,11 +72,18 @@ class Sampler:
     async def sample(self) -> Sample:
         assert self._conn is not None
         async with self._lock:
-            row = await self._conn.fetchrow(COUNTS_SQL)
+            row = await self._conn.fetchrow(counts_sql(self.final))
         s = Sample(round(time.monotonic() - self._t0, 3), row["final"], row["backlog"], row["total"],
                    row["unpublished"])
         self.samples.append(s)
         return s
+
+    async def kinds(self) -> dict[str, int]:
+        """Journals by "<kind>:<status>" (KINDS_SQL)."""
+        assert self._conn is not None
+        async with self._lock:
+            rows = await self._conn.fetch(KINDS_SQL)
+        return {f"{r['kind']}:{r['status']}": r["n"] for r in rows}
 
     def start_periodic(self) -> None:
         self._task = asyncio.create_task(self._every_second())

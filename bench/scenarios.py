@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench import cpu, metrics, profile, seed
-from bench.sampler import Drained, Sample, Sampler
+from bench.sampler import FINAL, Drained, Sample, Sampler
 from bench.stack import API_KEY, Server
 from bench.wrk import LoadResult
 from tests.invariants import violations
@@ -30,10 +30,20 @@ class Scenario:
     naive: bool = False  # against the naive prototype (bench/naive_server.py), not Kassa
     # Open loop: k6 at OPEN_LOOP_SHARE of the completed/s this earlier scenario measured.
     open_loop_of: str | None = None
+    # wrk -tN -cN: the script needs to know which request an answer is for (mixed.lua).
+    thread_per_connection: bool = False
+    # Journal statuses counted as completed (bench/sampler.py); the mixed scenario counts
+    # operations: holds `held` (or since captured or voided), voids `voided`, no failures.
+    final: tuple[str, ...] = FINAL
 
 
 QUICK_S = 8.0
 OPEN_LOOP_SHARE = 0.8
+MIXED_FINAL = ("completed", "held", "voided")
+KINDS = ("transfer", "hold", "capture", "void", "reverse")
+# The journal kind (bench/sampler.py KINDS_SQL) of each request kind of mixed.lua.
+JOURNAL_KIND = {"transfer": "transfer", "hold": "hold", "capture": "capture", "void": "void",
+                "reverse": "reversal"}
 
 SCENARIOS = {s.name: s for s in (
     Scenario("ceiling", "GET /healthz: the HTTP stack alone", "healthz.lua", 32, 10,
@@ -47,6 +57,11 @@ SCENARIOS = {s.name: s for s in (
     # k6 drop iterations while it does; 256 VUs cost about 50 MB and 0.15 s of CPU.
     Scenario("async-open", f"as async, open loop (k6 constant-arrival-rate) at "
              f"{OPEN_LOOP_SHARE:.0%} of async's completed/s", "", 256, 30, open_loop_of="async"),
+    # Mixed: the shares of REQUESTS; captures/voids/reversals name receipts this connection
+    # got at least 1 s earlier (a transfer instead when it has none yet), bench/wrk/mixed.lua.
+    Scenario("mixed", "POST /v1/transactions 70 % transfers, 10 % holds, 10 % captures, "
+             "5 % voids, 5 % reversals, 202", "mixed.lua", 64, 30,
+             thread_per_connection=True, final=MIXED_FINAL),
     Scenario("hot", "as async, half the requests touch one of 2 hot accounts", "transfers.lua",
              64, 30, lua_env={"BENCH_HOT_SHARE": "0.5"}),
     Scenario("bulk", "POST /v1/transactions/batch, 100 transfers per request", "batch.lua",
@@ -105,7 +120,9 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
     load_before = os.getloadavg()
     before = metrics.scrape(server.url)
     layout = server.layout()
-    async with Sampler(server.dsn) as sampler:
+    mixed = scenario.script == "mixed.lua"
+    async with Sampler(server.dsn, scenario.final) as sampler:
+        kinds_start = await sampler.kinds() if mixed else {}
         start = await sampler.sample()
         cpu_start = cpu.take(layout)
         sampler.start_periodic()
@@ -118,6 +135,7 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
         drained = await sampler.drain(opts.drain_timeout_s)
         # The same window as completed (to drained): work applied after the load is counted.
         cpu_end = cpu.take(layout)
+        kinds_end = await sampler.kinds() if mixed else {}
         samples = [vars(s) for s in sampler.samples]
     flame_graphs = [str(p) for p in await spying] if spying else []
     found = await violations(server.dsn)
@@ -133,6 +151,9 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
     }
     if scenario.journals:
         result.update(journal_figures(start, end, drained))
+    if mixed:
+        result["mix"] = mix_figures(load.mix, kinds_start, kinds_end,
+                                    drained.done.t - start.t)
     # The ceiling completes nothing: its CPU is per answered request.
     completed = result["journals_final"] if scenario.journals else load.items_ok
     result["cpu"] = cpu.per_transfer(cpu_start, cpu_end, completed)
@@ -156,6 +177,37 @@ def journal_figures(start: Sample, end: Sample, drained: Drained) -> dict[str, A
         "outbox_drain_s": (round(done.t - end.t, 2)
                            if end.backlog or end.unpublished else 0.0),
     }
+
+
+def mix_figures(answers: dict[str, int], kinds_start: dict[str, int],
+                kinds_end: dict[str, int], window_s: float) -> dict[str, Any]:
+    """The mixed scenario by request kind: requests sent (and the captures, voids and
+    reversals sent as transfers instead), answers by status, and the journals of that kind
+    written in the window by final status (a hold counts as done when `held`, or since
+    captured (`completed`) or voided; a void when `voided`; the others when `completed`)."""
+    journals = {k: n - kinds_start.get(k, 0) for k, n in kinds_end.items()
+                if n - kinds_start.get(k, 0)}
+    out: dict[str, Any] = {"by_kind": {}, "fallbacks": {}, "window_s": round(window_s, 2)}
+    sent_total = sum(n for k, n in answers.items() if ":" in k)
+    for kind in KINDS:
+        codes = {k.split(":", 1)[1]: n for k, n in answers.items()
+                 if k.startswith(kind + ":")}
+        jkind = JOURNAL_KIND[kind]
+        statuses = {k.split(":", 1)[1]: n for k, n in journals.items()
+                    if k.split(":", 1)[0] == jkind}
+        done = sum(n for st, n in statuses.items() if st in MIXED_FINAL)
+        sent = sum(codes.values())
+        out["by_kind"][kind] = {
+            "answered": sent, "share": round(sent / sent_total, 4) if sent_total else None,
+            "codes": codes, "journals": statuses, "completed": done,
+            "completed_per_s": rate(done, window_s),
+            "conflicts_409": codes.get("409", 0)}
+        if kind + ">transfer" in answers:
+            out["fallbacks"][kind] = answers[kind + ">transfer"]
+    out["completed"] = sum(k["completed"] for k in out["by_kind"].values())
+    out["failed"] = sum(n for k, n in journals.items() if k.endswith(":failed"))
+    out["conflicts_409"] = sum(k["conflicts_409"] for k in out["by_kind"].values())
+    return out
 
 
 def failures(result: dict[str, Any], scenario: Scenario) -> list[str]:

@@ -30,6 +30,9 @@ class LoadResult:
     raw: str
     thresholds: dict[str, bool] = field(default_factory=dict)  # k6: rule -> passed
     dropped_iterations: int | None = None  # k6 open loop: iterations not started in time
+    # mixed.lua: answers by "<kind>:<status>", and "<kind>>transfer" for the captures, voids
+    # and reversals sent as transfers because no receipt was old enough yet.
+    mix: dict[str, int] = field(default_factory=dict)
 
 
 def wrk_binary() -> str:
@@ -52,12 +55,14 @@ def parse(stdout: str) -> LoadResult:
         requests=data["requests"], duration_s=data["duration_us"] / 1e6, codes=codes,
         items_ok=data["items_ok"] or ok,
         latency_ms={k: lat[k] / 1000 for k in ("p50", "p99", "p99.9", "max")},
-        errors=data["errors"], raw=stdout)
+        errors=data["errors"], raw=stdout,
+        mix={str(k): int(v) for k, v in sorted(data.get("mix", {}).items())})
 
 
 async def run(url: str, script: str, connections: int, duration_s: float,
-              env: dict[str, str]) -> LoadResult:
-    argv = [wrk_binary(), f"-t{THREADS}", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
+              env: dict[str, str], threads: int = THREADS) -> LoadResult:
+    """`threads` defaults to THREADS; mixed.lua needs one per connection (see its header)."""
+    argv = [wrk_binary(), f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
             "--latency", f"--timeout={TIMEOUT_S}s", "-s", str(SCRIPTS / script), url]
     # cwd = repository root: the scripts find common.lua through ./bench/wrk/?.lua.
     proc = await asyncio.create_subprocess_exec(

@@ -108,11 +108,40 @@ async def test_reversals_never_exceed_the_original(app_client, pg_dsn) -> None:
     assert done["reverses"] == code
     original = (await app_client.get(f"/v1/transactions/{code}")).json()
     assert original["reversed_by"] == [done["receipt_code"]]
+    # With no amount, a reversal is of the whole original: more than is left now.
     r = await app_client.post(f"/v1/transactions/{code}/reverse?wait=true")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "reversal_exceeds_original"
+    r = await app_client.post(f"/v1/transactions/{code}/reverse?wait=true", json={"amount": 200})
     assert r.status_code == 201 and sum(e["amount"] for e in r.json()["entries"]) == 400
     r = await app_client.post(f"/v1/transactions/{code}/reverse?wait=true", json={"amount": 1})
     assert r.status_code == 409 and r.json()["error"]["code"] == "reversal_exceeds_original"
     assert (await account(app_client, "alice"))["balance"] == 1000
+    await assert_invariants(pg_dsn)
+
+
+async def test_a_retried_capture_or_reversal_is_a_replay(app_client, pg_dsn) -> None:
+    await make_accounts(app_client, ("alice", 1000, 0), ("bob", 0, 0))
+    code = (await hold(app_client, 600))["receipt_code"]
+    for verb, body in (("capture", {"amount": 100}), ("void", None)):
+        key = {"Idempotency-Key": f"k-{verb}"}
+        first = await app_client.post(f"/v1/transactions/{code}/{verb}?wait=true",
+                                      json=body, headers=key)
+        again = await app_client.post(f"/v1/transactions/{code}/{verb}?wait=true",
+                                      json=body, headers=key)
+        assert again.headers.get("Idempotent-Replayed") == "true", again.text
+        assert (again.status_code, again.json()) == (first.status_code, first.json())
+    capture = (await app_client.get(f"/v1/transactions/{code}")).json()
+    assert capture["status"] == "completed"
+    r = await app_client.post("/v1/transactions?wait=true", json={
+        "type": "transfer", "currency": "USD", "source": "alice", "destination": "bob",
+        "amount": 50})
+    original = r.json()["receipt_code"]
+    key = {"Idempotency-Key": "k-reverse"}
+    first = await app_client.post(f"/v1/transactions/{original}/reverse?wait=true", headers=key)
+    again = await app_client.post(f"/v1/transactions/{original}/reverse?wait=true", headers=key)
+    assert first.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json() == first.json()
+    # The void came after the capture: it failed on execution, and its replay says so too.
     await assert_invariants(pg_dsn)
 
 
@@ -134,4 +163,21 @@ async def test_bad_requests_change_nothing(app_client, pg_dsn) -> None:
     r = await app_client.post(f"/v1/transactions/{code}/reverse")
     assert r.status_code == 400
     assert (await account(app_client, "alice"))["held"] == 100
+    await assert_invariants(pg_dsn)
+
+
+async def test_a_hold_on_a_locked_account_still_expires(app_client, pg_dsn) -> None:
+    await make_accounts(app_client, ("alice", 1000, 0), ("carol", 1000, 0), ("bob", 0, 0))
+    first = (await hold(app_client, 300, hold_expires_in_s=1))["receipt_code"]
+    later = (await hold(app_client, 200, source="carol", hold_expires_in_s=1))["receipt_code"]
+    r = await app_client.patch("/v1/accounts/alice", json={"status": "locked"})
+    assert r.status_code == 200
+    for _ in range(100):
+        statuses = [(await app_client.get(f"/v1/transactions/{c}/status")).json()["status"]
+                    for c in (first, later)]
+        if statuses == ["voided", "voided"]:
+            break
+        await asyncio.sleep(0.1)
+    assert statuses == ["voided", "voided"]
+    assert (await account(app_client, "alice"))["held"] == 0
     await assert_invariants(pg_dsn)

@@ -75,6 +75,7 @@ local function response_counter(status, headers, body)
     accepted_items = accepted_items + batch_items_ok(body)
   end
 end
+M.response_counter = response_counter  -- for scripts with a response() of their own
 
 -- Define the global response() (in this thread's Lua state) unless BENCH_COUNT_CODES=0;
 -- `always`: even then (the batch script needs the bodies to count accepted items).
@@ -86,19 +87,23 @@ if os.getenv("BENCH_COUNT_CODES") == "1" then response = response_counter end
 
 local function json_object(t)
   local parts = {}
-  for k, v in pairs(t) do
+  for k, v in pairs(t or {}) do
     table.insert(parts, string.format('"%s":%d', tostring(k), v))
   end
   return "{" .. table.concat(parts, ",") .. "}"
 end
 
 function done(summary, latency, requests)
-  local codes, items = {}, 0
+  local codes, items, mix = {}, 0, {}
   for _, thread in ipairs(threads) do
     for status, n in pairs(thread:get("status_counts") or {}) do
       codes[status] = (codes[status] or 0) + n
     end
     items = items + (thread:get("accepted_items") or 0)
+    -- mixed.lua: answers by request kind and status, and fallbacks to transfers.
+    for key, n in pairs(thread:get("mix_counts") or {}) do
+      mix[key] = (mix[key] or 0) + n
+    end
   end
   local e = summary.errors
   if next(codes) == nil then  -- no response(): wrk's own count of statuses above 399
@@ -106,9 +111,10 @@ function done(summary, latency, requests)
   end
   io.write(string.format(
     'BENCH_RESULT {"requests":%d,"duration_us":%d,"bytes":%d,"codes":%s,"items_ok":%d,' ..
-    '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
+    '"mix":%s,"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
     '"latency_us":{"mean":%.1f,"max":%d,"p50":%d,"p90":%d,"p99":%d,"p99.9":%d}}\n',
     summary.requests, summary.duration, summary.bytes, json_object(codes), items,
+    json_object(mix),
     e.connect, e.read, e.write, e.status, e.timeout,
     latency.mean, latency.max, latency:percentile(50), latency:percentile(90),
     latency:percentile(99), latency:percentile(99.9)))

@@ -134,9 +134,13 @@ def prevalidate(tx: Transaction, accounts: dict[str, AccountSnapshot]) -> Busine
     """The early reject on the cached view: static rules, then the available balance.
 
     Only an early answer: balances may be stale, and the executor decides again under lock.
+    A void is never refused here (it releases what a hold reserved, whatever the accounts'
+    status since), and a capture spends what its hold reserved: no funds check for it.
     """
+    if tx.type == "void":
+        return None
     error = static_error(tx, accounts)
-    if error is not None:
+    if error is not None or tx.type == "capture":
         return error
     net: dict[str, int] = {}
     for leg in tx.legs:

@@ -83,6 +83,13 @@ class NotReversible(BusinessRuleError):
     code = "invalid_request"
 
 
+class CaptureOutsideHold(BusinessRuleError):
+    """A capture whose legs are not the hold's, or not within them (never built by the
+    API; decided as a failure rather than trusted)."""
+
+    code = "invalid_request"
+
+
 class RateLimited(KassaError):
     code = "rate_limited"
     retriable = True

@@ -27,6 +27,7 @@ from core.ledger.decide import (
 from core.ledger.errors import (
     AmountOverflow,
     BusinessRuleError,
+    CaptureOutsideHold,
     HoldNotPending,
     InsufficientFunds,
     NotReversible,
@@ -117,7 +118,9 @@ def decide_linked(journal_id: int, receipt_code: str, tx: Transaction, state: Le
 
 def _decide(journal_id: int, tx: Transaction, state: LedgerState, target: Target | None
             ) -> tuple[str, list[Entry]]:
-    error = static_error(tx, state.accounts)
+    # A void releases a reservation whatever happened to the accounts since the hold (a
+    # locked account must not keep funds held forever); everything else obeys the rules.
+    error = static_error(tx, state.accounts) if tx.type != VOID else None
     if error is not None:
         raise error
     if tx.type == CAPTURE:
@@ -156,6 +159,8 @@ def _release(hold: Target, state: LedgerState) -> None:
 
 def _capture(journal_id: int, tx: Transaction, state: LedgerState, hold: Target) -> list[Entry]:
     """Release the whole hold, then post the captured legs; undo the release on failure."""
+    if not _within(tx.legs, hold.legs):
+        raise CaptureOutsideHold(f"a capture of {hold.receipt_code} must post its legs, at most")
     _release(hold, state)
     try:
         entries = _post(journal_id, tx.legs, state)
@@ -169,7 +174,10 @@ def _capture(journal_id: int, tx: Transaction, state: LedgerState, hold: Target)
 
 def _reverse(journal_id: int, tx: Transaction, state: LedgerState, original: Target | None
              ) -> list[Entry]:
-    if original is None or original.status != COMPLETED or original.type not in REVERSIBLE_TYPES:
+    # A hold posts nothing: once captured it is `completed`, but its capture holds the
+    # entries, and it is the capture that is reversed (never both).
+    if (original is None or original.is_hold or original.status != COMPLETED
+            or original.type not in REVERSIBLE_TYPES):
         raise NotReversible(f"{tx.target} is not a completed transaction that can be reversed")
     if original.reversed + tx.amount > original.amount:
         raise ReversalExceedsOriginal(
@@ -177,6 +185,14 @@ def _reverse(journal_id: int, tx: Transaction, state: LedgerState, original: Tar
     entries = _post(journal_id, tx.legs, state)
     original.reversed += tx.amount
     return entries
+
+
+def _within(legs: tuple[Leg, ...], hold: tuple[Leg, ...]) -> bool:
+    """The hold's legs themselves, or one leg of a single-leg hold for at most its amount."""
+    if legs == hold:
+        return True
+    return (len(legs) == len(hold) == 1 and legs[0][:2] == hold[0][:2]
+            and legs[0].amount <= hold[0].amount)
 
 
 def _post(journal_id: int, legs: tuple[Leg, ...], state: LedgerState) -> list[Entry]:

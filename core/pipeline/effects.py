@@ -10,7 +10,7 @@ from core.kit.clock import utc_now_iso
 from core.ledger.decide import Outcome
 from core.ledger.linked import Target
 from core.ledger.models import AccountSnapshot, Transaction
-from core.ledger.status import COMPLETED, is_final
+from core.ledger.status import COMPLETED, HELD, VOIDED, is_final
 from core.pipeline.executor import Executed
 from core.pipeline.observer import NullObserver, Observer
 from core.pipeline.ports import JournalStatus, Notification, Notifier, ReceiptRecord, ReceiptSource
@@ -31,14 +31,23 @@ def notifications_for(outcome: Outcome, accounts: list[AccountSnapshot]) -> list
     for account in accounts:
         contact = account.contact or {}
         amount = sum(e.amount for e in outcome.entries if e.account == account.id)
-        body = (f"Account {account.id}: {amount} {account.currency} moved."
-                if outcome.status == COMPLETED else
-                f"Account {account.id}: nothing moved ({outcome.error.code if outcome.error else ''}).")
+        body = _note_body(outcome, account.id, amount, account.currency)
         for field_name, channel in CHANNELS:
             if contact.get(field_name):
                 notes.append(Notification(outcome.receipt_code, channel, contact[field_name],
                                           subject, body))
     return notes
+
+
+def _note_body(outcome: Outcome, account_id: str, amount: int, currency: str) -> str:
+    if outcome.status == COMPLETED:
+        return f"Account {account_id}: {amount} {currency} moved."
+    if outcome.status == HELD:
+        return f"Account {account_id}: funds reserved by a hold, nothing moved yet."
+    if outcome.status == VOIDED:
+        return f"Account {account_id}: a hold was released, nothing moved."
+    code = outcome.error.code if outcome.error else ""
+    return f"Account {account_id}: nothing moved ({code})."
 
 
 def receipt_record(tx: Transaction, outcome: Outcome) -> ReceiptRecord:

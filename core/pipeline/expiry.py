@@ -15,6 +15,7 @@ import asyncio
 import logging
 from typing import Protocol
 
+from core.ledger.errors import KassaError
 from core.ledger.linked import VOID
 from core.ledger.models import Transaction
 from core.pipeline.accept import TransactionService
@@ -52,7 +53,11 @@ class HoldExpiry:
         """Submit a void for each expired hold found; returns how many were submitted."""
         expired = await self._holds.expired_holds(self._batch_max)
         for hold in expired:
-            await self._service.submit(expiry_void(hold))
+            try:
+                await self._service.submit(expiry_void(hold))
+            except KassaError as exc:  # one hold's refusal must not stall the others
+                log.warning("[HOLD EXPIRY] void of %s not accepted now: %s",
+                            hold.receipt_code, exc)
         if expired:
             log.info("[HOLD EXPIRY] voids submitted for %d expired holds", len(expired))
         return len(expired)

@@ -49,42 +49,53 @@ class NamedJournalReader(Protocol):
 
 
 class LinkedRequests:
+    """Builds the transaction of a capture, void or reversal from the journal it names.
+
+    The transaction depends only on what never changes about that journal (its legs,
+    currency, type, whether it is a hold), so a retry under the same Idempotency-Key
+    builds the same request and is answered as a replay by the pipeline. The checks on
+    what does change (is the hold still pending, how much is reversed) are answered
+    early only when there is no key to replay: with a key, the writers decide them.
+    """
+
     def __init__(self, reader: NamedJournalReader) -> None:
         self._reader = reader
 
-    async def capture(self, receipt_code: str, amount: int | None) -> Transaction:
+    async def capture(self, receipt_code: str, amount: int | None, *, early: bool = True
+                      ) -> Transaction:
         """Post `amount` (default: all) of a pending hold; the rest is released."""
-        hold = await self._pending_hold(receipt_code)
+        hold = await self._hold(receipt_code, early)
         legs = _scaled(hold, amount, "a multi-leg hold is captured whole")
         return Transaction(CAPTURE, hold.currency, legs, target=receipt_code)
 
-    async def void(self, receipt_code: str) -> Transaction:
-        hold = await self._pending_hold(receipt_code)
+    async def void(self, receipt_code: str, *, early: bool = True) -> Transaction:
+        hold = await self._hold(receipt_code, early)
         return Transaction(VOID, hold.currency, hold.legs, target=receipt_code)
 
-    async def reverse(self, receipt_code: str, amount: int | None,
-                      description: str | None) -> Transaction:
+    async def reverse(self, receipt_code: str, amount: int | None, description: str | None,
+                      *, early: bool = True) -> Transaction:
         """The original's entries the other way: `amount` of a single-leg one (default:
-        what is not reversed yet), a multi-leg one whole."""
+        all of it), a multi-leg one whole."""
         original = await self._named(receipt_code)
-        if original.status != COMPLETED or original.type not in REVERSIBLE_TYPES:
-            raise NotReversible(f"{receipt_code} is not a completed transfer, deposit, "
-                                "withdrawal or capture")
-        left = original.amount - original.reversed
-        wanted = left if amount is None and len(original.legs) == 1 else amount
-        if left == 0 or (wanted or original.amount) > left:
-            raise ReversalExceedsOriginal(
-                f"reversals of {receipt_code} would add up to more than its amount")
-        legs = _scaled(original, wanted, "a multi-leg transaction is reversed whole")
+        if original.is_hold or original.type not in REVERSIBLE_TYPES:
+            raise NotReversible(f"{receipt_code} is not a transfer, deposit, withdrawal or "
+                                "capture (a captured hold is reversed through its capture)")
+        legs = _scaled(original, amount, "a multi-leg transaction is reversed whole")
+        if early:
+            if original.status != COMPLETED:
+                raise NotReversible(f"{receipt_code} is {original.status}, not completed")
+            if original.reversed + sum(leg.amount for leg in legs) > original.amount:
+                raise ReversalExceedsOriginal(
+                    f"reversals of {receipt_code} would add up to more than its amount")
         inverse = tuple(Leg(leg.destination, leg.source, leg.amount) for leg in legs)
         return Transaction(REVERSAL, original.currency, inverse, description=description,
                            target=receipt_code)
 
-    async def _pending_hold(self, receipt_code: str) -> NamedJournal:
+    async def _hold(self, receipt_code: str, early: bool) -> NamedJournal:
         hold = await self._named(receipt_code)
         if not hold.is_hold:
             raise InvalidRequest(f"{receipt_code} is not a hold")
-        if hold.status != HELD:
+        if early and hold.status != HELD:
             raise HoldNotPending(f"{receipt_code} is {hold.status}, not a pending hold")
         return hold
 

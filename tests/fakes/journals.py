@@ -11,7 +11,14 @@ store promises are enforced, not assumed:
 - an account's balance never goes below its floor (-overdraft_limit): a commit that
   would leave one there is refused (Rejected), as the database's check constraint does;
 - leases: `claim_expired` takes only unfinished journals whose lease expired, never
-  those listed as held; the lease clock is `now` (seconds), moved by the test.
+  those listed as held; the lease clock is `now` (seconds), moved by the test;
+- holds: a journal recorded with `hold_expires_in_s` gets its deadline `hold_expires_at`
+  (`now` + those seconds) at the accept, as the real INSERT does; `held` is written with
+  the balance (only for accounts whose balance row the decision carries, as the real
+  UPDATE does: a held change without one is a bug, refused here), and the floor a commit
+  must respect is `held - overdraft_limit`; `lock_targets`/`update_targets` read and
+  write the named journals (a target's status only moves forward); `named_journal` and
+  `expired_holds` are the reads of server/adapters/postgres/holds.py.
 
 Faults to inject: `down` (every call raises Unavailable), `reject` (receipt codes whose
 group the database refuses: Rejected, the group rolled back), `lose_acks` (that many
@@ -28,8 +35,10 @@ from dataclasses import dataclass, field
 
 from core.ledger.decide import BatchDecision
 from core.ledger.errors import CommitUnknown, Rejected, TransientConflict, Unavailable
+from core.ledger.linked import Target
 from core.ledger.models import AccountSnapshot, Entry, ErrorBody, Transaction
-from core.ledger.status import FAILED, PROCESSING, is_final
+from core.ledger.status import FAILED, HELD, PROCESSING, can_move, is_final
+from core.pipeline.links import NamedJournal
 from core.pipeline.ports import (
     ClaimedJournal,
     ExistingJournal,
@@ -58,6 +67,22 @@ class JournalRow:
     lease_expires_at: float | None = None
     recorded_finished: bool = False  # inserted already decided (apply at accept)
     updated_at: str = "2026-12-02T00:00:00.000000Z"
+    hold_expires_at: float | None = None  # set at the accept for a hold (store clock)
+    reversed: int = 0  # the sum of its completed reversals
+
+    @property
+    def is_hold(self) -> bool:
+        return self.hold_expires_at is not None
+
+    def target(self) -> Target:
+        tx = self.transaction
+        return Target(self.receipt_code, self.id, tx.type, self.status, tx.legs, self.is_hold,
+                      self.reversed, tx.currency)
+
+    def named(self) -> NamedJournal:
+        tx = self.transaction
+        return NamedJournal(self.receipt_code, tx.type, self.status, tx.currency, tx.legs,
+                            self.is_hold, self.reversed)
 
     def existing(self) -> ExistingJournal:
         return ExistingJournal(self.id, self.receipt_code, self.request_hash, self.mode,
@@ -72,12 +97,23 @@ def _key_of(journal: PendingJournal) -> Key | None:
 
 
 class _Staged:
-    """What one commit changes: new rows, finished rows, balances."""
+    """What one commit changes: new rows, finished rows, balances and held amounts, the
+    named journals' status and reversed sum."""
 
     def __init__(self) -> None:
         self.new: list[JournalRow] = []
         self.finished: dict[int, tuple[str, ErrorBody | None, list[Entry]]] = {}
         self.balances: dict[str, int] = {}
+        self.held: dict[str, int] = {}
+        self.targets: dict[int, tuple[str, int]] = {}
+
+    def post(self, decision: BatchDecision) -> None:
+        """Balances and held in one UPDATE, as the real posting: held only rides along a
+        balance row."""
+        assert set(decision.held) <= set(decision.balances), \
+            f"held of {set(decision.held) - set(decision.balances)} changed without a balance row"
+        self.balances |= decision.balances
+        self.held |= decision.held
 
 
 class FakeLedgerUnit:
@@ -104,7 +140,22 @@ class FakeLedgerUnit:
                 f"journal {outcome.journal_id} finished twice"
             self.staged.finished[outcome.journal_id] = (outcome.status, outcome.error,
                                                          list(outcome.entries))
-        self.staged.balances |= decision.balances
+        self.staged.post(decision)
+
+    async def lock_targets(self, receipt_codes: list[str]) -> dict[str, Target]:
+        self._store.check_up()
+        rows = [self._store.journal(c) for c in receipt_codes if c in self._store.by_code]
+        return {r.receipt_code: r.target() for r in sorted(rows, key=lambda r: r.id)}
+
+    async def update_targets(self, targets: list[Target]) -> None:
+        self._store.check_up()
+        for target in targets:
+            row = self._store.journals[target.journal_id]
+            assert row.receipt_code == target.receipt_code
+            assert target.status == row.status or can_move(row.status, target.status), \
+                f"{row.receipt_code}: {row.status} -> {target.status}"
+            assert row.reversed <= target.reversed <= row.transaction.amount
+            self.staged.targets[target.journal_id] = (target.status, target.reversed)
 
     async def existing(self, journals: list[PendingJournal]) -> dict[Key, ExistingJournal]:
         self._store.check_up()
@@ -129,8 +180,9 @@ class FakeLedgerUnit:
                 jid, journal.receipt_code, journal.transaction, journal.idempotency_scope,
                 journal.idempotency_key, journal.request_hash, journal.mode,
                 journal.accept_time_us, outcome.status, outcome.error, list(outcome.entries),
-                recorded_finished=True))
-        self.staged.balances |= decision.balances
+                recorded_finished=True,
+                hold_expires_at=self._store.hold_deadline(journal.transaction)))
+        self.staged.post(decision)
 
 
 class FakeJournalStore:
@@ -154,13 +206,21 @@ class FakeJournalStore:
 
     def add_account(self, account_id: str, balance: int = 0, *, overdraft_limit: int | None = 0,
                     currency: str = "USD", status: str = "active",
-                    contact: dict[str, str] | None = None) -> AccountSnapshot:
-        account = AccountSnapshot(account_id, currency, status, balance, overdraft_limit, contact)
+                    contact: dict[str, str] | None = None, held: int = 0) -> AccountSnapshot:
+        account = AccountSnapshot(account_id, currency, status, balance, overdraft_limit, contact,
+                                  held)
         self.accounts[account_id] = account
         return account
 
     def balance(self, account_id: str) -> int:
         return self.accounts[account_id].balance
+
+    def held(self, account_id: str) -> int:
+        return self.accounts[account_id].held
+
+    def hold_deadline(self, tx: Transaction) -> float | None:
+        """`hold_expires_at` as the accept sets it: now + the hold's seconds."""
+        return None if tx.hold_expires_in_s is None else self.now + tx.hold_expires_in_s
 
     def journal(self, receipt_code: str) -> JournalRow:
         return self.journals[self.by_code[receipt_code]]
@@ -202,13 +262,21 @@ class FakeJournalStore:
                              journal.idempotency_scope, journal.idempotency_key,
                              journal.request_hash, journal.mode, journal.accept_time_us,
                              lease_owner=journal.lease_owner,
-                             lease_expires_at=self.now + self.lease_s)
+                             lease_expires_at=self.now + self.lease_s,
+                             hold_expires_at=self.hold_deadline(journal.transaction))
             if key is not None:
                 keys[key] = row
             staged.new.append(row)
             results.append(row.id)
         self._commit(staged)
         return results
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Writers wait meanwhile (every unit waits its turn; accepts go on): what is
+        queued or taken by a writer is applied, in order, when this exits."""
+        async with self._unit_lock:
+            yield
 
     @contextlib.asynccontextmanager
     async def unit(self) -> AsyncIterator[FakeLedgerUnit]:
@@ -238,7 +306,7 @@ class FakeJournalStore:
     async def claim_expired(self, owner: str, lease_s: float, limit: int,
                             held: list[int]) -> list[ClaimedJournal]:
         self.check_up()
-        claimed = []
+        claimed: list[ClaimedJournal] = []
         for jid in sorted(self.journals):
             row = self.journals[jid]
             if len(claimed) == limit:
@@ -263,6 +331,20 @@ class FakeJournalStore:
         row = self.journal(receipt_code)
         return JournalStatus(receipt_code, row.status, row.error, row.updated_at)
 
+    # ---- NamedJournalReader and ExpiredHolds (server/adapters/postgres/holds.py) -------
+
+    async def named_journal(self, receipt_code: str) -> NamedJournal | None:
+        self.check_up()
+        return self.journal(receipt_code).named() if receipt_code in self.by_code else None
+
+    async def expired_holds(self, limit: int) -> list[NamedJournal]:
+        """Pending holds whose deadline passed on the store clock, oldest deadline first."""
+        self.check_up()
+        due = sorted((r for r in self.journals.values() if r.status == HELD
+                      and r.hold_expires_at is not None and r.hold_expires_at <= self.now),
+                     key=lambda r: (r.hold_expires_at, r.id))
+        return [r.named() for r in due[:limit]]
+
     # ---- AccountReader (straight from the "database": always fresh) -------------------
 
     async def get_accounts(self, account_ids: list[str], *, fresh: bool = False
@@ -281,7 +363,9 @@ class FakeJournalStore:
             assert row.receipt_code not in self.by_code, f"receipt code {row.receipt_code} twice"
         for account_id, balance in staged.balances.items():
             account = self.accounts[account_id]
-            if account.floor is not None and balance < account.floor:
+            held = staged.held.get(account_id, account.held)
+            if held < 0 or (account.overdraft_limit is not None
+                            and balance - held < -account.overdraft_limit):
                 raise Rejected("the database refused this transaction (a constraint)")
         if self.lose_acks:
             self.lose_acks -= 1
@@ -301,8 +385,12 @@ class FakeJournalStore:
             row = self.journals[jid]
             row.status, row.error, row.entries = status, error, entries
             row.lease_owner = row.lease_expires_at = None
+        for jid, (status, reversed_) in staged.targets.items():
+            row = self.journals[jid]
+            row.status, row.reversed = status, reversed_
         for account_id, balance in staged.balances.items():
             old = self.accounts[account_id]
             self.accounts[account_id] = AccountSnapshot(
-                old.id, old.currency, old.status, balance, old.overdraft_limit, old.contact)
+                old.id, old.currency, old.status, balance, old.overdraft_limit, old.contact,
+                staged.held.get(account_id, old.held))
         self.commits += 1

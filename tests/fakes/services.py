@@ -150,7 +150,8 @@ class FakeAccountCache:
             old = self.cached.get(account_id)
             if old is not None:
                 self.cached[account_id] = AccountSnapshot(old.id, old.currency, old.status,
-                                                          balance, old.overdraft_limit, old.contact)
+                                                          balance, old.overdraft_limit, old.contact,
+                                                          old.held)
 
     def stale(self, account: AccountSnapshot) -> None:
         """Make the cache hold `account` as it is (e.g. an old balance)."""

@@ -96,3 +96,19 @@ def test_a_hold_or_failed_journal_cannot_be_reversed() -> None:
     result = decide_linked(2, "R", linked("reversal", "H", 100, reverse=True), s, NOW).outcome
     assert result.status == FAILED and result.error is not None
     assert result.error.code == "invalid_request"
+
+
+def test_a_captured_hold_is_reversed_through_its_capture_only() -> None:
+    captured = Target("H", 1, "transfer", COMPLETED, (Leg("a", "b", 100),), is_hold=True)
+    s = state(targets={"H": captured})
+    s.balances["b"] = 100
+    result = decide_linked(2, "R", linked("reversal", "H", 100, reverse=True), s, NOW).outcome
+    assert result.status == FAILED and result.error is not None
+    assert result.error.code == "invalid_request" and s.balances["b"] == 100
+
+
+def test_a_capture_cannot_post_more_than_its_hold() -> None:
+    hold = pending_hold(100)
+    s = state(balance=1000, held=100, targets={"H": hold})
+    result = decide_linked(2, "C", linked("capture", "H", 101), s, NOW).outcome
+    assert result.status == FAILED and hold.status == HELD and s.held["a"] == 100

@@ -145,9 +145,13 @@ SELECT external_ref, type, status, currency, payload, hold_expires_at IS NOT NUL
 FROM journals WHERE external_ref = $1
 """
 
+# Rows a writer has locked are being executed (no renewal needed): skipped, never waited
+# for. Waiting on them in arbitrary order while writers lock in id order deadlocked.
 RENEW_LEASES = """
-UPDATE journals SET lease_expires_at = now() + make_interval(secs => $3)
-WHERE id = ANY($2::bigint[]) AND lease_owner = $1 AND status = 'processing'
+UPDATE journals j SET lease_expires_at = now() + make_interval(secs => $3)
+FROM (SELECT id FROM journals WHERE id = ANY($2::bigint[]) AND lease_owner = $1
+      AND status = 'processing' ORDER BY id FOR UPDATE SKIP LOCKED) AS r
+WHERE j.id = r.id
 """
 
 # On shutdown: any process's sweeper may take the owner's unfinished journals at once.

@@ -26,23 +26,24 @@ from server.http.handlers.common import (
 from server.http.handlers.transactions import check_idempotency_key, wants_wait
 from server.http.schemas import CaptureIn, ReverseIn, capture_in, reverse_in
 
-Build = Callable[[Api, str, bytes], Awaitable[Transaction]]
+# (api, receipt code in the path, body, whether to check the named journal's state early)
+Build = Callable[[Api, str, bytes, bool], Awaitable[Transaction]]
 
 
-async def _capture(api: Api, code: str, body: bytes) -> Transaction:
+async def _capture(api: Api, code: str, body: bytes, early: bool) -> Transaction:
     request = decode(capture_in, body) if body.strip() else CaptureIn()
-    return await api.links.capture(code, request.amount)
+    return await api.links.capture(code, request.amount, early=early)
 
 
-async def _void(api: Api, code: str, body: bytes) -> Transaction:
+async def _void(api: Api, code: str, body: bytes, early: bool) -> Transaction:
     if body.strip() and body.strip() != b"{}":
         raise InvalidRequest("a void takes no body")
-    return await api.links.void(code)
+    return await api.links.void(code, early=early)
 
 
-async def _reverse(api: Api, code: str, body: bytes) -> Transaction:
+async def _reverse(api: Api, code: str, body: bytes, early: bool) -> Transaction:
     request = decode(reverse_in, body) if body.strip() else ReverseIn()
-    return await api.links.reverse(code, request.amount, request.description)
+    return await api.links.reverse(code, request.amount, request.description, early=early)
 
 
 def _linked(build: Build) -> Callable[[Request], Awaitable[Response]]:
@@ -51,8 +52,11 @@ def _linked(build: Build) -> Callable[[Request], Awaitable[Response]]:
         code = check_receipt_code(request.path_params["receipt_code"])
         wait = wants_wait(request.query_params)
         key = check_idempotency_key(request.headers.get("idempotency-key"))
-        check_media_type(request.headers.get("content-type"))
-        tx = await build(api, code, await read_body(request, api.body_size_max))
+        body = await read_body(request, api.body_size_max)
+        if body.strip():  # a void (or a default capture) may come with no body at all
+            check_media_type(request.headers.get("content-type"))
+        # With a key, a retry must reach the pipeline to be answered as a replay.
+        tx = await build(api, code, body, key is None)
         submitted = await api.transactions.submit(submission(tx, api_key, key, wait))
         status, body = await answer(api.queries, submitted)
         headers = {"Location": f"/v1/transactions/{submitted.receipt_code}"}
