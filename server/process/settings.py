@@ -96,6 +96,14 @@ class Settings:
     # Database pool per process
     db_pool_min: int = 2
     db_pool_max: int = 10
+    # Connections one instance may open to PostgreSQL in all (workers x pool, plus the
+    # relay and the gRPC services); per-worker pools shrink to fit. PostgreSQL's default
+    # max_connections is 100, a few of them reserved.
+    db_connections_max: int = 80
+    # The embedded stack: "auto" starts it for what is not configured (development),
+    # "1" asks for it (loud warning: the data stays where the process runs), "0" refuses
+    # to start without KASSA_DATABASE_URL and KASSA_KAFKA_BOOTSTRAP_SERVERS (the image).
+    embedded: str = "auto"
     # Outbox relay: one publisher per database (advisory lock), the others stand by
     relay_batch_max: int = 500
     relay_poll_interval_ms: float = 500.0  # publisher's fallback when no wake-up comes
@@ -135,6 +143,7 @@ _CHOICES = {
     "accept_mode": ("apply", "queue"),
     "log_level": ("debug", "info", "warning", "error"),
     "log_format": ("text", "json"),
+    "embedded": ("auto", "1", "0"),
 }
 # Numbers bounded otherwise than "positive": (lowest, highest), both allowed.
 _RANGES: dict[str, tuple[int, int]] = {
