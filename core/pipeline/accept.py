@@ -72,7 +72,7 @@ class TransactionService:
                      accounts: dict[str, AccountSnapshot] | None = None) -> Submitted:
         started = self._clock()
         owned = False
-        if sub.idempotency_key is not None and self._idem is not None:
+        if sub.idempotency_key is not None and self._idem is not None and sub.cached_key:
             replay, owned = await self._idem.begin(sub)
             if replay is not None:
                 return replay

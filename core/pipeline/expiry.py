@@ -38,7 +38,8 @@ class ExpiredHolds(Protocol):
 def expiry_void(hold: NamedJournal) -> Submission:
     tx = Transaction(VOID, hold.currency, hold.legs, description=EXPIRED,
                      target=hold.receipt_code)
-    return Submission(tx, EXPIRY_SCOPE, f"expire:{hold.receipt_code}", request_hash(tx))
+    return Submission(tx, EXPIRY_SCOPE, f"expire:{hold.receipt_code}", request_hash(tx),
+                      cached_key=False)
 
 
 class HoldExpiry:
@@ -52,15 +53,18 @@ class HoldExpiry:
     async def sweep(self) -> int:
         """Submit a void for each expired hold found; returns how many were submitted."""
         expired = await self._holds.expired_holds(self._batch_max)
+        submitted = 0
         for hold in expired:
             try:
                 await self._service.submit(expiry_void(hold))
             except KassaError as exc:  # one hold's refusal must not stall the others
                 log.warning("[HOLD EXPIRY] void of %s not accepted now: %s",
                             hold.receipt_code, exc)
-        if expired:
-            log.info("[HOLD EXPIRY] voids submitted for %d expired holds", len(expired))
-        return len(expired)
+            else:
+                submitted += 1
+        if submitted:
+            log.info("[HOLD EXPIRY] voids submitted for %d expired holds", submitted)
+        return submitted
 
     async def run(self) -> None:
         while True:

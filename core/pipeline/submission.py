@@ -21,6 +21,10 @@ class Submission:
     idempotency_key: str | None = None
     request_hash: str | None = None
     wait: bool = False
+    # Whether the Redis fast path may answer repeats. The server's own keys (hold expiry)
+    # skip it: a marker left by a process that died would refuse every sweep for its
+    # lifetime, while the database's unique key alone decides them just as surely.
+    cached_key: bool = True
 
 
 @dataclass(frozen=True, slots=True)

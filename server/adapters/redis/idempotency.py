@@ -13,7 +13,11 @@ from core.pipeline.ports import IdempotencyRecord
 from server.adapters.redis.client import converted_errors
 
 KEY = "kassa:idem:{}:{}"
-IN_FLIGHT_TTL_S = 60
+# How long a key stays "being accepted" when its process dies before finishing the accept
+# (every later try gets 409 idempotency_in_progress meanwhile). An accept lasts at most a
+# few seconds (KASSA_COMMIT_CHECK_TIMEOUT_MS, the receipt wait); past this, the database's
+# unique key decides a repeat, so a short marker costs nothing in safety.
+IN_FLIGHT_TTL_S = 10
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(IdempotencyRecord).decode
