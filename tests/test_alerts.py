@@ -1,5 +1,6 @@
 """The alert rules pass promtool's syntax check and the queue alerts' unit tests
-(tests/check_alerts.py), so a queue rule comparing a sum with one worker's capacity fails."""
+(tests/check_alerts.py), so a queue rule comparing a sum with one worker's capacity fails;
+every alert links its own section of docs/operations.md."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.check_alerts import check, structural
+from tests.check_alerts import OPERATIONS, check, github_anchors, runbook_urls, structural
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,3 +26,40 @@ def test_a_queue_rule_summed_over_every_host_is_refused() -> None:
     with pytest.raises(AssertionError, match="summed over hosts"):
         structural([old])
     assert yaml.safe_load(RULES.read_text())["groups"]
+
+
+def test_github_anchors_follow_githubs_rules() -> None:
+    doc = ("# Operating Kassa\n## Health endpoints\n```\n# not a heading\n```\n"
+           "### KassaOutboxLag\n## `kassa verify`\n## Backups, and restore!\n"
+           "## Health endpoints ##\n#NotAHeading\n")
+    assert github_anchors(doc) == ["operating-kassa", "health-endpoints", "kassaoutboxlag",
+                                   "kassa-verify", "backups-and-restore", "health-endpoints-1"]
+
+
+def test_every_alert_links_its_own_section_of_the_operations_document() -> None:
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    urls = runbook_urls(rules, OPERATIONS.read_text())
+    assert urls.keys() == {r["alert"] for r in rules}
+    assert urls["KassaOutboxLag"] == "docs/operations.md#kassaoutboxlag"
+
+
+@pytest.mark.parametrize(("url", "error"), [
+    (None, "no runbook_url"),
+    ("docs/operations.md#kassacircuitopen", "should point at #kassaoutboxlag"),
+    ("docs/performance.md#kassaoutboxlag", "is not docs/operations.md"),
+])
+def test_a_missing_or_wrong_runbook_url_is_refused(url: str | None, error: str) -> None:
+    annotations = {"summary": "lag"} | ({"runbook_url": url} if url else {})
+    rule = {"alert": "KassaOutboxLag", "expr": "1", "labels": {"severity": "critical"},
+            "annotations": annotations}
+    with pytest.raises(AssertionError, match=error):
+        runbook_urls([rule], OPERATIONS.read_text())
+
+
+def test_a_runbook_url_needs_the_section_and_may_have_any_base() -> None:
+    rule = {"alert": "KassaNew", "expr": "1", "labels": {"severity": "warning"},
+            "annotations": {"runbook_url": "https://git.example.com/kassa/blob/v1/docs/operations.md#kassanew"}}
+    with pytest.raises(AssertionError, match="has no section #kassanew"):
+        runbook_urls([rule], OPERATIONS.read_text())
+    assert runbook_urls([rule], "## Alerts\n### KassaNew\n") == {
+        "KassaNew": "https://git.example.com/kassa/blob/v1/docs/operations.md#kassanew"}

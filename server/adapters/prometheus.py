@@ -7,6 +7,7 @@ and /metrics aggregates all of them.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import bisect
 import logging
 import os
@@ -49,6 +50,12 @@ OLDEST = Gauge("kassa_oldest_unexecuted_age_seconds", "Age of the oldest unfinis
 HIT_RATE = Gauge("status_tracker_cache_hit_rate", "In-memory status hits / lookups", multiprocess_mode="liveall")
 TRACKER_SIZE = Gauge("status_tracker_cache_size", "Statuses held in memory", multiprocess_mode="livesum")
 
+HTTP_REQUESTS = Counter("kassa_http_requests_total", "HTTP requests answered",
+                        ["route", "method", "status"])
+HTTP_DURATION = Histogram("kassa_http_request_duration_seconds",
+                          "Request start to the last byte of the answer handed to the server",
+                          ["route", "method", "status"], buckets=LATENCY_BUCKETS)
+
 GAUGE_INTERVAL_S = 5.0
 
 
@@ -66,6 +73,81 @@ def observe_many(histogram: Histogram, values: list[float], repeat: int = 1) -> 
         if count:
             bucket.inc(count)
     histogram._sum.inc(sum(values) * repeat)
+
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+STATUS_CLASSES = tuple(f"{n}xx" for n in range(10))
+
+
+class HttpMetrics:
+    """`kassa_http_requests_total` and `kassa_http_request_duration_seconds` by route
+    template, method and status class, accumulated in this process and written to the
+    prometheus children in one go: in multiprocess mode each child write takes a lock and
+    an mmap write, and one request would need three (count, bucket, sum). Counts, bucket
+    counts and sums are written every `flush_interval_s` (a timer on the running loop),
+    every `flush_every` requests, before /metrics renders (`render`) and at exit; the
+    result is exactly what one observe() per request gives (a unit test checks).
+
+    `record` is what server/http gets (server/http/api.py `RecordRequest`): `route` is a
+    route template or `unmatched`, never a path with an id in it."""
+
+    def __init__(self, requests: Counter = HTTP_REQUESTS, duration: Histogram = HTTP_DURATION,
+                 flush_interval_s: float = 1.0, flush_every: int = 5000) -> None:
+        self._requests = requests
+        self._duration = duration
+        self._bounds = tuple(duration._upper_bounds)
+        self._flush_interval_s = flush_interval_s
+        self._flush_every = flush_every
+        # (route, method, status class) -> [count, sum of seconds, count per bucket...]
+        self._pending: dict[tuple[str, str, str], list[float]] = {}
+        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._recorded = 0
+        self._timer = False
+
+    def record(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method if method in HTTP_METHODS else "other",
+               STATUS_CLASSES[status // 100] if 0 <= status < 1000 else "other")
+        entry = self._pending.get(key)
+        if entry is None:
+            entry = self._pending[key] = [0] * (len(self._bounds) + 2)
+        entry[0] += 1
+        entry[1] += seconds
+        entry[2 + bisect.bisect_left(self._bounds, seconds)] += 1
+        self._recorded += 1
+        if self._recorded >= self._flush_every:
+            self.flush()
+        elif not self._timer:
+            self._start_timer()
+
+    def _start_timer(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script, a test): count, render and exit flush
+            return
+        self._timer = True
+        loop.call_later(self._flush_interval_s, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = False
+        self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending, self._recorded = self._pending, {}, 0
+        for key, entry in pending.items():
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (self._requests.labels(*key),
+                                                  self._duration.labels(*key))
+            counter, histogram = children
+            counter.inc(entry[0])
+            for bucket, count in zip(histogram._buckets, entry[2:], strict=True):
+                if count:
+                    bucket.inc(count)
+            histogram._sum.inc(entry[1])
+
+
+HTTP_METRICS = HttpMetrics()
+atexit.register(HTTP_METRICS.flush)
 
 
 class PrometheusObserver:
@@ -118,6 +200,7 @@ class PrometheusObserver:
 
 
 def render() -> tuple[bytes, str]:
+    HTTP_METRICS.flush()  # this worker's requests so far; the others' within a second
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         prom_multiprocess.MultiProcessCollector(registry)

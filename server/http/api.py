@@ -20,6 +20,12 @@ from core.pipeline.listing import Listing
 from core.pipeline.transaction_query import TransactionQuery
 from server.http.auth import ApiKeys
 
+# Records one answered request: route template (or `unmatched`), method, HTTP status,
+# seconds from the request's start to its last byte handed to the server. The composition
+# root passes the Prometheus adapter's (server/adapters/prometheus.py `HttpMetrics.record`);
+# it must be cheap: server/http/hot.py calls it once per request.
+RecordRequest = Callable[[str, str, int, float], None]
+
 
 @dataclass
 class Api:
@@ -33,6 +39,7 @@ class Api:
     limit: Callable[[str], Awaitable[None]]  # per-key rate limit; raises RateLimited (429)
     metrics: Callable[[], tuple[bytes, str]]  # the /metrics page and its content type
     body_size_max: int
+    record_request: RecordRequest | None = None  # HTTP metrics (server/http/hot.py)
 
 
 def api_of(state: Any) -> Api:

@@ -5,6 +5,11 @@ route regexes and passes two middlewares: more Python than the rest of the accep
 (docs/performance.md). These two routes read the ASGI scope directly and answer with two
 `send` calls; every other route stays in Starlette's routing table (server/http/app.py), and
 both share the handlers' logic and the contract's error bodies.
+
+Every HTTP request passes `HotRoutes.__call__`, which also records it for the HTTP metrics
+(`Api.record_request`): the route template (a hot route's path, or the Starlette route that
+matched, which Starlette leaves in `scope["route"]`; `unmatched` when none did), the method,
+the answer's status and the time to the answer's last byte.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 from urllib.parse import parse_qsl
 
 from core.kit.request_context import REQUEST_ID
 from core.ledger.errors import InvalidRequest, KassaError
-from server.http.api import Api
+from server.http.api import Api, RecordRequest
 from server.http.errors import HTTP_STATUS, error_dict
 from server.http.handlers.common import BodyTooLarge
 from server.http.schemas import encoder
@@ -34,6 +40,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _JSON = (b"content-type", b"application/json")
 _REQUEST_ID = b"x-request-id"
 _CLIENT_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
+UNMATCHED = "unmatched"  # the route label of a request no route matched (a 404)
 
 
 def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -100,19 +107,37 @@ class HotRoutes:
         if scope["type"] != "http":
             await self._fallback(scope, receive, send)
             return
+        start = perf_counter()
         rid = request_id(scope["headers"])
         token = REQUEST_ID.set(rid.decode("ascii"))
+        path = scope["path"]
+        route = path
+        status = 500  # unless an answer started
         try:
-            path = scope["path"]
             if path in self._paths and ((scope["method"], path) in self._routes
                                         or path not in self._shared):
-                await self._hot(scope, receive, send, rid)
+                status = await self._hot(scope, receive, send, rid)
             else:
-                await self._fallback(scope, receive, _with_request_id(send, rid))
+                reply = _Reply(send, rid)
+                try:
+                    await self._fallback(scope, receive, reply)
+                finally:
+                    status = reply.status
+                    matched = scope.get("route")
+                    route = getattr(matched, "path", UNMATCHED) if matched is not None else UNMATCHED
         finally:
             REQUEST_ID.reset(token)
+            record = self._recorder()
+            if record is not None:
+                record(route, scope["method"], status, perf_counter() - start)
 
-    async def _hot(self, scope: Scope, receive: Receive, send: Send, rid: bytes) -> None:
+    def _recorder(self) -> RecordRequest | None:
+        try:
+            return self._api().record_request
+        except AttributeError:  # no runtime on the app's state (yet)
+            return None
+
+    async def _hot(self, scope: Scope, receive: Receive, send: Send, rid: bytes) -> int:
         handler = self._routes.get((scope["method"], scope["path"]))
         if handler is None:
             answer = json_answer(error_dict("invalid_request", f"{scope['method']} is not allowed here"),
@@ -123,6 +148,7 @@ class HotRoutes:
                     "headers": [_JSON, (b"content-length", str(len(answer.body)).encode()),
                                 (_REQUEST_ID, rid), *answer.headers]})
         await send({"type": "http.response.body", "body": answer.body})
+        return answer.status
 
     async def _answer(self, handler: Handler, scope: Scope, receive: Receive) -> Answer:
         try:
@@ -139,13 +165,21 @@ class HotRoutes:
             return json_answer(error_dict("internal", "internal error"), 500)
 
 
-def _with_request_id(send: Send, rid: bytes) -> Send:
-    async def send_with_id(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), (_REQUEST_ID, rid)]}
-        await send(message)
+class _Reply:
+    """The fallback's `send`: adds the request id and notes the answer's status."""
 
-    return send_with_id
+    __slots__ = ("_send", "_rid", "status")
+
+    def __init__(self, send: Send, rid: bytes) -> None:
+        self._send = send
+        self._rid = rid
+        self.status = 500  # unless an answer started
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            message = {**message, "headers": [*message.get("headers", ()), (_REQUEST_ID, self._rid)]}
+        await self._send(message)
 
 
 def _query(raw: bytes) -> dict[str, str]:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from server.adapters.grpc.security import GrpcSecurity
-from server.process.settings import ConfigError, Settings, load_settings
+    from server.process.sizing import Plan
+from server.process.settings import ConfigError, Settings, env_name, load_settings
 
 log = logging.getLogger("kassa.cli")
 
@@ -77,11 +78,20 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--host", default=settings.host, help="address to listen on (KASSA_HOST)")
     p.add_argument("--port", type=int, default=settings.port,
                    help="port to listen on (KASSA_PORT)")
-    p.add_argument("--workers", type=int, default=settings.workers,
-                   help="gunicorn worker processes (KASSA_WORKERS, else the CPU count)")
+    p.add_argument("--workers", type=_positive_int, default=argparse.SUPPRESS,
+                   help="gunicorn worker processes (default: KASSA_WORKERS, else the CPUs this "
+                        "process may use, from its affinity and cgroup CPU quota, lowered to "
+                        f"fit KASSA_DB_CONNECTIONS_MAX; here {settings.workers})")
     p.add_argument("--data-dir", default=settings.data_dir,
                    help="where the embedded stack, the generated admin key and the child logs "
                         "live (KASSA_DATA_DIR)")
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r}: at least 1")
+    return value
 
 
 def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -130,6 +140,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     # Until gunicorn installs its own handlers, SIGTERM must still stop the children.
     signal.signal(signal.SIGTERM, _raise_exit)
+    sizing = serve_plan(args, settings)  # refuses before anything is started
+    log.info("%s", sizing.describe_workers())
+    log.info("%s", sizing.pool.describe())
+    # The workers read their pool size from the environment they inherit.
+    os.environ[env_name("db_pool_max")] = str(sizing.pool.pool)
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     stack = EmbeddedStack(data_dir, reserved_ports={args.port})
@@ -138,12 +153,33 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         os.environ.update(env)
         asyncio.run(apply_migrations(settings.database_url or env["KASSA_DATABASE_URL"]))
         prepare_metrics_dir(data_dir)
-        options = gunicorn_options(args.host, args.port, args.workers, settings.log_level,
+        options = gunicorn_options(args.host, args.port, sizing.workers, settings.log_level,
                                    settings.log_format)
-        log.info("kassa serving on http://%s:%d with %d workers", args.host, args.port, args.workers)
+        log.info("kassa serving on http://%s:%d with %d workers", args.host, args.port,
+                 sizing.workers)
         KassaApplication(options).run()
     finally:
         stack.stop()
+
+
+def serve_plan(args: argparse.Namespace, settings: Settings) -> Plan:
+    """Workers and pool per worker within KASSA_DB_CONNECTIONS_MAX, counting the relay's
+    connection per worker and the pools of the services this instance will start; a budget
+    that cannot fit an explicit worker count stops here with one line."""
+    from server.process.sizing import plan
+    from server.services.notifications.service import POOL_SIZE_MAX as NOTIFICATION_POOL
+    from server.services.receipts.service import POOL_SIZE_MAX as RECEIPT_POOL
+
+    services = ((0 if settings.receipt_service_addr else RECEIPT_POOL)
+                + (0 if settings.notification_service_addr else NOTIFICATION_POOL))
+    try:
+        # Every worker runs an outbox relay (Kafka is embedded when not configured), and
+        # each relay holds one dedicated connection (server/adapters/kafka/relay.py).
+        return plan(settings, os.environ, cli_workers=getattr(args, "workers", None), per_worker_extra=1,
+                    fixed_others=services)
+    except ConfigError as exc:
+        print(f"kassa: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def start_dependencies(stack: object, settings: Settings, data_dir: Path) -> dict[str, str]:

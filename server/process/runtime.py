@@ -44,7 +44,7 @@ from server.adapters.postgres.listing import PgListings
 from server.adapters.postgres.monitoring import PgMonitoring
 from server.adapters.postgres.nodes import keep_node_id, lease_node_id, release_node_ids
 from server.adapters.postgres.pool import create_pool
-from server.adapters.prometheus import PrometheusObserver, render
+from server.adapters.prometheus import HTTP_METRICS, PrometheusObserver, render
 from server.adapters.redis.account_cache import RedisAccountCache
 from server.adapters.redis.client import create_client
 from server.adapters.redis.health import RedisPing
@@ -143,7 +143,7 @@ def build_api(runtime: Runtime) -> Api:
                            dependency_states=runtime.dependency_states,
                            stopping=lambda: runtime.stopping),
         keys=runtime.keys, limit=rate_limit(runtime.limiter), metrics=render,
-        body_size_max=runtime.settings.body_size_max)
+        body_size_max=runtime.settings.body_size_max, record_request=HTTP_METRICS.record)
 
 
 def receipt_source(settings: Settings, node_id: int) -> ReceiptSource:
@@ -181,8 +181,8 @@ async def build_runtime(settings: Settings) -> Runtime:
     assert settings.database_url, "kassa serve sets KASSA_DATABASE_URL for its workers"
     owner = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
     observer = PrometheusObserver()
-    db = await create_pool(settings.database_url, min_size=settings.db_pool_min,
-                           max_size=settings.db_pool_max)
+    db = await create_pool(settings.database_url, max_size=settings.db_pool_max,
+                           min_size=min(settings.db_pool_min, settings.db_pool_max))
     redis = create_client(settings.redis_url) if settings.redis_url else None
     journals = PgJournalStore(db, lease_s=settings.lease_s)
     account_cache = (RedisAccountCache(redis, journals, size=settings.account_cache_size,

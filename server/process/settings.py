@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+
+from server.process.cpus import available_cpus
 
 
 class ConfigError(Exception):
     pass
 
 
-def _cpu_count() -> int:
-    return os.cpu_count() or 1
+def _usable_cpus() -> int:
+    """The CPUs this process may use (affinity, cgroup quota); KASSA_WORKERS overrides."""
+    return available_cpus().count
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Settings:
     # HTTP server (`kassa serve` option defaults, and gunicorn.conf.py under plain gunicorn)
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = field(default_factory=_cpu_count)
+    workers: int = field(default_factory=_usable_cpus)
     data_dir: str = ".kassa"  # embedded PostgreSQL, generated admin key, child logs
     body_size_max: int = 1_048_576
     # Durable accept (group commit of pending journals)
@@ -136,6 +140,12 @@ class Settings:
 def env_name(field_name: str) -> str:
     """The environment variable of a Settings field."""
     return f"KASSA_{field_name.upper()}"
+
+
+def is_given(field_name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment sets this field (else its default applies)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get(env_name(field_name), "").strip())
 
 
 _CHOICES = {

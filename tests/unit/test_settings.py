@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import re
 import runpy
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from server.adapters.grpc.clients import NotificationClient, ReceiptClient
+from server.process.cpus import available_cpus
 from server.process.settings import ConfigError, Settings, env_name, load_settings
 from server.services.notifications.delivery import NotificationConfig
 
@@ -47,7 +47,7 @@ def test_defaults() -> None:
     settings = load_settings({})
     assert settings == Settings()
     assert (settings.host, settings.port, settings.data_dir) == ("127.0.0.1", 8000, ".kassa")
-    assert settings.workers == (os.cpu_count() or 1)
+    assert settings.workers == available_cpus().count  # affinity and cgroup quota
     assert (settings.log_format, settings.execute_attempts_max, settings.notify_timeout_ms) == (
         "text", 5, 5000)
 
