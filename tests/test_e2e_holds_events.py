@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import new_database
 from tests.fixtures.kafka import KafkaBroker
-from tests.fixtures.servers import PostgresServer, RedisServer
+from tests.fixtures.servers import PostgresServer
 from tests.invariants import assert_invariants
 from tests.load import Reply, client, open_accounts, send
 from tests.test_e2e_events import EVENT_KEYS, consume, journal_count, serve, wait_outbox_empty
@@ -39,9 +39,11 @@ def legs(event: dict[str, Any]) -> list[tuple[str, str, int]]:
 
 
 async def test_holds_captures_voids_expiries_and_reversals_are_published_once(
-        pg_server: PostgresServer, redis_server: RedisServer, kafka_broker: KafkaBroker) -> None:
+        pg_server: PostgresServer, redis_url: str, kafka_broker: KafkaBroker) -> None:
+    # A flushed Redis: every fresh database hands out the same first receipt codes, and an
+    # earlier test's final status cached under one of them would answer for this one.
     dsn = await new_database(pg_server)
-    kassa = serve(dsn, redis_server.url, kafka_broker.bootstrap,
+    kassa = serve(dsn, redis_url, kafka_broker.bootstrap,
                   KASSA_HOLD_EXPIRY_INTERVAL_S="0.2")
     try:
         await open_accounts(kassa.url, ["h_alice", "h_bob"], 10_000)
