@@ -4,10 +4,25 @@ Redis, in-process): docs/api.md, Holds and Reversals."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from tests.invariants import assert_invariants, scalar
 from tests.test_http_api import make_accounts
+
+
+@pytest.fixture(autouse=True)
+def _no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """The server runs in this process: a failure it only logs (post-commit effects, a
+    sweep) fails the test too."""
+    caplog.set_level(logging.INFO, logger="kassa")  # as served: info lines are written
+    yield
+    errors = [r for r in caplog.get_records("call")
+              if r.levelno >= logging.ERROR and r.name.startswith("kassa")]
+    assert not errors, [r.getMessage() for r in errors]
 
 
 async def account(client: Any, account_id: str) -> dict[str, Any]:

@@ -110,10 +110,10 @@ class PostCommit:
 
     @staticmethod
     def _log(outcome: Outcome, seconds: float) -> None:
-        if outcome.status == COMPLETED:
-            log.info("[TRANSACTION SUCCESS] Receipt: %s | Journal ID: %d | Duration: %.1fms",
-                     outcome.receipt_code, outcome.journal_id, seconds * 1000)
+        if outcome.error is None:  # completed, held (a hold) or voided (a void)
+            log.info("[TRANSACTION SUCCESS] Receipt: %s | Journal ID: %d | Status: %s | "
+                     "Duration: %.1fms", outcome.receipt_code, outcome.journal_id,
+                     outcome.status, seconds * 1000)
         else:
-            assert outcome.error is not None
             log.info("[TRANSACTION ERROR] Receipt: %s | Journal ID: %d | Error: %s",
                      outcome.receipt_code, outcome.journal_id, outcome.error.code)

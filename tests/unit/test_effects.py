@@ -116,3 +116,29 @@ async def test_effects_of_a_pipeline_run_after_its_commit(make_pipeline: Pipelin
     assert [r.code for r in p.receipts.registered] == [journal.receipt_code]
     assert p.tracker.get(journal.receipt_code) is not None
     assert len(p.relay_wakes) == 1
+
+
+async def test_a_hold_and_a_void_go_through_every_effect() -> None:
+    """`held` and `voided` outcomes carry no error: logging, counting and notifying them
+    must not stop the batch's effects (a hold's effects once failed on an assert)."""
+    import logging
+
+    from core.ledger.decide import Outcome
+    from core.ledger.linked import Target
+    from core.ledger.models import Leg, Transaction
+    from core.ledger.status import HELD, VOIDED
+
+    e = Effects()
+    hold = Transaction("transfer", "USD", (Leg("alice", "bob", 30),), hold_expires_in_s=60)
+    void = Transaction("void", "USD", (Leg("alice", "bob", 30),), target="RCP-1")
+    tasks = [Task(1, "RCP-1", hold, time.monotonic()), Task(2, "RCP-2", void, time.monotonic())]
+    outcomes = [Outcome(1, "RCP-1", HELD, [], None, "2026-12-02T00:00:00Z"),
+                Outcome(2, "RCP-2", VOIDED, [], None, "2026-12-02T00:00:00Z")]
+    named = Target("RCP-1", 1, "transfer", VOIDED, hold.legs, is_hold=True, currency="USD")
+    logging.getLogger("kassa.effects").setLevel(logging.INFO)
+    await e.post(Executed(tasks, outcomes, e.store.snapshots(["alice", "bob"]), [], [named]))
+    assert e.tracker.get("RCP-1").status == VOIDED  # type: ignore[union-attr]  # the hold, ended
+    assert e.tracker.get("RCP-2").status == VOIDED  # type: ignore[union-attr]
+    assert e.observer.finished_counts[(HELD, "transfer")] == 1
+    assert e.observer.finished_counts[(VOIDED, "void")] == 1
+    assert len(e.notifier.sent) >= 2  # alice's contact hears of both
