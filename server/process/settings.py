@@ -108,6 +108,10 @@ class Settings:
     # "1" asks for it (loud warning: the data stays where the process runs), "0" refuses
     # to start without KASSA_DATABASE_URL and KASSA_KAFKA_BOOTSTRAP_SERVERS (the image).
     embedded: str = "auto"
+    # "1": the pure-Python twins of the Cython hot path (native/). native/__init__.py applies
+    # it at its first import (native.twins_forced), before settings exist; defined here so
+    # that it is validated and documented like every setting.
+    no_extensions: str = "0"
     # Outbox relay: one publisher per database (advisory lock), the others stand by
     relay_batch_max: int = 500
     relay_poll_interval_ms: float = 500.0  # publisher's fallback when no wake-up comes
@@ -154,6 +158,7 @@ _CHOICES = {
     "log_level": ("debug", "info", "warning", "error"),
     "log_format": ("text", "json"),
     "embedded": ("auto", "1", "0"),
+    "no_extensions": ("0", "1"),
 }
 # Numbers bounded otherwise than "positive": (lowest, highest), both allowed.
 _RANGES: dict[str, tuple[int, int]] = {

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import native
 from server.adapters.grpc.clients import NotificationClient, ReceiptClient
 from server.process.cpus import available_cpus
 from server.process.settings import ConfigError, Settings, env_name, load_settings
@@ -37,7 +38,8 @@ def test_every_setting_is_documented_in_the_readme() -> None:
 
 def test_no_other_module_reads_kassa_variables() -> None:
     reader = re.compile(r"(?:environ(?:\.get)?|getenv)\s*[\[(]\s*f?[\"']KASSA_")
-    sources = [*ROOT.glob("server/**/*.py"), *ROOT.glob("core/**/*.py"), ROOT / "gunicorn.conf.py"]
+    sources = [*ROOT.glob("server/**/*.py"), *ROOT.glob("core/**/*.py"), *ROOT.glob("native/*.py"),
+               ROOT / "gunicorn.conf.py"]
     readers = [str(path.relative_to(ROOT)) for path in sources
                if path.name != "settings.py" and reader.search(path.read_text())]
     assert readers == []
@@ -138,3 +140,17 @@ def test_gunicorn_conf_refuses_an_invalid_value(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("KASSA_WORKERS", "lots")
     with pytest.raises(ConfigError, match="KASSA_WORKERS"):
         runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+
+@pytest.mark.parametrize("value", ["", "0", "1", " 1 "])
+def test_native_applies_no_extensions_as_settings_reads_it(value: str) -> None:
+    """native/ cannot import settings (layering) and chooses at its import; its rule for
+    KASSA_NO_EXTENSIONS must be the setting's."""
+    environ = {"KASSA_NO_EXTENSIONS": value}
+    assert native.NO_EXTENSIONS_VARIABLE == env_name("no_extensions")
+    assert native.twins_forced(environ) == (load_settings(environ).no_extensions == "1")
+
+
+def test_an_invalid_no_extensions_stops_startup() -> None:
+    with pytest.raises(ConfigError, match="KASSA_NO_EXTENSIONS"):
+        load_settings({"KASSA_NO_EXTENSIONS": "yes"})

@@ -31,10 +31,13 @@ TYPES = frozenset({"transfer", "deposit", "withdrawal", "capture", "void", "reve
 ACCOUNT_STATUSES = frozenset({"active", "locked", "closed"})
 
 # RFC 3339 date-time: a full date, `T`, a full time with optional fraction, and `Z` or an
-# offset. Fractions beyond microseconds are cut (the database keeps microseconds).
+# offset. Fractions beyond microseconds are cut (the database keeps microseconds). A space
+# where the offset's sign goes is a `+`: a query string decodes an unescaped `+` to a space
+# (`?at=2026-12-07T10:00:00+01:00` as typed into curl or a browser), and a space can be
+# nothing else there.
 RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
-    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))")
+    r"(?:([Zz])|([+ -])([0-9]{2}):([0-9]{2}))")
 
 # Cursors are base64url without padding of "j<journal id>" or "a<account id>"
 # (server/adapters/postgres/listing.py).
@@ -44,7 +47,8 @@ ACCOUNT_CURSOR = re.compile(rb"a[A-Za-z0-9_@:-]{1,64}")
 
 
 def check_time(name: str, raw: str) -> dt.datetime:
-    """An RFC 3339 date-time with `Z` or an offset, as an aware datetime (400 otherwise)."""
+    """An RFC 3339 date-time with `Z` or an offset (a space for its `+`, see RFC3339), as an
+    aware datetime (400 otherwise)."""
     found = RFC3339.fullmatch(raw)
     if found is not None:
         year, month, day, hour, minute, second, fraction, zulu, sign, oh, om = found.groups()
@@ -60,7 +64,8 @@ def check_time(name: str, raw: str) -> dt.datetime:
         except ValueError:
             pass
     raise InvalidRequest(f"{name} must be an RFC 3339 date-time with Z or an offset, "
-                         "such as 2026-11-24T10:00:00Z")
+                         "such as 2026-11-24T10:00:00Z or 2026-11-24T11:00:00%2B01:00 "
+                         "(a + in a query string is written %2B)")
 
 
 def check_cursor(cursor: str, text: re.Pattern[bytes]) -> None:
