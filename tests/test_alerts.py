@@ -4,6 +4,9 @@ every alert links its own section of docs/operations.md."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -63,3 +66,27 @@ def test_a_runbook_url_needs_the_section_and_may_have_any_base() -> None:
         runbook_urls([rule], OPERATIONS.read_text())
     assert runbook_urls([rule], "## Alerts\n### KassaNew\n") == {
         "KassaNew": "https://git.example.com/kassa/blob/v1/docs/operations.md#kassanew"}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_no_outbox_relay_fires_only_when_no_process_publishes(tmp_path: Path) -> None:
+    """Two instances; a's worker publishes for 5 minutes, then nobody does: quiet while one
+    publishes (the standbys' zeros do not count), firing 3 minutes after the last one."""
+    series = [('kassa_outbox_relay_leader{job="kassa", instance="a"}', "1x5 0x20"),
+              ('kassa_outbox_relay_leader{job="kassa", instance="b"}', "0x25")]
+    fired = {"exp_labels": {"severity": "critical"}, "exp_annotations": {
+        "summary": "No outbox relay publishes: events pile up in the outbox",
+        "runbook_url": "docs/operations.md#kassanooutboxrelay"}}
+    tests = {"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series],
+        "alert_rule_test": [
+            {"eval_time": "5m", "alertname": "KassaNoOutboxRelay", "exp_alerts": []},
+            {"eval_time": "8m", "alertname": "KassaNoOutboxRelay", "exp_alerts": []},
+            {"eval_time": "9m", "alertname": "KassaNoOutboxRelay", "exp_alerts": [fired]},
+            {"eval_time": "20m", "alertname": "KassaNoOutboxRelay", "exp_alerts": [fired]},
+        ]}]}
+    path = tmp_path / "no_relay_test.yml"
+    path.write_text(json.dumps(tests))
+    result = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,21 +1,26 @@
 """Log lines: text by default, one JSON object per line with KASSA_LOG_FORMAT=json, both
-naming the request (X-Request-Id) they were written for."""
+naming the request (X-Request-Id) they were written for; gunicorn's and uvicorn's own lines
+in the same format; a request's start line before its end line; a stop without
+"Error while closing socket"; plain gunicorn refusing a configuration it cannot serve."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import re
+import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 from gunicorn.config import Config
 
-from server.process.gunicorn_app import JsonLogger
+from server.process.gunicorn_app import JsonLogger, KassaLogger
 from server.process.logs import FORMAT, REQUEST_ID, JsonFormatter, RequestIdFilter, formatter
 from tests.conftest import ADMIN_KEY, new_database
-from tests.fixtures.kassa_server import start_kassa
+from tests.fixtures.kassa_server import KassaProcess, serve_env, start_kassa
 from tests.fixtures.servers import PostgresServer, RedisServer
 from tests.load import SERVE_ENV
 
@@ -62,23 +67,116 @@ def test_gunicorn_logs_as_json_when_asked() -> None:
     assert handlers and all(isinstance(h.formatter, JsonFormatter) for h in handlers)
 
 
+def test_gunicorn_logs_in_kassas_text_format_by_default() -> None:
+    handlers = KassaLogger(Config()).error_log.handlers
+    assert handlers and all(h.formatter._fmt == FORMAT for h in handlers)
+
+
+# A line of FORMAT: time, level, [pid], [request id], logger: message.
+TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
+                       r"\[\d+\] \[(?P<rid>[^\]]+)\] (?P<logger>[\w.]+): (?P<message>.*)")
+# gunicorn's and uvicorn's own lines from a start and a SIGTERM, and their loggers.
+SERVER_LINES = {"Booting worker with pid": "gunicorn.error",
+                "Started server process": "uvicorn.error",
+                "Application startup complete": "uvicorn.error",
+                "Handling signal: term": "gunicorn.error",
+                "Shutting down: Master": "gunicorn.error"}
+CLOSING_ERROR = "Error while closing socket"
+
+
+def _drive(kassa: KassaProcess, prefix: str) -> None:
+    """An account and a deposit waiting for its outcome, each under its own X-Request-Id."""
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    r = httpx.post(f"{kassa.url}/v1/accounts", json={"id": "a", "currency": "USD"},
+                   headers={**headers, "X-Request-Id": f"{prefix}-account"})
+    assert r.status_code == 201, r.text
+    r = httpx.post(f"{kassa.url}/v1/transactions?wait=true", json={
+        "type": "deposit", "currency": "USD", "destination": "a", "amount": 5},
+        headers={**headers, "X-Request-Id": f"{prefix}-deposit"})
+    assert r.status_code == 201, r.text
+
+
+def _assert_request_lines(entries: list[tuple[str, str]], rid: str, request: str,
+                          status: int) -> None:
+    """`entries` (request id, message) in the order written: the request's lines start with
+    its [REQUEST START] and end with its [REQUEST END], both under its id."""
+    mine = [message for r, message in entries if r == rid]
+    assert mine, f"no line under {rid}"
+    assert mine[0] == f"[REQUEST START] {request}", mine
+    assert re.fullmatch(rf"\[REQUEST END\] {re.escape(request)}: {status} in [\d.]+ms", mine[-1]), mine
+    assert sum(m.startswith("[REQUEST ") for m in mine) == 2, mine
+
+
+@pytest.mark.slow
+def test_kassa_serve_writes_text_lines_a_person_can_follow(
+        pg_server: PostgresServer, redis_server: RedisServer) -> None:
+    dsn = asyncio.run(new_database(pg_server))
+    kassa = start_kassa({**SERVE_ENV, "KASSA_DATABASE_URL": dsn, "KASSA_REDIS_URL": redis_server.url,
+                         "KASSA_LOG_LEVEL": "info"}, workers=1)
+    try:
+        _drive(kassa, "text-log-e2e")
+    finally:
+        assert kassa.stop() == 0, kassa.log()  # SIGTERM
+    log = kassa.log()
+    assert "Errno 9" not in log and CLOSING_ERROR not in log, log
+    lines = [line for line in log.splitlines() if line.strip()]
+    parsed = [TEXT_LINE.fullmatch(line) for line in lines]
+    assert all(parsed), [line for line, m in zip(lines, parsed, strict=True) if not m]
+    matches = [m for m in parsed if m is not None]
+    for text, logger in SERVER_LINES.items():
+        assert any(m["logger"] == logger and m["message"].startswith(text) for m in matches), \
+            (text, log)
+    entries = [(m["rid"], m["message"]) for m in matches]
+    _assert_request_lines(entries, "text-log-e2e-account", "POST /v1/accounts", 201)
+    _assert_request_lines(entries, "text-log-e2e-deposit", "POST /v1/transactions?wait=true", 201)
+
+
 @pytest.mark.slow
 def test_kassa_serve_writes_json_lines(pg_server: PostgresServer, redis_server: RedisServer) -> None:
     dsn = asyncio.run(new_database(pg_server))
     kassa = start_kassa({**SERVE_ENV, "KASSA_DATABASE_URL": dsn, "KASSA_REDIS_URL": redis_server.url,
                          "KASSA_LOG_FORMAT": "json", "KASSA_LOG_LEVEL": "info"})
     try:
-        headers = {"Authorization": f"Bearer {ADMIN_KEY}", "X-Request-Id": "json-log-e2e"}
-        r = httpx.post(f"{kassa.url}/v1/accounts", json={"id": "a", "currency": "USD"},
-                       headers=headers)
-        assert r.status_code == 201, r.text
-        r = httpx.post(f"{kassa.url}/v1/transactions?wait=true", headers=headers, json={
-            "type": "deposit", "currency": "USD", "destination": "a", "amount": 5})
-        assert r.status_code == 201, r.text
+        _drive(kassa, "json-log-e2e")
     finally:
-        assert kassa.stop() == 0, kassa.log()
+        assert kassa.stop() == 0, kassa.log()  # SIGTERM
     lines = [line for line in kassa.log().splitlines() if line.strip()]
     entries = [json.loads(line) for line in lines]  # every line: one JSON object
-    assert any(e["request_id"] == "json-log-e2e" for e in entries), lines
+    assert all(e.keys() >= {"time", "level", "logger", "pid", "request_id", "message"}
+               for e in entries), lines
+    for text, logger in SERVER_LINES.items():
+        assert any(e["logger"] == logger and e["message"].startswith(text) for e in entries), \
+            (text, lines)
+    assert not any(CLOSING_ERROR in e["message"] for e in entries), lines
+    rid_lines = [(e["request_id"], e["message"]) for e in entries]
+    _assert_request_lines(rid_lines, "json-log-e2e-account", "POST /v1/accounts", 201)
+    _assert_request_lines(rid_lines, "json-log-e2e-deposit", "POST /v1/transactions?wait=true", 201)
     services = (kassa.data_dir / "receipt-service.log").read_text().splitlines()
     assert all(json.loads(line)["pid"] for line in services if line.strip())
+
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+_PLAIN_HINT = "use `kassa serve` for the embedded stack"
+_DSN = "postgresql://kassa@127.0.0.1:1/kassa"  # never reached: the refusal comes first
+
+
+@pytest.mark.parametrize(("env", "line"), [
+    ({"KASSA_DATABASE_URL": _DSN},
+     "kassa: configuration error: KASSA_KAFKA_BOOTSTRAP_SERVERS is required under plain "
+     f"gunicorn (the outbox relay publishes events there); {_PLAIN_HINT}"),
+    ({"KASSA_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+     "kassa: configuration error: KASSA_DATABASE_URL is required under plain gunicorn (run "
+     f"`kassa migrate` on it first); {_PLAIN_HINT}"),
+    ({"KASSA_DATABASE_URL": _DSN, "KASSA_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+      "KASSA_LOG_FORMAT": "yaml"},
+     "kassa: configuration error: KASSA_LOG_FORMAT='yaml': use one of ('text', 'json')"),
+], ids=["no-kafka", "no-database", "invalid-value"])
+def test_plain_gunicorn_refuses_what_it_cannot_serve_in_one_line(
+        env: dict[str, str], line: str) -> None:
+    """The README's `gunicorn -c gunicorn.conf.py ...`: no embedded stack, so no broker means
+    no outbox relay; it stops before binding, as `kassa serve` refuses a bad configuration."""
+    result = subprocess.run(
+        [str(GUNICORN), "-c", "gunicorn.conf.py", "server.process.asgi:create_app()"],
+        cwd=ROOT, env=serve_env(env), capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr, result.stdout) == (2, line + "\n", ""), result

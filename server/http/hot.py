@@ -10,6 +10,11 @@ Every HTTP request passes `HotRoutes.__call__`, which also records it for the HT
 (`Api.record_request`): the route template (a hot route's path, or the Starlette route that
 matched, which Starlette leaves in `scope["route"]`; `unmatched` when none did), the method,
 the answer's status and the time to the answer's last byte.
+
+It also writes a request's first and last log lines, both under its `X-Request-Id`:
+`[REQUEST START] POST /v1/transactions?wait=true` on arrival and `[REQUEST END] POST
+/v1/transactions?wait=true: 201 in 3.1ms` after its answer, at info (the probes and
+/metrics at debug), so every line written for a request comes between the two.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ _JSON = (b"content-type", b"application/json")
 _REQUEST_ID = b"x-request-id"
 _CLIENT_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 UNMATCHED = "unmatched"  # the route label of a request no route matched (a 404)
+# Polled all the time by load balancers and Prometheus: their request lines at debug only.
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -113,6 +120,12 @@ class HotRoutes:
         path = scope["path"]
         route = path
         status = 500  # unless an answer started
+        level = logging.DEBUG if path in _QUIET_PATHS else logging.INFO
+        target = ""
+        if log.isEnabledFor(level):
+            query = scope["query_string"]
+            target = f"{scope['method']} {path}" + (f"?{query.decode('latin-1')}" if query else "")
+            log.log(level, "[REQUEST START] %s", target)
         try:
             if path in self._paths and ((scope["method"], path) in self._routes
                                         or path not in self._shared):
@@ -126,6 +139,9 @@ class HotRoutes:
                     matched = scope.get("route")
                     route = getattr(matched, "path", UNMATCHED) if matched is not None else UNMATCHED
         finally:
+            if target:
+                log.log(level, "[REQUEST END] %s: %d in %.1fms", target, status,
+                        (perf_counter() - start) * 1000)
             REQUEST_ID.reset(token)
             record = self._recorder()
             if record is not None:

@@ -21,22 +21,41 @@ class KassaWorker(UvicornWorker):
     CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools", "lifespan": "on",
                      "access_log": False, "server_header": False, "proxy_headers": False}
 
+    def run(self) -> None:
+        # uvloop closes a listening socket it serves itself when the server closes: libuv
+        # closes the descriptor, then uvloop calls the socket object's close() and ignores
+        # the EBADF that follows. Handed gunicorn's wrappers (gunicorn/sock.py), that
+        # close() is gunicorn's, which catches the EBADF first and logged "Error while
+        # closing socket [Errno 9] Bad file descriptor" at every stop. So uvicorn gets the
+        # sockets themselves; its own close() after the server's is a no-op on them.
+        self.sockets = [getattr(s, "sock", s) for s in self.sockets]
+        super().run()
 
-class JsonLogger(Logger):  # type: ignore[misc]
-    """gunicorn's error and access logs (uvicorn's too: its worker shares their handlers)
-    as JSON lines, like the rest of Kassa's under KASSA_LOG_FORMAT=json."""
+
+class KassaLogger(Logger):  # type: ignore[misc]
+    """gunicorn's error and access logs in Kassa's format (server/process/logs.py), and so
+    uvicorn's too: its worker writes through their handlers ("Booting worker", "Started
+    server process", "Handling signal: term" read like every other line)."""
+
+    log_format = "text"
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)  # also on SIGHUP/USR1: handlers are remade, formatted again
         for logger in (self.error_log, self.access_log):
             for handler in logger.handlers:
-                use_format(handler, "json")
+                use_format(handler, self.log_format)
+
+
+class JsonLogger(KassaLogger):
+    """The same as JSON lines, like the rest of Kassa's under KASSA_LOG_FORMAT=json."""
+
+    log_format = "json"
 
 
 def gunicorn_options(host: str, port: int, workers: int, log_level: str,
                      log_format: str = "text") -> dict[str, Any]:
     """The tuned defaults (docs/performance.md says how they were chosen)."""
-    json_logs = {"logger_class": "server.process.gunicorn_app.JsonLogger"}
+    logger = "JsonLogger" if log_format == "json" else "KassaLogger"
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
@@ -51,7 +70,7 @@ def gunicorn_options(host: str, port: int, workers: int, log_level: str,
         # Several servers may run side by side (tests, benchmarks): no shared control socket.
         "control_socket_disable": True,
         "child_exit": child_exit,
-        **(json_logs if log_format == "json" else {}),
+        "logger_class": f"server.process.gunicorn_app.{logger}",
     }
 
 
