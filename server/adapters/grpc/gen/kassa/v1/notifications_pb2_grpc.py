@@ -5,7 +5,7 @@ import warnings
 
 from server.adapters.grpc.gen.kassa.v1 import notifications_pb2 as kassa_dot_v1_dot_notifications__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
