@@ -19,7 +19,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from bench import k6, naive, report, scenarios, seed, stack, wrk
+from bench import goals, k6, naive, report, scenarios, seed, stack, wrk
 from bench.scenarios import SCENARIOS, RunOptions, Scenario
 from bench.wrk import LoadResult
 
@@ -229,8 +229,10 @@ def finish(args: argparse.Namespace, results: list[dict[str, Any]], errors: list
     for r in results:
         r["several_builds"] = several  # names carry the build: async@main, async@old
     found = report.ratios(results)
+    judged = goals.evaluate(results)
     for r in results:
         r["ratios_in_this_run"] = found
+        r["goals_in_this_run"] = judged
         report.write_json(r, date, args.results_dir)
     if not results:
         print("\nBENCHMARK FAILED: no scenario finished:\n  " + "\n  ".join(errors), file=sys.stderr)
@@ -242,7 +244,8 @@ def finish(args: argparse.Namespace, results: list[dict[str, Any]], errors: list
         print(line)
     for name, value in found.items():
         print(f"ratio {name}: {value}")
-    for line in report.targets_text(results, found):
+    # Throughput goals are ratios to the baselines measured above, in this same run.
+    for line in goals.text(judged):
         print(f"goal: {line}")
     print(f"\nresults: {args.results_dir}/{date}-<scenario>.json, chart {png}")
     failed = errors + [f"{report.name(r)}: {f}" for r in results for f in r["failures"]]

@@ -144,7 +144,9 @@ class NaiveServer:
 def start(backends: Backends, workers: int, log_path: Path) -> NaiveServer:
     port = free_port()
     # As Kassa's gunicorn_options: the same backlog and keep-alive, no control socket.
-    argv = [sys.executable, "-m", "gunicorn", "--workers", str(workers),
+    # -c: not Kassa's ./gunicorn.conf.py, which gunicorn would read from the cwd otherwise.
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "bench" / "naive_gunicorn.conf.py"),
+            "--workers", str(workers),
             "--worker-class", "bench.naive_server.NaiveWorker", "--bind", f"127.0.0.1:{port}",
             "--backlog", "2048", "--keep-alive", "30", "--log-level", "warning",
             "--no-control-socket", "bench.naive_server:app"]
