@@ -1,5 +1,6 @@
 """py-spy profiles of the gunicorn workers and the receipt service while a scenario's load
-runs (--profile): a flame graph per process and a top-20 table of the hottest functions."""
+runs (--profile): folded stacks per process (`.folded`, for speedscope or any flame graph
+tool) and a top-20 table of the hottest functions made from them."""
 
 from __future__ import annotations
 
