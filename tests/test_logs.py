@@ -1,6 +1,7 @@
 """Log lines: text by default, one JSON object per line with KASSA_LOG_FORMAT=json, both
 naming the request (X-Request-Id) they were written for; gunicorn's and uvicorn's own lines
-in the same format; a request's start line before its end line; a stop without
+in the same format; at info, a transaction's start line before its outcome line, both
+under its request's id (and a refused one's refusal line); a stop without
 "Error while closing socket"; plain gunicorn refusing a configuration it cannot serve."""
 
 from __future__ import annotations
@@ -84,27 +85,50 @@ SERVER_LINES = {"Booting worker with pid": "gunicorn.error",
 CLOSING_ERROR = "Error while closing socket"
 
 
-def _drive(kassa: KassaProcess, prefix: str) -> None:
-    """An account and a deposit waiting for its outcome, each under its own X-Request-Id."""
+def _drive(kassa: KassaProcess, prefix: str) -> dict[str, str]:
+    """Two accounts, a deposit waiting for its outcome, an async transfer and a transfer
+    refused for funds, each under its own X-Request-Id; the receipt code of each of the
+    first two by its request id."""
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    r = httpx.post(f"{kassa.url}/v1/accounts", json={"id": "a", "currency": "USD"},
-                   headers={**headers, "X-Request-Id": f"{prefix}-account"})
-    assert r.status_code == 201, r.text
+    for account in ("a", "b"):
+        r = httpx.post(f"{kassa.url}/v1/accounts", json={"id": account, "currency": "USD"},
+                       headers={**headers, "X-Request-Id": f"{prefix}-account-{account}"})
+        assert r.status_code == 201, r.text
+    codes = {}
     r = httpx.post(f"{kassa.url}/v1/transactions?wait=true", json={
         "type": "deposit", "currency": "USD", "destination": "a", "amount": 5},
         headers={**headers, "X-Request-Id": f"{prefix}-deposit"})
     assert r.status_code == 201, r.text
+    codes[f"{prefix}-deposit"] = r.json()["receipt_code"]
+    r = httpx.post(f"{kassa.url}/v1/transactions", json={
+        "type": "transfer", "currency": "USD", "source": "a", "destination": "b", "amount": 2},
+        headers={**headers, "X-Request-Id": f"{prefix}-transfer"})
+    assert r.status_code == 202, r.text
+    codes[f"{prefix}-transfer"] = r.json()["receipt_code"]
+    r = httpx.post(f"{kassa.url}/v1/transactions?wait=true", json={
+        "type": "transfer", "currency": "USD", "source": "b", "destination": "a", "amount": 50},
+        headers={**headers, "X-Request-Id": f"{prefix}-refused"})
+    assert r.status_code == 422, r.text
+    return codes
 
 
-def _assert_request_lines(entries: list[tuple[str, str]], rid: str, request: str,
-                          status: int) -> None:
-    """`entries` (request id, message) in the order written: the request's lines start with
-    its [REQUEST START] and end with its [REQUEST END], both under its id."""
-    mine = [message for r, message in entries if r == rid]
-    assert mine, f"no line under {rid}"
-    assert mine[0] == f"[REQUEST START] {request}", mine
-    assert re.fullmatch(rf"\[REQUEST END\] {re.escape(request)}: {status} in [\d.]+ms", mine[-1]), mine
-    assert sum(m.startswith("[REQUEST ") for m in mine) == 2, mine
+def _assert_transaction_lines(entries: list[tuple[str, str]], codes: dict[str, str],
+                              prefix: str) -> None:
+    """`entries` (request id, message) in the order written. At info the lines a person
+    follows a request by are its transaction's: [TRANSACTION START], then [TRANSACTION
+    SUCCESS], both under its X-Request-Id and naming its receipt; a refused transaction's
+    one [TRANSACTION REFUSED]. The per-request [REQUEST START]/[REQUEST END] are debug only."""
+    assert not any(m.startswith("[REQUEST ") for _, m in entries), entries
+    for rid, code in codes.items():
+        mine = [message for r, message in entries if r == rid]
+        assert len(mine) == 2, (rid, mine)
+        assert mine[0].startswith(f"[TRANSACTION START] Receipt: {code} | "), (rid, mine)
+        assert re.fullmatch(rf"\[TRANSACTION SUCCESS\] Receipt: {code} \| Journal ID: \d+ \| "
+                            r"Status: completed \| Duration: [\d.]+ms", mine[1]), (rid, mine)
+        assert sum(code in m for _, m in entries) == 2, (code, entries)  # none under another id
+    assert [m for r, m in entries if r == f"{prefix}-refused"] == [
+        "[TRANSACTION REFUSED] Type: transfer | Amount: 50 | Accounts: 2 | "
+        "Error: insufficient_funds"], entries
 
 
 @pytest.mark.slow
@@ -114,7 +138,7 @@ def test_kassa_serve_writes_text_lines_a_person_can_follow(
     kassa = start_kassa({**SERVE_ENV, "KASSA_DATABASE_URL": dsn, "KASSA_REDIS_URL": redis_server.url,
                          "KASSA_LOG_LEVEL": "info"}, workers=1)
     try:
-        _drive(kassa, "text-log-e2e")
+        codes = _drive(kassa, "text-log-e2e")
     finally:
         assert kassa.stop() == 0, kassa.log()  # SIGTERM
     log = kassa.log()
@@ -126,9 +150,7 @@ def test_kassa_serve_writes_text_lines_a_person_can_follow(
     for text, logger in SERVER_LINES.items():
         assert any(m["logger"] == logger and m["message"].startswith(text) for m in matches), \
             (text, log)
-    entries = [(m["rid"], m["message"]) for m in matches]
-    _assert_request_lines(entries, "text-log-e2e-account", "POST /v1/accounts", 201)
-    _assert_request_lines(entries, "text-log-e2e-deposit", "POST /v1/transactions?wait=true", 201)
+    _assert_transaction_lines([(m["rid"], m["message"]) for m in matches], codes, "text-log-e2e")
 
 
 @pytest.mark.slow
@@ -137,7 +159,7 @@ def test_kassa_serve_writes_json_lines(pg_server: PostgresServer, redis_server: 
     kassa = start_kassa({**SERVE_ENV, "KASSA_DATABASE_URL": dsn, "KASSA_REDIS_URL": redis_server.url,
                          "KASSA_LOG_FORMAT": "json", "KASSA_LOG_LEVEL": "info"})
     try:
-        _drive(kassa, "json-log-e2e")
+        codes = _drive(kassa, "json-log-e2e")
     finally:
         assert kassa.stop() == 0, kassa.log()  # SIGTERM
     lines = [line for line in kassa.log().splitlines() if line.strip()]
@@ -148,9 +170,8 @@ def test_kassa_serve_writes_json_lines(pg_server: PostgresServer, redis_server: 
         assert any(e["logger"] == logger and e["message"].startswith(text) for e in entries), \
             (text, lines)
     assert not any(CLOSING_ERROR in e["message"] for e in entries), lines
-    rid_lines = [(e["request_id"], e["message"]) for e in entries]
-    _assert_request_lines(rid_lines, "json-log-e2e-account", "POST /v1/accounts", 201)
-    _assert_request_lines(rid_lines, "json-log-e2e-deposit", "POST /v1/transactions?wait=true", 201)
+    _assert_transaction_lines([(e["request_id"], e["message"]) for e in entries], codes,
+                              "json-log-e2e")
     services = (kassa.data_dir / "receipt-service.log").read_text().splitlines()
     assert all(json.loads(line)["pid"] for line in services if line.strip())
 

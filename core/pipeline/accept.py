@@ -4,6 +4,16 @@ validate (done by the caller) → idempotency → pre-validate on the cached vie
 reserve queue room → receipt code → durable journal (group commit) → queue → answer.
 A 202 is given only after the journal is committed; a full queue refuses before
 anything is written.
+
+Log lines at info, under the request's X-Request-Id: `[TRANSACTION START]` once the receipt
+code is known and before the journal is submitted, so it precedes the outcome line whoever
+writes that (core/pipeline/effects.py, on the id kept on the journal and its Task). A
+request that gets no outcome line gets one of its own: `[TRANSACTION REPLAY]` (a repeat of
+an Idempotency-Key: the receipt it is answered with, and the code its START named, unused),
+`[TRANSACTION REFUSED]` (refused by the ledger's rules or the key's first request) or
+`[TRANSACTION ERROR]` (not recorded after its START). A 503 before a receipt code (queue
+full, receipt source down) logs only the rate-limited markers of its cause: shedding load
+costs no line per request. None of these lines is on the path of an accepted transaction.
 """
 
 from __future__ import annotations
@@ -14,8 +24,15 @@ import time
 from collections.abc import Callable
 
 from core.kit.batcher import Batcher
+from core.kit.request_context import REQUEST_ID
 from core.ledger.decide import Outcome, prevalidate
-from core.ledger.errors import InsufficientFunds, KassaError, Overloaded, Unavailable
+from core.ledger.errors import (
+    IdempotencyKeyReused,
+    InsufficientFunds,
+    KassaError,
+    Overloaded,
+    Unavailable,
+)
 from core.ledger.models import AccountSnapshot, Transaction
 from core.pipeline.idempotency import IdempotencyGate, replay_of_journal
 from core.pipeline.observer import NullObserver, Observer
@@ -73,8 +90,13 @@ class TransactionService:
         started = self._clock()
         owned = False
         if sub.idempotency_key is not None and self._idem is not None and sub.cached_key:
-            replay, owned = await self._idem.begin(sub)
+            try:
+                replay, owned = await self._idem.begin(sub)
+            except KassaError as exc:  # the key's first request differs or is in flight
+                _log_refused(exc, sub.transaction)
+                raise
             if replay is not None:
+                _log_replay(replay.receipt_code, None)
                 return replay
         try:
             accepted = await self._accept(sub, started, accounts)
@@ -138,13 +160,18 @@ class TransactionService:
             self._pool.release(len(ok))
             return [exc if r is None else r for r in refusals]
         answers: list[Submitted | KassaError | Task | None] = list(refusals)
+        if log.isEnabledFor(logging.INFO):
+            for i, code in zip(ok, codes, strict=True):
+                _log_start(code, subs[i].transaction)
         us = int((self._clock() - started) * 1e6)
+        rid = REQUEST_ID.get()  # every item of a batch request is logged under its id
         recorded = await asyncio.gather(*(self._journals.submit(PendingJournal(
             code, subs[i].transaction, None, None, None, "sync" if subs[i].wait else "async", us,
-            self._owner)) for i, code in zip(ok, codes, strict=True)), return_exceptions=True)
+            self._owner, rid)) for i, code in zip(ok, codes, strict=True)),
+            return_exceptions=True)
         processing_time = format_ms(self._clock() - started)
         for i, code, result in zip(ok, codes, recorded, strict=True):
-            answers[i] = self._accepted_item(subs[i], code, result, started, processing_time)
+            answers[i] = self._accepted_item(subs[i], code, result, started, processing_time, rid)
         self._observer.accepted("transaction", self._clock() - started, len(ok))
         tasks = [a for a in answers if isinstance(a, Task)]
         finished = iter(await asyncio.gather(*(self._wait(t, processing_time) for t in tasks)))
@@ -161,36 +188,31 @@ class TransactionService:
                 sorted({a for i in short for a in subs[i].transaction.account_ids}), fresh=True)
             for i in short:
                 errors[i] = prevalidate(subs[i].transaction, fresh)
-        for error in errors:
+        for sub, error in zip(subs, errors, strict=True):
             if error is not None:
                 self._observer.refused(error.code)
+                _log_refused(error, sub.transaction)
         return errors
 
     def _accepted_item(self, sub: Submission, code: str, result: object, started: float,
-                       processing_time: str) -> Submitted | KassaError | Task:
+                       processing_time: str, rid: str) -> Submitted | KassaError | Task:
         """One recorded item: its answer, or its Task when it waits for a writer."""
         if isinstance(result, BaseException):
             self._pool.release()
-            if isinstance(result, KassaError):
-                return result
-            log.error("recording a batch item failed", exc_info=result)
-            return Unavailable("the transaction could not be recorded", retry_after_s=1)
-        self._log_start(code, sub.transaction)
+            if not isinstance(result, KassaError):
+                log.error("recording a batch item failed", exc_info=result)
+                result = Unavailable("the transaction could not be recorded", retry_after_s=1)
+            _log_unrecorded(code, result)
+            return result
         if isinstance(result, Outcome):  # applied in the accept's commit
             self._pool.release()
             return (_finished(code, processing_time, result, sub.transaction) if sub.wait
                     else Accepted(code, processing_time))
         assert isinstance(result, int)
         waiter = asyncio.get_running_loop().create_future() if sub.wait else None
-        task = Task(result, code, sub.transaction, started, waiter)
+        task = Task(result, code, sub.transaction, started, waiter, rid)
         self._pool.put(task)
         return task if sub.wait else Accepted(code, processing_time)
-
-    @staticmethod
-    def _log_start(code: str, tx: Transaction) -> None:
-        if log.isEnabledFor(logging.INFO):
-            log.info("[TRANSACTION START] Receipt: %s | Type: %s | Amount: %d | Accounts: %d",
-                     code, tx.type, tx.amount, len(tx.account_ids))
 
     async def _accept(self, sub: Submission, started: float,
                       accounts: dict[str, AccountSnapshot] | None
@@ -205,32 +227,49 @@ class TransactionService:
             error = prevalidate(tx, await self._accounts.get_accounts(tx.account_ids, fresh=True))
         if error is not None:
             self._observer.refused(error.code)
+            _log_refused(error, tx)
             raise error
         self._pool.reserve()
         try:
             # From this process's stock of codes: no await unless it ran dry (then 503).
             code = (await self._receipts.next_codes(1))[0]
-            result = await self._journals.submit(PendingJournal(
-                code, tx, sub.scope, sub.idempotency_key, sub.request_hash,
-                "sync" if sub.wait else "async",
-                int((self._clock() - started) * 1e6), self._owner))
         except BaseException:
             self._pool.release()
             raise
+        # Before the journal is submitted: an outcome applied in the accept commit is logged
+        # by an effect worker, possibly before this coroutine resumes.
+        if log.isEnabledFor(logging.INFO):
+            _log_start(code, tx)
+        rid = REQUEST_ID.get()
+        try:
+            result = await self._journals.submit(PendingJournal(
+                code, tx, sub.scope, sub.idempotency_key, sub.request_hash,
+                "sync" if sub.wait else "async",
+                int((self._clock() - started) * 1e6), self._owner, rid))
+        except BaseException as exc:
+            self._pool.release()
+            if isinstance(exc, Exception):
+                _log_unrecorded(code, exc)
+            raise
         if isinstance(result, ExistingJournal):
             self._pool.release()
-            return replay_of_journal(sub, result)
+            try:
+                replay = replay_of_journal(sub, result)
+            except KassaError as exc:  # the key was used with another request
+                _log_unrecorded(code, exc)
+                raise
+            _log_replay(result.receipt_code, code)
+            return replay
         done: Task | Outcome
         if isinstance(result, Outcome):  # applied in the accept's commit
             self._pool.release()
             done = result
         else:
             waiter = asyncio.get_running_loop().create_future() if sub.wait else None
-            done = Task(result, code, tx, started, waiter)
+            done = Task(result, code, tx, started, waiter, rid)
             self._pool.put(done)
         elapsed = self._clock() - started
         self._observer.accepted("transaction", elapsed)
-        self._log_start(code, tx)
         return code, format_ms(elapsed), done
 
     async def _wait(self, task: Task, processing_time: str) -> Submitted:
@@ -247,3 +286,30 @@ class TransactionService:
 
 def _finished(code: str, processing_time: str, outcome: Outcome, tx: Transaction) -> Finished:
     return Finished(code, processing_time, outcome, tx)
+
+
+def _log_start(code: str, tx: Transaction) -> None:
+    log.info("[TRANSACTION START] Receipt: %s | Type: %s | Amount: %d | Accounts: %d",
+             code, tx.type, tx.amount, len(tx.account_ids))
+
+
+def _log_refused(error: KassaError, tx: Transaction) -> None:
+    """Refused before a receipt code: no START, this is the request's one line."""
+    log.info("[TRANSACTION REFUSED] Type: %s | Amount: %d | Accounts: %d | Error: %s",
+             tx.type, tx.amount, len(tx.account_ids), error.code)
+
+
+def _log_unrecorded(code: str, error: Exception) -> None:
+    """After its START, the transaction was not recorded (or its key names another request)."""
+    kind = "REFUSED" if isinstance(error, IdempotencyKeyReused) else "ERROR"
+    log.info("[TRANSACTION %s] Receipt: %s | Error: %s", kind, code,
+             getattr(error, "code", "internal"))
+
+
+def _log_replay(receipt_code: str, unused: str | None) -> None:
+    """A repeat of an Idempotency-Key, answered with its first request's receipt; `unused`:
+    the code the repeat's START named, which no journal carries (a gap)."""
+    if unused is None:
+        log.info("[TRANSACTION REPLAY] Receipt: %s", receipt_code)
+    else:
+        log.info("[TRANSACTION REPLAY] Receipt: %s | Unused: %s", receipt_code, unused)

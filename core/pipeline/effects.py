@@ -1,4 +1,9 @@
-"""After a batch commits: status, receipt status, notifications, cached balances, relay."""
+"""After a batch commits: status, receipt status, notifications, cached balances, relay.
+
+A transaction's outcome line is written here, by an effect worker that serves no request:
+it is written under the X-Request-Id of the request that submitted the transaction (kept
+on its Task), so that it follows that request's `[TRANSACTION START]` under the same id.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from core.kit.clock import utc_now_iso
+from core.kit.request_context import log_info_for
 from core.ledger.decide import Outcome
 from core.ledger.linked import Target
 from core.ledger.models import AccountSnapshot, Transaction
@@ -95,7 +101,7 @@ class PostCommit:
             key = (outcome.status, task.transaction.type)
             counts[key] = counts.get(key, 0) + 1
             if logging_info:
-                self._log(outcome, now - task.accepted_at)
+                self._log(outcome, now - task.accepted_at, task.request_id)
             if self._notifier is not None:
                 touched = [executed.accounts[a] for a in task.transaction.account_ids
                            if a in executed.accounts]
@@ -109,11 +115,12 @@ class PostCommit:
         self._observer.finished(counts, [now - task.accepted_at for task in executed.tasks])
 
     @staticmethod
-    def _log(outcome: Outcome, seconds: float) -> None:
+    def _log(outcome: Outcome, seconds: float, request_id: str) -> None:
         if outcome.error is None:  # completed, held (a hold) or voided (a void)
-            log.info("[TRANSACTION SUCCESS] Receipt: %s | Journal ID: %d | Status: %s | "
-                     "Duration: %.1fms", outcome.receipt_code, outcome.journal_id,
-                     outcome.status, seconds * 1000)
+            log_info_for(request_id, log, "[TRANSACTION SUCCESS] Receipt: %s | Journal ID: %d | "
+                         "Status: %s | Duration: %.1fms", outcome.receipt_code,
+                         outcome.journal_id, outcome.status, seconds * 1000)
         else:
-            log.info("[TRANSACTION ERROR] Receipt: %s | Journal ID: %d | Error: %s",
-                     outcome.receipt_code, outcome.journal_id, outcome.error.code)
+            log_info_for(request_id, log, "[TRANSACTION ERROR] Receipt: %s | Journal ID: %d | "
+                         "Error: %s", outcome.receipt_code, outcome.journal_id,
+                         outcome.error.code)

@@ -124,7 +124,8 @@ def landed_results(journals: list[PendingJournal], found: dict[str, RecordedJour
             results.append(row.journal_id)
         else:
             outcome = Outcome(row.journal_id, row.receipt_code, row.status, row.entries, row.error)
-            executed.tasks.append(Task(row.journal_id, row.receipt_code, journal.transaction, now))
+            executed.tasks.append(Task(row.journal_id, row.receipt_code, journal.transaction,
+                                       now, request_id=journal.request_id))
             executed.outcomes.append(outcome)
             results.append(outcome)
     return results, executed

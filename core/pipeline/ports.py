@@ -83,6 +83,9 @@ class PendingJournal(msgspec.Struct, frozen=True):
     mode: str  # "async" | "sync"
     accept_time_us: int
     lease_owner: str
+    # The submitting request's X-Request-Id, carried to its outcome's log line when it is
+    # applied in the accept commit (by the accept batcher, which serves no request). Not stored.
+    request_id: str = "-"
 
 
 class ExistingJournal(msgspec.Struct, frozen=True):

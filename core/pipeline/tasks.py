@@ -22,3 +22,6 @@ class Task:
     transaction: Transaction
     accepted_at: float  # monotonic seconds
     waiter: asyncio.Future[Outcome | None] | None = None
+    # The X-Request-Id of the request that submitted it, for its outcome's log line (the
+    # writers and effect workers serve no request); `-` for recovered journals.
+    request_id: str = "-"

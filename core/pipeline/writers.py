@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from core.kit.request_context import log_info_for
 from core.ledger.decide import Outcome
 from core.ledger.errors import KassaError, Rejected
 from core.ledger.models import ErrorBody
@@ -36,7 +37,8 @@ class BatchWriter:
         or None when it is left to recovery."""
         started = time.monotonic()
         for task in batch:
-            log.info("[TRANSACTION EXECUTING] Worker: %d | Receipt: %s", number, task.receipt_code)
+            log_info_for(task.request_id, log, "[TRANSACTION EXECUTING] Worker: %d | Receipt: %s",
+                         number, task.receipt_code)
         executed = await self._execute_isolated(batch)
         if executed is None:
             resolve(batch, None)

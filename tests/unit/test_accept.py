@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
+import re
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
+from core.kit.request_context import REQUEST_ID
 from core.ledger.decide import MESSAGES, Outcome
 from core.ledger.errors import (
     AccountNotFound,
@@ -18,7 +24,10 @@ from core.ledger.errors import (
 from core.ledger.models import AccountSnapshot, ErrorBody
 from core.ledger.status import COMPLETED, FAILED, PROCESSING
 from core.pipeline.submission import Accepted, Finished, Replayed
+from server.process.logs import RequestIdFilter
 from tests.unit.conftest import PipelineFactory, deposit, submission, transfer
+
+T = TypeVar("T")
 
 
 def finished(answer: object) -> Outcome:
@@ -260,3 +269,153 @@ async def test_concurrent_debits_never_pass_the_overdraft_limit(make_pipeline: P
     statuses = [finished(a).status for a in answers]
     assert statuses.count(COMPLETED) == 2 and statuses.count(FAILED) == 4
     assert (p.store.balance("carol"), p.store.balance("bob")) == (-40, 40)
+
+
+# ---- log lines a person can follow: START before the outcome, under the request's id ----
+
+Lines = Callable[[], list[tuple[str, str]]]
+
+
+@pytest.fixture
+def lines(caplog: pytest.LogCaptureFixture) -> Lines:
+    """The [TRANSACTION ...] lines as written: (request id, message), the id as the log
+    handler's RequestIdFilter stamps it (server/process/logs.py)."""
+    caplog.set_level(logging.INFO, logger="kassa")
+    caplog.handler.addFilter(RequestIdFilter())
+    return lambda: [(r.request_id, r.getMessage()) for r in caplog.records  # type: ignore[attr-defined]
+                    if r.getMessage().startswith("[TRANSACTION ")]
+
+
+async def as_request(request_id: str, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` as server/http/hot.py runs a request: in its own task, under its id (the
+    pool's writers and effect workers were started outside any request)."""
+    context = contextvars.copy_context()
+    context.run(REQUEST_ID.set, request_id)
+    return await asyncio.create_task(work, context=context)
+
+
+def start(code: str) -> str:
+    return f"[TRANSACTION START] Receipt: {code} | Type: transfer | Amount: 30 | Accounts: 2"
+
+
+def success(message: str, code: str) -> bool:
+    return re.fullmatch(rf"\[TRANSACTION SUCCESS\] Receipt: {code} \| Journal ID: \d+ \| "
+                        r"Status: completed \| Duration: [\d.]+ms", message) is not None
+
+
+@pytest.mark.parametrize("wait", [True, False], ids=["wait", "async"])
+@pytest.mark.parametrize("apply_at_accept", [True, False], ids=["apply", "queue"])
+async def test_start_comes_before_the_outcome_both_under_the_request_id(
+        make_pipeline: PipelineFactory, lines: Lines, apply_at_accept: bool, wait: bool) -> None:
+    """Applied in the accept commit, the outcome is logged by an effect worker as soon as
+    the commit returns, maybe before the request's coroutine resumes: START is written
+    before the journal is submitted, and the outcome line under the id kept on the journal."""
+    p = await make_pipeline(apply_at_accept=apply_at_accept)
+    answer = await as_request("req-1", p.service.submit(submission(transfer(30), wait=wait)))
+    await p.drain()
+    code = answer.receipt_code
+    executing = [] if apply_at_accept else [f"[TRANSACTION EXECUTING] Worker: 0 | Receipt: {code}"]
+    assert {rid for rid, _ in lines()} == {"req-1"}, lines()
+    messages = [message for _, message in lines()]
+    assert messages[:-1] == [start(code), *executing] and success(messages[-1], code), messages
+    assert REQUEST_ID.get() == "-"
+
+
+async def test_concurrent_requests_each_have_their_lines_under_their_own_id(
+        make_pipeline: PipelineFactory, lines: Lines) -> None:
+    """Two requests applied in one writer batch: each outcome line under its own request."""
+    p = await make_pipeline(start=False)  # queued until the writer starts: one batch
+    answers = await asyncio.gather(*(as_request(f"req-{n}", p.service.submit(
+        submission(transfer(30)))) for n in (1, 2)))
+    p.pool.start()
+    await p.drain()
+    for n, answer in enumerate(answers, 1):
+        mine = [message for rid, message in lines() if rid == f"req-{n}"]
+        assert len(mine) == 3 and mine[0] == start(answer.receipt_code), lines()
+        assert mine[1] == f"[TRANSACTION EXECUTING] Worker: 0 | Receipt: {answer.receipt_code}"
+        assert success(mine[2], answer.receipt_code), lines()
+
+
+@pytest.mark.parametrize("apply_at_accept", [True, False], ids=["apply", "queue"])
+async def test_each_item_of_a_batch_request_is_logged_under_its_id(
+        make_pipeline: PipelineFactory, lines: Lines, apply_at_accept: bool) -> None:
+    p = await make_pipeline(apply_at_accept=apply_at_accept)
+    subs = [submission(transfer(30), wait=True), submission(transfer(30, destination="nobody")),
+            submission(transfer(30), key="k1"), submission(transfer(30))]
+    accounts = await p.service.view_accounts([a for s in subs for a in s.transaction.account_ids])
+    answers = await as_request("req-b", p.service.submit_many(subs, accounts))
+    await p.drain()
+    assert {rid for rid, _ in lines()} == {"req-b"}, lines()
+    messages = [message for _, message in lines()]
+    for answer in answers:
+        if isinstance(answer, Exception):
+            continue
+        mine = [m for m in messages if f"Receipt: {answer.receipt_code}" in m
+                and "EXECUTING" not in m]
+        assert len(mine) == 2 and mine[0] == start(answer.receipt_code), messages
+        assert success(mine[1], answer.receipt_code), messages
+    assert ("[TRANSACTION REFUSED] Type: transfer | Amount: 30 | Accounts: 2 | "
+            "Error: account_not_found") in messages
+
+
+@pytest.mark.parametrize("wait", [True, False], ids=["wait", "async"])
+async def test_a_refused_request_logs_one_refusal_under_its_id(
+        make_pipeline: PipelineFactory, lines: Lines, wait: bool) -> None:
+    p = await make_pipeline()
+    with pytest.raises(InsufficientFunds):
+        await as_request("req-poor", p.service.submit(submission(transfer(101), wait=wait)))
+    assert lines() == [("req-poor", "[TRANSACTION REFUSED] Type: transfer | Amount: 101 | "
+                                     "Accounts: 2 | Error: insufficient_funds")]
+
+
+async def test_a_key_reused_with_another_request_logs_a_refusal(
+        make_pipeline: PipelineFactory, lines: Lines) -> None:
+    p = await make_pipeline()
+    await p.service.submit(submission(transfer(30), key="k1", request_hash="a"))
+    with pytest.raises(IdempotencyKeyReused):
+        await as_request("req-2", p.service.submit(
+            submission(transfer(30), key="k1", request_hash="b")))
+    assert [line for line in lines() if line[0] == "req-2"] == [
+        ("req-2", "[TRANSACTION REFUSED] Type: transfer | Amount: 30 | Accounts: 2 | "
+                  "Error: idempotency_key_reused")]
+
+
+async def test_a_replay_found_by_the_cache_logs_the_receipt_it_answers_with(
+        make_pipeline: PipelineFactory, lines: Lines) -> None:
+    p = await make_pipeline()
+    first = await as_request("req-1", p.service.submit(submission(transfer(30), key="k1")))
+    await as_request("req-2", p.service.submit(submission(transfer(30), key="k1")))
+    await p.drain()
+    mine = [message for rid, message in lines() if rid == "req-2"]
+    assert mine == [f"[TRANSACTION REPLAY] Receipt: {first.receipt_code}"], lines()
+
+
+@pytest.mark.parametrize("apply_at_accept", [True, False], ids=["apply", "queue"])
+async def test_a_replay_found_by_the_journals_names_its_unused_code(
+        make_pipeline: PipelineFactory, lines: Lines, apply_at_accept: bool) -> None:
+    """Without the cache, a repeat takes a code and logs START before the database finds its
+    key: its REPLAY line says which receipt answers it and that this code stays unused."""
+    p = await make_pipeline(idempotency=False, apply_at_accept=apply_at_accept)
+    first = await as_request("req-1", p.service.submit(submission(transfer(30), key="k1")))
+    again = await as_request("req-2", p.service.submit(submission(transfer(30), key="k1")))
+    await p.drain()
+    assert again.replayed and again.receipt_code == first.receipt_code
+    mine = [message for rid, message in lines() if rid == "req-2"]
+    assert len(mine) == 2 and mine[0].startswith("[TRANSACTION START] Receipt: "), lines()
+    unused = mine[0].split()[3]
+    assert unused != first.receipt_code
+    assert mine[1] == f"[TRANSACTION REPLAY] Receipt: {first.receipt_code} | Unused: {unused}"
+    assert [rid for rid, message in lines() if unused in message] == ["req-2", "req-2"]
+
+
+async def test_a_journal_not_recorded_after_its_start_logs_the_error(
+        make_pipeline: PipelineFactory, lines: Lines) -> None:
+    p = await make_pipeline()
+    await p.cache.get_accounts(["alice", "bob"])  # pre-validation passes on the cached view
+    p.store.down = True
+    with pytest.raises(Unavailable):
+        await as_request("req-1", p.service.submit(submission(transfer(30))))
+    (rid, started), (rid2, error) = lines()
+    code = started.split()[3]
+    assert (rid, rid2) == ("req-1", "req-1") and started == start(code)
+    assert error == f"[TRANSACTION ERROR] Receipt: {code} | Error: unavailable"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
+import pytest
+
+from core.kit.request_context import REQUEST_ID
 from core.ledger.decide import decide_batch
 from core.ledger.status import COMPLETED, FAILED
 from core.pipeline.effects import PostCommit
@@ -11,6 +15,7 @@ from core.pipeline.executor import Executed
 from core.pipeline.ports import ReceiptRecord
 from core.pipeline.tasks import Task
 from core.pipeline.tracker import StatusTracker
+from server.process.logs import RequestIdFilter
 from tests.fakes import (
     FakeAccountCache,
     FakeJournalStore,
@@ -42,9 +47,10 @@ class Effects:
         self.wakes += 1
 
     def executed(self, *amounts: int) -> Executed:
-        """A batch of transfers alice → bob as the executor decides it."""
+        """A batch of transfers alice → bob as the executor decides it; task i was
+        submitted by request `req-i`."""
         accounts = self.store.snapshots(["alice", "bob"])
-        tasks = [Task(i, f"RCP-{i}", transfer(a), time.monotonic())
+        tasks = [Task(i, f"RCP-{i}", transfer(a), time.monotonic(), request_id=f"req-{i}")
                  for i, a in enumerate(amounts, 1)]
         decision = decide_batch([(t.journal_id, t.receipt_code, t.transaction) for t in tasks],
                                 accounts, "2026-12-02T00:00:00Z")
@@ -142,3 +148,29 @@ async def test_a_hold_and_a_void_go_through_every_effect() -> None:
     assert e.observer.finished_counts[(HELD, "transfer")] == 1
     assert e.observer.finished_counts[(VOIDED, "void")] == 1
     assert len(e.notifier.sent) >= 2  # alice's contact hears of both
+
+
+async def test_each_outcome_line_is_written_under_its_requests_id(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The effect worker serves no request: each line names the request that submitted the
+    transaction (kept on its Task), and the worker's own id is left as it was."""
+    caplog.set_level(logging.INFO, logger="kassa.effects")
+    caplog.handler.addFilter(RequestIdFilter())
+    e = Effects()
+    await e.post(e.executed(30, 500))
+    assert [(r.request_id, r.getMessage().split(" | ")[0]) for r in caplog.records  # type: ignore[attr-defined]
+            if r.name == "kassa.effects"] == [
+        ("req-1", "[TRANSACTION SUCCESS] Receipt: RCP-1"),
+        ("req-2", "[TRANSACTION ERROR] Receipt: RCP-2")]
+    assert REQUEST_ID.get() == "-"
+
+
+async def test_a_recovered_journal_is_logged_outside_any_request(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="kassa.effects")
+    caplog.handler.addFilter(RequestIdFilter())
+    e = Effects()
+    executed = e.executed(30)
+    executed.tasks[0].request_id = "-"  # as recovery queues it: no request submitted it here
+    await e.post(executed)
+    assert [r.request_id for r in caplog.records] == ["-"]  # type: ignore[attr-defined]
