@@ -134,6 +134,29 @@ async def test_reversals_never_exceed_the_original(app_client, pg_dsn) -> None:
     await assert_invariants(pg_dsn)
 
 
+async def test_a_reversal_above_the_original_is_409(app_client, pg_dsn) -> None:
+    """Issue 18 D7: `{"amount": 401}` of a 400 transfer was 400 invalid_request; any amount
+    above what is left, above the original itself included, is 409, with or without a key."""
+    await make_accounts(app_client, ("alice", 1000, 0), ("bob", 0, 0))
+    r = await app_client.post("/v1/transactions?wait=true", json={
+        "type": "transfer", "currency": "USD", "source": "alice", "destination": "bob",
+        "amount": 400})
+    code = r.json()["receipt_code"]
+    for path, key in ((f"/v1/transactions/{code}/reverse?wait=true", None),
+                      (f"/v1/transactions/{code}/reverse", "k-401")):
+        for _ in range(2):  # a retry under the same key is refused the same way
+            r = await app_client.post(path, json={"amount": 401},
+                                      headers={"Idempotency-Key": key} if key else {})
+            assert r.status_code == 409, r.text
+            assert r.json()["error"]["code"] == "reversal_exceeds_original"
+    r = await app_client.post(f"/v1/transactions/{code}/reverse?wait=true", json={"amount": 400})
+    assert r.status_code == 201, r.text
+    r = await app_client.post(f"/v1/transactions/{code}/reverse?wait=true", json={"amount": 1})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "reversal_exceeds_original"
+    assert (await account(app_client, "alice"))["balance"] == 1000
+    await assert_invariants(pg_dsn)
+
+
 async def test_a_retried_capture_or_reversal_is_a_replay(app_client, pg_dsn) -> None:
     await make_accounts(app_client, ("alice", 1000, 0), ("bob", 0, 0))
     code = (await hold(app_client, 600))["receipt_code"]

@@ -16,14 +16,19 @@ import native
 from core.ledger.errors import (
     AccountInactive,
     AccountNotFound,
+    AmountOverflow,
     BusinessRuleError,
     CurrencyMismatch,
     InsufficientFunds,
 )
-from core.ledger.models import AccountSnapshot, Entry, ErrorBody, Transaction, TransactionEvent
+from core.ledger.models import AccountSnapshot, Entry, ErrorBody, Leg, Transaction, TransactionEvent
 from core.ledger.status import COMPLETED, FAILED
+from core.ledger.validation import hold_source_error
 
+# Balances and `held` are bigint columns: every value the decisions write stays within
+# these (native.post_batch checks balances leg by leg, linked.py checks `held`).
 INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
 _encode = msgspec.json.Encoder().encode
 DIRECTIONS = {native.DEBIT: "debit", native.CREDIT: "credit"}
 
@@ -68,6 +73,19 @@ MESSAGES = {
     "insufficient_funds": "an account debited by this transaction lacks the available balance",
     "amount_overflow": "an account balance would leave the 64-bit range",
 }
+
+
+def held_overflow(account_id: str) -> AmountOverflow:
+    """A hold that would take an account's `held` past the 64-bit range."""
+    return AmountOverflow(f"the amount held on account {account_id} would leave the 64-bit range")
+
+
+def source_debits(legs: tuple[Leg, ...]) -> dict[str, int]:
+    """What each source account gives up across the legs (its part of a hold)."""
+    debits: dict[str, int] = {}
+    for leg in legs:
+        debits[leg.source] = debits.get(leg.source, 0) + leg.amount
+    return debits
 
 
 def decide_batch(
@@ -131,23 +149,51 @@ def event_payload(outcome: Outcome, tx: Transaction, occurred_at: str) -> bytes:
 
 
 def prevalidate(tx: Transaction, accounts: dict[str, AccountSnapshot]) -> BusinessRuleError | None:
-    """The early reject on the cached view: static rules, then the available balance.
+    """The early reject on the cached view: static rules, then the 64-bit range, then the
+    available balance, as the executor decides them.
 
     Only an early answer: balances may be stale, and the executor decides again under lock.
     A void is never refused here (it releases what a hold reserved, whatever the accounts'
-    status since), and a capture spends what its hold reserved: no funds check for it.
+    status since), and a capture spends what its hold reserved: no funds check for it. A
+    hold posts nothing: its sources' `held` grows (never on `@world:<CUR>`), within int64
+    and their available balance. Anything else is posted leg by leg as native.post_batch
+    posts it, every intermediate balance within int64 (`amount_overflow`).
     """
     if tx.type == "void":
         return None
     error = static_error(tx, accounts)
-    if error is not None or tx.type == "capture":
+    if error is not None:
         return error
-    net: dict[str, int] = {}
-    for leg in tx.legs:
-        net[leg.source] = net.get(leg.source, 0) - leg.amount
-        net[leg.destination] = net.get(leg.destination, 0) + leg.amount
-    for account_id, change in net.items():
+    if tx.hold_expires_in_s is not None:
+        return _prevalidate_hold(tx, accounts)
+    trial: dict[str, int] = {}
+    for source, destination, amount in tx.legs:
+        src = trial.get(source, accounts[source].balance) - amount
+        trial[source] = src
+        dst = trial.get(destination, accounts[destination].balance) + amount
+        trial[destination] = dst
+        if src < INT64_MIN or dst > INT64_MAX:
+            return AmountOverflow(MESSAGES["amount_overflow"])
+    if tx.type == "capture":
+        return None
+    for account_id, balance in trial.items():
         account = accounts[account_id]
-        if change < 0 and account.floor is not None and account.balance + change < account.floor:
+        if account.floor is not None and balance < account.floor and balance < account.balance:
+            return InsufficientFunds(f"account {account_id} lacks the available balance")
+    return None
+
+
+def _prevalidate_hold(tx: Transaction, accounts: dict[str, AccountSnapshot]
+                      ) -> BusinessRuleError | None:
+    """A new hold, by the rules of linked._reserve: no system account as a source, then for
+    each source `held` within int64 and the debit within its available balance."""
+    error = hold_source_error(tx)
+    if error is not None:
+        return error
+    for account_id, amount in source_debits(tx.legs).items():
+        account = accounts[account_id]
+        if account.held + amount > INT64_MAX:
+            return held_overflow(account_id)
+        if account.floor is not None and account.balance - amount < account.floor:
             return InsufficientFunds(f"account {account_id} lacks the available balance")
     return None

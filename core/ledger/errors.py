@@ -83,6 +83,14 @@ class NotReversible(BusinessRuleError):
     code = "invalid_request"
 
 
+class HoldWithoutBalance(BusinessRuleError):
+    """A hold whose source is a system account (`@world:<CUR>`): it has no balance to
+    reserve, so its `held` could only grow without bound (400 `invalid_request` before
+    acceptance; a journal that got past that fails with it)."""
+
+    code = "invalid_request"
+
+
 class CaptureOutsideHold(BusinessRuleError):
     """A capture whose legs are not the hold's, or not within them (never built by the
     API; decided as a failure rather than trusted)."""

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 
 import native
 from core.ledger.decide import (
+    INT64_MAX,
     INT64_MIN,
     MESSAGES,
     BatchDecision,
     Outcome,
     event_payload,
+    held_overflow,
+    source_debits,
     static_error,
 )
 from core.ledger.errors import (
@@ -29,6 +32,7 @@ from core.ledger.errors import (
     BusinessRuleError,
     CaptureOutsideHold,
     HoldNotPending,
+    HoldWithoutBalance,
     InsufficientFunds,
     NotReversible,
     ReversalExceedsOriginal,
@@ -63,14 +67,6 @@ class Target:
 def is_linked(tx: Transaction) -> bool:
     """Whether deciding `tx` needs more than balances: a hold, or a journal naming one."""
     return tx.hold_expires_in_s is not None or tx.type in LINKED_TYPES
-
-
-def source_debits(legs: tuple[Leg, ...]) -> dict[str, int]:
-    """What each source account gives up across the legs (its part of a hold)."""
-    debits: dict[str, int] = {}
-    for leg in legs:
-        debits[leg.source] = debits.get(leg.source, 0) + leg.amount
-    return debits
 
 
 @dataclass
@@ -143,9 +139,16 @@ def _pending_hold(target: Target | None, tx: Transaction) -> Target:
 
 
 def _reserve(tx: Transaction, state: LedgerState) -> None:
-    """A new hold: each source's debit must fit its available balance."""
+    """A new hold: no source without a floor (`@world:<CUR>` has no balance to reserve),
+    and for each source `held` within int64 and the debit within its available balance."""
     debits = source_debits(tx.legs)
+    for account_id in debits:
+        if state.accounts[account_id].overdraft_limit is None:
+            raise HoldWithoutBalance(f"{account_id} cannot be the source of a hold: a system "
+                                     "account has no balance to reserve")
     for account_id, amount in debits.items():
+        if state.held[account_id] + amount > INT64_MAX:
+            raise held_overflow(account_id)
         if state.balances[account_id] - amount < state.floor(account_id):
             raise _insufficient(account_id)
     for account_id, amount in debits.items():

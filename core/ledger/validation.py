@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from core.ledger.errors import InvalidRequest
+from core.ledger.errors import HoldWithoutBalance, InvalidRequest
 from core.ledger.models import AMOUNT_MAX, LEGS_MAX, WORLD_PREFIX, Leg, Transaction, world_account
 
 CURRENCY = re.compile(r"[A-Z]{3,10}")
@@ -128,6 +128,22 @@ def normalize_transaction(
     else:
         normalized = (_leg(source, destination, amount, currency),)
     return Transaction(type, currency, normalized, description, metadata or {})
+
+
+def hold_source_error(tx: Transaction) -> HoldWithoutBalance | None:
+    """A hold reserves part of each source's balance: `@world:<CUR>` has none to reserve (it
+    has no floor, its balance being minus all money deposited), so it is never the source of
+    a hold (400 `invalid_request`). A rule on the request alone, kept here; pre-validation
+    (core/ledger/decide.py) applies it to every submission, single or batch item, before
+    anything is written, and the decision refuses a hold from an account without a floor
+    that got past it (core/ledger/linked.py)."""
+    if tx.hold_expires_in_s is None:
+        return None
+    for leg in tx.legs:
+        if leg.source.startswith(WORLD_PREFIX):
+            return HoldWithoutBalance(f"{leg.source} cannot be the source of a hold: a system "
+                                      "account has no balance to reserve")
+    return None
 
 
 def check_overdraft_limit(limit: int) -> int:

@@ -80,10 +80,16 @@ class LinkedRequests:
         if original.is_hold or original.type not in REVERSIBLE_TYPES:
             raise NotReversible(f"{receipt_code} is not a transfer, deposit, withdrawal or "
                                 "capture (a captured hold is reversed through its capture)")
+        if early and original.status != COMPLETED:
+            raise NotReversible(f"{receipt_code} is {original.status}, not completed")
+        if amount is not None and amount > original.amount:
+            # More than the original itself is never allowed, whatever happens to it: 409 like
+            # any amount above what is left, even with a key (nothing to replay; a retry is
+            # refused the same way).
+            raise ReversalExceedsOriginal(
+                f"reversals of {receipt_code} add up to at most its amount, {original.amount}")
         legs = _scaled(original, amount, "a multi-leg transaction is reversed whole")
         if early:
-            if original.status != COMPLETED:
-                raise NotReversible(f"{receipt_code} is {original.status}, not completed")
             if original.reversed + sum(leg.amount for leg in legs) > original.amount:
                 raise ReversalExceedsOriginal(
                     f"reversals of {receipt_code} would add up to more than its amount")

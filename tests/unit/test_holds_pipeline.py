@@ -10,9 +10,15 @@ import asyncio
 import msgspec
 import pytest
 
-from core.ledger.errors import BusinessRuleError, HoldNotPending, NotReversible
+from core.ledger.errors import (
+    BusinessRuleError,
+    HoldNotPending,
+    InvalidRequest,
+    NotReversible,
+    ReversalExceedsOriginal,
+)
 from core.ledger.linked import VOID
-from core.ledger.models import Transaction
+from core.ledger.models import Leg, Transaction
 from core.ledger.status import COMPLETED, FAILED, HELD, PROCESSING, VOIDED
 from core.pipeline.expiry import EXPIRED, EXPIRY_SCOPE, HoldExpiry
 from core.pipeline.links import LinkedRequests
@@ -140,6 +146,37 @@ async def test_reversals_add_up_to_at_most_the_original(make_pipeline: PipelineF
     assert [r[1:] for r in results] == [(COMPLETED, None), (FAILED, "reversal_exceeds_original")]
     assert p.store.journal(original).reversed == 35
     assert (p.store.balance("alice"), p.store.balance("bob")) == (95, 105)
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["no-key", "key"])
+async def test_a_reversal_above_the_original_is_reversal_exceeds_original(
+        make_pipeline: PipelineFactory, early: bool) -> None:
+    """Issue 18 D7: any amount above what is left, above the original itself included, is
+    409 reversal_exceeds_original (it was 400 invalid_request above the original), early or
+    decided by the writers, whole or partial, single or multi-leg."""
+    p = await make_pipeline()
+    links = LinkedRequests(p.store)
+    original, status, _ = await decided(p, transfer(40))
+    assert status == COMPLETED
+    with pytest.raises(ReversalExceedsOriginal):
+        await links.reverse(original, 41, None, early=early)
+    multi = Transaction("transfer", "USD", (Leg("alice", "bob", 10), Leg("alice", "carol", 5)))
+    two, status, _ = await decided(p, multi)
+    assert status == COMPLETED
+    with pytest.raises(ReversalExceedsOriginal):
+        await links.reverse(two, 16, None, early=early)
+    with pytest.raises(InvalidRequest):  # below the whole of a multi-leg one: not allowed
+        await links.reverse(two, 14, None, early=early)
+    _, status, _ = await decided(p, await links.reverse(original, 30, None, early=early))
+    assert status == COMPLETED
+    # 11 is within the original but above the 10 left: early 409, or the writers' 409.
+    try:
+        _, status, error = await decided(p, await links.reverse(original, 11, None, early=early))
+    except ReversalExceedsOriginal:
+        assert early
+    else:
+        assert not early and (status, error) == (FAILED, "reversal_exceeds_original")
+    assert p.store.journal(original).reversed == 30
 
 
 async def test_a_captured_hold_is_reversed_through_its_capture(make_pipeline: PipelineFactory

@@ -154,6 +154,9 @@ class Model:
             return COMPLETED, None
         if tx.hold_expires_in_s is not None:
             debits = source_debits(tx.legs)
+            # The system account has no balance to reserve: never a hold's source.
+            if any(ACCOUNTS[account][2] is None for account in debits):
+                return FAILED, "invalid_request"
             for account, amount in debits.items():
                 limit = ACCOUNTS[account][2]
                 if limit is not None and (self.balance[account] - self.held[account] - amount
