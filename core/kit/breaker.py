@@ -70,6 +70,12 @@ class CircuitBreaker:
     def value(self) -> int:
         return STATE_VALUES[self.state]
 
+    @property
+    def failures(self) -> int:
+        """Consecutive failures counted while closed (0 after any success): above 0, the
+        last call failed even though the breaker has not opened yet."""
+        return self._failures
+
     def allow(self) -> bool:
         """May a call go through now? In half_open this takes one trial slot."""
         self._cool_down()
@@ -95,6 +101,12 @@ class CircuitBreaker:
             self._failures += 1
             if self._failures >= self._failures_max:
                 self._open()
+
+    def record_abandoned(self) -> None:
+        """A call let through ended without an answer either way (cancelled): it proves
+        nothing about the dependency, but a half_open trial slot it held is given back."""
+        if self._state == HALF_OPEN and self._trials > 0:
+            self._trials -= 1
 
     def retry_after_s(self) -> int:
         """Whole seconds until a trial call may go through (at least 1), for Retry-After."""

@@ -193,6 +193,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
             print(f"kassa: {exc}", file=sys.stderr, flush=True)
             sys.exit(2)
         prepare_metrics_dir(data_dir)
+        # A child that dies from now on is started again, on the same address (the
+        # workers reconnect); stack.stop() ends the supervision first.
+        stack.supervise()
         options = gunicorn_options(args.host, args.port, sizing.workers, settings.log_level,
                                    settings.log_format)
         log.info("kassa serving on http://%s:%d with %d workers", args.host, args.port,

@@ -16,14 +16,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from server.process.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from server.process.supervisor import Supervisor
 
 log = logging.getLogger("kassa.embedded")
 
@@ -200,7 +205,8 @@ def wait_for_port(port: int, timeout_s: float = 10.0, process: subprocess.Popen[
 
 @dataclass
 class EmbeddedStack:
-    """Everything `kassa serve` started; `stop()` ends it in reverse order."""
+    """Everything `kassa serve` started; `supervise()` restarts what dies (on the same
+    address: server/process/supervisor.py), `stop()` ends it all in reverse order."""
 
     data_dir: Path
     # The HTTP port gunicorn binds only after the children start: never hand it to a child.
@@ -210,6 +216,11 @@ class EmbeddedStack:
     # KASSA_EMBEDDED and the URLs; None: read from the environment. Checked on creation,
     # before anything starts: a refusal prints one line and exits 2.
     settings: Settings | None = None
+    # How to start each child again: the same argv, port and environment.
+    launchers: dict[str, Callable[[], subprocess.Popen[bytes]]] = field(default_factory=dict)
+    supervisor: Supervisor | None = None
+    # `children` changes under the supervisor's thread while the main thread may stop it all.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         if self.settings is None:
@@ -249,8 +260,13 @@ class EmbeddedStack:
         from server.process.embedded_kafka import start_tansu
 
         port = self.free_port()
-        process = start_tansu(port, log_path=self.data_dir / "kafka.log")
-        self.children.append(("kafka", process))
+        def launch() -> subprocess.Popen[bytes]:
+            return start_tansu(port, log_path=self.data_dir / "kafka.log")
+
+        process = launch()
+        with self.lock:
+            self.children.append(("kafka", process))
+        self.launchers["kafka"] = launch
         log.info("started embedded Kafka-protocol broker (pid %d) on 127.0.0.1:%d", process.pid, port)
         return f"127.0.0.1:{port}"
 
@@ -261,19 +277,59 @@ class EmbeddedStack:
 
     def spawn(self, name: str, argv: list[str], port: int | None = None,
               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        logfile = open(self.data_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        process = subprocess.Popen(argv, stdout=logfile, stderr=subprocess.STDOUT,
-                                   env=env, start_new_session=True)
-        self.children.append((name, process))
-        if port is not None:
-            wait_for_port(port, process=process)
+        def launch() -> subprocess.Popen[bytes]:
+            with open(self.data_dir / f"{name}.log", "ab") as logfile:  # the child has its own
+                process = subprocess.Popen(argv, stdout=logfile, stderr=subprocess.STDOUT,
+                                           env=env, start_new_session=True)
+            if port is not None:
+                try:
+                    wait_for_port(port, process=process)
+                except BaseException:
+                    _end(name, process)
+                    raise
+            return process
+
+        process = launch()
+        with self.lock:
+            self.children.append((name, process))
+        self.launchers[name] = launch
         log.info("started %s (pid %d)", name, process.pid)
         return process
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        with self.lock:
+            return dict(self.children)[name]
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start the child `name` again, as it was started first (same port); the new
+        process replaces the dead one in `children`."""
+        process = self.launchers[name]()
+        with self.lock:
+            self.children = [(n, process if n == name else p) for n, p in self.children]
+        return process
+
+    def supervise(self, poll_s: float | None = None) -> Supervisor:
+        """Restart every child started so far, and the embedded PostgreSQL, when it dies.
+        Call once the workers' metrics directory is set (the restart counter lives there)."""
+        from server.process import supervisor
+
+        settings = self.settings or Settings()
+        children: list[supervisor.Child] = [_Spawned(self, name) for name, _ in self.children]
+        if self.postgres is not None:
+            children.insert(0, _EmbeddedPostgres(self))
+        self.supervisor = supervisor.Supervisor(
+            children, backoff_min_s=settings.restart_backoff_min_ms / 1000,
+            backoff_max_s=settings.restart_backoff_max_s)
+        self.supervisor.start(supervisor.POLL_S if poll_s is None else poll_s)
+        return self.supervisor
 
     def spawn_python(self, name: str, args: list[str], port: int, env: dict[str, str]) -> None:
         self.spawn(name, [sys.executable, "-m", "server.process.cli", *args], port, env)
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        if self.supervisor is not None:  # first: nothing is restarted while it all stops
+            self.supervisor.stop()
+            self.supervisor = None
         for _, process in reversed(self.children):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -288,3 +344,84 @@ class EmbeddedStack:
         if self.postgres is not None:
             self.postgres.cleanup()
             self.postgres = None
+
+
+def _end(name: str, process: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
+    """Stop a child that did not come up."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s (pid %d) did not stop; killing it", name, process.pid)
+            process.kill()
+            process.wait()
+
+
+def _how_it_ended(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-returncode).name}"
+        return f"was killed by signal {-returncode}"
+    if returncode == 0:
+        # Also what Popen reports when gunicorn's arbiter reaped the child first.
+        return "exited"
+    return f"exited with code {returncode}"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan nobody reaped yet counts as gone)."""
+    if not _alive(pid):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+class _Spawned:
+    """A child EmbeddedStack started as a process of its own (services, Redis, broker)."""
+
+    def __init__(self, stack: EmbeddedStack, name: str) -> None:
+        self._stack = stack
+        self.name = name
+
+    def pid(self) -> int | None:
+        return self._stack.process(self.name).pid
+
+    def exited(self) -> str | None:
+        returncode = self._stack.process(self.name).poll()
+        return None if returncode is None else _how_it_ended(returncode)
+
+    def restart(self) -> None:
+        self._stack.restart(self.name)
+
+
+class _EmbeddedPostgres:
+    """pgserver's PostgreSQL: pg_ctl starts it detached, so it is watched through its
+    postmaster.pid and started again by pgserver on the same data dir and socket."""
+
+    name = "postgres"
+
+    def __init__(self, stack: EmbeddedStack) -> None:
+        self._stack = stack
+        self._pid_file = stack.data_dir / PG_SUBDIR / "postmaster.pid"
+
+    def pid(self) -> int | None:
+        try:
+            return int(self._pid_file.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+
+    def exited(self) -> str | None:
+        pid = self.pid()
+        if pid is None:
+            return "is gone (no postmaster.pid)"
+        return None if _running(pid) else "exited"
+
+    def restart(self) -> None:
+        server = self._stack.postgres
+        assert server is not None
+        with type(server)._lock:  # pgserver's own inter-process lock around pg_ctl
+            server.ensure_postgres_running()

@@ -20,11 +20,12 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from core.kit.batcher import Batcher
+from core.kit.breaker import CLOSED, CircuitBreaker
 from core.pipeline.accept import TransactionService
 from core.pipeline.accounts import AccountService
 from core.pipeline.effects import PostCommit
 from core.pipeline.expiry import HoldExpiry
-from core.pipeline.health import HealthCheck
+from core.pipeline.health import CodeSupply, HealthCheck
 from core.pipeline.links import LinkedRequests
 from core.pipeline.listing import Listing
 from core.pipeline.pool import ProcessorPool
@@ -46,7 +47,7 @@ from server.adapters.postgres.nodes import keep_node_id, lease_node_id, release_
 from server.adapters.postgres.pool import create_pool
 from server.adapters.prometheus import HTTP_METRICS, PrometheusObserver, render
 from server.adapters.redis.account_cache import RedisAccountCache
-from server.adapters.redis.client import create_client
+from server.adapters.redis.client import create_client, new_breaker
 from server.adapters.redis.health import RedisPing
 from server.adapters.redis.idempotency import RedisIdempotencyCache
 from server.adapters.redis.rate_limit import RedisRateLimiter, rate_limiter
@@ -80,6 +81,7 @@ class Runtime:
     relay: OutboxRelay | None = None
     account_cache: RedisAccountCache | None = None
     limiter: RedisRateLimiter | None = None
+    redis_breaker: CircuitBreaker | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     stopping: bool = False
     api: Api = field(init=False)  # what the HTTP layer gets (build_api)
@@ -88,7 +90,17 @@ class Runtime:
         """Circuit breaker states of remote dependencies, for /readyz."""
         clients = [c for c in (self.receipts, self.notifier)
                    if isinstance(c, ReceiptClient | NotificationClient)]
-        return breaker_states(*clients)
+        states = breaker_states(*clients)
+        if self.redis_breaker is not None:
+            states["redis_breaker"] = self.redis_breaker.state
+        return states
+
+    def receipt_codes(self) -> CodeSupply:
+        """The codes this worker holds from the receipt service, for /readyz."""
+        assert isinstance(self.receipts, ReceiptClient)
+        breaker = self.receipts.breaker
+        return CodeSupply(self.receipts.codes.available,
+                          source_failing=breaker.state != CLOSED or breaker.failures > 0)
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight work, flush batches, close pools (seed order)."""
@@ -138,10 +150,17 @@ def build_api(runtime: Runtime) -> Api:
         listing=Listing(PgListings(runtime.db), runtime.status),
         links=LinkedRequests(PgHolds(runtime.db)),
         health=HealthCheck(database=monitoring,
-                           redis=RedisPing(runtime.redis) if runtime.redis is not None else None,
+                           redis=(RedisPing(runtime.redis, runtime.redis_breaker)
+                                  if runtime.redis is not None else None),
                            has_room=lambda: runtime.pool.has_room,
                            dependency_states=runtime.dependency_states,
-                           stopping=lambda: runtime.stopping),
+                           stopping=lambda: runtime.stopping,
+                           # Writes need codes: with a receipt service, its write breaker
+                           # open or its codes gone while it is unreachable is not ready.
+                           receipt_codes=(runtime.receipt_codes
+                                          if isinstance(runtime.receipts, ReceiptClient) else None),
+                           required=(("receipt_service",)
+                                     if isinstance(runtime.receipts, ReceiptClient) else ())),
         keys=runtime.keys, limit=rate_limit(runtime.limiter), metrics=render,
         body_size_max=runtime.settings.body_size_max, record_request=HTTP_METRICS.record)
 
@@ -184,11 +203,15 @@ async def build_runtime(settings: Settings) -> Runtime:
     db = await create_pool(settings.database_url, max_size=settings.db_pool_max,
                            min_size=min(settings.db_pool_min, settings.db_pool_max))
     redis = create_client(settings.redis_url) if settings.redis_url else None
+    # One breaker for the Redis calls of requests and the tracker (the rate limiter keeps
+    # its own): a stalled Redis costs a few socket timeouts, then nothing.
+    redis_breaker = (new_breaker(settings.breaker_failures_max, settings.redis_breaker_reset_ms)
+                     if redis is not None else None)
     journals = PgJournalStore(db, lease_s=settings.lease_s)
     account_cache = (RedisAccountCache(redis, journals, size=settings.account_cache_size,
                                        ttl_ms=settings.account_cache_ttl_ms)
                      if redis is not None else None)
-    status_store = RedisStatusStore(redis) if redis is not None else None
+    status_store = RedisStatusStore(redis, breaker=redis_breaker) if redis is not None else None
     tracker = StatusTracker(status_store, flush_interval_ms=settings.status_update_interval_ms,
                             redis_ttl_s=settings.status_ttl_s,
                             memory_ttl_s=settings.status_memory_ttl_s,
@@ -227,7 +250,8 @@ async def build_runtime(settings: Settings) -> Runtime:
     service = TransactionService(
         journals=journal_batcher, receipts=receipts, accounts=account_cache or journals,
         pool=pool,
-        idempotency=RedisIdempotencyCache(redis, ttl_s=settings.idempotency_ttl_s) if redis else None,
+        idempotency=(RedisIdempotencyCache(redis, ttl_s=settings.idempotency_ttl_s,
+                                           breaker=redis_breaker) if redis else None),
         owner=owner, wait_timeout_s=settings.transaction_timeout_s, observer=observer)
     runtime = Runtime(
         settings=settings, keys=ApiKeys(parse_api_keys(settings.api_keys or "")), db=db,
@@ -235,7 +259,7 @@ async def build_runtime(settings: Settings) -> Runtime:
         status=StatusQuery(tracker, status_store, receipts, journals), pool=pool,
         tracker=tracker, journal_batcher=journal_batcher, receipts=receipts, owner=owner,
         notifier=notifier, relay=relay, account_cache=account_cache,
-        limiter=rate_limiter(redis, settings))
+        limiter=rate_limiter(redis, settings), redis_breaker=redis_breaker)
     runtime.api = build_api(runtime)
     journal_batcher.start()
     pool.start()

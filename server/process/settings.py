@@ -91,6 +91,13 @@ class Settings:
     notification_flush_interval_ms: float = 50.0
     breaker_failures_max: int = 5
     breaker_reset_s: float = 5.0
+    # The breaker around Redis (failures: KASSA_BREAKER_FAILURES_MAX): open, keyed requests
+    # use the database's idempotency check at once; a trial call this often.
+    redis_breaker_reset_ms: float = 1000.0
+    # `kassa serve` restarts a child it started that died: after this wait, doubling per
+    # quick death up to the max, back to the min once a child ran for 60 s (supervisor.py).
+    restart_backoff_min_ms: float = 500.0
+    restart_backoff_max_s: float = 30.0
     # Account cache (pre-validation), per process. This process's commits update cached
     # balances in place and account admin invalidates every process through Redis, so the
     # TTL only bounds how long other processes' commits go unseen (a refusal on funds reads

@@ -10,6 +10,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from core.pipeline.ports import IdempotencyRecord
+from core.kit.breaker import CircuitBreaker
 from server.adapters.redis.client import converted_errors
 
 KEY = "kassa:idem:{}:{}"
@@ -24,14 +25,17 @@ _decode = msgspec.msgpack.Decoder(IdempotencyRecord).decode
 
 
 class RedisIdempotencyCache:
-    def __init__(self, client: aioredis.Redis, *, ttl_s: int) -> None:
+    def __init__(self, client: aioredis.Redis, *, ttl_s: int,
+                 breaker: CircuitBreaker | None = None) -> None:
         self._client = client
         self._ttl_s = ttl_s
+        # Open: Unavailable at once, and the gate lets the database's unique key decide.
+        self._breaker = breaker
 
     async def begin(self, scope: str, key: str, request_hash: str) -> IdempotencyRecord | None:
         name = KEY.format(scope, key)
         marker = _encode(IdempotencyRecord(request_hash))
-        async with converted_errors("idempotency"):
+        async with converted_errors("idempotency", self._breaker):
             if await self._client.set(name, marker, nx=True, ex=IN_FLIGHT_TTL_S):
                 return None
             raw = await self._client.get(name)
@@ -39,9 +43,9 @@ class RedisIdempotencyCache:
         return None if raw is None else _decode(raw)
 
     async def complete(self, scope: str, key: str, record: IdempotencyRecord) -> None:
-        async with converted_errors("idempotency"):
+        async with converted_errors("idempotency", self._breaker):
             await self._client.set(KEY.format(scope, key), _encode(record), ex=self._ttl_s)
 
     async def abandon(self, scope: str, key: str) -> None:
-        async with converted_errors("idempotency"):
+        async with converted_errors("idempotency", self._breaker):
             await self._client.delete(KEY.format(scope, key))

@@ -7,6 +7,7 @@ import redis.asyncio as aioredis
 
 from core.ledger.status import RANK
 from core.pipeline.ports import JournalStatus
+from core.kit.breaker import CircuitBreaker
 from server.adapters.redis.client import converted_errors
 
 KEY = "kassa:status:{}"
@@ -31,12 +32,13 @@ _decode = msgspec.msgpack.Decoder(JournalStatus).decode
 
 
 class RedisStatusStore:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, *, breaker: CircuitBreaker | None = None) -> None:
         self._client = client
+        self._breaker = breaker
         self._script = client.register_script(FORWARD_ONLY)
 
     async def write_statuses(self, records: list[JournalStatus], ttl_s: int) -> None:
-        async with converted_errors("status write"):
+        async with converted_errors("status write", self._breaker):
             for start in range(0, len(records), CHUNK):
                 chunk = records[start:start + CHUNK]
                 args: list[object] = [ttl_s]
@@ -45,6 +47,6 @@ class RedisStatusStore:
                 await self._script(keys=[KEY.format(r.receipt_code) for r in chunk], args=args)
 
     async def read_status(self, receipt_code: str) -> JournalStatus | None:
-        async with converted_errors("status read"):
+        async with converted_errors("status read", self._breaker):
             raw = await self._client.hget(KEY.format(receipt_code), "v")
         return None if raw is None else _decode(raw)

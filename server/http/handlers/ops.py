@@ -17,8 +17,11 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     readiness = await request_api(request).health.readiness()
+    # One field per check, then why not ready (empty when ready): a load balancer needs
+    # only the status code, a person the reasons.
     return json_response({"status": "ready" if readiness.ready else "not_ready",
-                          **readiness.checks}, 200 if readiness.ready else 503)
+                          **readiness.checks, "reasons": list(readiness.reasons)},
+                         200 if readiness.ready else 503)
 
 
 async def prometheus(request: Request) -> Response:
