@@ -21,6 +21,16 @@ class KassaWorker(UvicornWorker):
     CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools", "lifespan": "on",
                      "access_log": False, "server_header": False, "proxy_headers": False}
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # uvicorn's httptools protocol with the HTTP limits of the KASSA_HTTP_* settings
+        # enforced before any work (server/http/protocol.py); Config(http=) takes the class.
+        from server.http.protocol import Limits, protocol_class
+        from server.process.settings import load_settings
+
+        limits = Limits.from_settings(load_settings())
+        self.CONFIG_KWARGS = {**type(self).CONFIG_KWARGS, "http": protocol_class(limits)}
+        super().__init__(*args, **kwargs)
+
     def run(self) -> None:
         # uvloop closes a listening socket it serves itself when the server closes: libuv
         # closes the descriptor, then uvloop calls the socket object's close() and ignores

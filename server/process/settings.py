@@ -49,6 +49,13 @@ class Settings:
     workers: int = field(default_factory=_usable_cpus)
     data_dir: str = ".kassa"  # embedded PostgreSQL, generated admin key, child logs
     body_size_max: int = 1_048_576
+    # HTTP limits, enforced by each worker's protocol before any work (server/http/protocol.py)
+    http_header_bytes_max: int = 65_536  # header names and values of one request; 431 beyond
+    http_headers_max: int = 100  # header fields of one request; 431 beyond
+    http_request_line_max: int = 8_192  # the request target (path and query); 414 beyond
+    http_head_timeout_s: float = 10.0  # a whole request head, from accept or previous answer
+    http_body_timeout_s: float = 30.0  # longest pause between chunks of a request body
+    http_connections_max: int = 1_000  # open connections per worker; 503 beyond
     # Durable accept (group commit of pending journals)
     accept_batch_max: int = 256
     accept_flush_interval_ms: float = 1.0

@@ -1,0 +1,404 @@
+"""HTTP limits enforced before any work: uvicorn's httptools protocol with a guard.
+
+uvicorn's `HttpToolsProtocol` feeds every received chunk to httptools, which grows a header
+value that spans chunks by bytes concatenation (`_current_header_value += val` in its
+parser.pyx): one 64 MB header sent in 64 KB chunks costs about 1000 copies of a growing
+value, and blocked a worker's event loop for 3.9 s (18 s at 128 MB); 16 such headers never
+completed froze a worker until gunicorn killed it. It also had no limit on header bytes,
+header count or request line, no deadline for a request head or a stalled body, no early
+413 on a declared `Content-Length`, no cap on open connections, and answered protocol
+errors with a text/plain 400.
+
+`KassaHttpProtocol` keeps uvicorn's protocol and adds, per connection:
+
+- **Linear head parsing.** A chunk that holds the end of a request head (`CRLF CRLF`), or
+  any chunk of a body, is fed to the parser at once, as before (the usual request arrives in
+  one chunk: the cost is one `in` test). Otherwise the bytes of an incomplete head are held
+  in a list, counted, and fed in one piece when the head is complete, so a header value
+  reaches the parser in at most two pieces (one copy) whatever the chunking.
+- **Limits** (`Limits`, from the KASSA_HTTP_* settings): a request line over
+  `request_line_max` gets 414, header fields over `header_bytes_max` bytes (names and values)
+  or more than `headers_max` of them get 431, counted on the held bytes before parsing and
+  exactly in the parser's callbacks; a `Content-Length` over `body_size_max` gets 413 as
+  soon as the head is parsed, before any body is read or the app is called.
+- **Deadlines** (`loop.call_later`, one timer at a time): a complete head within
+  `head_timeout_s` of the accept or of the end of the previous response (on keep-alive, an
+  idle connection is closed after the shorter of that and gunicorn's keep-alive); a body
+  chunk at least every `body_timeout_s` while a body is incomplete (not counted while the
+  app has paused reading). Past a deadline the connection is closed, without an answer.
+- **A cap on open connections per worker** (`connections_max`): the connection beyond it
+  gets a 503 `overloaded` at once (with `Retry-After: 1`), before anything is read, and is
+  closed. A refused client learns why and when to retry; closing at accept would look like a
+  network fault. The refusal is logged (at most one line a second, with the count).
+- **Every refusal in the contract's JSON shape**: 400 (what the parser refuses: conflicting
+  `Content-Length`/`Transfer-Encoding`, two `Content-Length`s, bytes not allowed in a
+  header, ...), 413, 414, 431 and 503, each with `X-Request-Id` (the client's when its head
+  was parsed, else a new one) and `Connection: close`. After a refusal the connection sends
+  its FIN and discards what still arrives for `LINGER_S` before closing, so that a client
+  still sending (a body, a huge header) reads the answer instead of a reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import resource
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from server.http.errors import error_dict
+from server.http.hot import request_id
+from server.http.schemas import encoder
+
+log = logging.getLogger("kassa.http")
+
+_HEAD_END = b"\r\n\r\n"
+LINGER_S = 2.0  # after a refusal: FIN sent, incoming bytes discarded this long, then closed
+# Descriptors a worker needs besides its HTTP connections (database pool, Redis, Kafka,
+# gRPC channels, logs, the listening sockets): the cap is lowered to leave these free.
+_FD_RESERVE = 128
+
+
+@dataclass(frozen=True)
+class Limits:
+    header_bytes_max: int = 65_536
+    headers_max: int = 100
+    request_line_max: int = 8_192
+    head_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    connections_max: int = 1_000
+    body_size_max: int = 1_048_576
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limits:
+        return cls(header_bytes_max=settings.http_header_bytes_max,
+                   headers_max=settings.http_headers_max,
+                   request_line_max=settings.http_request_line_max,
+                   head_timeout_s=settings.http_head_timeout_s,
+                   body_timeout_s=settings.http_body_timeout_s,
+                   connections_max=settings.http_connections_max,
+                   body_size_max=settings.body_size_max)
+
+
+class _Refusal(Exception):
+    """Raised in a parser callback: the parser stops, data_received answers."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def refusal_bytes(status: int, code: str, message: str, rid: bytes,
+                  default_headers: list[tuple[bytes, bytes]] = ()) -> bytes:  # type: ignore[assignment]
+    """A whole HTTP/1.1 answer in the contract's error shape, closing the connection."""
+    body = encoder.encode(error_dict(code, message))  # the same body as every other error
+    lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}".encode("ascii")]
+    lines += [name + b": " + value for name, value in default_headers]
+    lines += [b"content-type: application/json",
+              b"content-length: " + str(len(body)).encode("ascii"),
+              b"x-request-id: " + rid,
+              b"connection: close"]
+    if status in (429, 503):
+        lines.append(b"retry-after: 1")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class KassaHttpProtocol(HttpToolsProtocol):
+    """See the module docstring. `protocol_class(limits)` makes the class a worker uses."""
+
+    limits: ClassVar[Limits] = Limits()
+    _lingering: ClassVar[int] = 0  # refused connections of this process still open
+    _refused_at: ClassVar[float] = 0.0  # last log line about the connection cap
+    _refused_since: ClassVar[int] = 0  # connections refused since that line
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: list[bytes] | None = None  # an incomplete head, not yet parsed
+        self._held_len = 0
+        self._held_tail = b""  # the last 3 bytes held, to find a CRLF CRLF across chunks
+        self._line_len = -1  # the request line's length in the held bytes, once known
+        self._held_lines = 0  # CRLFs in the held bytes
+        self._in_head = False  # the parser has begun a head (pipelined after a request)
+        self._in_body = False  # head parsed, body not complete
+        self._header_bytes = 0
+        self._declared: bytes | None = None  # the Content-Length of the request being parsed
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # the head deadline (loop time) while the timer watches a head
+        self._body_at = 0.0  # loop time of the last body chunk while a body is incomplete
+        self._refused = False
+
+    # Connections
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.limits.connections_max:
+            self._refuse_connection(transport)
+            return
+        super().connection_made(transport)
+        self._watch_head(self.limits.head_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if self._refused:
+            self._refused = False
+            type(self)._lingering -= 1
+            self.parser = None  # type: ignore[assignment]
+            return
+        super().connection_lost(exc)
+
+    def _refuse_connection(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        cls = type(self)
+        cls._refused_since += 1
+        now = time.monotonic()
+        if now - cls._refused_at >= 1.0:
+            log.warning("connection refused (503): this worker has %d open connections "
+                        "(KASSA_HTTP_CONNECTIONS_MAX); %d refused since the last such line",
+                        len(self.connections), cls._refused_since)
+            cls._refused_at = now
+            cls._refused_since = 0
+        self._answer_and_close(503, "overloaded", "too many open connections, retry later",
+                               secrets.token_hex(16).encode())
+
+    # Receiving
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after an answer: discarded
+        if self._in_body:
+            self._body_at = self.loop.time()
+        elif self._held is not None or _HEAD_END not in data:
+            data = self._hold(data)  # type: ignore[assignment]
+            if not data:
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self._cancel_timer()
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError as exc:
+            refusal = exc.__context__
+            if isinstance(refusal, _Refusal):
+                self._refuse(refusal.status, refusal.code, refusal.message)
+            else:
+                self._refuse(400, "invalid_request", f"invalid HTTP request: {exc}")
+            return
+        if self._in_body:
+            if self._timer is None:
+                self._body_at = self.loop.time()
+                self._timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timeout)
+        elif self._in_head:
+            # The start of a pipelined head was parsed: the rest is held, from its 3 last
+            # bytes on (a CRLF CRLF may straddle); its request line went through on_url.
+            self._held, self._held_len, self._held_tail, self._line_len = [], 0, data[-3:], 0
+            self._held_lines = 0
+
+    def _hold(self, data: bytes) -> bytes | None:
+        """Hold the bytes of an incomplete head; all of them once it is complete (or bad)."""
+        held = self._held
+        if held is None:
+            held = self._held = []
+            self._held_len, self._held_tail, self._line_len, self._held_lines = 0, b"", -1, 0
+        straddle = self._held_tail[-1:] == b"\r"  # a CRLF cut between two chunks
+        window = self._held_tail + data
+        offset = self._held_len - len(self._held_tail)  # where `window` starts in the head
+        held.append(data)
+        self._held_len += len(data)
+        self._held_tail = window[-3:]
+        limits = self.limits
+        if self._line_len < 0:
+            line_end = window.find(b"\r\n")
+            if line_end >= 0:
+                self._line_len = offset + line_end
+        line = self._line_len if self._line_len >= 0 else self._held_len
+        # A coarse bound here (method and version are not the target); on_url's is exact.
+        if line > limits.request_line_max + 32:
+            self._refuse(414, "invalid_request",
+                         f"the request line is longer than {limits.request_line_max} bytes", False)
+            return None
+        # A complete head, or a bare LF (which the parser refuses at once), is parsed now.
+        if _HEAD_END in window or b"\n\n" in window:
+            self._held = None
+            return held[0] if len(held) == 1 else b"".join(held)
+        self._held_lines += data.count(b"\r\n") + (straddle and data[:1] == b"\n")
+        if self._held_lines > limits.headers_max + 1:  # the request line is one
+            self._refuse(431, "invalid_request", f"more than {limits.headers_max} request headers",
+                         False)
+        # The limit counts names and values; the raw bytes also hold ": " and CRLF.
+        elif self._held_len - line > limits.header_bytes_max + 4 * limits.headers_max + 64:
+            self._refuse(431, "invalid_request",
+                         f"the request headers are larger than {limits.header_bytes_max} bytes",
+                         False)
+        return None
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._header_bytes = 0
+        self._declared = None
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limits.request_line_max:
+            raise _Refusal(414, "invalid_request",
+                           f"the request line is longer than {self.limits.request_line_max} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        # llhttp keeps trailing OWS, which RFC 9110 5.5 excludes from the value.
+        value = value.rstrip(b" \t")
+        if name == b"content-length":
+            self._declared = value
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        headers = self.headers
+        headers.append((name, value))
+        self._header_bytes += len(name) + len(value)
+        if len(headers) > self.limits.headers_max:
+            raise _Refusal(431, "invalid_request",
+                           f"more than {self.limits.headers_max} request headers")
+        if self._header_bytes > self.limits.header_bytes_max:
+            raise _Refusal(431, "invalid_request",
+                           f"the request headers are larger than {self.limits.header_bytes_max} bytes")
+
+    def on_headers_complete(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        declared = self._declared
+        if declared is not None and int(declared) > self.limits.body_size_max:
+            raise _Refusal(413, "invalid_request",
+                           f"request body is larger than {self.limits.body_size_max} bytes")
+        self._in_head = False
+        self._in_body = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        if self._timer is not None:  # a body timer
+            self._timer.cancel()
+            self._timer = None
+        cycle = self.cycle
+        if cycle.response_complete and not self.pipeline:
+            # Answered before its body was all read: the next head's deadline starts now.
+            self._watch_head(self.limits.head_timeout_s)
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, with the head deadline in place of its keep-alive timer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif not self._in_body and self._timer is None:
+            self._watch_head(self.limits.head_timeout_s)
+
+    # Deadlines
+
+    def _watch_head(self, timeout_s: float) -> None:
+        self._deadline = self.loop.time() + timeout_s
+        # An idle keep-alive connection may go first, at gunicorn's keep-alive.
+        self._timer = self.loop.call_later(min(timeout_s, self.timeout_keep_alive),
+                                           self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        self._timer = None
+        if self.transport.is_closing() or self._in_body:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being answered: its end arms the next deadline
+        remaining = self._deadline - self.loop.time()
+        if remaining > 0 and (self._held is not None or self._in_head):
+            # gunicorn's keep-alive passed, but a head has begun: its deadline applies.
+            self._timer = self.loop.call_later(remaining, self._head_timeout)
+            return
+        log.debug("closing a connection that sent no complete request head in time")
+        self.transport.close()
+
+    def _body_timeout(self) -> None:
+        self._timer = None
+        if not self._in_body or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.flow.read_paused:  # the app has not taken what came: not the client's stall
+            self._body_at = now
+        remaining = self._body_at + self.limits.body_timeout_s - now
+        if remaining > 0:
+            self._timer = self.loop.call_later(remaining, self._body_timeout)
+            return
+        log.debug("closing a connection whose request body stalled")
+        self.transport.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # Refusals
+
+    def _refuse(self, status: int, code: str, message: str, parsed: bool = True) -> None:
+        """Answer and close; `parsed`: the parser has begun this request (its headers so far
+        may carry the client's X-Request-Id)."""
+        log.debug("refused (%d): %s", status, message)
+        current = parsed and (self._in_head or self._in_body) and self.headers
+        rid = request_id(self.headers) if current else secrets.token_hex(16).encode()
+        self._in_head = self._in_body = False
+        if self.cycle is not None and not self.cycle.response_complete:
+            # The app is answering an earlier request (pipelined): no answer of ours can
+            # be sent in between, so the connection just ends.
+            self.cycle.keep_alive = False
+            self._cancel_timer()
+            self.transport.close()
+            return
+        self.connections.discard(self)
+        self._answer_and_close(status, code, message, rid)
+
+    def _answer_and_close(self, status: int, code: str, message: str, rid: bytes) -> None:
+        transport = self.transport
+        self._cancel_timer()
+        self._refused = True
+        self._held = None
+        type(self)._lingering += 1
+        transport.write(refusal_bytes(status, code, message, rid,
+                                      self.server_state.default_headers))
+        if type(self)._lingering > self.limits.connections_max or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._timer = self.loop.call_later(LINGER_S, transport.close)
+
+
+def protocol_class(limits: Limits) -> type[KassaHttpProtocol]:
+    """The protocol class a worker passes to uvicorn's Config(http=...), with its limits
+    (the connection cap lowered to fit the process's descriptor limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = limits.connections_max + _FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+        if soft < wanted:
+            lowered = max(1, soft - _FD_RESERVE)
+            log.warning("KASSA_HTTP_CONNECTIONS_MAX=%d lowered to %d: this process may open "
+                        "%d descriptors", limits.connections_max, lowered, soft)
+            limits = Limits(**{**limits.__dict__, "connections_max": lowered})
+    return type("KassaHttpProtocol", (KassaHttpProtocol,), {"limits": limits})
