@@ -268,12 +268,70 @@ def admin_key(data_dir: Path) -> str:
     return key
 
 
+METRICS_PREFIX = "kassa-metrics-"
+
+
 def prepare_metrics_dir(data_dir: Path) -> None:
-    """prometheus_client multiprocess mode: one fresh directory per server run."""
-    metrics_dir = data_dir / "metrics"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir()
+    """prometheus_client multiprocess mode: one fresh directory per server run, in memory
+    ($XDG_RUNTIME_DIR or /dev/shm), never on the data disk, and removed when this process
+    exits.
+
+    Why not on the data disk: every worker memory-maps its own metric files. A file is
+    created sparse (ftruncate to 64 KB, which succeeds on a full file system) and its pages
+    get their disk blocks only when first written through the mapping; on a full file
+    system that write cannot be given a block, and the kernel answers it with SIGBUS. So
+    when PostgreSQL filled the data disk, each new worker died by SIGBUS at its first
+    metric, and so did any worker writing its first value on a new page."""
+    import atexit
+    import tempfile
+
+    shutil.rmtree(data_dir / "metrics", ignore_errors=True)  # where older versions kept it
+    base = metrics_base()
+    remove_stale_metrics_dirs(base)
+    metrics_dir = Path(tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-", dir=base))
+    # Workers are forked from this process and run its atexit handlers too: only the
+    # process that made the directory removes it.
+    atexit.register(_remove_metrics_dir, metrics_dir, os.getpid())
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+
+def metrics_base() -> Path:
+    """The first memory-backed directory this user may write: /dev/shm, $XDG_RUNTIME_DIR;
+    else the temporary directory."""
+    import tempfile
+
+    for candidate in ("/dev/shm", os.environ.get("XDG_RUNTIME_DIR", "")):
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return Path(candidate)
+    return Path(tempfile.gettempdir())
+
+
+def remove_stale_metrics_dirs(base: Path) -> None:
+    """Directories of earlier runs of this user whose server is gone (killed, so its exit
+    did not remove them)."""
+    for path in base.glob(f"{METRICS_PREFIX}*-*"):
+        try:
+            pid = int(path.name[len(METRICS_PREFIX):].split("-", 1)[0])
+            if path.stat().st_uid != os.getuid() or _process_alive(pid):
+                continue
+        except (ValueError, OSError):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_metrics_dir(path: Path, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _require_database(settings: Settings) -> str:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
+import random
+import sys
+import time
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -40,6 +45,94 @@ class KassaWorker(UvicornWorker):
         # sockets themselves; its own close() after the server's is a no-op on them.
         self.sockets = [getattr(s, "sock", s) for s in self.sockets]
         super().run()
+
+    async def _serve(self) -> None:
+        """uvicorn_worker's own, but a startup that fails because a dependency is down
+        (the database unreachable, restarting or out of resources: the one classification
+        in server/adapters/postgres/pool.py) is tried again in this process with backoff,
+        instead of exiting with gunicorn's WORKER_BOOT_ERROR (3): the master halts the
+        whole server on that code, which is right for a broken installation and wrong for
+        a database that is down for a while. Any other startup failure still exits 3."""
+        from uvicorn.server import Server
+
+        app = StartupWatch(self.wsgi, self.config)
+        self.config.app = app
+        delay_s = BOOT_RETRY_MIN_S
+        while True:
+            app.error = None
+            server = Server(config=self.config)
+            self._install_sigquit_handler()
+            try:
+                await server.serve(sockets=self.sockets)
+            except SystemExit:
+                if server.started or server.should_exit or not dependency_down(app.error):
+                    raise
+            else:
+                if server.started or server.should_exit or not dependency_down(app.error):
+                    break
+            wait_s = delay_s * random.uniform(0.5, 1.0)
+            self.log.warning("worker %d: startup failed, a dependency is unavailable (%s); "
+                             "retrying in %.1fs", os.getpid(), type(app.error).__name__, wait_s)
+            gc.collect()  # what the failed attempt opened (connections) is closed now
+            await self._boot_pause(wait_s)
+            delay_s = min(delay_s * 2, BOOT_RETRY_MAX_S)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+    async def _boot_pause(self, seconds: float) -> None:
+        """Sleep, telling the master this worker is alive (its timeout would kill it)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.notify()
+            await asyncio.sleep(min(left, 1.0))
+        self.notify()
+
+
+BOOT_RETRY_MIN_S = 0.5
+BOOT_RETRY_MAX_S = 10.0
+
+
+class StartupWatch:
+    """The app as uvicorn loads it in a worker: the same, but it keeps the exception that
+    failed the lifespan startup, for KassaWorker to judge. Once the startup is complete it
+    hands uvicorn the app itself, so requests do not pass through it."""
+
+    def __init__(self, app: Any, config: Any) -> None:
+        self.app = app
+        self.config = config
+        self.error: BaseException | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def watched(message: Any) -> None:
+            if message["type"] == "lifespan.startup.complete" and self.config.loaded_app is self:
+                self.config.loaded_app = self.app  # connections made from now on
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+
+def dependency_down(exc: BaseException | None) -> bool:
+    """Whether a startup failed only because a dependency is down for now."""
+    if exc is None:
+        return False
+    from core.ledger.errors import KassaError
+    from server.adapters.postgres.pool import UNAVAILABLE
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:  # also when raised `from` such an error
+        seen.add(id(exc))
+        if (isinstance(exc, KassaError) and exc.retriable) or isinstance(exc, UNAVAILABLE):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 class KassaLogger(Logger):  # type: ignore[misc]

@@ -19,13 +19,18 @@ from core.ledger.errors import CommitUnknown, Rejected, Unavailable
 from core.ledger.models import Entry, ErrorBody
 from core.pipeline.ports import RecordedJournal
 from server.adapters.postgres.journal_sql import RECORDED, SESSION_ALIVE, TERMINATE_SESSION
-from server.adapters.postgres.pool import converted_errors
+from server.adapters.postgres.pool import CONNECTION_LOST, OUT_OF_RESOURCES, converted_errors
 
 log = logging.getLogger("kassa.postgres")
 
 # A connection failing in one of these ways after COMMIT was sent leaves the outcome open.
-LOST = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
-        asyncpg.OperatorInterventionError, asyncpg.InterfaceError)
+LOST = CONNECTION_LOST
+# So does the server running out of resources during COMMIT itself: a failed WAL write is
+# a PANIC (the server restarts and its recovery keeps whatever WAL reached the files, which
+# may hold this commit), and the client may see it as 53100 disk_full before the
+# connection closes. Before COMMIT, the same error is an ordinary failed statement: the
+# transaction is rolled back and converted_errors answers Unavailable.
+LOST_AT_COMMIT = (*CONNECTION_LOST, *OUT_OF_RESOURCES)
 
 _entries = msgspec.json.Decoder(list[tuple[str, str, int, int]])
 
@@ -44,7 +49,7 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
             async with rejected_data(), conn.transaction():
                 yield conn
                 committing = True
-        except LOST as exc:
+        except LOST_AT_COMMIT as exc:
             if not committing:
                 raise
             raise CommitUnknown("the commit was not acknowledged", session=session) from exc

@@ -34,6 +34,37 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool
     )
 
 
+# The one classification of "the database cannot serve this now": the error says nothing
+# about the request, nothing was changed, and the same request may succeed later.
+#  - The connection is gone or cannot be made (class 08, OSError, a timeout, the driver's
+#    InterfaceError) or the server is restarting or shutting down (class 57).
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError,
+    asyncpg.InterfaceError)
+#  - The server is out of resources (class 53: 53000 insufficient_resources, 53100 disk_full,
+#    53200 out_of_memory, 53300 too_many_connections, 53400 configuration_limit_exceeded).
+#    The statement failed and its transaction is rolled back.
+OUT_OF_RESOURCES: tuple[type[BaseException], ...] = (asyncpg.InsufficientResourcesError,)
+UNAVAILABLE: tuple[type[BaseException], ...] = (*CONNECTION_LOST, *OUT_OF_RESOURCES)
+
+
+def unavailable(exc: BaseException) -> Unavailable | None:
+    """The Unavailable (503 `unavailable`, Retry-After) a driver error means, or None when
+    it means something else (refused data, a conflict, a defect). An Unavailable raised
+    further down is itself."""
+    if isinstance(exc, Unavailable):
+        return exc
+    if isinstance(exc, OUT_OF_RESOURCES):
+        # The sqlstate and the server's text go to the log, never to a client.
+        log.warning("database out of resources (%s): %r", getattr(exc, "sqlstate", "53000"), exc)
+        return Unavailable("the database is out of resources", retry_after_s=1)
+    if isinstance(exc, CONNECTION_LOST):
+        # The message may reach a client: the driver's text (host, port) goes to the log.
+        log.warning("database unavailable: %r", exc)
+        return Unavailable("the database is unavailable", retry_after_s=1)
+    return None
+
+
 @contextlib.asynccontextmanager
 async def converted_errors() -> AsyncIterator[None]:
     """Convert lower-layer errors once, at the adapter boundary."""
@@ -41,12 +72,10 @@ async def converted_errors() -> AsyncIterator[None]:
         yield
     except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
         raise TransientConflict(str(exc)) from exc
-    except (OSError, TimeoutError, asyncpg.PostgresConnectionError,
-            asyncpg.OperatorInterventionError, asyncpg.InterfaceError) as exc:
-        # Unreachable, restarting or shutting down (class 08 and 57 errors), or too slow.
-        # The message may reach a client: the driver's text (host, port) goes to the log.
-        log.warning("database unavailable: %r", exc)
-        raise Unavailable("the database is unavailable", retry_after_s=1) from exc
+    except UNAVAILABLE as exc:
+        down = unavailable(exc)
+        assert down is not None, "UNAVAILABLE is what unavailable() converts"
+        raise down from exc
 
 
 def iso(ts: dt.datetime | None) -> str | None:

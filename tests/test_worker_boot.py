@@ -1,0 +1,94 @@
+"""Issue 18, D1 (point 3): a worker that cannot start because PostgreSQL is down retries
+with backoff; gunicorn's master does not halt the server (it does on a worker exiting with
+WORKER_BOOT_ERROR, 3, which is how uvicorn's worker ends a failed startup). When the
+database is back, the server serves again without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_KEY
+from tests.fixtures.kafka import KafkaBroker
+from tests.fixtures.kassa_server import start_kassa
+from tests.fixtures.servers import PG_BIN, PostgresServer, RedisServer, _as_postgres, start_postgres
+from tests.load import SERVE_ENV
+
+pytestmark = pytest.mark.slow
+
+
+def _pg_ctl(server: PostgresServer, *args: str) -> None:
+    subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(server.root / "data"), *args]),
+                   check=True, capture_output=True, timeout=60)
+
+
+def _pg_start(server: PostgresServer) -> None:
+    opts = (f"-h 127.0.0.1 -p {server.port} -k {server.root} -c max_connections=300 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+    _pg_ctl(server, "-w", "-l", str(server.root / "log"), "-o", opts, "start")
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A cluster of this test's own, stopped and started again by it."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_a_worker_booting_while_the_database_is_down_waits_for_it(
+        own_postgres: PostgresServer, redis_server: RedisServer, kafka_broker: KafkaBroker) -> None:
+    from server.adapters.postgres.migrate import apply_migrations
+
+    pg = own_postgres
+    await apply_migrations(pg.dsn())
+    kassa = await asyncio.to_thread(start_kassa, {
+        **SERVE_ENV, "KASSA_DATABASE_URL": pg.dsn(), "KASSA_REDIS_URL": redis_server.url,
+        "KASSA_KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap, "KASSA_LOG_LEVEL": "warning"})
+    try:
+        workers = kassa.worker_pids()
+        assert len(workers) == 2
+        await asyncio.to_thread(_pg_ctl, pg, "-m", "fast", "stop")
+        os.kill(workers[0], signal.SIGKILL)  # its replacement boots with the database down
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and "startup failed" not in kassa.log():
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2)  # a few more attempts
+        assert kassa.process.poll() is None, f"kassa serve exited:\n{kassa.log_tail(60)}"
+        log = kassa.log()
+        assert "a dependency is unavailable" in log, kassa.log_tail(60)
+        assert "Worker failed to boot" not in log, kassa.log_tail(60)
+
+        await asyncio.to_thread(_pg_start, pg)
+        started = time.monotonic()
+        accepted = False
+        async with httpx.AsyncClient(base_url=kassa.url, timeout=5,
+                                     headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
+            while time.monotonic() - started < 30 and not accepted:
+                r = await http.post("/v1/accounts", json={"id": "boot1", "currency": "USD"})
+                accepted = r.status_code in (201, 409)
+                if not accepted:
+                    assert r.status_code == 503, r.text
+                    await asyncio.sleep(0.2)
+            assert accepted, kassa.log_tail(60)
+            # Both workers serve: the one that waited for the database too.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(kassa.worker_pids()) != 2:
+                await asyncio.sleep(0.2)
+            assert len(kassa.worker_pids()) == 2
+            for _ in range(20):
+                assert (await http.get("/readyz")).status_code == 200
+        assert kassa.process.poll() is None
+    finally:
+        code = await asyncio.to_thread(kassa.stop)
+    assert code == 0, kassa.log_tail(60)
+
