@@ -27,6 +27,7 @@ from core.kit.batcher import Batcher
 from core.kit.request_context import REQUEST_ID
 from core.ledger.decide import Outcome, prevalidate
 from core.ledger.errors import (
+    AmountOverflow,
     IdempotencyKeyReused,
     InsufficientFunds,
     KassaError,
@@ -55,6 +56,9 @@ from core.pipeline.submission import (
 from core.pipeline.tasks import Task
 
 log = logging.getLogger("kassa.accept")
+# Refusals that depend on balances or `held`, which the cached view may show stale: each is
+# confirmed by a fresh read before it is answered.
+STALE_REFUSALS = (InsufficientFunds, AmountOverflow)
 
 
 class TransactionService:
@@ -180,9 +184,10 @@ class TransactionService:
 
     async def _check_many(self, subs: list[Submission], accounts: dict[str, AccountSnapshot]
                           ) -> list[KassaError | None]:
-        """Pre-validation of many items; a refusal on funds is confirmed by one fresh read."""
+        """Pre-validation of many items; a refusal on funds or on the 64-bit range is
+        confirmed by one fresh read."""
         errors: list[KassaError | None] = [prevalidate(s.transaction, accounts) for s in subs]
-        short = [i for i, e in enumerate(errors) if isinstance(e, InsufficientFunds)]
+        short = [i for i, e in enumerate(errors) if isinstance(e, STALE_REFUSALS)]
         if short:
             fresh = await self._accounts.get_accounts(
                 sorted({a for i in short for a in subs[i].transaction.account_ids}), fresh=True)
@@ -221,9 +226,9 @@ class TransactionService:
         if accounts is None:
             accounts = await self._accounts.get_accounts(tx.account_ids)
         error = prevalidate(tx, accounts)
-        if isinstance(error, InsufficientFunds):
-            # A cached balance may be stale-low (a credit committed by another process):
-            # refuse on funds only by the database's view.
+        if isinstance(error, STALE_REFUSALS):
+            # A cached balance may be stale-low (a credit committed by another process), or
+            # stale near the int64 edge: refuse on funds or range only by the database's view.
             error = prevalidate(tx, await self._accounts.get_accounts(tx.account_ids, fresh=True))
         if error is not None:
             self._observer.refused(error.code)

@@ -386,3 +386,21 @@ async def test_the_pipeline_refuses_before_recording(make_pipeline: PipelineFact
     fits = await p.service.submit(submission(hold(Leg("rich", "bob", 5)), wait=True))
     assert isinstance(fits, Finished) and fits.outcome.status == HELD
     assert p.store.accounts["rich"].held == INT64_MAX
+
+
+async def test_a_stale_cached_view_near_the_edge_does_not_refuse(make_pipeline: PipelineFactory
+                                                                ) -> None:
+    """amount_overflow is answered early only by the database's view, as insufficient_funds:
+    a cached balance or `held` near the edge that has moved since reads again."""
+    p = await make_pipeline()
+    p.cache.stale(snapshot("bob", INT64_MAX - 1, 0))  # bob has spent it since
+    p.cache.stale(snapshot("alice", 100, 0, held=INT64_MAX - 1))  # the holds were voided
+    single = await p.service.submit(submission(
+        Transaction("transfer", "USD", (Leg("alice", "bob", 10),)), wait=True))
+    assert isinstance(single, Finished) and single.outcome.status == COMPLETED
+    subs = [submission(hold(Leg("alice", "bob", 10))), submission(
+        Transaction("deposit", "USD", (Leg(WORLD, "bob", 5),)))]
+    accounts = await p.cache.get_accounts(["@world:USD", "alice", "bob"])
+    answers = await p.service.submit_many(subs, accounts)
+    assert not any(isinstance(a, BusinessRuleError) for a in answers), answers
+    assert p.cache.fresh_reads == 2
