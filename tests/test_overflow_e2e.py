@@ -18,7 +18,11 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import new_database
+from tests.fixtures.kassa_server import start_kassa
+from tests.fixtures.servers import PostgresServer
 from tests.invariants import assert_invariants
+from tests.load import SERVE_ENV, client
 from tests.test_http_api import make_accounts
 
 AMOUNT_MAX = 2**53 - 1
@@ -154,3 +158,48 @@ async def test_balances_at_the_edge_are_amount_overflow(app_client, pg_dsn) -> N
     assert accounts == {"alice": -1023, "bob": INT64_MAX, "carol": 0,
                         "@world:USD": -(INT64_MAX - 1023)}
     await assert_invariants(pg_dsn)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_d3_against_kassa_serve(pg_server: PostgresServer, redis_url: str) -> None:
+    """D3 on `kassa serve --workers 2` (real PostgreSQL and Redis): a hold from @world:USD
+    is 400; `held` filled to INT64_MAX - 1023 by 1,024 holds of 2**53-1, the 1,025th is 422
+    amount_overflow (the database refused it before: CRITICAL [TRANSACTION REJECTED],
+    invalid_request), and the server logs no refusal."""
+    dsn = await new_database(pg_server)
+    kassa = start_kassa({**SERVE_ENV, "KASSA_DATABASE_URL": dsn, "KASSA_REDIS_URL": redis_url})
+    try:
+        async with client(kassa.url) as http:
+            async def post(path: str, body: dict[str, Any]) -> tuple[int, Any]:
+                async with http.post(path, json=body) as r:
+                    return r.status, await r.json()
+
+            for account_id in ("bob", "carol"):
+                status, _ = await post("/v1/accounts", {"id": account_id, "currency": "USD",
+                                                        "overdraft_limit": AMOUNT_MAX})
+                assert status == 201
+            status, body = await post(f"{T}?wait=true", tx("@world:USD", "bob", 1, hold=True))
+            assert (status, body["error"]["code"]) == (400, "invalid_request"), body
+            deposit = {"type": "deposit", "currency": "USD", "destination": "bob",
+                       "amount": AMOUNT_MAX}
+            held = tx("bob", "carol", AMOUNT_MAX, hold=True)
+            for item, want in ((deposit, "completed"), (held, "held")):
+                for count in (1000, 24):
+                    status, body = await post(f"{T}/batch?wait=true",
+                                              {"transactions": [item] * count})
+                    assert status == 201
+                    assert {r.get("status") for r in body["results"]} == {want}, body["results"][:2]
+            status, body = await post(f"{T}?wait=true", held)
+            assert (status, body["error"]["code"]) == (422, "amount_overflow"), body
+            status, body = await post(f"{T}/batch?wait=true", {"transactions": [held]})
+            assert body["results"][0]["error"]["code"] == "amount_overflow", body
+            status, body = await post(f"{T}?wait=true", tx("bob", "carol", 1023, hold=True))
+            assert (status, body["status"]) == (201, "held"), body
+            async with http.get("/v1/accounts/bob") as r:
+                bob = await r.json()
+            assert (bob["balance"], bob["held"]) == (INT64_MAX - 1023, INT64_MAX)
+        await assert_invariants(dsn)
+        assert "TRANSACTION REJECTED" not in kassa.log(), kassa.log_tail()
+    finally:
+        kassa.stop()
