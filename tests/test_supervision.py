@@ -249,7 +249,7 @@ def child_pid(kassa: KassaProcess, marker: bytes) -> int | None:
 
 def wait_restarted(kassa: KassaProcess, marker: bytes, old_pid: int, timeout_s: float) -> int:
     """The new pid once the supervisor logged the restart (the child then serves)."""
-    name = {b"redis-server": "redis"}.get(marker, marker.decode())
+    name = {b"redis-server": "redis", b"tansu": "kafka"}.get(marker, marker.decode())
     before = kassa.log().count(f"[SUPERVISOR] restarted {name}")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -382,3 +382,123 @@ def test_a_sigkilled_embedded_redis_is_restarted_on_its_port(supervised) -> None
     assert body["redis"] == "ok", body
     assert asyncio.run(keyed_deposits(kassa.url, 100, "sup")) == {"202": 100}
     asyncio.run(assert_invariants(dsn))
+
+
+@pytest.mark.slow
+def test_the_embedded_postgres_and_broker_are_restarted() -> None:
+    """Everything embedded: a SIGKILLed postmaster is started again on the same socket by
+    pgserver, the broker on its port; writes succeed after each."""
+    kassa = start_kassa({**SUPERVISED_ENV, "KASSA_RECEIPT_BLOCK_SIZE": "8192"}, workers=1,
+                        timeout_s=90)
+    try:
+        asyncio.run(open_accounts(kassa.url, ["pg"], 0))
+        pid_file = kassa.data_dir / "pg" / "postmaster.pid"
+        postmaster = int(pid_file.read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "[SUPERVISOR] restarted postgres" not in kassa.log():
+            assert time.monotonic() < deadline, kassa.log_tail(60)
+            time.sleep(0.1)
+        assert int(pid_file.read_text().split()[0]) != postmaster
+        wait_ready(kassa, 30)
+        replies = asyncio.run(drive(kassa.url, deposits(100, "pg"), concurrency=10))
+        assert status_counts(replies) == {"202": 100}, status_counts(replies)
+        broker = child_pid(kassa, b"tansu")
+        assert broker is not None, children(kassa)
+        os.kill(broker, signal.SIGKILL)
+        wait_restarted(kassa, b"tansu", broker, timeout_s=15)
+        assert child_pid(kassa, b"tansu") not in (None, broker)
+        replies = asyncio.run(drive(kassa.url, deposits(100, "pg"), concurrency=10))
+        assert status_counts(replies) == {"202": 100}, status_counts(replies)
+        from server.process.embedded import running_postgres_dsn
+
+        asyncio.run(assert_invariants(running_postgres_dsn(kassa.data_dir)))
+    finally:
+        assert kassa.stop() == 0, kassa.log_tail(100)
+
+
+# ---- the measurement of issue 18 (D5), not a test ---------------------------------------
+
+
+async def load_and_probe(url: str, seconds: float, concurrency: int
+                         ) -> tuple[dict[int, int], dict[int, int]]:
+    """Unkeyed deposits for `seconds`, and /readyz every 0.1 s: (write statuses, readyz
+    statuses), each status → count."""
+    deadline = time.perf_counter() + seconds
+    writes: dict[int, int] = {}
+    probes: dict[int, int] = {}
+    body = {"type": "deposit", "currency": "USD", "destination": "sup", "amount": 1}
+
+    async def one(http: aiohttp.ClientSession) -> None:
+        while time.perf_counter() < deadline:
+            async with http.post("/v1/transactions", json=body) as r:
+                await r.read()
+            writes[r.status] = writes.get(r.status, 0) + 1
+
+    async def probe(http: aiohttp.ClientSession) -> None:
+        while time.perf_counter() < deadline:
+            async with http.get("/readyz") as r:
+                await r.read()
+            probes[r.status] = probes.get(r.status, 0) + 1
+            await asyncio.sleep(0.1)
+
+    async with client(url, concurrency + 1) as http:
+        await asyncio.gather(probe(http), *(one(http) for _ in range(concurrency)))
+    return writes, probes
+
+
+def measure(kassa_bin: str, seconds: float, concurrency: int, block_size: int,
+            env: dict[str, str]) -> None:
+    """Writes and /readyz before and after SIGKILLing both gRPC services (a small code
+    block makes the codes in hand run out within the run)."""
+    from tests.fixtures.servers import start_postgres
+
+    pg = start_postgres()
+    try:
+        dsn = pg.dsn()
+        asyncio.run(_migrated(dsn))
+        kassa = start_kassa({**SERVE_ENV, "KASSA_DATABASE_URL": dsn,
+                             "KASSA_RECEIPT_BLOCK_SIZE": str(block_size), **env},
+                            workers=1, timeout_s=60, kassa=Path(kassa_bin))
+        try:
+            asyncio.run(open_accounts(kassa.url, ["sup"], 0))
+            for phase in ("normal", "services SIGKILLed"):
+                if phase != "normal":
+                    for marker in (b"receipt-service", b"notification-service"):
+                        pid = child_pid(kassa, marker)
+                        assert pid is not None
+                        os.kill(pid, signal.SIGKILL)
+                writes, probes = asyncio.run(load_and_probe(kassa.url, seconds, concurrency))
+                total = sum(writes.values())
+                print(f"{phase:20} writes {total / seconds:6.0f}/s {writes}  "
+                      f"503: {writes.get(503, 0) / total:.0%}  /readyz {probes}", flush=True)
+            alive = {m.decode(): child_pid(kassa, m) is not None
+                     for m in (b"receipt-service", b"notification-service")}
+            print(f"services running at the end: {alive}")
+        finally:
+            kassa.stop()
+    finally:
+        pg.stop()
+
+
+async def _migrated(dsn: str) -> None:
+    from server.adapters.postgres.migrate import apply_migrations
+
+    await apply_migrations(dsn)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from tests.fixtures.kassa_server import KASSA
+
+    parser = argparse.ArgumentParser(description="writes and /readyz when the services die")
+    parser.add_argument("--kassa", default=str(KASSA), help="console script to measure")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--block-size", type=int, default=500)
+    parser.add_argument("--env", action="append", default=[], metavar="KASSA_X=value",
+                        help="another setting for the server (repeatable)")
+    options = parser.parse_args()
+    measure(options.kassa, options.seconds, options.concurrency, options.block_size,
+            dict(item.split("=", 1) for item in options.env))

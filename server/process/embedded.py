@@ -431,3 +431,8 @@ class _EmbeddedPostgres:
         assert server is not None
         with type(server)._lock:  # pgserver's own inter-process lock around pg_ctl
             server.ensure_postgres_running()
+        # pgserver takes a postmaster killed but not yet reaped (a zombie: its parent is
+        # pid 1) for a running one and starts nothing: not started yet, try again later.
+        pid = self.pid()
+        if pid is None or not _running(pid):
+            raise RuntimeError(f"the dead postmaster (pid {pid}) is not reaped yet")
