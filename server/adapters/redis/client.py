@@ -12,8 +12,14 @@ import logging
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
-from redis.exceptions import (BusyLoadingError, ConnectionError, OutOfMemoryError, ReadOnlyError,
-                              RedisError, TimeoutError)
+from redis.exceptions import (
+    BusyLoadingError,
+    ConnectionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    TimeoutError,
+)
 
 from core.kit.breaker import CircuitBreaker
 from core.ledger.errors import Unavailable

@@ -9,8 +9,8 @@ from __future__ import annotations
 import msgspec
 import redis.asyncio as aioredis
 
-from core.pipeline.ports import IdempotencyRecord
 from core.kit.breaker import CircuitBreaker
+from core.pipeline.ports import IdempotencyRecord
 from server.adapters.redis.client import converted_errors
 
 KEY = "kassa:idem:{}:{}"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 import redis.asyncio as aioredis
 
+from core.kit.breaker import CircuitBreaker
 from core.ledger.status import RANK
 from core.pipeline.ports import JournalStatus
-from core.kit.breaker import CircuitBreaker
 from server.adapters.redis.client import converted_errors
 
 KEY = "kassa:status:{}"
