@@ -46,11 +46,12 @@ import logging
 import resource
 import secrets
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from server.http.errors import error_dict
 from server.http.hot import request_id
@@ -128,7 +129,10 @@ class KassaHttpProtocol(HttpToolsProtocol):
         self._held_lines = 0  # CRLFs in the held bytes
         self._in_head = False  # the parser has begun a head (pipelined after a request)
         self._in_body = False  # head parsed, body not complete
-        self._header_bytes = 0
+        self._half_header_bytes = self.limits.header_bytes_max // 2
+        self._idle_s = min(self.limits.head_timeout_s, self.timeout_keep_alive)
+        self._feeding_big = False  # the chunk being parsed is over half the header limit
+        self._big = False  # this request's head came in such a chunk: its bytes are counted
         self._declared: bytes | None = None  # the Content-Length of the request being parsed
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0  # the head deadline (loop time) while the timer watches a head
@@ -142,7 +146,7 @@ class KassaHttpProtocol(HttpToolsProtocol):
             self._refuse_connection(transport)
             return
         super().connection_made(transport)
-        self._watch_head(self.limits.head_timeout_s)
+        self._watch_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -170,14 +174,19 @@ class KassaHttpProtocol(HttpToolsProtocol):
     # Receiving
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # lingering after an answer: discarded
         if self._in_body:
             self._body_at = self.loop.time()
+        elif self._refused:
+            return  # lingering after an answer: discarded
         elif self._held is not None or _HEAD_END not in data:
             data = self._hold(data)  # type: ignore[assignment]
             if not data:
                 return
+        if len(data) > self._half_header_bytes:
+            # for a head already begun; on_message_begin passes it to the others
+            self._feeding_big = self._big = True
+        elif self._feeding_big:
+            self._feeding_big = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -245,10 +254,24 @@ class KassaHttpProtocol(HttpToolsProtocol):
     # Parser callbacks
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # uvicorn's (inlined: this runs for every request).
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
         self._in_head = True
-        self._header_bytes = 0
         self._declared = None
+        self._big = self._feeding_big
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -257,6 +280,7 @@ class KassaHttpProtocol(HttpToolsProtocol):
                            f"the request line is longer than {self.limits.request_line_max} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # uvicorn's, noting the Content-Length; the limits are checked once the head is in.
         name = name.lower()
         # llhttp keeps trailing OWS, which RFC 9110 5.5 excludes from the value.
         value = value.rstrip(b" \t")
@@ -264,27 +288,62 @@ class KassaHttpProtocol(HttpToolsProtocol):
             self._declared = value
         elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
-        headers = self.headers
-        headers.append((name, value))
-        self._header_bytes += len(name) + len(value)
-        if len(headers) > self.limits.headers_max:
-            raise _Refusal(431, "invalid_request",
-                           f"more than {self.limits.headers_max} request headers")
-        if self._header_bytes > self.limits.header_bytes_max:
-            raise _Refusal(431, "invalid_request",
-                           f"the request headers are larger than {self.limits.header_bytes_max} bytes")
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        limits = self.limits
+        headers = self.headers
+        if len(headers) > limits.headers_max:
+            raise _Refusal(431, "invalid_request", f"more than {limits.headers_max} request headers")
+        # A head parsed from pieces no larger than half the limit is within it (a head comes
+        # in at most two pieces); otherwise its bytes are counted.
+        if self._big and sum(len(n) + len(v) for n, v in headers) > limits.header_bytes_max:
+            raise _Refusal(431, "invalid_request",
+                           f"the request headers are larger than {limits.header_bytes_max} bytes")
         declared = self._declared
-        if declared is not None and int(declared) > self.limits.body_size_max:
+        if declared is not None and int(declared) > limits.body_size_max:
             raise _Refusal(413, "invalid_request",
-                           f"request body is larger than {self.limits.body_size_max} bytes")
+                           f"request body is larger than {limits.body_size_max} bytes")
         self._in_head = False
         self._in_body = True
-        super().on_headers_complete()
+        # uvicorn's from here (inlined: this runs for every request), without its
+        # limit_concurrency (KassaWorker does not set it; the connection cap replaces it).
+        http_version = self.parser.get_http_version()
+        self.scope["method"] = self.parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            self.scope["http_version"] = http_version
+        if self.parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        self.scope["path"] = self.root_path + path
+        self.scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        self.scope["query_string"] = parsed_url.query or b""
+        existing_cycle = self.cycle
+        self.cycle = RequestResponseCycle(
+            scope=self.scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(self.cycle, self.app)
+        else:  # pipelined: queued until the answer before it is complete
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, self.app))
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -292,10 +351,15 @@ class KassaHttpProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
         cycle = self.cycle
-        if cycle.response_complete and not self.pipeline:
-            # Answered before its body was all read: the next head's deadline starts now.
-            self._watch_head(self.limits.head_timeout_s)
-        super().on_message_complete()
+        if cycle.response_complete:
+            if not self.pipeline:
+                # Answered before its body was all read: the next head's deadline starts now.
+                self._watch_head()
+            return
+        if self.parser.should_upgrade() and self._should_upgrade():
+            return
+        cycle.more_body = False
+        cycle.message_event.set()
 
     def on_response_complete(self) -> None:
         # uvicorn's, with the head deadline in place of its keep-alive timer.
@@ -307,29 +371,35 @@ class KassaHttpProtocol(HttpToolsProtocol):
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
         elif not self._in_body and self._timer is None:
-            self._watch_head(self.limits.head_timeout_s)
+            self._watch_head()
 
     # Deadlines
 
-    def _watch_head(self, timeout_s: float) -> None:
-        self._deadline = self.loop.time() + timeout_s
+    def _watch_head(self) -> None:
         # An idle keep-alive connection may go first, at gunicorn's keep-alive.
-        self._timer = self.loop.call_later(min(timeout_s, self.timeout_keep_alive),
-                                           self._head_timeout)
+        self._timer = self.loop.call_later(self._idle_s, self._head_timeout)
 
     def _head_timeout(self) -> None:
         self._timer = None
-        if self.transport.is_closing() or self._in_body:
+        if not self._waiting_for_head():
             return
-        if self.cycle is not None and not self.cycle.response_complete:
-            return  # a request is being answered: its end arms the next deadline
-        remaining = self._deadline - self.loop.time()
+        remaining = self.limits.head_timeout_s - self._idle_s
         if remaining > 0 and (self._held is not None or self._in_head):
             # gunicorn's keep-alive passed, but a head has begun: its deadline applies.
-            self._timer = self.loop.call_later(remaining, self._head_timeout)
+            self._timer = self.loop.call_later(remaining, self._head_deadline)
             return
-        log.debug("closing a connection that sent no complete request head in time")
-        self.transport.close()
+        self._head_deadline()
+
+    def _head_deadline(self) -> None:
+        self._timer = None
+        if self._waiting_for_head():
+            log.debug("closing a connection that sent no complete request head in time")
+            self.transport.close()
+
+    def _waiting_for_head(self) -> bool:
+        """Not closed, no body coming, no request being answered."""
+        return not (self.transport.is_closing() or self._in_body
+                    or (self.cycle is not None and not self.cycle.response_complete))
 
     def _body_timeout(self) -> None:
         self._timer = None
