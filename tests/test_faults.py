@@ -33,7 +33,7 @@ from server.process.embedded_kafka import stop_tansu, tansu_binary
 from tests.conftest import new_database
 from tests.fixtures.kassa_server import KASSA, KassaProcess, start_kassa
 from tests.fixtures.pipeline import pending
-from tests.fixtures.proxy import PG_COMMIT, FaultProxy, fault_proxy
+from tests.fixtures.proxy import PG_COMMIT, PG_READY, FaultProxy, fault_proxy
 from tests.fixtures.servers import PostgresServer, RedisServer, free_port, wait_for_port
 from tests.invariants import assert_invariants, unfinished
 from tests.load import SERVE_ENV, Reply, client, open_accounts, status_counts, wait_terminal
@@ -189,13 +189,16 @@ def serve(**env: str) -> KassaProcess:
 # is now read at acquire, so the lost-acknowledgement check (fence, look up) runs.
 async def test_a_lost_commit_acknowledgement_reaches_the_check(pg_server: PostgresServer) -> None:
     """The store alone, without HTTP: the cut COMMIT lands, and the store must say it
-    does not know (CommitUnknown, with the session to fence), not Unavailable."""
+    does not know (CommitUnknown, with the session to fence), not Unavailable. The proxy
+    resets the client only once PostgreSQL has answered the COMMIT (its ReadyForQuery),
+    so the COMMIT has landed whatever the timing (reset at once, the test's teardown could
+    overtake the COMMIT on its way to, or in, PostgreSQL)."""
     dsn = await new_database(pg_server)
     with fault_proxy(pg_server.port) as pg:
         pool = await create_pool(proxied_dsn(pg_server, dsn, pg), min_size=1, max_size=2)
         try:
             store = PgJournalStore(pool, lease_s=30)
-            pg.cut_after(PG_COMMIT)
+            pg.cut_after(PG_COMMIT, answer=PG_READY)
             with pytest.raises(CommitUnknown) as lost:
                 await store.insert_pending([pending("deposit", 10, destination="nobody")])
             assert isinstance(lost.value.session, int)
