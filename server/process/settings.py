@@ -55,7 +55,7 @@ class Settings:
     http_request_line_max: int = 8_192  # the request target (path and query); 414 beyond
     http_head_timeout_s: float = 10.0  # a whole request head, from accept or previous answer
     http_body_timeout_s: float = 30.0  # longest pause between chunks of a request body
-    http_connections_max: int = 1_000  # open connections per worker; 503 beyond
+    http_connections_max: int = 4_096  # open connections per worker; 503 beyond
     # Durable accept (group commit of pending journals)
     accept_batch_max: int = 256
     accept_flush_interval_ms: float = 1.0
