@@ -274,6 +274,8 @@ def test_a_stopped_redis_costs_keyed_requests_nothing_and_sigcont_brings_it_back
 def test_a_redis_out_of_memory_is_a_fallback_not_an_error(served) -> None:  # type: ignore[no-untyped-def]
     kassa, dsn, pid = served
     url = redis_url(kassa, pid)
+    memory, policy = asyncio.run(redis_config(url, "maxmemory")), asyncio.run(
+        redis_config(url, "maxmemory-policy"))
     asyncio.run(redis_config(url, "maxmemory-policy", "noeviction"))
     asyncio.run(redis_config(url, "maxmemory", "1"))  # every write now answers OOM
     try:
@@ -287,7 +289,8 @@ def test_a_redis_out_of_memory_is_a_fallback_not_an_error(served) -> None:  # ty
                            headers={**auth(), "Idempotency-Key": key})
         assert again.json()["receipt_code"] == first.json()["receipt_code"]
     finally:
-        asyncio.run(redis_config(url, "maxmemory", "0"))
+        asyncio.run(redis_config(url, "maxmemory", memory))
+        asyncio.run(redis_config(url, "maxmemory-policy", policy))
     assert "Internal" not in kassa.log() and "Traceback" not in kassa.log()
     asyncio.run(assert_invariants(dsn))
 
@@ -298,10 +301,14 @@ def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
-async def redis_config(url: str, name: str, value: str) -> None:
-    redis = aioredis.from_url(url)
+async def redis_config(url: str, name: str, value: str | None = None) -> str:
+    """CONFIG SET name value, or with no value CONFIG GET name: the value (as a string)."""
+    redis = aioredis.from_url(url, decode_responses=True)
     try:
+        if value is None:
+            return str((await redis.config_get(name))[name])
         await redis.config_set(name, value)
+        return value
     finally:
         await redis.aclose()
 

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -206,6 +207,24 @@ async def test_readiness_fails_when_a_required_breaker_is_open_only() -> None:
                           redis=False).readiness()
     assert others.ready, others.reasons
     assert others.checks["redis"] == "down"
+
+
+def test_the_runtime_reports_the_receipt_clients_codes_and_breaker() -> None:
+    """The composition root's view of a ReceiptClient for /readyz: its stock, and failing
+    as soon as a call failed (before the breaker opens) or while the breaker is not closed."""
+    from types import SimpleNamespace
+
+    from server.adapters.grpc.clients import ReceiptClient
+    from server.process.runtime import Runtime
+
+    receipts = ReceiptClient("127.0.0.1:1", breaker_failures_max=2, breaker_reset_ms=60_000)
+    runtime: Any = SimpleNamespace(receipts=receipts)
+    assert Runtime.receipt_codes(runtime) == CodeSupply(0, source_failing=False)
+    receipts.breaker.record_failure()
+    assert Runtime.receipt_codes(runtime) == CodeSupply(0, source_failing=True)
+    receipts.breaker.record_failure()  # open
+    assert receipts.breaker.state == "open"
+    assert Runtime.receipt_codes(runtime).source_failing
 
 
 async def test_readiness_reasons_for_database_and_pool() -> None:
