@@ -147,7 +147,6 @@ class KassaHttpProtocol(HttpToolsProtocol):
         self._big = False  # this request's head came in such a chunk: its bytes are counted
         self._declared: bytes | None = None  # the Content-Length of the request being parsed
         self._timer: asyncio.TimerHandle | None = None
-        self._deadline = 0.0  # the head deadline (loop time) while the timer watches a head
         self._body_at = 0.0  # loop time of the last body chunk while a body is incomplete
         self._refused = False
 
