@@ -20,7 +20,10 @@ from server.process import cli
 def registered(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Callable[..., Any], tuple[Any, ...]]]:
     calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
     monkeypatch.setattr(atexit, "register", lambda fn, *args: calls.append((fn, args)))
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # prepare_metrics_dir sets the variable in os.environ: setenv first, so that monkeypatch
+    # records it and puts the variable back as it was (delenv of an unset one records nothing).
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     return calls
 
 
