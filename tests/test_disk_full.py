@@ -342,6 +342,10 @@ async def _fill_and_recover(env: dict[str, str], tmpfs: Path, data_dir: Path, lo
         assert full_at is not None, (
             f"the disk never filled ({_free_bytes(tmpfs)} bytes free):\n{kassa.log_tail()}")
         full_answers = _summary(load.since(full_at))
+        # Meanwhile a load balancer is told to stop sending writes: the database answers a
+        # ping, but /readyz reports the refusals (or the database down, after a PANIC).
+        not_ready = await _readyz(kassa.url)
+        assert not_ready[0] == 503 and not_ready[1]["postgres"] != "ok", not_ready
 
         # Free the disk: Kassa must serve again by itself.
         filler.unlink()
@@ -374,6 +378,10 @@ async def _fill_and_recover(env: dict[str, str], tmpfs: Path, data_dir: Path, lo
             f"{_summary(load.since(freed_at))}\n{kassa.log_tail(60)}")
         after = load.since(recovered_at + 0.5)
         assert after and all(r[1] == 202 for r in after), _summary(after)
+        ready_at = time.monotonic()
+        while (ready := await _readyz(kassa.url))[0] != 200:
+            assert time.monotonic() - ready_at < 15, f"/readyz after recovery: {ready}"
+            await asyncio.sleep(0.5)
 
         # The workers and the master survived (no SIGBUS from a metric file).
         assert kassa.process.poll() is None, kassa.log_tail(80)
@@ -407,6 +415,11 @@ async def _fill_and_recover(env: dict[str, str], tmpfs: Path, data_dir: Path, lo
         code = await asyncio.to_thread(kassa.stop)
     assert code == 0, kassa.log_tail(40)
     assert not await asyncio.to_thread(metrics_dirs[0].exists), "the metrics dir outlived the server"
+
+
+async def _readyz(url: str) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession(url) as http, http.get("/readyz") as r:
+        return r.status, await r.json()
 
 
 def _summary(replies: list[tuple[float, int, str, dict[str, str]]]) -> dict[str, int]:

@@ -1,4 +1,5 @@
 """Readiness: may this process accept writes now? Not when the database does not answer,
+or refused a statement for lack of resources just now (a full disk still answers a ping),
 the worker pool has no room, the process is stopping, a required dependency's circuit
 breaker is open (the receipt service, when codes come from one), or the receipt codes ran
 out while their service cannot be reached. Redis and the other remote services are
@@ -44,6 +45,7 @@ def code_state(supply: CodeSupply) -> str:
 
 _WHY = {
     "postgres": "the database does not answer",
+    "postgres_refusing": "the database refused a statement for lack of resources just now",
     "worker_pool": "no room in this process's queue",
     "receipt_codes": "no receipt codes left and the receipt service cannot be reached",
 }
@@ -54,7 +56,8 @@ class HealthCheck:
                  dependency_states: Callable[[], dict[str, str]],
                  stopping: Callable[[], bool], timeout_s: float = CHECK_TIMEOUT_S,
                  receipt_codes: Callable[[], CodeSupply] | None = None,
-                 required: Collection[str] = ()) -> None:
+                 required: Collection[str] = (),
+                 database_refusing: Callable[[], str | None] | None = None) -> None:
         self._database = database
         self._redis = redis
         self._has_room = has_room
@@ -63,13 +66,17 @@ class HealthCheck:
         self._timeout_s = timeout_s
         self._receipt_codes = receipt_codes  # None: codes made in this process
         self._required = frozenset(required)  # breakers that stop writes when open
+        # Why the database refused statements just now (a full disk answers a ping): None
+        # when it did not.
+        self._database_refusing = database_refusing
 
     async def readiness(self) -> Readiness:
         database, redis = await asyncio.gather(
             self._check(self._database.ping()),
             self._check(self._redis.ping()) if self._redis is not None else _constant("not_configured"))
-        checks = {"postgres": database, "redis": redis,
-                  "worker_pool": "ok" if self._has_room() else "full"}
+        refusing = self._database_refusing() if self._database_refusing is not None else None
+        checks = {"postgres": refusing if database == "ok" and refusing else database,
+                  "redis": redis, "worker_pool": "ok" if self._has_room() else "full"}
         if self._receipt_codes is not None:
             checks["receipt_codes"] = code_state(self._receipt_codes())
         states = self._dependency_states()
@@ -77,6 +84,8 @@ class HealthCheck:
         reasons = [f"{name}: {checks[name]} ({_WHY[name]})"
                    for name, good in (("postgres", "ok"), ("worker_pool", "ok"))
                    if checks[name] != good]
+        if refusing and database == "ok":
+            reasons[0] = f"postgres: {refusing} ({_WHY['postgres_refusing']})"
         if checks.get("receipt_codes") == "exhausted":
             reasons.append(f"receipt_codes: exhausted ({_WHY['receipt_codes']})")
         reasons += [f"{name}: {OPEN} (circuit breaker open: calls are refused)"

@@ -44,7 +44,7 @@ from server.adapters.postgres.journals import PgJournalStore
 from server.adapters.postgres.listing import PgListings
 from server.adapters.postgres.monitoring import PgMonitoring
 from server.adapters.postgres.nodes import keep_node_id, lease_node_id, release_node_ids
-from server.adapters.postgres.pool import create_pool
+from server.adapters.postgres.pool import RESOURCE_ALARM, create_pool
 from server.adapters.prometheus import HTTP_METRICS, PrometheusObserver, render
 from server.adapters.redis.account_cache import RedisAccountCache
 from server.adapters.redis.client import create_client, new_breaker
@@ -57,6 +57,10 @@ from server.http.auth import ApiKeys
 from server.process.settings import Settings, parse_api_keys
 
 log = logging.getLogger("kassa.runtime")
+# After the database refused a statement for lack of resources (a full disk), /readyz says
+# so for this long; then it is ready again until the next refusal, so a freed disk is
+# found by the next writes the load balancer sends.
+REFUSING_FOR_S = 5.0
 
 
 NODE_LEASE_S = 30.0
@@ -160,7 +164,8 @@ def build_api(runtime: Runtime) -> Api:
                            receipt_codes=(runtime.receipt_codes
                                           if isinstance(runtime.receipts, ReceiptClient) else None),
                            required=(("receipt_service",)
-                                     if isinstance(runtime.receipts, ReceiptClient) else ())),
+                                     if isinstance(runtime.receipts, ReceiptClient) else ()),
+                           database_refusing=lambda: RESOURCE_ALARM.recent(REFUSING_FOR_S)),
         keys=runtime.keys, limit=rate_limit(runtime.limiter), metrics=render,
         body_size_max=runtime.settings.body_size_max, record_request=HTTP_METRICS.record)
 

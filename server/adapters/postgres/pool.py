@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 
@@ -48,6 +49,33 @@ OUT_OF_RESOURCES: tuple[type[BaseException], ...] = (asyncpg.InsufficientResourc
 UNAVAILABLE: tuple[type[BaseException], ...] = (*CONNECTION_LOST, *OUT_OF_RESOURCES)
 
 
+class ResourceAlarm:
+    """When this process's last statement was refused for lack of resources (class 53), and
+    why. A full disk still answers `SELECT 1`, so /readyz asks this as well: it reports the
+    database as refusing for a short while after each refusal, then probes again by itself."""
+
+    _NAMES = {"53100": "disk_full", "53200": "out_of_memory", "53300": "too_many_connections"}
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._at: float | None = None
+        self._sqlstate = ""
+
+    def record(self, sqlstate: str) -> None:
+        self._at, self._sqlstate = self._clock(), sqlstate
+
+    def recent(self, within_s: float) -> str | None:
+        """`disk_full`, `out_of_memory`, `too_many_connections` or `out_of_resources` when a
+        statement was refused within the last `within_s` seconds, else None."""
+        if self._at is None or self._clock() - self._at >= within_s:
+            return None
+        return self._NAMES.get(self._sqlstate, "out_of_resources")
+
+
+# One per process: every pool of a process talks to the same database.
+RESOURCE_ALARM = ResourceAlarm()
+
+
 def unavailable(exc: BaseException) -> Unavailable | None:
     """The Unavailable (503 `unavailable`, Retry-After) a driver error means, or None when
     it means something else (refused data, a conflict, a defect). An Unavailable raised
@@ -56,7 +84,9 @@ def unavailable(exc: BaseException) -> Unavailable | None:
         return exc
     if isinstance(exc, OUT_OF_RESOURCES):
         # The sqlstate and the server's text go to the log, never to a client.
-        log.warning("database out of resources (%s): %r", getattr(exc, "sqlstate", "53000"), exc)
+        sqlstate = str(getattr(exc, "sqlstate", "53000"))
+        RESOURCE_ALARM.record(sqlstate)
+        log.warning("database out of resources (%s): %r", sqlstate, exc)
         return Unavailable("the database is out of resources", retry_after_s=1)
     if isinstance(exc, CONNECTION_LOST):
         # The message may reach a client: the driver's text (host, port) goes to the log.
