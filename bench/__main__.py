@@ -19,7 +19,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from bench import goals, k6, naive, report, scenarios, seed, stack, wrk
+from bench import funcledger, goals, k6, naive, report, scenarios, seed, stack, wrk
 from bench.scenarios import SCENARIOS, RunOptions, Scenario
 from bench.wrk import LoadResult
 
@@ -185,6 +185,8 @@ async def run_one(args: argparse.Namespace, server: stack.Server, config: stack.
                            f"{server.log_tail()}")
     if scenario.naive:
         result = await naive.run(server, config, scenario, opts)
+    elif scenario.funcledger:
+        result = await funcledger.run(server, config, scenario, opts)
     else:
         result = await scenarios.run(server, scenario, opts)
     result.update(workers=args.workers, server_env=scenario.server_env, date=today())
@@ -192,7 +194,8 @@ async def run_one(args: argparse.Namespace, server: stack.Server, config: stack.
     print(f"    accepted/s {result['accepted_per_s']}, completed/s "
           f"{result.get('completed_per_s', '-')}, p99 {result['latency_ms']['p99']} ms, "
           f"drain {result.get('drain_s', '-')} s, outbox drain {result.get('outbox_drain_s', '-')} s"
-          f", CPU {c['us_per_transfer']['total']} us/transfer ({c['cores_busy']} cores busy)",
+          f", CPU {c['us_per_transfer']['total']} us/transfer ({c['cores_busy']} cores busy)"
+          f", WAL {result.get('wal', {}).get('bytes_per_transfer', '-')} B/transfer",
           flush=True)
     for line in result["failures"]:
         print(f"    FAILED: {line}", flush=True)
@@ -209,8 +212,9 @@ async def run_all(args: argparse.Namespace, errors: list[str]) -> list[dict[str,
         return sorted(s.server_env.items())
 
     for i, build in enumerate(builds(args)):
-        # The naive prototype does not depend on the build: once per run, the first build's.
-        mine = [s for s in chosen if not (i and s.naive)]
+        # The peers (naive prototype, function ledger) do not depend on the build: once per
+        # run, with the first build.
+        mine = [s for s in chosen if not (i and s.baseline)]
         for _, group in groupby(sorted(mine, key=key), key=key):
             names = [s.name for s in group]
             try:

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from bench import cpu, procs
+from bench import cpu, procs, wal
 from bench.naive_server import REDIS_KEY, SCHEMA, TABLE, TOPIC
 from bench.scenarios import (
     RunOptions,
@@ -117,6 +117,10 @@ class Probe:
         rows = await self.conn.fetchval(f"SELECT count(*) FROM {TABLE}")
         return Counts(rows, int(await self.redis.get(REDIS_KEY) or 0), await self.published())
 
+    async def lsn(self) -> str | None:
+        assert self.conn is not None
+        return await wal.current_lsn(self.conn)
+
     async def wait_published(self, target: int, timeout_s: float) -> float:
         """Seconds until the topic holds `target` records (or the timeout)."""
         started = time.monotonic()
@@ -142,24 +146,31 @@ class NaiveServer:
 
 
 def start(backends: Backends, workers: int, log_path: Path) -> NaiveServer:
+    return start_gunicorn("bench.naive_server", "NaiveWorker", workers, log_path, {
+        "NAIVE_DATABASE_URL": backends.dsn, "NAIVE_REDIS_URL": backends.redis_url,
+        "NAIVE_KAFKA_BOOTSTRAP": backends.kafka})
+
+
+def start_gunicorn(module: str, worker: str, workers: int, log_path: Path,
+                   env: dict[str, str]) -> NaiveServer:
+    """`module:app` under gunicorn with `workers` `module.worker` workers on a free port of
+    127.0.0.1, once its /healthz answers 200 (the naive prototype, the function ledger)."""
     port = free_port()
     # As Kassa's gunicorn_options: the same backlog and keep-alive, no control socket.
     # -c: not Kassa's ./gunicorn.conf.py, which gunicorn would read from the cwd otherwise.
     argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "bench" / "naive_gunicorn.conf.py"),
             "--workers", str(workers),
-            "--worker-class", "bench.naive_server.NaiveWorker", "--bind", f"127.0.0.1:{port}",
+            "--worker-class", f"{module}.{worker}", "--bind", f"127.0.0.1:{port}",
             "--backlog", "2048", "--keep-alive", "30", "--log-level", "warning",
-            "--no-control-socket", "bench.naive_server:app"]
-    env = {**os.environ, "NAIVE_DATABASE_URL": backends.dsn, "NAIVE_REDIS_URL": backends.redis_url,
-           "NAIVE_KAFKA_BOOTSTRAP": backends.kafka}
+            "--no-control-socket", f"{module}:app"]
     with open(log_path, "ab") as log_file:  # the child keeps its own descriptor
-        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log_file,
+        process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=log_file,
                                    stderr=subprocess.STDOUT)
     server = NaiveServer(process, port, log_path)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"naive server exited with {process.returncode}; see {log_path}")
+            raise RuntimeError(f"{module} exited with {process.returncode}; see {log_path}")
         try:
             if httpx.get(server.url + "/healthz", timeout=1).status_code == 200:
                 return server
@@ -167,7 +178,7 @@ def start(backends: Backends, workers: int, log_path: Path) -> NaiveServer:
             pass
         time.sleep(0.1)
     server.stop()
-    raise TimeoutError(f"naive server not ready after {READY_TIMEOUT_S}s; see {log_path}")
+    raise TimeoutError(f"{module} not ready after {READY_TIMEOUT_S}s; see {log_path}")
 
 
 async def run(kassa: Server, config: StackConfig, scenario: Scenario,
@@ -182,12 +193,14 @@ async def run(kassa: Server, config: StackConfig, scenario: Scenario,
                                   services=("redis", "broker"))
             load_before = os.getloadavg()
             before = await probe.counts()
+            lsn_start = await probe.lsn()
             cpu_start, idle_start = cpu.take(layout), cpu.take(kassa.layout())
             load = await opts.tool(naive.url, scenario, conns, opts.duration_s,
                                    load_env(scenario))
             drain_s = await probe.wait_published(before.published + load.items_ok,
                                                  opts.drain_timeout_s)
             cpu_end, idle_end = cpu.take(layout), cpu.take(kassa.layout())
+            lsn_end = await probe.lsn()
             after = await probe.counts()
         finally:
             code = await asyncio.to_thread(naive.stop)
@@ -204,6 +217,7 @@ async def run(kassa: Server, config: StackConfig, scenario: Scenario,
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "invariants_ok": True, "violations": {},
         "cpu": cpu.per_transfer(cpu_start, cpu_end, load.items_ok),
+        "wal": wal.per_transfer(lsn_start, lsn_end, load.items_ok),
         # Kassa's own processes, idle beside the prototype: what they took from it.
         "kassa_idle_cpu_s": {g: round(idle_end.seconds[g] - idle_start.seconds[g], 3)
                              for g in ("workers", "master", "receipt", "notification")

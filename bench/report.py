@@ -10,7 +10,7 @@ from typing import Any
 import matplotlib
 
 from bench.cpu import GROUPS
-from bench.goals import ACCEPT_P99_MS
+from bench.goals import ACCEPT_P99_MS, BASELINES, funcledger_peer, wal_bytes
 
 matplotlib.use("Agg")  # no display on a server
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
@@ -46,8 +46,9 @@ def codes_text(codes: dict[str, int]) -> str:
 
 
 HEADER = ("| scenario | conns | duration s | accepted/s | completed/s (load) "
-          "| completed/s (to drained) | × naive | × async | p50 ms | p99 ms | p99.9 ms | codes | backlog "
-          "| drain s | outbox drain s | CPU µs/transfer | invariants OK |")
+          "| completed/s (to drained) | × naive | × function ledger | × async | p50 ms | p99 ms "
+          "| p99.9 ms | codes | backlog | drain s | outbox drain s | CPU µs/transfer "
+          "| PG CPU µs/transfer | WAL B/transfer | invariants OK |")
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -59,12 +60,14 @@ def table(results: list[dict[str, Any]]) -> str:
         codes = codes_text(r["codes"])
         if r.get("dropped_iterations") is not None:
             codes += f" dropped_iterations:{r['dropped_iterations']}"
+        per = r["cpu"]["us_per_transfer"]
         cells = [name(r) + tool, conns, r["load_s"], r["accepted_per_s"],
-                 r.get("completed_per_s"), r.get("completed_overall_per_s"), r.get("vs_naive"), r.get("vs_async"),
+                 r.get("completed_per_s"), r.get("completed_overall_per_s"), r.get("vs_naive"),
+                 r.get("vs_funcledger"), r.get("vs_async"),
                  lat["p50"], lat["p99"], lat["p99.9"], codes,
                  r.get("backlog_end"), r.get("drain_s"),
                  r.get("outbox_drain_s", r.get("publish_drain_s")),
-                 r["cpu"]["us_per_transfer"]["total"],
+                 per["total"], per.get("postgres"), wal_bytes(r),
                  "yes" if r["invariants_ok"] and not r["failures"] else "**NO**"]
         lines.append("| " + " | ".join(fmt(c) for c in cells) + " |")
     return "\n".join(lines)
@@ -127,25 +130,30 @@ def completed_rate(r: dict[str, Any]) -> float | None:
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
     """The ratios of each build's scenarios, prefixed by the build when there are several;
-    every row's ratio to naive is set on the row itself (`vs_naive`)."""
+    every row's ratio to naive is set on the row itself (`vs_naive`), and to the function
+    ledger (`vs_funcledger`: its batch variant for Kassa's batch scenarios, goals.funcledger_peer)."""
     labels = list(dict.fromkeys(r["build"] for r in results))
-    naive = next((r for r in results if r["scenario"] == "naive"), None)
+    peers = {r["scenario"]: r for r in results if r["scenario"] in BASELINES}
+    naive = peers.get("naive")
     for r in results:
         r["vs_naive"] = ratio(completed_rate(r), completed_rate(naive)) if naive else None
+        peer = peers.get(funcledger_peer(r["scenario"]) or "")
+        r["vs_funcledger"] = ratio(completed_rate(r), completed_rate(peer)) if peer else None
         # The same build's async: the mixed scenario's cost of holds, captures, voids, reversals.
         base = next((a for a in results if a["scenario"] == "async"
                      and a["build"] == r["build"]), None)
         r["vs_async"] = (ratio(completed_rate(r), completed_rate(base))
-                         if base and r["scenario"] not in ("async", "naive") else None)
+                         if base and r["scenario"] != "async" and r["scenario"] not in BASELINES
+                         else None)
     out: dict[str, float | None] = {}
     for label in labels:
         prefix = f"[{label}] " if len(labels) > 1 else ""
-        mine = [r for r in results if r["build"] == label or r["scenario"] == "naive"]
+        mine = [r for r in results if r["build"] == label or r["scenario"] in BASELINES]
         out.update({prefix + k: v for k, v in build_ratios(mine).items()})
     # Build against build, per scenario: the question --kassa-bin is there to answer.
     for label in labels[1:]:
         for r in results:
-            if r["build"] != labels[0] or r["scenario"] == "naive":
+            if r["build"] != labels[0] or r["scenario"] in BASELINES:
                 continue
             other = next((o for o in results if o["build"] == label
                           and o["scenario"] == r["scenario"]), None)
@@ -178,6 +186,12 @@ def build_ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
                                                       get("naive", "completed_overall_per_s"))
     out["bulk/naive completed (to drained)"] = ratio(get("bulk", "completed_overall_per_s"),
                                                      get("naive", "completed_overall_per_s"))
+    out["async/funcledger completed (to drained)"] = ratio(
+        get("async", "completed_overall_per_s"), get("funcledger", "completed_overall_per_s"))
+    out["bulk/funcledger-bulk completed (to drained)"] = ratio(
+        get("bulk", "completed_overall_per_s"), get("funcledger-bulk", "completed_overall_per_s"))
+    out["hot-bulk/bulk completed (to drained)"] = ratio(
+        get("hot-bulk", "completed_overall_per_s"), get("bulk", "completed_overall_per_s"))
     cpu_async = by.get("async", {}).get("cpu", {}).get("us_per_transfer", {}).get("total")
     cpu_naive = by.get("naive", {}).get("cpu", {}).get("us_per_transfer", {}).get("total")
     out["async/naive CPU per transfer"] = ratio(cpu_async, cpu_naive)
@@ -185,6 +199,12 @@ def build_ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
     out["mixed/async CPU per operation"] = ratio(cpu_mixed, cpu_async)
     out["mixed/naive completed (to drained)"] = ratio(get("mixed", "completed_overall_per_s"),
                                                       get("naive", "completed_overall_per_s"))
+    for kassa, peer in (("async", "funcledger"), ("bulk", "funcledger-bulk")):
+        out[f"{kassa}/{peer} CPU per transfer"] = ratio(
+            by.get(kassa, {}).get("cpu", {}).get("us_per_transfer", {}).get("total"),
+            by.get(peer, {}).get("cpu", {}).get("us_per_transfer", {}).get("total"))
+        out[f"{kassa}/{peer} WAL per transfer"] = ratio(wal_bytes(by.get(kassa, {})),
+                                                        wal_bytes(by.get(peer, {})))
     return out
 
 

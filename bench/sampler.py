@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from bench import wal
+
 INTERVAL_S = 1.0
 DRAIN_POLL_S = 0.25
 FINAL = ("completed", "failed")
@@ -84,6 +86,12 @@ class Sampler:
         async with self._lock:
             rows = await self._conn.fetch(KINDS_SQL)
         return {f"{r['kind']}:{r['status']}": r["n"] for r in rows}
+
+    async def lsn(self) -> str | None:
+        """The cluster's WAL position now (bench/wal.py)."""
+        assert self._conn is not None
+        async with self._lock:
+            return await wal.current_lsn(self._conn)
 
     def start_periodic(self) -> None:
         self._task = asyncio.create_task(self._every_second())

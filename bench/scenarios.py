@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench import cpu, metrics, profile, seed
+from bench import cpu, metrics, profile, seed, wal
 from bench.sampler import FINAL, Drained, Sample, Sampler
 from bench.stack import API_KEY, Server
 from bench.wrk import LoadResult
@@ -28,6 +28,8 @@ class Scenario:
     journals: bool = True
     items_per_request: int = 1
     naive: bool = False  # against the naive prototype (bench/naive_server.py), not Kassa
+    # Against the PostgreSQL-function ledger (bench/funcledger_server.py), not Kassa.
+    funcledger: bool = False
     # Open loop: k6 at OPEN_LOOP_SHARE of the completed/s this earlier scenario measured.
     open_loop_of: str | None = None
     # wrk -tN -cN: the script needs to know which request an answer is for (mixed.lua).
@@ -35,6 +37,11 @@ class Scenario:
     # Journal statuses counted as completed (bench/sampler.py); the mixed scenario counts
     # operations: holds `held` (or since captured or voided), voids `voided`, no failures.
     final: tuple[str, ...] = FINAL
+
+    @property
+    def baseline(self) -> bool:
+        """A peer Kassa is measured against (run once per run, with the first build)."""
+        return self.naive or self.funcledger
 
 
 QUICK_S = 8.0
@@ -50,6 +57,11 @@ SCENARIOS = {s.name: s for s in (
              journals=False),
     Scenario("naive", "the naive prototype: INSERT + INCR + Kafka send per request, 202",
              "transfers.lua", 64, 30, journals=False, naive=True),
+    Scenario("funcledger", "the PostgreSQL-function ledger: one transfer() call and commit "
+             "per request, 201", "transfers.lua", 64, 30, journals=False, funcledger=True),
+    Scenario("funcledger-bulk", "the PostgreSQL-function ledger: one transfer_batch() call and "
+             "commit per 100 transfers, 201", "batch.lua", 8, 30, journals=False,
+             lua_env={"BENCH_BATCH_SIZE": "100"}, items_per_request=100, funcledger=True),
     # 60 s: long enough that the rate is one the server sustains, not a burst.
     Scenario("async", "POST /v1/transactions, uniformly random accounts, 202", "transfers.lua",
              64, 60),
@@ -66,6 +78,9 @@ SCENARIOS = {s.name: s for s in (
              64, 30, lua_env={"BENCH_HOT_SHARE": "0.5"}),
     Scenario("bulk", "POST /v1/transactions/batch, 100 transfers per request", "batch.lua",
              8, 30, lua_env={"BENCH_BATCH_SIZE": "100"}, items_per_request=100),
+    Scenario("hot-bulk", "as bulk, half of each batch between one of 2 hot accounts and a "
+             "random one", "batch.lua", 8, 30,
+             lua_env={"BENCH_BATCH_SIZE": "100", "BENCH_HOT_SHARE": "0.5"}, items_per_request=100),
     Scenario("sync", "POST /v1/transactions?wait=true, answer after execution", "transfers.lua",
              64, 20, lua_env={"BENCH_WAIT": "1"}),
     Scenario("single", "as async, server with KASSA_EXECUTOR=single (one commit per transaction)",
@@ -124,6 +139,7 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
     async with Sampler(server.dsn, scenario.final) as sampler:
         kinds_start = await sampler.kinds() if mixed else {}
         start = await sampler.sample()
+        lsn_start = await sampler.lsn()
         cpu_start = cpu.take(layout)
         sampler.start_periodic()
         spying = asyncio.create_task(profile.record(
@@ -135,6 +151,7 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
         drained = await sampler.drain(opts.drain_timeout_s)
         # The same window as completed (to drained): work applied after the load is counted.
         cpu_end = cpu.take(layout)
+        lsn_end = await sampler.lsn()
         kinds_end = await sampler.kinds() if mixed else {}
         samples = [vars(s) for s in sampler.samples]
     flame_graphs = [str(p) for p in await spying] if spying else []
@@ -157,6 +174,7 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
     # The ceiling completes nothing: its CPU is per answered request.
     completed = result["journals_final"] if scenario.journals else load.items_ok
     result["cpu"] = cpu.per_transfer(cpu_start, cpu_end, completed)
+    result["wal"] = wal.per_transfer(lsn_start, lsn_end, completed)
     result["failures"] = failures(result, scenario)
     result["warnings"] = warnings(result)
     return result

@@ -31,13 +31,16 @@ end
 -- With probability hot_share one side (source or destination, at random) is one of the
 -- two hot accounts and the other side a cold one; otherwise a uniform pair.
 function M.pair(hot_share)
-  if hot_share > 0 and math.random() < hot_share then
-    local hot = M.prefix .. math.random(0, 1)
-    local cold = M.prefix .. math.random(2, M.accounts - 1)
-    if math.random() < 0.5 then return hot, cold end
-    return cold, hot
-  end
+  if hot_share > 0 and math.random() < hot_share then return M.hot_pair() end
   return M.uniform_pair()
+end
+
+-- One of the two hot accounts on one side (at random), a cold one on the other.
+function M.hot_pair()
+  local hot = M.prefix .. math.random(0, 1)
+  local cold = M.prefix .. math.random(2, M.accounts - 1)
+  if math.random() < 0.5 then return hot, cold end
+  return cold, hot
 end
 
 function M.transfer_json(source, destination)

@@ -19,23 +19,23 @@ def by_goal(evaluations: list[dict[str, Any]], build: str = "main") -> dict[str,
 
 
 def test_throughput_goals_are_ratios_to_the_baselines_of_the_same_run() -> None:
-    results = [row("naive", 1000.0), row("async", 1600.0, cpu=300.0), row("hot", 700.0),
+    results = [row("naive", 1000.0), row("async", 2100.0, cpu=290.0), row("hot", 900.0),
                row("bulk", 4000.0, cpu=120.0), row("single", 500.0),
                row("async-open", 900.0, p99=49.9)]
     got = by_goal(goals.evaluate(results))
-    assert (got["async/naive"]["measured"], got["async/naive"]["met"]) == (1.6, True)  # ≥ 1.5× naive
+    assert (got["async/naive"]["measured"], got["async/naive"]["met"]) == (2.1, True)  # ≥ 2× naive
     assert (got["bulk/naive"]["measured"], got["bulk/naive"]["met"]) == (4.0, False)  # < 5× naive
-    assert (got["batch/single"]["measured"], got["batch/single"]["met"]) == (3.2, False)  # async ÷ single < 4
-    assert (got["hot/uniform"]["measured"], got["hot/uniform"]["met"]) == (0.44, False)  # hot ÷ async < 0.5
+    assert (got["batch/single"]["measured"], got["batch/single"]["met"]) == (4.2, True)  # async ÷ single ≥ 4
+    assert (got["hot/uniform"]["measured"], got["hot/uniform"]["met"]) == (0.43, False)  # hot ÷ async < 0.5
     assert (got["async-open p99"]["measured"], got["async-open p99"]["met"]) == (49.9, True)  # < 50 ms
-    assert (got["async cpu"]["met"], got["bulk cpu"]["met"]) == (True, False)  # 300 ≤ 350, 120 > 100
+    assert (got["async cpu"]["met"], got["bulk cpu"]["met"]) == (True, False)  # 290 ≤ 300, 120 > 80
 
 
 def test_a_goal_exactly_at_its_limit() -> None:
-    got = by_goal(goals.evaluate([row("naive", 1000.0), row("async", 1500.0, cpu=350.0),
+    got = by_goal(goals.evaluate([row("naive", 1000.0), row("async", 2000.0, cpu=300.0),
                                   row("async-open", 1.0, p99=50.0)]))
-    assert got["async/naive"]["met"] is True  # ≥ 1.5
-    assert got["async cpu"]["met"] is True  # ≤ 350 µs
+    assert got["async/naive"]["met"] is True  # ≥ 2
+    assert got["async cpu"]["met"] is True  # ≤ 300 µs
     assert got["async-open p99"]["met"] is False  # p99 < 50 ms is strict
 
 
@@ -46,7 +46,7 @@ def test_goals_without_their_scenarios_are_not_measured() -> None:
     assert got["async-open p99"]["missing"] == ["async-open"]
     assert got["async cpu"]["met"] is None and got["async cpu"]["missing"] == []  # no CPU figure
     lines = goals.text(evaluations)
-    assert "async ≥ 1.5× naive, completed/s (to drained): not measured (run naive too)" in lines
+    assert "async ≥ 2× naive, completed/s (to drained): not measured (run naive too)" in lines
     assert not any("5,000" in line or "20,000" in line for line in lines)
 
 
@@ -54,19 +54,19 @@ def test_a_failed_baseline_judges_nothing() -> None:
     naive = row("naive", 26.0) | {"failures": ["2105 kafka_records for 2107 2xx answers"]}
     evaluations = goals.evaluate([naive, row("async", 300.0)])
     assert by_goal(evaluations)["async/naive"]["met"] is None
-    assert ("async ≥ 1.5× naive, completed/s (to drained): not measured (naive failed)"
+    assert ("async ≥ 2× naive, completed/s (to drained): not measured (naive failed)"
             in goals.text(evaluations))
 
 
 def test_every_build_is_judged_against_the_one_naive_row() -> None:
-    results = [row("naive", 1000.0), row("async", 1600.0), row("async", 1400.0, build="old")]
+    results = [row("naive", 1000.0), row("async", 2100.0), row("async", 1400.0, build="old")]
     evaluations = goals.evaluate(results)
     assert by_goal(evaluations)["async/naive"]["met"] is True
     assert by_goal(evaluations, "old")["async/naive"]["measured"] == 1.4
     assert by_goal(evaluations, "old")["async/naive"]["met"] is False
     lines = goals.text(evaluations)
-    assert "[main] async ≥ 1.5× naive, completed/s (to drained): 1.60× (met)" in lines
-    assert "[old] async ≥ 1.5× naive, completed/s (to drained): 1.40× (not met)" in lines
+    assert "[main] async ≥ 2× naive, completed/s (to drained): 2.10× (met)" in lines
+    assert "[old] async ≥ 2× naive, completed/s (to drained): 1.40× (not met)" in lines
 
 
 def summary(**counters: int) -> dict[str, Any]:
