@@ -15,7 +15,8 @@ import asyncio
 import logging
 from typing import Protocol
 
-from core.ledger.errors import KassaError
+from core.kit.rate_limit import Throttle
+from core.ledger.errors import KassaError, Unavailable
 from core.ledger.linked import VOID
 from core.ledger.models import Transaction
 from core.pipeline.accept import TransactionService
@@ -27,6 +28,7 @@ log = logging.getLogger("kassa.expiry")
 
 EXPIRY_SCOPE = "kassa:hold-expiry"  # never a key digest (24 hex characters)
 EXPIRED = "expired"  # the description of a void the server made
+OUTAGE_WARNING_INTERVAL_S = 5.0  # while the database is down, one line this often
 
 
 class ExpiredHolds(Protocol):
@@ -49,6 +51,7 @@ class HoldExpiry:
         self._service = service
         self._interval_s = interval_s
         self._batch_max = batch_max
+        self._outage_warning = Throttle(OUTAGE_WARNING_INTERVAL_S)
 
     async def sweep(self) -> int:
         """Submit a void for each expired hold found; returns how many were submitted."""
@@ -70,6 +73,12 @@ class HoldExpiry:
         while True:
             try:
                 await self.sweep()
-            except Exception as exc:  # noqa: BLE001 - the next tick tries again
+            except Unavailable as exc:  # the database is down: the next tick tries again
+                # One line every few seconds for an outage, not one per tick.
+                if self._outage_warning.ready():
+                    log.warning("[HOLD EXPIRY] sweep failed: %s", exc.message)
+            except KassaError as exc:
                 log.error("[HOLD EXPIRY] sweep failed: %r", exc)
+            except Exception:
+                log.exception("[HOLD EXPIRY] sweep failed")  # a defect: with its traceback
             await asyncio.sleep(self._interval_s)

@@ -9,6 +9,8 @@ import asyncio
 import logging
 import time
 
+from core.kit.rate_limit import Throttle
+from core.ledger.errors import KassaError, Unavailable
 from core.pipeline.pool import ProcessorPool
 from core.pipeline.ports import JournalStore
 from core.pipeline.tasks import Task
@@ -16,6 +18,7 @@ from core.pipeline.tasks import Task
 log = logging.getLogger("kassa.recovery")
 
 CLAIM_MAX = 1000
+OUTAGE_WARNING_INTERVAL_S = 5.0  # while the database is down, one line this often
 
 
 class RecoverySweeper:
@@ -26,6 +29,7 @@ class RecoverySweeper:
         self._owner = owner
         self._lease_s = lease_s
         self._interval_s = interval_s
+        self._outage_warning = Throttle(OUTAGE_WARNING_INTERVAL_S)
 
     async def sweep(self) -> int:
         """Renew the leases of the journals this process holds (queued or running), then
@@ -52,6 +56,12 @@ class RecoverySweeper:
         while True:
             try:
                 await self.sweep()
-            except Exception as exc:  # noqa: BLE001 - next tick tries again
+            except Unavailable as exc:  # the database is down: the next tick tries again
+                # One line every few seconds for an outage, not one per tick.
+                if self._outage_warning.ready():
+                    log.warning("[RECOVERY] sweep failed: %s", exc.message)
+            except KassaError as exc:
                 log.error("[RECOVERY] sweep failed: %r", exc)
+            except Exception:
+                log.exception("[RECOVERY] sweep failed")  # a defect: with its traceback
             await asyncio.sleep(self._interval_s)

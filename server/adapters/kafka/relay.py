@@ -35,6 +35,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
+from core.kit.rate_limit import Throttle
 from server.adapters.kafka.producer import BatchProducer
 from server.adapters.kafka.publisher import OutboxPublisher
 from server.adapters.postgres.outbox import (
@@ -43,6 +44,7 @@ from server.adapters.postgres.outbox import (
     RELAY_LOCK_ID,
     OutboxSession,
 )
+from server.adapters.postgres.pool import OUTAGE_LOG_INTERVAL_S, UNAVAILABLE
 
 __all__ = ["APPLICATION_NAME", "RELAY_LOCK_ID", "OutboxRelay", "run_standalone"]
 
@@ -78,6 +80,8 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
+        self._db_down_since: float | None = None  # monotonic, while the database is lost
+        self._db_warning = Throttle(OUTAGE_LOG_INTERVAL_S)
         self.is_leader = False
 
     @property
@@ -116,19 +120,26 @@ class OutboxRelay:
             try:
                 session = await OutboxSession.connect(self._dsn)
             except DATABASE_ERRORS as exc:
-                log.error("outbox relay: cannot connect to the database: %r", exc)
+                self._database_failed("cannot connect to the database", exc)
                 await self._retry_later()
                 continue
+            self._database_back()
             try:
                 if await self._stand_by(session):
                     if not await self._lead(session):
                         sit_out_s = 2 * self._standby_interval_s  # let another process win
             except DATABASE_ERRORS as exc:
-                log.error("outbox relay: database error: %r", exc)
+                self._database_failed("database error", exc)
                 await self._kafka.drop()  # a standby needs no producer; nothing is in flight
                 await self._retry_later()
-            except Exception:
-                log.exception("outbox relay: unexpected error")
+            except Exception as exc:
+                if await session.lost():
+                    # The server ended the session (shutdown, terminated backend) under a
+                    # statement: asyncpg may then raise InternalClientError ("another
+                    # operation is in progress") instead of a connection error.
+                    self._database_failed("database error", exc, outage=True)
+                else:
+                    log.exception("outbox relay: unexpected error")
                 await self._kafka.drop(abandon=True)
                 await self._retry_later()
             finally:
@@ -196,6 +207,27 @@ class OutboxRelay:
         else:
             self._publisher.clear_gauge()
 
+    def _database_failed(self, what: str, exc: BaseException, *,
+                         outage: bool | None = None) -> None:
+        """An outage (connection lost or refused, server restarting, out of resources) is one
+        warning line at most every OUTAGE_LOG_INTERVAL_S; any other database error is a
+        defect or a misconfiguration and keeps its traceback."""
+        if not (isinstance(exc, UNAVAILABLE) if outage is None else outage):
+            log.error("outbox relay: %s", what, exc_info=exc)
+            return
+        now = time.monotonic()
+        if self._db_down_since is None:
+            self._db_down_since = now
+        if self._db_warning.ready():
+            log.warning("outbox relay: %s: %r (unavailable for %.0fs; retrying)",
+                        what, exc, now - self._db_down_since)
+
+    def _database_back(self) -> None:
+        if self._db_down_since is not None:
+            log.warning("outbox relay: database reachable again after %.0fs",
+                        time.monotonic() - self._db_down_since)
+            self._db_down_since = None
+
     def _on_notify(self, *_: Any) -> None:
         self._wakeup.set()
 
@@ -203,7 +235,8 @@ class OutboxRelay:
         self._failures += 1
         delay = min(self._backoff_max_s, BACKOFF_MIN_S * 2 ** min(self._failures, 16))
         delay *= random.uniform(0.5, 1.0)
-        log.warning("outbox relay: attempt %d failed, retrying in %.2fs", self._failures, delay)
+        # The failure itself was logged (rate-limited for an outage): no line per attempt.
+        log.debug("outbox relay: attempt %d failed, retrying in %.2fs", self._failures, delay)
         # Only close() cuts a backoff short: wake() comes with every commit, and an
         # outage must not turn those into a retry storm.
         await _wait_event(self._stopping, delay)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from core.ledger.errors import KassaError
+from core.ledger.errors import KassaError, Unavailable
 from server.adapters.postgres.pool import converted_errors
 
 NODE_ID_MAX = 1023
@@ -96,5 +96,7 @@ async def keep_node_id(pool: asyncpg.Pool, node_id: int, owner: str, lease_s: fl
             log.critical("node id %d lease lost; leasing another", node_id)
             node_id = await lease_node_id(pool, owner, lease_s)
             on_change(node_id)
+        except Unavailable as exc:  # an outage: no traceback, one line per renewal at most
+            log.warning("node id %d lease not renewed: %s", node_id, exc.message)
         except KassaError as exc:
             log.error("node id %d lease not renewed: %s", node_id, exc.message)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ APPLICATION_NAME = "kassa-outbox-relay"
 CONNECT_TIMEOUT_S = 10.0
 QUERY_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0
+LOST_GRACE_S = 0.2
 SESSION_SETTINGS = {
     "application_name": APPLICATION_NAME,
     # The server notices a vanished relay host (and frees its lock) after about 25 s
@@ -91,6 +93,17 @@ class OutboxSession:
     async def oldest_age(self) -> float:
         """Age in seconds of the oldest row (0 when the table is empty)."""
         return float(await self._conn.fetchval(OLDEST_SQL) or 0.0)
+
+    async def lost(self, grace_s: float = LOST_GRACE_S) -> bool:
+        """Whether the connection is gone or goes within `grace_s`: after an unexpected
+        error, to tell a session the server ended (its goodbye and the end of the stream
+        arrive apart) from a defect."""
+        deadline = time.monotonic() + grace_s
+        while not self._conn.is_closed():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     async def close(self) -> None:
         """Close the connection, which releases the lock and the LISTEN."""

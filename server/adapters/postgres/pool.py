@@ -10,9 +10,14 @@ from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 
+from core.kit.rate_limit import Throttle
 from core.ledger.errors import TransientConflict, Unavailable
 
 log = logging.getLogger("kassa.postgres")
+
+# While the database is down, each component of a process says so in one warning line at
+# most this often, without a traceback; the first failure is logged at once.
+OUTAGE_LOG_INTERVAL_S = 5.0
 
 
 async def keep_session(conn: asyncpg.Connection) -> None:
@@ -49,6 +54,42 @@ OUT_OF_RESOURCES: tuple[type[BaseException], ...] = (asyncpg.InsufficientResourc
 UNAVAILABLE: tuple[type[BaseException], ...] = (*CONNECTION_LOST, *OUT_OF_RESOURCES)
 
 
+class PoolReconnectLog(logging.Filter):
+    """asyncpg's pool reconnects in the background to keep `min_size` connections and logs
+    every failed attempt with its traceback (`Failed to restore the pool connection floor;
+    retrying`, from 1 s apart up to 60 s, per pool). A connection loss is an outage, not a
+    defect: such a record loses its traceback, carries the error instead and passes at
+    most once per OUTAGE_LOG_INTERVAL_S for the process. Any other error keeps its
+    traceback."""
+
+    def __init__(self, interval_s: float = OUTAGE_LOG_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._throttle = Throttle(interval_s, clock)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not isinstance(exc, UNAVAILABLE):
+            return True
+        if not self._throttle.ready():
+            return False
+        record.msg, record.args = "database unavailable: %s: %r", (record.getMessage(), exc)
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_pool_reconnects(logger: logging.Logger | None = None) -> None:
+    """Install PoolReconnectLog on asyncpg's pool logger, once. Done on import: every
+    process with a pool (the workers, the receipt and notification services) imports this
+    module."""
+    logger = logger or logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, PoolReconnectLog) for f in logger.filters):
+        logger.addFilter(PoolReconnectLog())
+
+
+quiet_pool_reconnects()
+
+
 class ResourceAlarm:
     """When this process's last statement was refused for lack of resources (class 53), and
     why. A full disk still answers `SELECT 1`, so /readyz asks this as well: it reports the
@@ -74,6 +115,8 @@ class ResourceAlarm:
 
 # One per process: every pool of a process talks to the same database.
 RESOURCE_ALARM = ResourceAlarm()
+# Requests and background tasks all convert a lost connection: one line per interval.
+_UNAVAILABLE_WARNING = Throttle(OUTAGE_LOG_INTERVAL_S)
 
 
 def unavailable(exc: BaseException) -> Unavailable | None:
@@ -89,8 +132,10 @@ def unavailable(exc: BaseException) -> Unavailable | None:
         log.warning("database out of resources (%s): %r", sqlstate, exc)
         return Unavailable("the database is out of resources", retry_after_s=1)
     if isinstance(exc, CONNECTION_LOST):
-        # The message may reach a client: the driver's text (host, port) goes to the log.
-        log.warning("database unavailable: %r", exc)
+        # The message may reach a client: the driver's text (host, port) goes to the log,
+        # at most once per OUTAGE_LOG_INTERVAL_S (every request fails the same way).
+        if _UNAVAILABLE_WARNING.ready():
+            log.warning("database unavailable: %r", exc)
         return Unavailable("the database is unavailable", retry_after_s=1)
     return None
 
