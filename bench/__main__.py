@@ -1,10 +1,11 @@
 """`python -m bench [--quick] [--scenarios a,b] [--duration S] [--tool wrk|k6] [--kassa-bin P]`
 
 Starts `kassa serve` (embedded stack unless --database-url/--redis-url), seeds 10,000
-funded accounts, runs each scenario (the naive prototype on the same embedded services),
-checks the ledger invariants after each, writes bench/results/<date>-<scenario>.json, a
-summary chart, and prints the tables (throughput with ratios to naive, CPU per transfer by
-process). Exits 1 when an invariant broke, an accepted journal never finished, or the server
+funded accounts, runs each scenario (the naive prototype on the same embedded services, the
+PostgreSQL-function ledger on the same PostgreSQL), checks the ledger invariants after each,
+writes bench/results/<date>-<scenario>.json, a summary chart, and prints the tables
+(throughput with ratios to naive and to the function ledger, CPU, PostgreSQL CPU and WAL per
+transfer; CPU per transfer by process). Exits 1 when an invariant broke, an accepted journal never finished, or the server
 answered a 5xx other than 503. See bench/README.md.
 """
 
@@ -60,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a server setting for every scenario (repeatable), for tuning runs")
     p.add_argument("--profile", action="store_true",
                    help="py-spy flame graph of each worker per scenario, into --results-dir")
+    p.add_argument("--index-entries", action="store_true",
+                   help="also index entries per transfer, from the table statistics (waits "
+                        "about 22 s more per scenario for them to settle, bench/indexes.py)")
     p.add_argument("--kassa-bin", action="append", default=[], metavar="[LABEL=]PATH",
                    help="also bench this kassa script (another checkout's .venv/bin/kassa), "
                         "after this checkout's; repeatable")
@@ -120,7 +124,7 @@ def options(args: argparse.Namespace, scenario: Scenario, rate: float | None = N
     tool, name = ((open_loop, "k6 open loop") if rate else
                   (k6_tool, "k6") if args.tool == "k6" else (wrk_tool, "wrk"))
     return RunOptions(duration, args.connections, args.drain_timeout, name, tool, today(),
-                      args.results_dir if args.profile else None, rate)
+                      args.results_dir if args.profile else None, rate, args.index_entries)
 
 
 def open_loop_rate(scenario: Scenario, earlier: list[dict[str, Any]]) -> float:

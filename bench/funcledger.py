@@ -6,7 +6,8 @@ Each scenario starts from a fresh schema `funcledger` (dropped and made again), 
 same accounts as Kassa's (bench_0 ... bench_9999, USD, floor 0, each holding
 seed.OPENING_BALANCE: set directly, the seeding is not what is measured). Completed = transfers
 written in the window (the money is on the destination account when the answer leaves, so
-the "drain" is nothing: the window ends with the load). After the load the ledger is checked:
+the "drain" is only the calls still in flight when the load tool stopped: the window ends
+when the count of transfers stops moving). After the load the ledger is checked:
 money conserved, every balance equal to its opening plus its entries and to its last entry's
 balance_after, no balance under its floor, two entries summing to 0 per transfer; and at least
 as many transfers written as items answered 2xx.
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 import asyncpg
 
-from bench import cpu, procs, seed, wal
+from bench import cpu, indexes, procs, seed, wal
 from bench.funcledger_server import SCHEMA
 from bench.naive import start_gunicorn
 from bench.scenarios import (
@@ -38,6 +40,7 @@ from bench.stack import Server, StackConfig
 SEED_SQL = ("INSERT INTO funcledger.accounts (id, currency, balance, floor) "
             "SELECT id, $2, $3, 0 FROM unnest($1::text[]) AS id")
 COUNT_SQL = "SELECT count(*) FROM funcledger.transfers"
+SETTLE_POLL_S = 0.1
 # name -> a query returning the offending rows (none when the ledger is sound); $1: the total
 # money (the first), or an account's opening balance.
 CHECKS = {
@@ -87,6 +90,20 @@ async def violations(conn: asyncpg.Connection, accounts: int = seed.ACCOUNTS
     return found
 
 
+async def settle(conn: asyncpg.Connection, timeout_s: float) -> float:
+    """Seconds until the transfer count stopped moving (two equal counts SETTLE_POLL_S apart):
+    the function ledger's "drain", the calls that were in flight when the load stopped."""
+    started = time.monotonic()
+    last = await conn.fetchval(COUNT_SQL)
+    while time.monotonic() - started < timeout_s:
+        await asyncio.sleep(SETTLE_POLL_S)
+        now = await conn.fetchval(COUNT_SQL)
+        if now == last:
+            break
+        last = now
+    return time.monotonic() - started
+
+
 async def run(kassa: Server, config: StackConfig, scenario: Scenario,
               opts: RunOptions) -> dict[str, Any]:
     conns = opts.connections or scenario.connections
@@ -100,17 +117,21 @@ async def run(kassa: Server, config: StackConfig, scenario: Scenario,
     try:
         layout = procs.Layout(server.process.pid, kassa.process.pid, kassa.layout().postmaster,
                               services=())
+        stats_start = await indexes.snapshot(conn) if opts.index_entries else None
         load_before = os.getloadavg()
         before = await conn.fetchval(COUNT_SQL)
         lsn_start = await wal.current_lsn(conn)
         cpu_start, idle_start = cpu.take(layout), cpu.take(kassa.layout())
         load = await opts.tool(server.url, scenario, conns, opts.duration_s, load_env(scenario))
+        # The calls in flight when the load tool stopped still commit: count and pay for them.
+        settle_s = await settle(conn, opts.drain_timeout_s)
         cpu_end, idle_end = cpu.take(layout), cpu.take(kassa.layout())
         lsn_end = await wal.current_lsn(conn)
         written = await conn.fetchval(COUNT_SQL) - before
     finally:
         code = await asyncio.to_thread(server.stop)
     try:
+        stats_end = await indexes.snapshot(conn) if opts.index_entries else None
         found = await violations(conn)
     finally:
         await conn.close()
@@ -119,7 +140,7 @@ async def run(kassa: Server, config: StackConfig, scenario: Scenario,
         # Synchronous: what was written during the load is all there is (no backlog).
         "completed_per_s": rate(written, load.duration_s),
         "completed_overall_per_s": rate(written, cpu_end.t - cpu_start.t),
-        "journals_final": written, "backlog_end": 0, "drain_s": 0.0,
+        "journals_final": written, "backlog_end": 0, "drain_s": round(settle_s, 2),
         "funcledger_exit_code": code,
         "server_log_issues": log_issues(log_path, log_offset),
         "loadavg_before": [round(x, 2) for x in load_before],
@@ -127,6 +148,7 @@ async def run(kassa: Server, config: StackConfig, scenario: Scenario,
         "invariants_ok": not found, "violations": found,
         "cpu": cpu.per_transfer(cpu_start, cpu_end, written),
         "wal": wal.per_transfer(lsn_start, lsn_end, written),
+        "index_entries": indexes.per_transfer(stats_start, stats_end, written),
         "kassa_idle_cpu_s": {g: round(idle_end.seconds[g] - idle_start.seconds[g], 3)
                              for g in ("workers", "master", "receipt", "notification")
                              if g in idle_start.seconds and g in idle_end.seconds},

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from bench import cpu, procs, wal
+from bench import cpu, indexes, procs, wal
 from bench.naive_server import REDIS_KEY, SCHEMA, TABLE, TOPIC
 from bench.scenarios import (
     RunOptions,
@@ -191,6 +191,8 @@ async def run(kassa: Server, config: StackConfig, scenario: Scenario,
         try:
             layout = procs.Layout(naive.process.pid, kassa.process.pid, kassa.layout().postmaster,
                                   services=("redis", "broker"))
+            assert probe.conn is not None
+            stats_start = await indexes.snapshot(probe.conn) if opts.index_entries else None
             load_before = os.getloadavg()
             before = await probe.counts()
             lsn_start = await probe.lsn()
@@ -202,6 +204,7 @@ async def run(kassa: Server, config: StackConfig, scenario: Scenario,
             cpu_end, idle_end = cpu.take(layout), cpu.take(kassa.layout())
             lsn_end = await probe.lsn()
             after = await probe.counts()
+            stats_end = await indexes.snapshot(probe.conn) if opts.index_entries else None
         finally:
             code = await asyncio.to_thread(naive.stop)
     result = {
@@ -218,6 +221,7 @@ async def run(kassa: Server, config: StackConfig, scenario: Scenario,
         "invariants_ok": True, "violations": {},
         "cpu": cpu.per_transfer(cpu_start, cpu_end, load.items_ok),
         "wal": wal.per_transfer(lsn_start, lsn_end, load.items_ok),
+        "index_entries": indexes.per_transfer(stats_start, stats_end, load.items_ok),
         # Kassa's own processes, idle beside the prototype: what they took from it.
         "kassa_idle_cpu_s": {g: round(idle_end.seconds[g] - idle_start.seconds[g], 3)
                              for g in ("workers", "master", "receipt", "notification")

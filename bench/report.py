@@ -51,8 +51,17 @@ HEADER = ("| scenario | conns | duration s | accepted/s | completed/s (load) "
           "| PG CPU µs/transfer | WAL B/transfer | invariants OK |")
 
 
+def index_entries(r: dict[str, Any]) -> float | None:
+    """Index entries per completed transfer (bench/indexes.py), when measured."""
+    return (r.get("index_entries") or {}).get("per_transfer")
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    lines = [HEADER, "|" + " --- |" * (HEADER.count("|") - 1)]
+    # Index entries only with --index-entries (they cost a wait per scenario).
+    with_index = any(r.get("index_entries") for r in results)
+    header = (HEADER.replace(" | invariants OK |", " | index entries/transfer | invariants OK |")
+              if with_index else HEADER)
+    lines = [header, "|" + " --- |" * (header.count("|") - 1)]
     for r in results:
         lat = r["latency_ms"]
         tool = f" ({r['tool']})" if r["tool"] != "wrk" else ""
@@ -68,6 +77,7 @@ def table(results: list[dict[str, Any]]) -> str:
                  r.get("backlog_end"), r.get("drain_s"),
                  r.get("outbox_drain_s", r.get("publish_drain_s")),
                  per["total"], per.get("postgres"), wal_bytes(r),
+                 *([index_entries(r)] if with_index else []),
                  "yes" if r["invariants_ok"] and not r["failures"] else "**NO**"]
         lines.append("| " + " | ".join(fmt(c) for c in cells) + " |")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from bench import wal
+from bench import indexes, wal
 
 INTERVAL_S = 1.0
 DRAIN_POLL_S = 0.25
@@ -92,6 +92,12 @@ class Sampler:
         assert self._conn is not None
         async with self._lock:
             return await wal.current_lsn(self._conn)
+
+    async def index_stats(self) -> indexes.Snapshot:
+        """The table counters, once settled (bench/indexes.py: waits STATS_SETTLE_S)."""
+        assert self._conn is not None
+        async with self._lock:
+            return await indexes.snapshot(self._conn)
 
     def start_periodic(self) -> None:
         self._task = asyncio.create_task(self._every_second())

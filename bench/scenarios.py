@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench import cpu, metrics, profile, seed, wal
+from bench import cpu, indexes, metrics, profile, seed, wal
 from bench.sampler import FINAL, Drained, Sample, Sampler
 from bench.stack import API_KEY, Server
 from bench.wrk import LoadResult
@@ -103,6 +103,7 @@ class RunOptions:
     date: str
     profile_dir: Path | None = None  # set: py-spy flame graphs of the workers during the load
     rate: float | None = None  # open loop: arrivals per second
+    index_entries: bool = False  # read the table statistics (bench/indexes.py) around the window
 
 
 def load_env(scenario: Scenario) -> dict[str, str]:
@@ -138,6 +139,7 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
     mixed = scenario.script == "mixed.lua"
     async with Sampler(server.dsn, scenario.final) as sampler:
         kinds_start = await sampler.kinds() if mixed else {}
+        stats_start = await sampler.index_stats() if opts.index_entries else None
         start = await sampler.sample()
         lsn_start = await sampler.lsn()
         cpu_start = cpu.take(layout)
@@ -154,6 +156,7 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
         lsn_end = await sampler.lsn()
         kinds_end = await sampler.kinds() if mixed else {}
         samples = [vars(s) for s in sampler.samples]
+        stats_end = await sampler.index_stats() if opts.index_entries else None
     flame_graphs = [str(p) for p in await spying] if spying else []
     found = await violations(server.dsn)
     result = {
@@ -175,6 +178,7 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
     completed = result["journals_final"] if scenario.journals else load.items_ok
     result["cpu"] = cpu.per_transfer(cpu_start, cpu_end, completed)
     result["wal"] = wal.per_transfer(lsn_start, lsn_end, completed)
+    result["index_entries"] = indexes.per_transfer(stats_start, stats_end, completed)
     result["failures"] = failures(result, scenario)
     result["warnings"] = warnings(result)
     return result

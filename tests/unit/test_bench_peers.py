@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench import goals, report, wal
+from bench import goals, indexes, report, wal
 from bench.scenarios import SCENARIOS
 
 
@@ -171,3 +171,41 @@ def test_the_peer_scenarios_and_hot_bulk() -> None:
     assert not hot.baseline and hot.lua_env == {**bulk.lua_env, "BENCH_HOT_SHARE": "0.5"}
     assert not SCENARIOS["naive"].funcledger and SCENARIOS["naive"].baseline
     assert set(goals.BASELINES) == {n for n, s in SCENARIOS.items() if s.baseline}
+
+
+# --- index entries from the table statistics ------------------------------------------------
+
+def stats(**tables: tuple[int, int, int, int]) -> indexes.Snapshot:
+    return {rel: indexes.TableStats(*v) for rel, v in tables.items()}
+
+
+def test_index_entries_are_inserts_and_non_hot_updates_times_indexes() -> None:
+    before = stats(journals=(100, 10, 0, 3), accounts=(10, 50, 40, 1), outbox=(5, 0, 0, 2))
+    after = stats(journals=(110, 20, 0, 3), accounts=(10, 70, 55, 1), outbox=(15, 0, 0, 2),
+                  receipts=(4, 0, 0, 1))  # made in between: counted from 0
+    # journals (10 + 10) × 3; accounts 20 updates, 15 HOT: 5 × 1; outbox 10 × 2; receipts 4 × 1
+    assert indexes.entries(before, after) == {"journals": 60, "accounts": 5, "outbox": 20,
+                                              "receipts": 4}
+    got = indexes.per_transfer(before, after, 10)
+    assert got is not None and (got["total"], got["per_transfer"]) == (89, 8.9)
+    assert list(got["by_table"]) == ["journals", "outbox", "accounts", "receipts"]
+
+
+def test_a_table_made_again_counts_from_zero_and_nothing_without_snapshots() -> None:
+    before = stats(**{"funcledger.entries": (500, 0, 0, 2)})
+    after = stats(**{"funcledger.entries": (40, 0, 0, 2)})  # schema dropped and made again
+    assert indexes.entries(before, after) == {"funcledger.entries": 80}
+    assert indexes.per_transfer(None, after, 10) is None
+    assert indexes.per_transfer(before, after, 0) == {
+        "total": 80, "per_transfer": None, "by_table": {"funcledger.entries": 80}}
+
+
+def test_the_table_has_an_index_column_only_when_measured() -> None:
+    plain = [row("async", 1500.0)]
+    assert "index entries/transfer" not in report.table(plain)
+    measured = [row("async", 1500.0) | {"index_entries": {"per_transfer": 9.5}}]
+    lines = report.table(measured).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[header.index("index entries/transfer")] == "9.50"
+    assert len(cells) == len(header) == lines[1].count("---")
