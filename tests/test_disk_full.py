@@ -62,6 +62,7 @@ CLIENTS = 16
 ACCOUNTS = 40
 RECOVERY_S = 30.0
 FULL_FOR_S = 5.0  # how long the load runs against the full disk
+STEADY_S = 3.0  # how long only 202s must follow for Kassa to count as serving again
 FILL_TIMEOUT_S = 90.0
 OK_503 = {"unavailable", "overloaded", "outcome_unknown"}
 
@@ -352,14 +353,18 @@ async def _fill_and_recover(env: dict[str, str], tmpfs: Path, data_dir: Path, lo
         freed_at = time.monotonic()
         if restart_postgres is not None:
             restarts = await restart_postgres()
+        # Recovered = from the first 202 after the last refusal on, only 202s for STEADY_S.
+        # (After a restarted PostgreSQL, each pooled connection of each worker fails once
+        # when it is next used: a few 503s may follow the first 202.)
         recovered_at: float | None = None
-        while time.monotonic() - freed_at < RECOVERY_S + 5:
+        while time.monotonic() - freed_at < RECOVERY_S + STEADY_S + 5:
             await asyncio.sleep(0.2)
-            if any(r[1] == 202 for r in load.since(freed_at + 0.5)):
-                recovered_at = min(r[0] for r in load.since(freed_at + 0.5) if r[1] == 202)
+            since = load.since(freed_at + 0.5)
+            last_refusal = max((r[0] for r in since if r[1] != 202), default=freed_at)
+            steady = [r[0] for r in since if r[0] > last_refusal]
+            if steady and time.monotonic() - steady[0] >= STEADY_S:
+                recovered_at = steady[0]
                 break
-        if recovered_at is not None:
-            await asyncio.sleep(3)  # and keeps serving
         load.stop.set()
         await load_task
 
