@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
+from core.kit.rate_limit import Throttle
 from server.adapters.kafka import compat
 
 log = logging.getLogger("kassa.outbox")
@@ -37,6 +38,50 @@ TOPIC_REPLICATION_MAX = 3
 TOPIC_ALREADY_EXISTS = 36
 
 _partitioner = DefaultPartitioner()
+
+# aiokafka's lines for a broker it cannot reach: logged on every retry (100 ms apart, per
+# connection attempt, metadata refresh and produce retry) for as long as the broker is down.
+BROKER_DOWN_LOG_INTERVAL_S = 5.0
+BROKER_DOWN_TEMPLATES = frozenset({
+    'Unable connect to "%s:%s": %s',
+    'Unable to request metadata from "%s:%s": %s',
+    "Unable to request metadata from node with id %s: %r",
+    "Unable to update metadata from %s",
+    "Unable connect to node with id %s: %s",
+    "Got error produce response: %s",
+    "Cannot send %r to %s: %r",
+    "Could not send %r: %r",
+})
+
+
+class BrokerDownLog(logging.Filter):
+    """Each of aiokafka's broker-unreachable lines passes at most once per
+    BROKER_DOWN_LOG_INTERVAL_S per process (the relay's own `[KAFKA ERROR]` line says
+    what failed); every other aiokafka line passes."""
+
+    def __init__(self, interval_s: float = BROKER_DOWN_LOG_INTERVAL_S) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._throttles: dict[str, Throttle] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str) or record.msg not in BROKER_DOWN_TEMPLATES:
+            return True
+        throttle = self._throttles.get(record.msg)
+        if throttle is None:
+            throttle = self._throttles[record.msg] = Throttle(self._interval_s)
+        return throttle.ready()
+
+
+def quiet_broker_retries() -> None:
+    """Install BrokerDownLog on the aiokafka loggers that log those lines, once."""
+    for name in ("aiokafka", "aiokafka.producer.sender"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, BrokerDownLog) for f in logger.filters):
+            logger.addFilter(BrokerDownLog())
+
+
+quiet_broker_retries()
 
 
 class BatchProducer:
