@@ -223,3 +223,27 @@ async def test_a_session_the_server_ended_is_lost_whatever_the_driver_raised(pg_
     finally:
         await ended.close()
         await live.close()
+
+
+async def test_writers_log_an_outage_briefly_and_a_defect_with_its_traceback(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.pipeline import writers
+    from core.pipeline.executor import Executed
+
+    failures: list[BaseException] = [Unavailable("the database is unavailable")] * 30
+
+    async def execute_batch(*_: object) -> Executed:
+        if failures:
+            raise failures.pop(0)
+        return Executed([], [])
+
+    monkeypatch.setattr(writers, "execute_batch", execute_batch)
+    writer = writers.BatchWriter(None, attempts_max=3, backoff_max_s=0.001,  # type: ignore[arg-type]
+                                 observer=None, closing=lambda: False)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="kassa.pool"):
+        assert await writer._execute_with_backoff([]) == Executed([], [])
+        failures.append(RuntimeError("bug"))
+        assert await writer._execute_with_backoff([]) is None  # left to recovery
+    records = [r for r in caplog.records if r.name == "kassa.pool"]
+    assert [(r.levelname, r.exc_info is not None) for r in records] == [
+        ("WARNING", False), ("ERROR", True)], records

@@ -9,9 +9,10 @@ import logging
 import time
 from collections.abc import Callable
 
+from core.kit.rate_limit import Throttle
 from core.kit.request_context import log_info_for
 from core.ledger.decide import Outcome
-from core.ledger.errors import KassaError, Rejected
+from core.ledger.errors import KassaError, Rejected, Unavailable
 from core.ledger.models import ErrorBody
 from core.ledger.status import FAILED
 from core.pipeline.executor import Executed, execute_batch
@@ -22,6 +23,8 @@ from core.pipeline.tasks import Task
 
 log = logging.getLogger("kassa.pool")
 
+OUTAGE_WARNING_INTERVAL_S = 5.0  # while the database is down, one line this often
+
 
 class BatchWriter:
     def __init__(self, store: JournalStore, *, attempts_max: int, backoff_max_s: float,
@@ -31,6 +34,7 @@ class BatchWriter:
         self._backoff_max_s = backoff_max_s
         self._observer = observer
         self._closing = closing  # on shutdown a batch is left to recovery, not retried
+        self._outage_warning = Throttle(OUTAGE_WARNING_INTERVAL_S)  # shared by the writers
 
     async def run(self, number: int, batch: list[Task]) -> Executed | None:
         """Apply the batch and resolve its waiters; what was executed (for the effects),
@@ -90,6 +94,13 @@ class BatchWriter:
                 return await execute_batch(self._store, batch, self._attempts_max)
             except Rejected:
                 raise
+            except Unavailable as exc:
+                # The database is down: one line every few seconds, not one per retry.
+                if self._outage_warning.ready():
+                    log.warning("[TRANSACTION ERROR] batch of %d not applied, retrying: %s",
+                                len(batch), exc.message)
+                if not exc.retriable:
+                    return None
             except KassaError as exc:
                 log.error("[TRANSACTION ERROR] batch of %d not applied: %r", len(batch), exc)
                 if not exc.retriable:
