@@ -110,6 +110,13 @@ class StartupWatch:
         async def watched(message: Any) -> None:
             if message["type"] == "lifespan.startup.complete" and self.config.loaded_app is self:
                 self.config.loaded_app = self.app  # connections made from now on
+            if message["type"] == "lifespan.startup.failed":
+                # Starlette sends this from inside its `except`, with the traceback as the
+                # message, which uvicorn logs as an error: for a dependency that is down,
+                # KassaWorker logs one line per retry instead.
+                failure = sys.exc_info()[1]
+                if dependency_down(failure):
+                    message = {**message, "message": f"startup failed: {failure!r}"}
             await send(message)
 
         try:
