@@ -22,6 +22,8 @@ TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 # Column order of the report; "other" is any child of the master that is none of these.
 GROUPS = ("workers", "master", "receipt", "notification", "postgres", "redis", "broker",
           "other", "load tool")
+# Kassa's own processes: what a peer's run reports as Kassa's idle CPU beside it.
+KASSA_GROUPS = ("workers", "master", "receipt", "notification")
 
 
 @dataclass(frozen=True)
@@ -60,3 +62,10 @@ def per_transfer(before: Snapshot, after: Snapshot, completed: int) -> dict[str,
             "cpu_s": {**spent, "total": round(total, 3)},
             "us_per_transfer": {**{g: us(s) for g, s in spent.items()}, "total": us(total)},
             "cores_busy": round(total / window, 2) if window > 0 else None}
+
+
+def idle_kassa(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """CPU seconds Kassa's own processes took, idle beside a peer (bench/naive.py,
+    bench/funcledger.py), per group present at both ends."""
+    return {g: round(after.seconds[g] - before.seconds[g], 3) for g in KASSA_GROUPS
+            if g in before.seconds and g in after.seconds}

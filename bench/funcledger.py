@@ -28,6 +28,7 @@ from bench.naive import start_gunicorn
 from bench.scenarios import (
     RunOptions,
     Scenario,
+    cost_figures,
     failures,
     load_env,
     load_figures,
@@ -146,12 +147,8 @@ async def run(kassa: Server, config: StackConfig, scenario: Scenario,
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "invariants_ok": not found, "violations": found,
-        "cpu": cpu.per_transfer(cpu_start, cpu_end, written),
-        "wal": wal.per_transfer(lsn_start, lsn_end, written),
-        "index_entries": indexes.per_transfer(stats_start, stats_end, written),
-        "kassa_idle_cpu_s": {g: round(idle_end.seconds[g] - idle_start.seconds[g], 3)
-                             for g in ("workers", "master", "receipt", "notification")
-                             if g in idle_start.seconds and g in idle_end.seconds},
+        **cost_figures(written, cpu_start, cpu_end, lsn_start, lsn_end, stats_start, stats_end),
+        "kassa_idle_cpu_s": cpu.idle_kassa(idle_start, idle_end),
     }
     result["failures"] = failures(result, scenario) + written_failures(result)
     result["warnings"] = warnings(result)

@@ -32,7 +32,6 @@ default 10 as Kassa's KASSA_DB_POOL_MAX). The schema must exist before the worke
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -41,7 +40,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from uvicorn_worker import UvicornWorker
+
+from bench.peer_server import PeerWorker, create_pool, healthz
 
 SCHEMA_NAME = "funcledger"
 SCHEMA = """
@@ -179,12 +179,10 @@ REFUSALS = frozenset({"insufficient_funds", "account_not_found", "currency_misma
                       "validation_error"})
 
 
-class FuncLedgerWorker(UvicornWorker):
-    """As bench/naive_server.py's NaiveWorker (uvloop, httptools, no access log): the peers
-    differ in what the handler does, not in the HTTP stack."""
-
-    CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools", "access_log": False,
-                     "server_header": False}
+class FuncLedgerWorker(PeerWorker):
+    """The peers' worker (bench/peer_server.py), as bench/naive_server.py's NaiveWorker
+    (uvloop, httptools, no access log): the peers differ in what the handler does, not in
+    the HTTP stack."""
 
 
 class State:
@@ -233,16 +231,9 @@ async def create_batch(request: Request) -> Response:
     return JSONResponse({"results": results}, status_code=201)
 
 
-async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
-
-
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    env = os.environ
-    state.pool = await asyncpg.create_pool(
-        env["FUNCLEDGER_DATABASE_URL"], min_size=2,
-        max_size=int(env.get("FUNCLEDGER_DB_POOL_MAX", "10")))
+    state.pool = await create_pool("FUNCLEDGER_DATABASE_URL", "FUNCLEDGER_DB_POOL_MAX")
     try:
         yield
     finally:

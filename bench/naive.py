@@ -33,6 +33,7 @@ from bench.naive_server import REDIS_KEY, SCHEMA, TABLE, TOPIC
 from bench.scenarios import (
     RunOptions,
     Scenario,
+    cost_figures,
     failures,
     load_env,
     load_figures,
@@ -219,13 +220,9 @@ async def run(kassa: Server, config: StackConfig, scenario: Scenario,
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "invariants_ok": True, "violations": {},
-        "cpu": cpu.per_transfer(cpu_start, cpu_end, load.items_ok),
-        "wal": wal.per_transfer(lsn_start, lsn_end, load.items_ok),
-        "index_entries": indexes.per_transfer(stats_start, stats_end, load.items_ok),
+        **cost_figures(load.items_ok, cpu_start, cpu_end, lsn_start, lsn_end, stats_start, stats_end),
         # Kassa's own processes, idle beside the prototype: what they took from it.
-        "kassa_idle_cpu_s": {g: round(idle_end.seconds[g] - idle_start.seconds[g], 3)
-                             for g in ("workers", "master", "receipt", "notification")
-                             if g in idle_start.seconds and g in idle_end.seconds},
+        "kassa_idle_cpu_s": cpu.idle_kassa(idle_start, idle_end),
     }
     result["failures"] = failures(result, scenario) + effect_failures(result)
     result["warnings"] = warnings(result)

@@ -37,7 +37,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from uvicorn_worker import UvicornWorker
+
+from bench.peer_server import PeerWorker, create_pool, healthz
 
 TABLE = "naive_transfers"
 REDIS_KEY = "naive:transfers"
@@ -57,12 +58,8 @@ INSERT = (f"INSERT INTO {TABLE} (code, amount, source, destination, payload) "
 log = logging.getLogger("bench.naive")
 
 
-class NaiveWorker(UvicornWorker):
-    """uvicorn_worker's worker pinned like Kassa's (uvloop, httptools, no access log), so
-    the two differ in what the handler does, not in the HTTP stack."""
-
-    CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools", "access_log": False,
-                     "server_header": False}
+class NaiveWorker(PeerWorker):
+    """The peers' worker (bench/peer_server.py): pinned like Kassa's."""
 
 
 class State:
@@ -95,15 +92,10 @@ async def create_transfer(request: Request) -> Response:
     return JSONResponse({"receipt_code": code, "status": "processing"}, status_code=202)
 
 
-async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
-
-
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     env = os.environ
-    state.pool = await asyncpg.create_pool(
-        env["NAIVE_DATABASE_URL"], min_size=2, max_size=int(env.get("NAIVE_DB_POOL_MAX", "10")))
+    state.pool = await create_pool("NAIVE_DATABASE_URL", "NAIVE_DB_POOL_MAX")
     state.redis = aioredis.Redis.from_url(env["NAIVE_REDIS_URL"])
     state.producer = AIOKafkaProducer(bootstrap_servers=env["NAIVE_KAFKA_BOOTSTRAP"], acks="all")
     await state.producer.start()

@@ -176,12 +176,21 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
                                     drained.done.t - start.t)
     # The ceiling completes nothing: its CPU is per answered request.
     completed = result["journals_final"] if scenario.journals else load.items_ok
-    result["cpu"] = cpu.per_transfer(cpu_start, cpu_end, completed)
-    result["wal"] = wal.per_transfer(lsn_start, lsn_end, completed)
-    result["index_entries"] = indexes.per_transfer(stats_start, stats_end, completed)
+    result.update(cost_figures(completed, cpu_start, cpu_end, lsn_start, lsn_end,
+                               stats_start, stats_end))
     result["failures"] = failures(result, scenario)
     result["warnings"] = warnings(result)
     return result
+
+
+def cost_figures(completed: int, cpu_start: cpu.Snapshot, cpu_end: cpu.Snapshot,
+                 lsn_start: str | None, lsn_end: str | None, stats_start: indexes.Snapshot | None,
+                 stats_end: indexes.Snapshot | None) -> dict[str, Any]:
+    """CPU, WAL and index entries per completed transfer over the window, for Kassa and the
+    peers alike."""
+    return {"cpu": cpu.per_transfer(cpu_start, cpu_end, completed),
+            "wal": wal.per_transfer(lsn_start, lsn_end, completed),
+            "index_entries": indexes.per_transfer(stats_start, stats_end, completed)}
 
 
 def journal_figures(start: Sample, end: Sample, drained: Drained) -> dict[str, Any]:
