@@ -340,12 +340,7 @@ class EmbeddedStack:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for name, process in reversed(self.children):
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("%s (pid %d) did not stop; killing it", name, process.pid)
-                process.kill()
-                process.wait()
+            _wait_or_kill(name, process, timeout_s)
         self.children.clear()
         if self.postgres is not None:
             self.postgres.cleanup()
@@ -356,12 +351,17 @@ def _end(name: str, process: subprocess.Popen[bytes], timeout_s: float = 5.0) ->
     """Stop a child that did not come up."""
     if process.poll() is None:
         process.terminate()
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("%s (pid %d) did not stop; killing it", name, process.pid)
-            process.kill()
-            process.wait()
+        _wait_or_kill(name, process, timeout_s)
+
+
+def _wait_or_kill(name: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Wait for a child told to stop; SIGKILL it after `timeout_s`."""
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        log.warning("%s (pid %d) did not stop; killing it", name, process.pid)
+        process.kill()
+        process.wait()
 
 
 def _how_it_ended(returncode: int) -> str:
