@@ -25,6 +25,7 @@ import pytest
 from core.pipeline.health import CodeSupply, HealthCheck, code_state
 from server.process.supervisor import Backoff, Supervisor
 from tests.conftest import new_database
+from tests.fakes.clocks import FakeClock, FakePing
 from tests.fixtures.kassa_server import KassaProcess, start_kassa
 from tests.fixtures.servers import PostgresServer
 from tests.invariants import assert_invariants
@@ -43,14 +44,6 @@ def test_backoff_doubles_to_the_cap_and_resets_after_a_stable_run() -> None:
 
 
 # ---- the supervisor, with fake children and a fake clock ------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeChild:
@@ -162,18 +155,9 @@ def test_the_thread_restarts_a_dead_child() -> None:
 # ---- readiness rules, with fakes -------------------------------------------------------
 
 
-class Ping:
-    def __init__(self, up: bool = True) -> None:
-        self.up = up
-
-    async def ping(self) -> None:
-        if not self.up:
-            raise ConnectionError("down")
-
-
 def health(*, codes: CodeSupply | None = None, states: dict[str, str] | None = None,
            database: bool = True, redis: bool = True, room: bool = True) -> HealthCheck:
-    return HealthCheck(database=Ping(database), redis=Ping(redis), has_room=lambda: room,
+    return HealthCheck(database=FakePing(database), redis=FakePing(redis), has_room=lambda: room,
                        dependency_states=lambda: dict(states or {}), stopping=lambda: False,
                        receipt_codes=(lambda: codes) if codes is not None else None,
                        required=("receipt_service",) if codes is not None else ())

@@ -1,5 +1,6 @@
 """In-memory fakes of the ports of core/pipeline/ports.py, for logic tests without servers."""
 
+from tests.fakes.clocks import FakeClock, FakePing
 from tests.fakes.journals import FakeJournalStore, FakeLedgerUnit, JournalRow
 from tests.fakes.services import (
     FakeAccountCache,
@@ -10,6 +11,6 @@ from tests.fakes.services import (
     RecordingObserver,
 )
 
-__all__ = ["FakeAccountCache", "FakeIdempotencyCache", "FakeJournalStore", "FakeLedgerUnit",
-           "FakeNotifier", "FakeReceiptSource", "FakeStatusStore", "JournalRow",
+__all__ = ["FakeAccountCache", "FakeClock", "FakeIdempotencyCache", "FakeJournalStore",
+           "FakeLedgerUnit", "FakeNotifier", "FakePing", "FakeReceiptSource", "FakeStatusStore", "JournalRow",
            "RecordingObserver"]

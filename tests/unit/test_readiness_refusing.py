@@ -7,33 +7,17 @@ import asyncpg
 
 from core.pipeline.health import HealthCheck
 from server.adapters.postgres.pool import ResourceAlarm, unavailable
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Ping:
-    def __init__(self, up: bool = True) -> None:
-        self.up = up
-
-    async def ping(self) -> None:
-        if not self.up:
-            raise ConnectionError("down")
+from tests.fakes.clocks import FakeClock, FakePing
 
 
 def health(refusing: str | None, *, database_up: bool = True) -> HealthCheck:
-    return HealthCheck(database=Ping(database_up), redis=None, has_room=lambda: True,
+    return HealthCheck(database=FakePing(database_up), redis=None, has_room=lambda: True,
                        dependency_states=dict, stopping=lambda: False,
                        database_refusing=lambda: refusing)
 
 
 def test_the_alarm_names_the_refusal_and_fades() -> None:
-    clock = Clock()
+    clock = FakeClock()
     alarm = ResourceAlarm(clock)
     assert alarm.recent(5) is None
     alarm.record("53100")
@@ -49,7 +33,7 @@ def test_the_alarm_names_the_refusal_and_fades() -> None:
 def test_a_class_53_error_sets_the_process_alarm() -> None:
     from server.adapters.postgres import pool
 
-    clock = Clock()
+    clock = FakeClock()
     original, pool.RESOURCE_ALARM = pool.RESOURCE_ALARM, ResourceAlarm(clock)
     try:
         error = asyncpg.DiskFullError("could not extend file")
