@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import subprocess
 import time
 
 import asyncpg
@@ -23,7 +22,7 @@ from server.process.asgi import create_app
 from server.process.runtime import build_runtime
 from tests.conftest import ADMIN_KEY, make_settings
 from tests.fixtures.kassa_server import start_kassa
-from tests.fixtures.servers import PG_BIN, PostgresServer, _as_postgres, start_postgres
+from tests.fixtures.servers import start_postgres
 from tests.load import SERVE_ENV, drive, open_accounts, status_counts
 from tests.test_supervision import deposits, wait_ready
 
@@ -67,17 +66,6 @@ QUIET = ("kassa.outbox", "asyncpg.pool", "kassa.postgres", "kassa.expiry", "kass
 LINE = re.compile(r"^\S+ \S+ (?P<level>[A-Z]+) \[(?P<pid>\d+)\] \[[^]]*\] (?P<logger>[\w.]+): ")
 
 
-def pg_ctl(server: PostgresServer, *args: str) -> None:
-    """pg_ctl on the server's cluster (its data stays: `server.stop()` would remove it)."""
-    subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(server.root / "data"), *args]),
-                   check=True, capture_output=True, timeout=60)
-
-
-def restart_postgres(server: PostgresServer) -> None:
-    opts = (f"-h 127.0.0.1 -p {server.port} -k {server.root} -c max_connections=300"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-    pg_ctl(server, "-w", "-l", str(server.root / "log"), "-o", opts, "start")
-
 
 async def outbox_rows(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
@@ -102,14 +90,14 @@ def test_a_database_outage_logs_one_line_per_component_every_few_seconds_and_no_
             replies = asyncio.run(drive(kassa.url, deposits(20, "down"), concurrency=5))
             assert status_counts(replies) == {"202": 20}, status_counts(replies)
             offset = len(kassa.log())
-            pg_ctl(server, "-m", "fast", "-w", "stop")
+            server.pg_ctl("-m", "fast", "-w", "stop")
             down_at = time.monotonic()
             while time.monotonic() - down_at < OUTAGE_S:
                 replies = asyncio.run(drive(kassa.url, deposits(10, "down"), concurrency=5))
                 assert set(status_counts(replies)) == {"503"}, status_counts(replies)
                 time.sleep(1)
             outage = kassa.log()[offset:]
-            restart_postgres(server)
+            server.start_again()
 
             assert "Traceback" not in outage, outage
             lines: dict[str, int] = {}

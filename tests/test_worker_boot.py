@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -18,31 +17,17 @@ import pytest
 from tests.conftest import ADMIN_KEY
 from tests.fixtures.kafka import KafkaBroker
 from tests.fixtures.kassa_server import start_kassa
-from tests.fixtures.servers import PG_BIN, PostgresServer, RedisServer, _as_postgres, start_postgres
+from tests.fixtures.servers import PostgresServer, RedisServer, running_postgres
 from tests.load import SERVE_ENV
 
 pytestmark = pytest.mark.slow
 
 
-def _pg_ctl(server: PostgresServer, *args: str) -> None:
-    subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(server.root / "data"), *args]),
-                   check=True, capture_output=True, timeout=60)
-
-
-def _pg_start(server: PostgresServer) -> None:
-    opts = (f"-h 127.0.0.1 -p {server.port} -k {server.root} -c max_connections=300 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-    _pg_ctl(server, "-w", "-l", str(server.root / "log"), "-o", opts, "start")
-
-
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A cluster of this test's own, stopped and started again by it."""
-    server = start_postgres()
-    try:
+    with running_postgres() as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_a_worker_booting_while_the_database_is_down_waits_for_it(
@@ -57,7 +42,7 @@ async def test_a_worker_booting_while_the_database_is_down_waits_for_it(
     try:
         workers = kassa.worker_pids()
         assert len(workers) == 2
-        await asyncio.to_thread(_pg_ctl, pg, "-m", "fast", "stop")
+        await asyncio.to_thread(pg.pg_ctl, "-m", "fast", "stop")
         os.kill(workers[0], signal.SIGKILL)  # its replacement boots with the database down
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline and "startup failed" not in kassa.log():
@@ -69,7 +54,7 @@ async def test_a_worker_booting_while_the_database_is_down_waits_for_it(
         assert "Worker failed to boot" not in log, kassa.log_tail(60)
         assert "Traceback" not in log, kassa.log_tail(60)  # one line per retry, no traceback
 
-        await asyncio.to_thread(_pg_start, pg)
+        await asyncio.to_thread(pg.start_again)
         started = time.monotonic()
         accepted = False
         async with httpx.AsyncClient(base_url=kassa.url, timeout=5,
