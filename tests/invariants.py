@@ -37,3 +37,8 @@ async def scalar(dsn: str, sql: str, *args: object) -> Any:
 
 async def unfinished(dsn: str) -> int:
     return int(await scalar(dsn, "SELECT count(*) FROM journals WHERE status = 'processing'"))
+
+
+async def outbox_rows(dsn: str) -> int:
+    """Events not yet published (the relay deletes a row once Kafka acknowledged it)."""
+    return int(await scalar(dsn, "SELECT count(*) FROM outbox"))

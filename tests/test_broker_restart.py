@@ -14,11 +14,11 @@ import re
 import signal
 import time
 
-import asyncpg
 import pytest
 
 from server.process.embedded import running_postgres_dsn
 from tests.fixtures.kassa_server import start_kassa
+from tests.invariants import outbox_rows
 from tests.load import SERVE_ENV, drive, open_accounts, status_counts
 from tests.test_e2e_events import consume, receipts_of
 from tests.test_supervision import child_pid, children, deposits, wait_restarted
@@ -35,14 +35,6 @@ def broker_port(cmdline: bytes) -> int:
     match = re.search(rb"--listener-url\x00tcp://127\.0\.0\.1:(\d+)", cmdline)
     assert match, cmdline
     return int(match.group(1))
-
-
-async def outbox_rows(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM outbox"))
-    finally:
-        await conn.close()
 
 
 async def wait_outbox_empty(dsn: str, timeout_s: float) -> None:

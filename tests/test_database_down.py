@@ -23,6 +23,7 @@ from server.process.runtime import build_runtime
 from tests.conftest import ADMIN_KEY, make_settings
 from tests.fixtures.kassa_server import start_kassa
 from tests.fixtures.servers import start_postgres
+from tests.invariants import outbox_rows
 from tests.load import SERVE_ENV, drive, open_accounts, status_counts
 from tests.test_supervision import deposits, wait_ready
 
@@ -64,15 +65,6 @@ OUTAGE_S = 16.0
 # Each of these says the database is down in one line at most every 5 s (per process).
 QUIET = ("kassa.outbox", "asyncpg.pool", "kassa.postgres", "kassa.expiry", "kassa.recovery")
 LINE = re.compile(r"^\S+ \S+ (?P<level>[A-Z]+) \[(?P<pid>\d+)\] \[[^]]*\] (?P<logger>[\w.]+): ")
-
-
-
-async def outbox_rows(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM outbox"))
-    finally:
-        await conn.close()
 
 
 @pytest.mark.slow

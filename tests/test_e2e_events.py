@@ -17,7 +17,7 @@ from tests.conftest import new_database
 from tests.fixtures.kafka import KafkaBroker
 from tests.fixtures.kassa_server import KassaProcess, start_kassa
 from tests.fixtures.servers import PostgresServer, RedisServer
-from tests.invariants import assert_invariants
+from tests.invariants import assert_invariants, scalar
 from tests.load import SERVE_ENV, Reply, drive, open_accounts, random_transfers, wait_terminal
 
 pytestmark = pytest.mark.slow
@@ -54,11 +54,7 @@ async def consume(bootstrap: str, expected: set[str], timeout_s: float = 30) -> 
 
 
 async def journal_count(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM journals WHERE status <> 'processing'"))
-    finally:
-        await conn.close()
+    return int(await scalar(dsn, "SELECT count(*) FROM journals WHERE status <> 'processing'"))
 
 
 async def relay_state(dsn: str) -> tuple[int, int, int]:
