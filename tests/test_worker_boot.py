@@ -71,8 +71,17 @@ async def test_a_worker_booting_while_the_database_is_down_waits_for_it(
             while time.monotonic() < deadline and len(kassa.worker_pids()) != 2:
                 await asyncio.sleep(0.2)
             assert len(kassa.worker_pids()) == 2
-            for _ in range(20):
-                assert (await http.get("/readyz")).status_code == 200
+            # Ready again by itself, and it stays so: 20 answers 200 in a row within 20 s. A
+            # worker may say 503 for a moment after the outage (each pooled connection that
+            # died with the server fails once when next used; the receipt service's breaker,
+            # opened by the outage, waits KASSA_BREAKER_RESET_S).
+            deadline, in_a_row = time.monotonic() + 20, 0
+            while in_a_row < 20:
+                ready = await http.get("/readyz")
+                in_a_row = in_a_row + 1 if ready.status_code == 200 else 0
+                assert time.monotonic() < deadline, ready.text
+                if ready.status_code != 200:
+                    await asyncio.sleep(0.2)
         assert kassa.process.poll() is None
     finally:
         code = await asyncio.to_thread(kassa.stop)
