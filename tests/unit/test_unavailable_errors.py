@@ -34,6 +34,8 @@ CONNECTION_CLASS = [
     asyncpg.CannotConnectNowError("the database system is starting up"),
     asyncpg.AdminShutdownError("terminating connection due to administrator command"),
     asyncpg.InterfaceError("cannot perform operation: connection is closed"),
+    # what a statement on a session the server ended while idle may raise instead
+    asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
 ]
 DRIVER_TEXT = 'could not extend file "base/16384/16385": No space left on device'
 

@@ -44,9 +44,13 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool
 # about the request, nothing was changed, and the same request may succeed later.
 #  - The connection is gone or cannot be made (class 08, OSError, a timeout, the driver's
 #    InterfaceError) or the server is restarting or shutting down (class 57).
+#    A session the server ended while it sat idle in the pool (a shutdown, a terminated
+#    backend) may instead fail its next statement with the driver's InternalClientError
+#    ("cannot switch to state 12; another operation (2) is in progress": asyncpg issue 1069;
+#    SQLAlchemy counts it as a disconnect too): the protocol state of a dead session.
 CONNECTION_LOST: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError,
-    asyncpg.InterfaceError)
+    asyncpg.InterfaceError, asyncpg.InternalClientError)
 #  - The server is out of resources (class 53: 53000 insufficient_resources, 53100 disk_full,
 #    53200 out_of_memory, 53300 too_many_connections, 53400 configuration_limit_exceeded).
 #    The statement failed and its transaction is rolled back.
