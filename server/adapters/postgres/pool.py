@@ -121,6 +121,7 @@ class ResourceAlarm:
 RESOURCE_ALARM = ResourceAlarm()
 # Requests and background tasks all convert a lost connection: one line per interval.
 _UNAVAILABLE_WARNING = Throttle(OUTAGE_LOG_INTERVAL_S)
+_OUT_OF_RESOURCES_WARNING = Throttle(OUTAGE_LOG_INTERVAL_S)  # a full disk refuses every write
 
 
 def unavailable(exc: BaseException) -> Unavailable | None:
@@ -133,7 +134,8 @@ def unavailable(exc: BaseException) -> Unavailable | None:
         # The sqlstate and the server's text go to the log, never to a client.
         sqlstate = str(getattr(exc, "sqlstate", "53000"))
         RESOURCE_ALARM.record(sqlstate)
-        log.warning("database out of resources (%s): %r", sqlstate, exc)
+        if _OUT_OF_RESOURCES_WARNING.ready():
+            log.warning("database out of resources (%s): %r", sqlstate, exc)
         return Unavailable("the database is out of resources", retry_after_s=1)
     if isinstance(exc, CONNECTION_LOST):
         # The message may reach a client: the driver's text (host, port) goes to the log,
