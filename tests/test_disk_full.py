@@ -49,7 +49,7 @@ from server.adapters.postgres.migrate import apply_migrations
 from server.process.embedded import free_port
 from tests.conftest import ADMIN_KEY
 from tests.fixtures.kafka import KafkaBroker
-from tests.fixtures.kassa_server import KASSA, KassaProcess, serve_env, stop_process, wait_healthy
+from tests.fixtures.kassa_server import KASSA, KassaProcess, start_kassa
 from tests.fixtures.servers import PG_BIN, RedisServer
 from tests.invariants import assert_invariants
 from tests.load import SERVE_ENV, open_accounts, wait_terminal
@@ -216,20 +216,9 @@ def disk_postgres(tmpfs: Path, tmp_path: Path) -> Iterator[DiskPostgres]:
 
 
 def start_serving(env: dict[str, str], data_dir: Path, log_path: Path) -> KassaProcess:
-    """`kassa serve` as tests/fixtures/kassa_server.start_kassa does, but with its log off
-    the tmpfs (a full disk must not be what the test reads the log from)."""
-    port = free_port()
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(
-            [str(KASSA), "serve", "--port", str(port), "--workers", "2", "--data-dir", str(data_dir)],
-            stdout=log_file, stderr=subprocess.STDOUT, env=serve_env(env))
-    server = KassaProcess(process, port, data_dir, log_path)
-    try:
-        wait_healthy(server, 60)
-    except BaseException:
-        stop_process(process)
-        raise
-    return server
+    """`kassa serve` with its log off the tmpfs (a full disk must not be what the test reads
+    the log from)."""
+    return start_kassa(env, data_dir=data_dir, log_path=log_path, timeout_s=60)
 
 
 async def _create_database(server: DiskPostgres) -> None:
