@@ -269,10 +269,7 @@ class EmbeddedStack:
         def launch() -> subprocess.Popen[bytes]:
             return start_tansu(port, log_path=self.data_dir / "kafka.log")
 
-        process = launch()
-        with self.lock:
-            self.children.append(("kafka", process))
-        self.launchers["kafka"] = launch
+        process = self._launch("kafka", launch)
         log.info("started embedded Kafka-protocol broker (pid %d) on 127.0.0.1:%d", process.pid, port)
         return f"127.0.0.1:{port}"
 
@@ -295,11 +292,17 @@ class EmbeddedStack:
                     raise
             return process
 
+        process = self._launch(name, launch)
+        log.info("started %s (pid %d)", name, process.pid)
+        return process
+
+    def _launch(self, name: str, launch: Callable[[], subprocess.Popen[bytes]]
+                ) -> subprocess.Popen[bytes]:
+        """Start a child and keep how, so that restart() can start it again the same way."""
         process = launch()
         with self.lock:
             self.children.append((name, process))
         self.launchers[name] = launch
-        log.info("started %s (pid %d)", name, process.pid)
         return process
 
     def process(self, name: str) -> subprocess.Popen[bytes]:
