@@ -109,8 +109,8 @@ async def test_the_writers_finish_and_post_pending_journals(db: asyncpg.Pool, pg
     ids = await pool.record(journals)
     for journal_id, journal in zip(ids, journals, strict=True):
         assert isinstance(journal_id, int)
-        pool.reserve()
-        pool.put(Task(journal_id, journal.receipt_code, journal.transaction, 0.0))
+        with pool.admission() as room:
+            room.put(Task(journal_id, journal.receipt_code, journal.transaction, 0.0))
     await pool.close(10)
     rows = await db.fetch("SELECT status, error_code FROM journals ORDER BY id")
     assert [(r["status"], r["error_code"]) for r in rows] == [

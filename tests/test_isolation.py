@@ -95,10 +95,10 @@ async def test_a_writer_isolates_a_refused_journal_and_moves_on(db: asyncpg.Pool
     tasks = []
     for journal_id, journal in zip(ids, journals, strict=True):
         assert isinstance(journal_id, int)
-        pool.reserve()
         waiter = asyncio.get_running_loop().create_future()
         tasks.append(Task(journal_id, journal.receipt_code, journal.transaction, 0.0, waiter))
-        pool.put(tasks[-1])
+        with pool.admission() as room:
+            room.put(tasks[-1])
     pool.start()  # all three in one batch
     async with asyncio.timeout(10):
         outcomes = [await t.waiter for t in tasks if t.waiter is not None]

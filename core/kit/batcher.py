@@ -6,6 +6,10 @@ has waited `flush_interval_ms`. At most `in_flight_max` flushes run at once; new
 items accumulate meanwhile, so under load batches grow by themselves (group
 commit). `pending_max` bounds what may wait: past it `submit` refuses at once
 rather than queueing without limit.
+
+`submit_many` adds a caller's items together under one future, which resolves with the
+list of their results (an Exception instance for an item that failed) once every item has
+one, whichever flushes they went in: one future per request, not one per item.
 """
 
 from __future__ import annotations
@@ -29,6 +33,28 @@ FlushObserver = Callable[[int, float], None]
 log = logging.getLogger("kassa.batcher")
 
 
+_UNSET = object()
+
+
+class _Group(Generic[R]):
+    """The items of one `submit_many`: their results, in order, and one future for all."""
+
+    __slots__ = ("future", "results", "left")
+
+    def __init__(self, future: asyncio.Future[list[R | BaseException]], n: int) -> None:
+        self.future = future
+        self.results: list[R | BaseException | object] = [_UNSET] * n
+        self.left = n
+
+    def set(self, index: int, result: R | BaseException) -> None:
+        if self.results[index] is not _UNSET:
+            return  # a failure of the whole flush after this item had its result
+        self.results[index] = result
+        self.left -= 1
+        if not self.left and not self.future.done():  # done: the caller was cancelled
+            self.future.set_result(self.results)  # type: ignore[arg-type]  # all set now
+
+
 class Batcher(Generic[T, R]):
     def __init__(
         self,
@@ -50,7 +76,7 @@ class Batcher(Generic[T, R]):
         self._pending_max = pending_max
         self._timeout_s = None if timeout_ms is None else timeout_ms / 1000
         self._on_flush = on_flush
-        self._pending: deque[tuple[T, asyncio.Future[R], float]] = deque()
+        self._pending: deque[tuple[T, asyncio.Future[R] | _Group[R], int, float]] = deque()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(in_flight_max)
         self._flushes: set[asyncio.Task[None]] = set()
@@ -71,8 +97,27 @@ class Batcher(Generic[T, R]):
         if len(self._pending) >= self._pending_max:
             raise Overloaded(f"{self.name} has {len(self._pending)} items waiting")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future, time.monotonic()))
+        self._pending.append((item, future, 0, time.monotonic()))
         if len(self._pending) == 1 or len(self._pending) >= self._size:
+            self._wakeup.set()
+        return future
+
+    def submit_many(self, items: list[T]) -> asyncio.Future[list[R | BaseException]]:
+        """Add a caller's items without waiting, all or none; the one future resolves with
+        their results in order, an Exception instance for each item that failed."""
+        if self._closing:
+            raise Overloaded(f"{self.name} is shutting down")
+        if len(self._pending) + len(items) > self._pending_max:
+            raise Overloaded(f"{self.name} has {len(self._pending)} items waiting")
+        future: asyncio.Future[list[R | BaseException]] = asyncio.get_running_loop().create_future()
+        if not items:
+            future.set_result([])
+            return future
+        group = _Group[R](future, len(items))
+        was = len(self._pending)
+        now = time.monotonic()
+        self._pending.extend((item, group, i, now) for i, item in enumerate(items))
+        if not was or len(self._pending) >= self._size:
             self._wakeup.set()
         return future
 
@@ -108,7 +153,7 @@ class Batcher(Generic[T, R]):
     async def _wait_until_due(self) -> None:
         """Sleep until the batch is full, its oldest item is due, or we are closing."""
         while len(self._pending) < self._size and not self._closing:
-            remaining = self._pending[0][2] + self._interval_s - time.monotonic()
+            remaining = self._pending[0][3] + self._interval_s - time.monotonic()
             if remaining <= 0:
                 return
             self._wakeup.clear()
@@ -117,30 +162,38 @@ class Batcher(Generic[T, R]):
             except TimeoutError:
                 return
 
-    async def _flush(self, batch: list[tuple[T, asyncio.Future[R], float]]) -> None:
+    async def _flush(self, batch: list[tuple[T, asyncio.Future[R] | _Group[R], int, float]]
+                     ) -> None:
         started = time.monotonic()
         try:
-            items = [item for item, _, _ in batch]
+            items = [entry[0] for entry in batch]
             if self._timeout_s is None:
                 results = await self._sink(items)
             else:
                 results = await asyncio.wait_for(self._sink(items), self._timeout_s)
             assert len(results) == len(batch), f"{self.name}: sink returned {len(results)} results"
-            for (_, future, _), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            for (_, slot, index, _), result in zip(batch, results, strict=True):
+                _resolve(slot, index, result)
         except BaseException as exc:  # every waiting caller gets the failure, even on cancel
-            for _, future, _ in batch:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else
-                                         Unavailable(f"{self.name} flush cancelled"))
+            error = exc if isinstance(exc, Exception) else Unavailable(f"{self.name} flush cancelled")
+            for _, slot, index, _ in batch:
+                _resolve(slot, index, error)
             if not isinstance(exc, Exception):
                 raise
         finally:
             self._slots.release()
             if self._on_flush is not None:
                 self._on_flush(len(batch), time.monotonic() - started)
+
+
+def _resolve(slot: asyncio.Future[R] | _Group[R], index: int, result: R | BaseException) -> None:
+    """Give an item its result, unless it has one (a failure of the whole flush after some
+    items were resolved, or a caller that was cancelled)."""
+    if isinstance(slot, _Group):
+        slot.set(index, result)
+    elif slot.done():
+        return
+    elif isinstance(result, BaseException):
+        slot.set_exception(result)
+    else:
+        slot.set_result(result)

@@ -1,7 +1,8 @@
 """Accepting a transaction: the flow of docs/design.md, up to the durable accept (and waiting for the outcome).
 
 validate (done by the caller) → idempotency → pre-validate on the cached view →
-reserve queue room → receipt code → durable journal (group commit) → queue → answer.
+reserve queue room (`with pool.admission(n) as room`, given back on every way out but
+`room.put`) → receipt code → durable journal (group commit) → queue → answer.
 A 202 is given only after the journal is committed; a full queue refuses before
 anything is written.
 
@@ -37,7 +38,7 @@ from core.ledger.errors import (
 from core.ledger.models import AccountSnapshot, Transaction
 from core.pipeline.idempotency import IdempotencyGate, replay_of_journal
 from core.pipeline.observer import NullObserver, Observer
-from core.pipeline.pool import ProcessorPool
+from core.pipeline.pool import Admission, ProcessorPool
 from core.pipeline.ports import (
     AccountReader,
     ExistingJournal,
@@ -154,30 +155,32 @@ class TransactionService:
         started = self._clock()
         refusals = await self._check_many(subs, accounts)
         ok = [i for i, refusal in enumerate(refusals) if refusal is None]
+        answers: list[Submitted | KassaError | Task | None] = list(refusals)
         try:
-            self._pool.reserve(len(ok))
+            room = self._pool.admission(len(ok))
         except Overloaded as exc:
             return [exc if r is None else r for r in refusals]
-        try:
-            codes = await self._receipts.next_codes(len(ok))
-        except KassaError as exc:
-            self._pool.release(len(ok))
-            return [exc if r is None else r for r in refusals]
-        answers: list[Submitted | KassaError | Task | None] = list(refusals)
-        if log.isEnabledFor(logging.INFO):
-            for i, code in zip(ok, codes, strict=True):
-                _log_start(code, subs[i].transaction)
-        us = int((self._clock() - started) * 1e6)
-        rid = REQUEST_ID.get()  # every item of a batch request is logged under its id
-        recorded = await asyncio.gather(*(self._journals.submit(PendingJournal(
-            code, subs[i].transaction, None, None, None, "sync" if subs[i].wait else "async", us,
-            self._owner, rid)) for i, code in zip(ok, codes, strict=True)),
-            return_exceptions=True)
-        processing_time = format_ms(self._clock() - started)
-        for i, code, result in zip(ok, codes, recorded, strict=True):
-            answers[i] = self._accepted_item(subs[i], code, result, started, processing_time, rid)
+        with room:
+            try:
+                codes = await self._receipts.next_codes(len(ok))
+            except KassaError as exc:
+                return [exc if r is None else r for r in refusals]
+            if log.isEnabledFor(logging.INFO):
+                for i, code in zip(ok, codes, strict=True):
+                    _log_start(code, subs[i].transaction)
+            us = int((self._clock() - started) * 1e6)
+            rid = REQUEST_ID.get()  # every item of a batch request is logged under its id
+            recorded = await self._journals.submit_many([PendingJournal(
+                code, subs[i].transaction, None, None, None, "sync" if subs[i].wait else "async",
+                us, self._owner, rid) for i, code in zip(ok, codes, strict=True)])
+            processing_time = format_ms(self._clock() - started)
+            for i, code, result in zip(ok, codes, recorded, strict=True):
+                answers[i] = self._accepted_item(room, subs[i], code, result, started,
+                                                 processing_time, rid)
         self._observer.accepted("transaction", self._clock() - started, len(ok))
         tasks = [a for a in answers if isinstance(a, Task)]
+        if not tasks:
+            return [a for a in answers if a is not None and not isinstance(a, Task)]
         finished = iter(await asyncio.gather(*(self._wait(t, processing_time) for t in tasks)))
         return [next(finished) if isinstance(a, Task) else a for a in answers
                 if a is not None]
@@ -199,24 +202,23 @@ class TransactionService:
                 _log_refused(error, sub.transaction)
         return errors
 
-    def _accepted_item(self, sub: Submission, code: str, result: object, started: float,
-                       processing_time: str, rid: str) -> Submitted | KassaError | Task:
+    def _accepted_item(self, room: Admission, sub: Submission, code: str, result: object,
+                       started: float, processing_time: str, rid: str
+                       ) -> Submitted | KassaError | Task:
         """One recorded item: its answer, or its Task when it waits for a writer."""
         if isinstance(result, BaseException):
-            self._pool.release()
             if not isinstance(result, KassaError):
                 log.error("recording a batch item failed", exc_info=result)
                 result = Unavailable("the transaction could not be recorded", retry_after_s=1)
             _log_unrecorded(code, result)
             return result
         if isinstance(result, Outcome):  # applied in the accept's commit
-            self._pool.release()
             return (_finished(code, processing_time, result, sub.transaction) if sub.wait
                     else Accepted(code, processing_time))
         assert isinstance(result, int)
         waiter = asyncio.get_running_loop().create_future() if sub.wait else None
         task = Task(result, code, sub.transaction, started, waiter, rid)
-        self._pool.put(task)
+        room.put(task)
         return task if sub.wait else Accepted(code, processing_time)
 
     async def _accept(self, sub: Submission, started: float,
@@ -234,45 +236,37 @@ class TransactionService:
             self._observer.refused(error.code)
             _log_refused(error, tx)
             raise error
-        self._pool.reserve()
-        try:
+        with self._pool.admission() as room:
             # From this process's stock of codes: no await unless it ran dry (then 503).
             code = (await self._receipts.next_codes(1))[0]
-        except BaseException:
-            self._pool.release()
-            raise
-        # Before the journal is submitted: an outcome applied in the accept commit is logged
-        # by an effect worker, possibly before this coroutine resumes.
-        if log.isEnabledFor(logging.INFO):
-            _log_start(code, tx)
-        rid = REQUEST_ID.get()
-        try:
-            result = await self._journals.submit(PendingJournal(
-                code, tx, sub.scope, sub.idempotency_key, sub.request_hash,
-                "sync" if sub.wait else "async",
-                int((self._clock() - started) * 1e6), self._owner, rid))
-        except BaseException as exc:
-            self._pool.release()
-            if isinstance(exc, Exception):
-                _log_unrecorded(code, exc)
-            raise
-        if isinstance(result, ExistingJournal):
-            self._pool.release()
+            # Before the journal is submitted: an outcome applied in the accept commit is
+            # logged by an effect worker, possibly before this coroutine resumes.
+            if log.isEnabledFor(logging.INFO):
+                _log_start(code, tx)
+            rid = REQUEST_ID.get()
             try:
-                replay = replay_of_journal(sub, result)
-            except KassaError as exc:  # the key was used with another request
+                result = await self._journals.submit(PendingJournal(
+                    code, tx, sub.scope, sub.idempotency_key, sub.request_hash,
+                    "sync" if sub.wait else "async",
+                    int((self._clock() - started) * 1e6), self._owner, rid))
+            except Exception as exc:
                 _log_unrecorded(code, exc)
                 raise
-            _log_replay(result.receipt_code, code)
-            return replay
-        done: Task | Outcome
-        if isinstance(result, Outcome):  # applied in the accept's commit
-            self._pool.release()
-            done = result
-        else:
-            waiter = asyncio.get_running_loop().create_future() if sub.wait else None
-            done = Task(result, code, tx, started, waiter, rid)
-            self._pool.put(done)
+            if isinstance(result, ExistingJournal):
+                try:
+                    replay = replay_of_journal(sub, result)
+                except KassaError as exc:  # the key was used with another request
+                    _log_unrecorded(code, exc)
+                    raise
+                _log_replay(result.receipt_code, code)
+                return replay
+            done: Task | Outcome
+            if isinstance(result, Outcome):  # applied in the accept's commit
+                done = result
+            else:
+                waiter = asyncio.get_running_loop().create_future() if sub.wait else None
+                done = Task(result, code, tx, started, waiter, rid)
+                room.put(done)
         elapsed = self._clock() - started
         self._observer.accepted("transaction", elapsed)
         return code, format_ms(elapsed), done

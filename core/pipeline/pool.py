@@ -5,7 +5,7 @@ New journals reach `record` in groups. While the writers have no backlog, a grou
 decided and posted in its own commit (apply at accept: one commit per transaction);
 otherwise it is recorded pending and its tasks are queued for the writers, which also
 run what the recovery sweeper claims. Capacity is reserved before a request is made
-durable and used after, so a full queue refuses (503) before anything is written and an
+durable and used after (`with pool.admission(n) as room: ... room.put(task)`), so a full queue refuses (503) before anything is written and an
 accepted task is never dropped. Writers take up to `batch_max` queued tasks and apply
 them in one database transaction (`batch_max=1` is the one-commit-per-transaction
 design, kept as a baseline). Effects after commit (status, receipt registration,
@@ -39,6 +39,35 @@ from core.pipeline.tasks import Task
 from core.pipeline.writers import BatchWriter
 
 log = logging.getLogger("kassa.pool")
+
+
+class Admission:
+    """Room reserved in the pool's queue for tasks being made durable (reserve and release
+    as one context manager, so that no path can forget its half): `put` queues a task in
+    one unit of it and never refuses; `__exit__` gives back the units not put, also on an
+    exception or a cancellation. An item that ends without a task (refused, applied in its
+    accept commit, a replay) keeps its unit until the block ends."""
+
+    __slots__ = ("_pool", "left")
+
+    def __init__(self, pool: ProcessorPool, n: int) -> None:
+        self._pool = pool
+        self.left = n  # units neither put nor given back
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.left:
+            self._pool._release(self.left)
+            self.left = 0
+
+    def put(self, task: Task) -> None:
+        """Queue a task in a unit of this room."""
+        assert self.left > 0, "more tasks put than room was reserved for"
+        self.left -= 1
+        self._pool._put_reserved(task)
+
 
 class ProcessorPool:
     def __init__(
@@ -101,8 +130,10 @@ class ProcessorPool:
     def has_room(self) -> bool:
         return self.room > 0
 
-    def reserve(self, n: int = 1) -> None:
-        """Hold room for n tasks about to be made durable, or refuse at once."""
+    def admission(self, n: int = 1) -> Admission:
+        """Room for n tasks about to be made durable, or Overloaded at once; used as
+        `with pool.admission(n) as room:`, each `room.put(task)` queues one task in it and
+        leaving the block gives back what was not put, whatever the way out."""
         if self._closing:
             raise Overloaded("shutting down", retry_after_s=1)
         if self._queue.qsize() + self._reserved + n > self._capacity:
@@ -114,14 +145,14 @@ class ProcessorPool:
                 self._refusal_logged_at, self._refused = now, 0
             raise Overloaded("the processor queue is full", retry_after_s=1)
         self._reserved += n
+        return Admission(self, n)
 
-    def release(self, n: int = 1) -> None:
+    def _release(self, n: int) -> None:
         assert self._reserved >= n
         self._reserved -= n
 
-    def put(self, task: Task) -> None:
-        """Queue a task whose room was reserved; never refuses."""
-        self.release()
+    def _put_reserved(self, task: Task) -> None:
+        self._reserved -= 1
         self._hold(task)
         self._queue.put_nowait(task)
         self._report()

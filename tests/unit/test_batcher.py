@@ -149,3 +149,56 @@ async def test_sink_raising_cancelled_error_fails_its_callers() -> None:
     await asyncio.wait_for(batcher.close(), 1)
     await asyncio.sleep(0.01)
     assert future.done()
+
+
+# submit_many: one future for a caller's items, whichever flushes they go in.
+
+async def test_submit_many_resolves_one_future_across_flushes() -> None:
+    sink = RecordingSink()
+    batcher = make(sink, batch_size_max=3, flush_interval_ms=1)
+    single = batcher.submit(10)
+    group = batcher.submit_many([1, -1, 2, 3, 4])
+    results = await asyncio.wait_for(group, 1)
+    assert [r if isinstance(r, int) else str(r) for r in results] == [2, "bad -1", 4, 6, 8]
+    assert await single == 20
+    assert sink.batches == [[10, 1, -1], [2, 3, 4]]  # the group split over two flushes
+    await batcher.close()
+
+
+async def test_submit_many_is_refused_whole_past_pending_max() -> None:
+    sink = RecordingSink()
+    sink.gate = asyncio.Event()
+    batcher = make(sink, batch_size_max=2, flush_interval_ms=1, pending_max=3)
+    first = batcher.submit_many([0, 1])  # flushed, the call blocks
+    await asyncio.wait_for(sink.called.wait(), 1)
+    waiting = batcher.submit(2)
+    with pytest.raises(Overloaded):
+        batcher.submit_many([3, 4, 5])  # 1 waiting + 3 > 3: none of them is added
+    assert len(batcher) == 1
+    sink.gate.set()
+    assert await asyncio.wait_for(first, 1) == [0, 2] and await waiting == 4
+    assert (await batcher.submit_many([])) == []
+    await batcher.close()
+
+
+async def test_a_failed_flush_fails_each_item_of_a_group_once() -> None:
+    sink = RecordingSink()
+    sink.gate = asyncio.Event()  # never set: the sink stalls
+    batcher = make(sink, batch_size_max=2, flush_interval_ms=1, timeout_ms=50)
+    results = await asyncio.wait_for(batcher.submit_many([1, 2, 3]), 2)
+    assert len(results) == 3 and all(isinstance(r, TimeoutError) for r in results)
+    await batcher.close()
+
+
+async def test_a_cancelled_group_caller_does_not_break_the_flush() -> None:
+    sink = RecordingSink()
+    sink.gate = asyncio.Event()
+    batcher = make(sink, batch_size_max=4, flush_interval_ms=1)
+    group = batcher.submit_many([1, 2])
+    other = batcher.submit(3)
+    await asyncio.wait_for(sink.called.wait(), 1)
+    group.cancel()
+    sink.gate.set()
+    assert await asyncio.wait_for(other, 1) == 6  # its batch-mate was resolved all the same
+    assert group.cancelled()
+    await batcher.close()

@@ -23,9 +23,9 @@ async def queued(p, amount: int) -> Task:  # type: ignore[no-untyped-def]
     """A journal recorded pending and queued, as the accept path does it in queue mode."""
     journal = pending(transfer(amount))
     [jid] = await p.store.insert_pending([journal])
-    p.pool.reserve()
     task = task_of(jid, journal.receipt_code, amount)
-    p.pool.put(task)
+    with p.pool.admission() as room:
+        room.put(task)
     return task
 
 
@@ -130,15 +130,60 @@ async def test_refused_data_in_a_batch_fails_only_its_journal(make_pipeline: Pip
     assert p.store.balance("bob") == 2
 
 
-async def test_reserve_refuses_past_the_capacity(make_pipeline: PipelineFactory) -> None:
+async def test_admission_refuses_past_the_capacity(make_pipeline: PipelineFactory) -> None:
     p = await make_pipeline(start=False, queue_size_max=3)
     await queued(p, 1)
-    p.pool.reserve(2)
-    assert p.pool.room == 0
-    with pytest.raises(Overloaded):
-        p.pool.reserve()
-    p.pool.release(2)
-    p.pool.reserve()  # room again once released
+    with p.pool.admission(2):
+        assert p.pool.room == 0
+        with pytest.raises(Overloaded):
+            p.pool.admission()
+    assert p.pool.room == 2  # room again once the block is left
+    with p.pool.admission(2):
+        pass
+
+
+async def test_admission_gives_back_what_was_not_put(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(start=False, queue_size_max=5)
+    with p.pool.admission(3) as room:
+        room.put(task_of(1, "RCP-a", 1))  # one of three used: queued, the two others back
+        assert p.pool.room == 2 and p.pool.backlog == 1
+    assert p.pool.room == 4 and p.pool.held == [1]
+
+
+async def test_admission_is_given_back_on_an_exception(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(start=False, queue_size_max=5)
+    with pytest.raises(ValueError, match="after the reservation"), p.pool.admission(2) as room:
+        room.put(task_of(1, "RCP-a", 1))
+        raise ValueError("after the reservation")
+    assert p.pool.room == 4 and p.pool.backlog == 1
+
+
+async def test_admission_is_given_back_when_the_request_is_cancelled(
+        make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(start=False, queue_size_max=5)
+    entered = asyncio.Event()
+
+    async def request() -> None:
+        with p.pool.admission(3):
+            entered.set()
+            await asyncio.Event().wait()  # e.g. waiting for its group commit
+
+    task = asyncio.create_task(request())
+    await entered.wait()
+    assert p.pool.room == 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert p.pool.room == 5
+
+
+async def test_admission_refuses_a_put_past_its_room(make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(start=False, queue_size_max=5)
+    with p.pool.admission(1) as room:
+        room.put(task_of(1, "RCP-a", 1))
+        with pytest.raises(AssertionError):
+            room.put(task_of(2, "RCP-b", 1))
+    assert p.pool.room == 4 and p.pool.held == [1]
 
 
 async def test_recovered_work_is_queued_only_with_room_and_once(make_pipeline: PipelineFactory
@@ -158,7 +203,7 @@ async def test_close_finishes_queued_work_then_refuses(make_pipeline: PipelineFa
     assert all(p.store.journal(t.receipt_code).status == COMPLETED for t in tasks)
     assert p.pool.room == 0
     with pytest.raises(Overloaded):
-        p.pool.reserve()
+        p.pool.admission()
 
 
 async def test_close_leaves_unfinished_work_to_recovery(make_pipeline: PipelineFactory) -> None:

@@ -69,8 +69,8 @@ async def test_claims_are_bounded_by_the_queue_room(make_pipeline: PipelineFacto
 
 async def test_a_full_queue_claims_nothing(make_pipeline: PipelineFactory) -> None:
     p = await make_pipeline(start=False, queue_size_max=1)
-    p.pool.reserve()
-    await p.store.insert_pending([pending(transfer(1), owner="dead-node")])
-    p.store.now += LEASE_S + 1
-    assert await sweeper_of(p).sweep() == 0
-    assert p.pool.held == []
+    with p.pool.admission():  # the one place, reserved by a request being accepted
+        await p.store.insert_pending([pending(transfer(1), owner="dead-node")])
+        p.store.now += LEASE_S + 1
+        assert await sweeper_of(p).sweep() == 0
+        assert p.pool.held == []
