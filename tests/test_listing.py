@@ -264,7 +264,8 @@ PLANNED = ("journals", "journal_accounts", "ledgers", "accounts")
 
 
 async def load(conn: asyncpg.Connection) -> None:
-    """Accounts, journals (through the trigger), two entries per completed journal."""
+    """Accounts, journals (the unposted ones named in journal_accounts by the trigger), two
+    entries per completed journal."""
     await conn.execute(
         "INSERT INTO accounts (id, currency, overdraft_limit)"
         " SELECT 'acc_' || i, 'USD', NULL FROM generate_series(0, $1 - 1) i", ACCOUNTS)
@@ -367,9 +368,10 @@ async def test_listing_plans_at_size(pg_dsn) -> None:  # type: ignore[no-untyped
         await load(conn)
         loaded_s = time.monotonic() - started
         count = await conn.fetchval("SELECT count(*) FROM journal_accounts")
+        # Only journals that posted nothing when written name their accounts there (009).
         assert count == await conn.fetchval(
             "SELECT count(DISTINCT (a, id)) FROM journals, LATERAL (VALUES (payload->0->>0),"
-            " (payload->0->>1)) v(a)")
+            " (payload->0->>1)) v(a) WHERE status <> 'completed'")
         problems: list[str] = []
         report = [f"{JOURNALS} journals, {count} journal_accounts rows, loaded in {loaded_s:.1f} s"]
         for name, where, cursor, budget in SHAPES:

@@ -86,6 +86,9 @@ PLANTED = {
                       "INSERT INTO ledgers (journal_id, account_id, direction, amount, "
                       "balance_after) SELECT journal_id, account_id, direction, amount, "
                       "balance_after FROM ledgers"),
+    "orphan_entry": ("every ledger entry names a journal and an account that exist",
+                     "INSERT INTO ledgers (journal_id, account_id, direction, amount, "
+                     "balance_after) VALUES (999, 'nobody', 'credit', 1, 1)"),
     "failed_with_entries": ("no failed or unfinished journal has entries",
                             "UPDATE journals SET status = 'failed'"),
     "unfinished_with_event": ("no unfinished journal has an outbox event",

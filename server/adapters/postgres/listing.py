@@ -71,15 +71,11 @@ def journals_query(where: TransactionFilter, limit: int, before: int | None
         args.append(value)
         return f"${len(args)}::{cast}"
 
+    # `{key}` stands for the column the page is ordered by: the index scan's own column,
+    # so that the cursor and the since/until bounds become index conditions.
     conds: list[str] = []
-    if where.account is not None:
-        source = "journal_accounts ja JOIN journals j ON j.id = ja.journal_id"
-        key = "ja.journal_id"
-        conds.append(f"ja.account_id = {arg(where.account, 'text')}")
-    else:
-        source, key = "journals j", "j.id"
     if before is not None:
-        conds.append(f"{key} < {arg(before, 'bigint')}")
+        conds.append(f"{{key}} < {arg(before, 'bigint')}")
     if where.statuses is not None:
         conds.append("j.status IN ({})".format(
             ", ".join(_literal(s, JOURNAL_STATUSES) for s in where.statuses)))
@@ -88,18 +84,39 @@ def journals_query(where: TransactionFilter, limit: int, before: int | None
     if where.since is not None:
         since = arg(where.since, "timestamptz")
         conds.append(f"j.created_at >= {since}")
-        conds.append(f"{key} > coalesce((SELECT id FROM journals WHERE created_at < {since}"
+        conds.append(f"{{key}} > coalesce((SELECT id FROM journals WHERE created_at < {since}"
                      f" - {arg(LISTING_SLACK, 'interval')} ORDER BY created_at DESC LIMIT 1), 0)")
     if where.until is not None:
         until = arg(where.until, "timestamptz")
         conds.append(f"j.created_at <= {until}")
-        conds.append(f"{key} < coalesce((SELECT id FROM journals WHERE created_at > {until}"
+        conds.append(f"{{key}} < coalesce((SELECT id FROM journals WHERE created_at > {until}"
                      f" + {arg(LISTING_SLACK, 'interval')} ORDER BY created_at LIMIT 1),"
                      " 9223372036854775807)")
-    sql = (f"SELECT {JOURNAL_COLUMNS} FROM {source}"
-           + (" WHERE " + " AND ".join(conds) if conds else "")
-           + f" ORDER BY {key} DESC LIMIT {arg(limit + 1, 'int')}")
-    return sql, args
+    page = arg(limit + 1, "int")
+    if where.account is None:
+        return _page("journals j", "j.id", conds, page), args
+    # The journals naming an account (migration 009): those that posted on it, by its
+    # ledger entries, and those that posted nothing when written, by journal_accounts.
+    # Each branch is the newest `page` distinct journals of its index that pass the
+    # filters; the newest `page` of their union is then exactly the newest `page` of all
+    # (an id among the union's newest has fewer than `page` newer ids in its own branch).
+    account = arg(where.account, "text")
+    # Without a filter on the journal itself, a branch reads its index alone.
+    join = " JOIN journals j ON j.id = {}" if any("j." in c for c in conds) else ""
+    posted = _page("ledgers l" + join.format("l.journal_id"), "l.journal_id",
+                   [f"l.account_id = {account}", *conds], page, columns="DISTINCT l.journal_id")
+    unposted = _page("journal_accounts ja" + join.format("ja.journal_id"), "ja.journal_id",
+                     [f"ja.account_id = {account}", *conds], page, columns="ja.journal_id")
+    source = (f"(SELECT DISTINCT journal_id FROM (({posted}) UNION ALL ({unposted})) named)"
+              " n JOIN journals j ON j.id = n.journal_id")
+    return _page(source, "j.id", [], page), args
+
+
+def _page(source: str, key: str, conds: list[str], limit: str,
+          columns: str = JOURNAL_COLUMNS) -> str:
+    return (f"SELECT {columns} FROM {source}"
+            + (" WHERE " + " AND ".join(c.format(key=key) for c in conds) if conds else "")
+            + f" ORDER BY {key} DESC LIMIT {limit}")
 
 
 def accounts_query(currency: str | None, status: str | None, limit: int, after: str | None

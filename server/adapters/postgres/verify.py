@@ -87,6 +87,12 @@ CHECKS = (
           "SELECT o.external_ref, o.reversed, coalesce(r.total, 0) AS reversals, o.amount "
           "FROM o LEFT JOIN r ON r.target = o.external_ref "
           "WHERE o.reversed <> coalesce(r.total, 0) OR o.reversed > o.amount"),
+    # Migration 009 dropped the foreign keys of ledger entries (one statement writes an
+    # entry with its journal, after reading the account): what they enforced is checked here.
+    Check("every ledger entry names a journal and an account that exist",
+          "SELECT l.id, l.journal_id, l.account_id FROM ledgers l "
+          "WHERE NOT EXISTS (SELECT FROM journals j WHERE j.id = l.journal_id) "
+          "OR NOT EXISTS (SELECT FROM accounts a WHERE a.id = l.account_id)"),
     Check("no failed or unfinished journal has entries",
           "SELECT j.id, j.external_ref, j.status, count(*) AS entries FROM journals j "
           "JOIN ledgers l ON l.journal_id = j.id WHERE j.status <> 'completed' GROUP BY j.id"),

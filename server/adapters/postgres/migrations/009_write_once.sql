@@ -1,0 +1,39 @@
+-- Write each fact once (issue 19; docs/performance.md "Throughput II").
+--
+-- ?account= listings: a completed journal's accounts are already written once, in its
+-- ledger entries. An index on ledgers (account_id, journal_id) lists them, and
+-- journal_accounts now keeps only the journals that post nothing when first written
+-- (processing, failed, held, voided), which are rare: a completed transfer no longer pays
+-- two journal_accounts rows, their index entries, and a statement trigger that parsed its
+-- payload. server/adapters/postgres/listing.py merges the two sources in journal id order.
+-- Rows written before this migration for completed journals stay: the merge de-duplicates
+-- them, and deleting them all would be one long write for nothing.
+DROP TRIGGER journal_accounts_add ON journals;
+DROP FUNCTION journal_accounts_add();
+
+-- A row trigger with a WHEN clause: for a completed journal the condition is evaluated
+-- and nothing else runs (no function call, no queued event).
+CREATE FUNCTION journal_accounts_add_unposted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO journal_accounts (account_id, journal_id)
+    SELECT DISTINCT acc.id, NEW.id
+    FROM jsonb_array_elements(NEW.payload) AS leg
+    CROSS JOIN LATERAL (VALUES (leg ->> 0), (leg ->> 1)) AS acc(id)
+    WHERE acc.id IS NOT NULL;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER journal_accounts_add_unposted AFTER INSERT ON journals
+    FOR EACH ROW WHEN (NEW.status <> 'completed')
+    EXECUTE FUNCTION journal_accounts_add_unposted();
+
+CREATE INDEX ledgers_account_journal ON ledgers (account_id, journal_id DESC);
+
+-- Ledger entries are written by the same statement as their journal, after the accounts
+-- they name were locked and read: a foreign key would re-check, row by row, what that
+-- statement already knows (two RI trigger queries per entry, each taking a KEY SHARE lock
+-- on a row the transaction already holds FOR UPDATE). Journals and accounts are never
+-- deleted. `kassa verify` checks both references (server/adapters/postgres/verify.py).
+ALTER TABLE ledgers DROP CONSTRAINT ledgers_journal_id_fkey;
+ALTER TABLE ledgers DROP CONSTRAINT ledgers_account_id_fkey;
