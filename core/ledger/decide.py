@@ -21,6 +21,7 @@ from core.ledger.errors import (
     CurrencyMismatch,
     InsufficientFunds,
 )
+from core.ledger.faults import money_faults
 from core.ledger.models import AccountSnapshot, Entry, ErrorBody, Leg, Transaction, TransactionEvent
 from core.ledger.status import COMPLETED, FAILED
 from core.ledger.validation import hold_source_error
@@ -61,11 +62,12 @@ def static_error(tx: Transaction, accounts: dict[str, AccountSnapshot]) -> Busin
     for account_id in tx.account_ids:
         account = accounts.get(account_id)
         if account is None:
-            return AccountNotFound(f"account {account_id} does not exist")
+            return AccountNotFound(f"account {account_id} does not exist", param=account_id)
         if account.currency != tx.currency:
-            return CurrencyMismatch(f"account {account_id} holds {account.currency}, not {tx.currency}")
+            return CurrencyMismatch(f"account {account_id} holds {account.currency}, not {tx.currency}",
+                                    param=account_id)
         if account.status != "active":
-            return AccountInactive(f"account {account_id} is {account.status}")
+            return AccountInactive(f"account {account_id} is {account.status}", param=account_id)
     return None
 
 
@@ -77,7 +79,8 @@ MESSAGES = {
 
 def held_overflow(account_id: str) -> AmountOverflow:
     """A hold that would take an account's `held` past the 64-bit range."""
-    return AmountOverflow(f"the amount held on account {account_id} would leave the 64-bit range")
+    return AmountOverflow(f"the amount held on account {account_id} would leave the 64-bit range",
+                          param=account_id)
 
 
 def source_debits(legs: tuple[Leg, ...]) -> dict[str, int]:
@@ -102,14 +105,15 @@ def decide_batch(
     postable = [(jid, [tuple(leg) for leg in tx.legs]) for (jid, _, tx), err in zip(tasks, static, strict=True)
                 if err is None]
     money_errors, columns = native.post_batch(balances, floors, postable)
+    faults = iter(money_faults(accounts, postable, money_errors))
     entries = _entries_by_journal(columns)
     money = iter(money_errors)
     outcomes = []
     for (journal_id, receipt, _), err in zip(tasks, static, strict=True):
-        error = ErrorBody(err.code, err.message) if err is not None else None
+        error = ErrorBody(err.code, err.message, err.param) if err is not None else None
         if error is None:
-            code = next(money)
-            error = None if code is None else ErrorBody(code, MESSAGES[code])
+            code, fault = next(money), next(faults)
+            error = None if code is None else ErrorBody(code, MESSAGES[code], fault)
         status = COMPLETED if error is None else FAILED
         outcomes.append(Outcome(journal_id, receipt, status, entries.get(journal_id, []), error,
                                 occurred_at, recorded_with_decision))
@@ -173,13 +177,15 @@ def prevalidate(tx: Transaction, accounts: dict[str, AccountSnapshot]) -> Busine
         dst = trial.get(destination, accounts[destination].balance) + amount
         trial[destination] = dst
         if src < INT64_MIN or dst > INT64_MAX:
-            return AmountOverflow(MESSAGES["amount_overflow"])
+            return AmountOverflow(MESSAGES["amount_overflow"],
+                                  param=source if src < INT64_MIN else destination)
     if tx.type == "capture":
         return None
     for account_id, balance in trial.items():
         account = accounts[account_id]
         if account.floor is not None and balance < account.floor and balance < account.balance:
-            return InsufficientFunds(f"account {account_id} lacks the available balance")
+            return InsufficientFunds(f"account {account_id} lacks the available balance",
+                                     param=account_id)
     return None
 
 
@@ -195,5 +201,6 @@ def _prevalidate_hold(tx: Transaction, accounts: dict[str, AccountSnapshot]
         if account.held + amount > INT64_MAX:
             return held_overflow(account_id)
         if account.floor is not None and account.balance - amount < account.floor:
-            return InsufficientFunds(f"account {account_id} lacks the available balance")
+            return InsufficientFunds(f"account {account_id} lacks the available balance",
+                                     param=account_id)
     return None

@@ -11,10 +11,12 @@ class KassaError(Exception):
     code = "internal"
     retriable = False
 
-    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+    def __init__(self, message: str, *, retry_after_s: int | None = None,
+                 param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.param = param  # what is at fault: a body field, or the account a rule refused
 
 
 class InvalidRequest(KassaError):

@@ -37,6 +37,7 @@ from core.ledger.errors import (
     NotReversible,
     ReversalExceedsOriginal,
 )
+from core.ledger.faults import fault_of
 from core.ledger.models import AccountSnapshot, Entry, ErrorBody, Leg, Transaction
 from core.ledger.status import COMPLETED, FAILED, HELD, VOIDED
 
@@ -103,8 +104,8 @@ def decide_linked(journal_id: int, receipt_code: str, tx: Transaction, state: Le
     try:
         status, entries = _decide(journal_id, tx, state, target)
     except BusinessRuleError as exc:
-        failed = Outcome(journal_id, receipt_code, FAILED, [], ErrorBody(exc.code, exc.message),
-                         occurred_at)
+        failed = Outcome(journal_id, receipt_code, FAILED, [],
+                         ErrorBody(exc.code, exc.message, exc.param), occurred_at)
         return LinkedOutcome(failed, target)
     if target is not None:
         state.changed_targets[target.receipt_code] = target
@@ -145,7 +146,7 @@ def _reserve(tx: Transaction, state: LedgerState) -> None:
     for account_id in debits:
         if state.accounts[account_id].overdraft_limit is None:
             raise HoldWithoutBalance(f"{account_id} cannot be the source of a hold: a system "
-                                     "account has no balance to reserve")
+                                     "account has no balance to reserve", param=account_id)
     for account_id, amount in debits.items():
         if state.held[account_id] + amount > INT64_MAX:
             raise held_overflow(account_id)
@@ -203,20 +204,21 @@ def _post(journal_id: int, legs: tuple[Leg, ...], state: LedgerState) -> list[En
     names = {a for leg in legs for a in (leg.source, leg.destination)}
     floors = {a: state.floor(a) for a in names}
     errors, columns = native.post_batch(state.balances, floors, [(journal_id, list(legs))])
-    if errors[0] is not None:
-        raise _error_of(errors[0])
+    if errors[0] is not None:  # native left the balances as they were: replay for the fault
+        raise _error_of(errors[0], fault_of(errors[0], legs, state.balances, floors))
     _, accounts, directions, amounts, after = columns
     return [Entry(a, DIRECTIONS[d], n, b)
             for a, d, n, b in zip(accounts, directions, amounts, after, strict=True)]
 
 
 def _insufficient(account_id: str) -> BusinessRuleError:
-    return InsufficientFunds(f"account {account_id} lacks the available balance")
+    return InsufficientFunds(f"account {account_id} lacks the available balance",
+                             param=account_id)
 
 
-def _error_of(code: str) -> BusinessRuleError:
+def _error_of(code: str, account_id: str | None) -> BusinessRuleError:
     kind = InsufficientFunds if code == "insufficient_funds" else AmountOverflow
-    return kind(MESSAGES[code])
+    return kind(MESSAGES[code], param=account_id)
 
 
 def decide_with_linked(plain: BatchDecision, linked: list[tuple[int, str, Transaction]],

@@ -74,6 +74,7 @@ class Entry(msgspec.Struct, frozen=True):
 class ErrorBody(msgspec.Struct, frozen=True):
     code: str
     message: str
+    param: str | None = None  # a failed transaction's account at fault, when one is
 
 
 class TransactionEvent(msgspec.Struct, frozen=True, omit_defaults=True):

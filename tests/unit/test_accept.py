@@ -168,7 +168,8 @@ async def test_a_stale_high_cached_balance_fails_at_execution_not_below_the_floo
     p.cache.stale(AccountSnapshot("alice", "USD", "active", 1000, 0))
     answer = await p.service.submit(submission(transfer(500), wait=True))
     assert finished(answer).status == FAILED
-    assert finished(answer).error == ErrorBody("insufficient_funds", MESSAGES["insufficient_funds"])
+    assert finished(answer).error == ErrorBody("insufficient_funds", MESSAGES["insufficient_funds"],
+                                               "alice")
     assert p.store.balance("alice") == 100
 
 
