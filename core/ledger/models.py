@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import msgspec
@@ -24,8 +25,13 @@ class Leg(NamedTuple):
     amount: int
 
 
-class Transaction(msgspec.Struct, frozen=True):
-    """A validated, normalised transaction request: every form becomes legs."""
+class Transaction(msgspec.Struct, frozen=True, dict=True):
+    """A validated, normalised transaction request: every form becomes legs.
+
+    `amount` and `account_ids` are computed once per transaction, on first use, and kept
+    (`dict=True` gives the struct the `__dict__` that cached_property stores them in): the
+    accept path reads them several times (the cached view, pre-validation, log lines, the
+    executor's locks). The list is shared: callers do not change it."""
 
     type: str
     currency: str
@@ -37,11 +43,11 @@ class Transaction(msgspec.Struct, frozen=True):
     # The receipt code a capture or void names (the hold) or a reversal (the original).
     target: str | None = None
 
-    @property
+    @cached_property
     def amount(self) -> int:
         return sum(leg.amount for leg in self.legs)
 
-    @property
+    @cached_property
     def account_ids(self) -> list[str]:
         """Every account touched, sorted: the lock order."""
         return sorted({a for leg in self.legs for a in (leg.source, leg.destination)})

@@ -166,7 +166,7 @@ SESSION_ALIVE = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1"
 
 # The journals under these receipt codes, with their ledger entries (after a lost ack).
 RECORDED = """
-SELECT j.id, j.external_ref, j.status, j.error_code, j.error_message,
+SELECT j.id, j.external_ref, j.status, j.error_code, j.error_message, j.error_param,
        coalesce((SELECT json_agg(json_build_array(l.account_id, l.direction, l.amount,
                                                   l.balance_after) ORDER BY l.id)
                  FROM ledgers l WHERE l.journal_id = j.id), '[]')::text AS entries
@@ -183,11 +183,19 @@ WHERE id = $1 AND status = 'processing'
 """
 
 JOURNAL_STATUS = """
-SELECT status, error_code, error_message, coalesce(completed_at, created_at) AS at
+SELECT status, error_code, error_message, error_param, coalesce(completed_at, created_at) AS at
 FROM journals WHERE external_ref = $1
 """
 
 GET_ACCOUNTS = """
 SELECT id, currency, status, balance, overdraft_limit, contact, held FROM accounts
 WHERE id = ANY($1::text[])
+"""
+
+
+# The account at fault of failed journals, in the transaction that finished them: a separate
+# statement so that only a batch with such a failure pays for it.
+SET_ERROR_PARAMS = """
+UPDATE journals j SET error_param = u.p FROM unnest($1::bigint[], $2::text[]) AS u(id, p)
+WHERE j.id = u.id
 """

@@ -101,7 +101,8 @@ class PgJournalStore:
             row = await self._pool.fetchrow(JOURNAL_STATUS, receipt_code)
         if row is None:
             return None
-        error = ErrorBody(row["error_code"], row["error_message"]) if row["error_code"] else None
+        error = (ErrorBody(row["error_code"], row["error_message"], row["error_param"])
+                 if row["error_code"] else None)
         return JournalStatus(receipt_code, row["status"], error, iso(row["at"]) or "")
 
     async def get_accounts(self, account_ids: list[str], *, fresh: bool = False

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncpg
 import msgspec
 
-from core.ledger.decide import BatchDecision
+from core.ledger.decide import BatchDecision, Outcome
 from core.ledger.errors import TransientConflict
 from core.ledger.linked import Target
 from core.ledger.models import AccountSnapshot, Leg
@@ -19,6 +19,7 @@ from server.adapters.postgres.journal_sql import (
     LOCK_FOR_NEW,
     LOCK_TARGETS,
     LOCK_UNFINISHED,
+    SET_ERROR_PARAMS,
     UPDATE_TARGETS,
 )
 
@@ -43,6 +44,7 @@ class PgLedgerUnit:
             FINISH_AND_POST, [o.journal_id for o in outcomes], [o.status for o in outcomes],
             [o.error.code if o.error else None for o in outcomes],
             [o.error.message if o.error else None for o in outcomes], *posting_args(decision))
+        await set_error_params(self._conn, outcomes)
 
     async def lock_targets(self, receipt_codes: list[str]) -> dict[str, Target]:
         rows = await self._conn.fetch(LOCK_TARGETS, receipt_codes)
@@ -82,6 +84,7 @@ class PgLedgerUnit:
             if exc.constraint_name != "journals_idempotency_key":
                 raise
             raise TransientConflict("an idempotency key was recorded meanwhile") from exc
+        await set_error_params(self._conn, outcomes)
 
 
 def posting_args(decision: BatchDecision) -> list[object]:
@@ -92,6 +95,15 @@ def posting_args(decision: BatchDecision) -> list[object]:
     return [list(decision.balances), list(decision.balances.values()),
             [held.get(a) for a in decision.balances], *decision.ledger_columns,
             [o.journal_id for o in outcomes], [o.receipt_code for o in outcomes], decision.events]
+
+
+async def set_error_params(conn: asyncpg.Connection, outcomes: list[Outcome]) -> None:
+    """Record the account at fault of the failed journals naming one (none in a batch that
+    failed nothing: no statement)."""
+    faulted = [o for o in outcomes if o.error is not None and o.error.param is not None]
+    if faulted:
+        await conn.execute(SET_ERROR_PARAMS, [o.journal_id for o in faulted],
+                           [o.error.param for o in faulted if o.error is not None])
 
 
 def pending_columns(journals: list[PendingJournal]) -> list[list[object]]:

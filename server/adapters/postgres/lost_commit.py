@@ -84,7 +84,7 @@ async def recorded(pool: asyncpg.Pool, receipt_codes: list[str], session: object
         raise Unavailable("the database is unavailable") from exc
     return {r["external_ref"]: RecordedJournal(
         r["id"], r["external_ref"], r["status"],
-        ErrorBody(r["error_code"], r["error_message"]) if r["error_code"] else None,
+        ErrorBody(r["error_code"], r["error_message"], r["error_param"]) if r["error_code"] else None,
         [Entry(*e) for e in _entries.decode(r["entries"])]) for r in rows}
 
 
