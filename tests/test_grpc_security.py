@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from core.kit.code_cipher import CodeCipher
 from server.adapters.grpc.clients import CHANNEL_OPTIONS, ReceiptClient
 from server.adapters.grpc.gen.kassa.v1 import receipts_pb2 as pb
 from server.adapters.grpc.gen.kassa.v1 import receipts_pb2_grpc as pb_grpc
@@ -95,7 +96,8 @@ async def test_a_token_is_required_except_for_health_probes(db: asyncpg.Pool) ->
             probe = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert probe.status == health_pb2.HealthCheckResponse.SERVING
-        client = ReceiptClient(f"127.0.0.1:{port}", security=GrpcSecurity(token="s3cret"))
+        client = ReceiptClient(f"127.0.0.1:{port}", cipher=CodeCipher(b"grpc security secret"),
+                               security=GrpcSecurity(token="s3cret"))
         client.start()
         try:
             assert await client.get_receipt(CODE) is None

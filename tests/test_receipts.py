@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY
 
 import native
 from core.kit.breaker import CLOSED, OPEN, CircuitBreaker
+from core.kit.code_cipher import CodeCipher
 from core.ledger.errors import Unavailable
 from core.pipeline.ports import ReceiptRecord
 from native import _py
@@ -36,15 +37,25 @@ from server.process.settings import (
 )
 from server.services.grpc_server import start_server, stop_server
 from server.services.receipts import service as receipt_service
-from tests.fixtures.servers import free_port
+from tests.conftest import new_database
+from tests.fixtures.kassa_server import start_kassa
+from tests.fixtures.servers import PostgresServer, RedisServer, free_port
 from tests.grpc_helpers import serving, start_receipt_process, stop_process, wait_serving
+from tests.load import SERVE_ENV, open_accounts
 
 CODE = re.compile(r"^RCP-\d{8}-[0-9A-HJKMNP-TV-Z]{16}$")
 
 pytestmark = pytest.mark.timeout(60)
+# Every client of a test shares it, as every process of a deployment shares the database's.
+CIPHER = CodeCipher(b"receipt tests' secret")
 
 
 def value_of(code: str) -> int:
+    """The counter value behind a code handed out (hidden with CIPHER)."""
+    return value_of_raw(CIPHER.reveal(code))
+
+
+def value_of_raw(code: str) -> int:
     value = 0
     for char in code.split("-")[2]:
         value = value * 32 + _py.CROCKFORD.index(char)
@@ -89,7 +100,7 @@ async def client_for() -> AsyncIterator[Callable[..., ReceiptClient]]:
     clients: list[ReceiptClient] = []
 
     def make(address: str, **kw: float) -> ReceiptClient:
-        client = ReceiptClient(address, **kw)  # type: ignore[arg-type]
+        client = ReceiptClient(address, cipher=CIPHER, **kw)  # type: ignore[arg-type]
         client.start()
         clients.append(client)
         return client
@@ -159,6 +170,48 @@ async def test_the_block_is_refilled_before_it_runs_out_and_codes_never_wait(
     assert 11 <= client.codes.blocks_reserved <= 12
     values = [value_of(c) for c in taken]
     assert values == sorted(values), "one client's blocks come in order"
+
+
+async def test_codes_handed_out_one_after_the_other_are_not_neighbours(
+    receipt_server: str, client_for: Callable[..., ReceiptClient]
+) -> None:
+    client = client_for(receipt_server, block_size=1000)
+    codes = await client.next_codes(1) + await client.next_codes(499) + await client.next_codes(500)
+    counters = [CIPHER.reveal(c) for c in codes]
+    assert counters == sorted(counters) and len({block_of(c) for c in codes}) == 1
+    assert all(CODE.match(c) for c in codes) and len(set(codes)) == 1000
+    steps = list(zip(codes, codes[1:], strict=False))
+    # 16 random characters differ from 16 others in 15.5 places on average; neighbours in 1.
+    assert sum(sum(x != y for x, y in zip(a[13:], b[13:], strict=True))
+               for a, b in steps) / len(steps) > 14.5
+    assert 0.4 < sum(a < b for a, b in steps) / len(steps) < 0.6, "order tells nothing"
+
+
+async def test_the_secret_is_the_databases_and_outlives_a_restart(
+    pg_server: PostgresServer, redis_server: RedisServer
+) -> None:
+    """Two runs of kassa serve on one database hide their codes with the secret stored there:
+    revealed with it, they are the receipt service's block codes, in order across the
+    restart (another secret would reveal random values)."""
+    dsn = await new_database(pg_server)
+    env = {**SERVE_ENV, "KASSA_DATABASE_URL": dsn, "KASSA_REDIS_URL": redis_server.url}
+    codes: list[str] = []
+    secrets: list[bytes] = []
+    for run in range(2):
+        kassa = start_kassa(env, workers=1)
+        try:
+            await open_accounts(kassa.url, [f"run{run}_{i}" for i in range(3)], 100)
+        finally:
+            kassa.stop()
+        rows = await _rows(dsn, "SELECT external_ref, secret FROM journals, receipt_code_key"
+                                " WHERE external_ref <> ALL($1::text[]) ORDER BY id", codes)
+        codes += [r["external_ref"] for r in rows]
+        secrets += [r["secret"] for r in rows]
+    assert len(codes) == 6 and len(set(secrets)) == 1 and len(secrets[0]) == 32
+    counters = [value_of_raw(CodeCipher(secrets[0]).reveal(c)) for c in codes]
+    assert all(v >> 79 == 1 for v in counters), "block layout"
+    blocks = [(v & ~_py.BLOCK_FLAG) >> _py.BLOCK_OFFSET_BITS for v in counters]
+    assert blocks == sorted(blocks) and blocks[-1] < 100 and blocks[0] < blocks[-1], blocks
 
 
 async def test_a_whole_batch_of_codes_at_once_spans_blocks(
@@ -324,7 +377,7 @@ def test_local_codes_unique_across_processes_and_increasing_within_one(impl: str
 
 
 async def test_local_source_makes_process_layout_codes_and_keeps_no_records() -> None:
-    source = LocalReceiptSource(node_id=3)
+    source = LocalReceiptSource(node_id=3, cipher=CIPHER)
     codes = await source.next_codes(300)
     assert len(set(codes)) == 300 and all(CODE.match(c) for c in codes)
     assert all(value_of(c) >> 79 == 0 for c in codes), "never equal to a block code"
@@ -466,13 +519,13 @@ async def _stopped_in_time(coroutine: Coroutine[Any, Any, None], timeout_s: floa
 async def test_close_registers_what_waits_and_gives_up_after_the_timeout(
     pg_dsn: str, receipt_server: str
 ) -> None:
-    up = ReceiptClient(receipt_server, flush_interval_ms=10_000)
+    up = ReceiptClient(receipt_server, cipher=CIPHER, flush_interval_ms=10_000)
     up.start()
     codes = await up.next_codes(10)
     up.register([record(c) for c in codes])
     assert await _stopped_in_time(up.close(), 2) < 1
     assert await _count(pg_dsn) == 10
-    down = ReceiptClient(f"127.0.0.1:{free_port()}", timeout_ms=300)
+    down = ReceiptClient(f"127.0.0.1:{free_port()}", cipher=CIPHER, timeout_ms=300)
     down.start()
     down.register([record("RCP-20261202-G000000000000001")])
     assert await _stopped_in_time(down.close(), 0.3) < 1.5

@@ -22,6 +22,7 @@ import aiohttp
 import httpx
 import pytest
 
+from core.kit.code_cipher import CodeCipher
 from core.pipeline.health import CodeSupply, HealthCheck, code_state
 from server.process.supervisor import Backoff, Supervisor
 from tests.conftest import new_database
@@ -201,7 +202,8 @@ def test_the_runtime_reports_the_receipt_clients_codes_and_breaker() -> None:
     from server.adapters.grpc.clients import ReceiptClient
     from server.process.runtime import Runtime
 
-    receipts = ReceiptClient("127.0.0.1:1", breaker_failures_max=2, breaker_reset_ms=60_000)
+    receipts = ReceiptClient("127.0.0.1:1", cipher=CodeCipher(b"supervision secret"),
+                             breaker_failures_max=2, breaker_reset_ms=60_000)
     runtime: Any = SimpleNamespace(receipts=receipts)
     assert Runtime.receipt_codes(runtime) == CodeSupply(0, source_failing=False)
     receipts.breaker.record_failure()

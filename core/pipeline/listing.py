@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import msgspec
-
 from core.ledger.status import PROCESSING
 from core.pipeline.queries import StatusQuery
 from core.pipeline.read_ports import Listings
@@ -17,6 +15,7 @@ from core.pipeline.views import (
     TransactionFilter,
     TransactionPage,
     TransactionView,
+    pending_view,
 )
 
 
@@ -37,11 +36,7 @@ class Listing:
         return TransactionPage(items, page.next_cursor)
 
     async def _pending(self, view: TransactionView) -> PendingView:
-        found = await self._status.status(view.receipt_code)
-        if found is None:  # the row was just read: cannot happen but for a race with nothing
-            return PendingView(view.receipt_code, view.status, view.error,
-                               view.created_at or "", [])
-        return PendingView(**msgspec.structs.asdict(found), entries=[])
+        return pending_view(view, await self._status.status(view.receipt_code))
 
     async def accounts(self, currency: str | None, status: str | None, limit: int,
                        cursor: str | None) -> AccountPage:

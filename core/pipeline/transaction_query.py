@@ -6,7 +6,7 @@ from core.ledger.status import PROCESSING
 from core.pipeline.ports import JournalStatus
 from core.pipeline.queries import StatusQuery
 from core.pipeline.read_ports import TransactionReader
-from core.pipeline.views import TransactionView
+from core.pipeline.views import PendingView, TransactionView, pending_view
 
 
 class TransactionQuery:
@@ -21,12 +21,13 @@ class TransactionQuery:
     async def status(self, receipt_code: str) -> JournalStatus | None:
         return await self._status.status(receipt_code)
 
-    async def lookup(self, receipt_code: str) -> TransactionView | JournalStatus | None:
+    async def lookup(self, receipt_code: str) -> TransactionView | PendingView | None:
         """The full transaction once it is final; while it is processing, its freshest
-        status (memory and Redis may be ahead of the journal row); None if unknown."""
+        status (memory and Redis may be ahead of the journal row) with its money and no
+        entries; None if unknown."""
         view = await self._reader.transaction(receipt_code)
         if view is None or view.status != PROCESSING:
             return view
         found = await self._status.status(receipt_code)
         assert found is not None, "the journal was just read: its status is known"
-        return found
+        return pending_view(view, found)

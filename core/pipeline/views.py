@@ -4,12 +4,14 @@ them (the HTTP layer encodes these structs as they are)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import msgspec
 
 from core.ledger.decide import Outcome
-from core.ledger.models import Entry, ErrorBody, Transaction
+from core.ledger.models import Entry, ErrorBody, Leg, Transaction
+from core.pipeline.ports import JournalStatus
 
 
 class AccountView(msgspec.Struct, frozen=True):
@@ -71,9 +73,22 @@ class TransactionFilter(msgspec.Struct, frozen=True):
     until: dt.datetime | None = None
 
 
+class LegView(msgspec.Struct, frozen=True):
+    """One leg of a transaction's money, whatever its status (deposits come from
+    `@world:<CUR>`, withdrawals go to it)."""
+
+    source: str
+    destination: str
+    amount: int
+
+
+def legs_view(legs: Iterable[Leg]) -> list[LegView]:
+    return [LegView(*leg) for leg in legs]
+
+
 class TransactionView(msgspec.Struct, frozen=True, omit_defaults=True):
     """The full transaction of docs/api.md, as its journal stands; the links appear only
-    where they are set."""
+    where they are set, a hold's four fields only on holds (`voided_by` null until voided)."""
 
     receipt_code: str
     status: str
@@ -86,11 +101,18 @@ class TransactionView(msgspec.Struct, frozen=True, omit_defaults=True):
     error: ErrorBody | None
     created_at: str | None
     completed_at: str | None
+    # Its money, whatever its status (defaults only until every reader sets them).
+    amount: int = 0  # the sum of its legs
+    legs: list[LegView] = []
     captures: str | None = None  # a capture's hold
     voids: str | None = None  # a void's hold
     reverses: str | None = None  # a reversal's original
     reversed_by: list[str] | None = None  # an original's completed reversals
     hold_expires_at: str | None = None  # a hold's deadline
+    captured_by: list[str] | None = None  # a hold's completed capture (one at most)
+    voided_by: str | None | msgspec.UnsetType = msgspec.UNSET  # a hold's void, or null
+    captured_amount: int | None = None  # a hold's: what its capture posted
+    released_amount: int | None = None  # a hold's: what was reserved and not posted
 
 
 def link_fields(type_: str, target: str | None) -> dict[str, str]:
@@ -100,15 +122,51 @@ def link_fields(type_: str, target: str | None) -> dict[str, str]:
     return {{"capture": "captures", "void": "voids"}.get(type_, "reverses"): target}
 
 
+class Naming(NamedTuple):
+    """A finished journal that names another: a completed capture or reversal, or a void."""
+
+    receipt_code: str
+    type: str
+    amount: int
+
+
+def named_by_fields(is_hold: bool, amount: int, naming: list[Naming]) -> dict[str, Any]:
+    """What a journal's view says of the journals naming it: an original's `reversed_by`;
+    a hold's `captured_by`, `voided_by` and how much of its `amount` was captured and
+    released (0 and 0 while pending; a capture releases the rest, a void all of it)."""
+    reversed_by = [n.receipt_code for n in naming if n.type == "reversal"] or None
+    if not is_hold:
+        return {"reversed_by": reversed_by}
+    captures = [n for n in naming if n.type == "capture"]
+    voids = [n.receipt_code for n in naming if n.type == "void"]
+    captured = sum(n.amount for n in captures)
+    ended = bool(captures or voids)
+    return {"reversed_by": reversed_by, "captured_by": [n.receipt_code for n in captures],
+            "voided_by": voids[0] if voids else None, "captured_amount": captured,
+            "released_amount": amount - captured if ended else 0}
+
+
 class PendingView(msgspec.Struct, frozen=True):
     """A transaction not yet final, as GET /v1/transactions/{receipt_code} answers it: its
-    status object with no entries."""
+    status object with its money and no entries."""
 
     receipt_code: str
     status: str
     error: ErrorBody | None
     updated_at: str
+    amount: int
+    legs: list[LegView]
     entries: list[Entry]
+
+
+def pending_view(view: TransactionView, found: JournalStatus | None) -> PendingView:
+    """A `processing` journal as read, with its freshest status (memory and Redis may be
+    ahead of the row; None: nothing fresher is known)."""
+    if found is None:
+        return PendingView(view.receipt_code, view.status, view.error, view.created_at or "",
+                           view.amount, view.legs, [])
+    return PendingView(found.receipt_code, found.status, found.error, found.updated_at,
+                       view.amount, view.legs, [])
 
 
 class JournalPage(msgspec.Struct, frozen=True):
@@ -125,8 +183,10 @@ class TransactionPage(msgspec.Struct, frozen=True):
 
 def decided_view(outcome: Outcome, tx: Transaction) -> TransactionView:
     """The full transaction of a journal recorded by the commit that decided it, as the
-    database has it (both times are the decision's), without reading it back."""
+    database has it (both times are the decision's), without reading it back. Only plain
+    transactions are decided in their accept's commit: no hold, no link to show."""
+    assert tx.hold_expires_in_s is None and tx.target is None, "a linked journal is read back"
     return TransactionView(
         outcome.receipt_code, outcome.status, tx.type, tx.currency, outcome.journal_id,
         tx.description, tx.metadata, list(outcome.entries), outcome.error,
-        outcome.finished_at, outcome.finished_at)
+        outcome.finished_at, outcome.finished_at, amount=tx.amount, legs=legs_view(tx.legs))

@@ -39,6 +39,7 @@ async def answer(queries: TransactionQuery, submitted: Submitted) -> tuple[int, 
         return 201, view
     if view.status == FAILED:
         assert view.error is not None, "a failed journal carries its error"
-        error = error_dict(view.error.code, view.error.message, receipt_code=code)
+        error = error_dict(view.error.code, view.error.message, param=view.error.param,
+                           receipt_code=code)
         return FAILED_STATUS.get(view.error.code, 422), {**error, "receipt_code": code}
     return 202, accepted_body(code, submitted.processing_time)

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from core.kit.batcher import Batcher
 from core.kit.breaker import CLOSED, CircuitBreaker
+from core.kit.code_cipher import CodeCipher
 from core.pipeline.accept import TransactionService
 from core.pipeline.accounts import AccountService
 from core.pipeline.effects import PostCommit
@@ -45,6 +46,7 @@ from server.adapters.postgres.listing import PgListings
 from server.adapters.postgres.monitoring import PgMonitoring
 from server.adapters.postgres.nodes import keep_node_id, lease_node_id, release_node_ids
 from server.adapters.postgres.pool import RESOURCE_ALARM, create_pool
+from server.adapters.postgres.receipt_key import receipt_code_secret
 from server.adapters.prometheus import HTTP_METRICS, PrometheusObserver, render
 from server.adapters.redis.account_cache import RedisAccountCache
 from server.adapters.redis.client import create_client, new_breaker
@@ -170,12 +172,12 @@ def build_api(runtime: Runtime) -> Api:
         body_size_max=runtime.settings.body_size_max, record_request=HTTP_METRICS.record)
 
 
-def receipt_source(settings: Settings, node_id: int) -> ReceiptSource:
+def receipt_source(settings: Settings, node_id: int, cipher: CodeCipher) -> ReceiptSource:
     """The receipt service over gRPC when configured, else codes made in this process."""
     if not settings.receipt_service_addr:
-        return LocalReceiptSource(node_id)
+        return LocalReceiptSource(node_id, cipher)
     client = ReceiptClient(
-        settings.receipt_service_addr, block_size=settings.receipt_block_size,
+        settings.receipt_service_addr, cipher=cipher, block_size=settings.receipt_block_size,
         batch_size_max=settings.receipt_batch_size,
         flush_interval_ms=settings.receipt_flush_interval_ms,
         timeout_ms=settings.receipt_timeout_ms, pending_max=settings.receipt_pending_max,
@@ -225,7 +227,7 @@ async def build_runtime(settings: Settings) -> Runtime:
     if not settings.receipt_service_addr:  # codes made here carry a leased node id
         node_id = await lease_node_id(db, owner, NODE_LEASE_S,
                                       settings.node_id if settings.node_id >= 0 else None)
-    receipts = receipt_source(settings, node_id)
+    receipts = receipt_source(settings, node_id, CodeCipher(await receipt_code_secret(db)))
     notifier = notification_client(settings)
     relay = (OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
                          settings.kafka_topic, batch_size_max=settings.relay_batch_max,

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from core.kit.code_cipher import CodeCipher
 from core.ledger.errors import Unavailable
 from core.pipeline.ports import ReceiptRecord, ReceiptStatus
 from server.adapters.grpc import metrics
@@ -37,6 +38,7 @@ class ReceiptClient:
         self,
         address: str,
         *,
+        cipher: CodeCipher,
         block_size: int = _DEFAULTS.receipt_block_size,
         batch_size_max: int = _DEFAULTS.receipt_batch_size,
         flush_interval_ms: float = _DEFAULTS.receipt_flush_interval_ms,
@@ -57,8 +59,8 @@ class ReceiptClient:
                                          breaker_reset_ms)
         self._channel: grpc.aio.Channel | None = None
         self._stub: rpb_grpc.ReceiptServiceStub | None = None
-        self.codes = CodeStock(self._reserve, block_size=block_size, timeout_ms=timeout_ms,
-                               retry_max_ms=retry_max_ms)
+        self.codes = CodeStock(self._reserve, cipher=cipher, block_size=block_size,
+                               timeout_ms=timeout_ms, retry_max_ms=retry_max_ms)
         self.registrations = RegistrationQueue(
             self._register_batch, batch_size_max=batch_size_max,
             flush_interval_ms=flush_interval_ms, pending_max=pending_max,

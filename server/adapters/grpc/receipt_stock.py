@@ -9,8 +9,9 @@ One task reserves blocks: when the stock falls to half a block it reserves anoth
 call at a time, and retries with backoff (100 ms doubling to retry_max_ms) while the
 service is down. So a request waits for the service only when the stock ran dry, and a
 service outage shorter than the time the stock lasts is not seen at all. Codes are dated
-when handed out (native.block_codes). Codes left when the process stops are never used:
-a gap, never a repeat.
+when handed out (native.block_codes) and hidden then (core/kit/code_cipher.py: the same
+keyed bijection in every process, so consecutive codes are not neighbours and stay
+unique). Codes left when the process stops are never used: a gap, never a repeat.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 import native
+from core.kit.code_cipher import CodeCipher
 from core.ledger.errors import Unavailable
 from server.adapters.grpc import metrics
 
@@ -35,10 +37,11 @@ RETRY_MIN_S = 0.1
 
 
 class CodeStock:
-    def __init__(self, reserve: Reserve, *, block_size: int, timeout_ms: float,
-                 retry_max_ms: float) -> None:
+    def __init__(self, reserve: Reserve, *, cipher: CodeCipher, block_size: int,
+                 timeout_ms: float, retry_max_ms: float) -> None:
         assert 1 <= block_size <= native.BLOCK_SPAN
         self._reserve = reserve
+        self._hide = cipher.hide_all
         self._block_size = block_size
         self._low = block_size // 2
         self._timeout_s = timeout_ms / 1000
@@ -80,7 +83,7 @@ class CodeStock:
             block = self._blocks[0]
             number, first, end = block
             n = min(count - len(codes), end - first)
-            codes += native.block_codes(number, first, n, now_ms)
+            codes += self._hide(native.block_codes(number, first, n, now_ms))
             if first + n == end:
                 self._blocks.popleft()
             else:

@@ -11,20 +11,47 @@ import msgspec
 
 from core.ledger.errors import AccountExists, InvalidRequest
 from core.ledger.models import Entry, ErrorBody, world_account
-from core.pipeline.views import AccountView, EntryLine, EntryPage, TransactionView, link_fields
+from core.pipeline.views import (
+    AccountView,
+    EntryLine,
+    EntryPage,
+    LegView,
+    Naming,
+    TransactionView,
+    link_fields,
+    named_by_fields,
+)
 from server.adapters.postgres.pool import converted_errors, iso
 
 _json = msgspec.json.Encoder()
 _obj = msgspec.json.Decoder(dict[str, Any])
+_legs = msgspec.json.Decoder(list[tuple[str, str, int]])
 
 ACCOUNT_COLUMNS = ("id, currency, balance, overdraft_limit, status, contact, metadata, created_at, "
                    "held")
 
 
-# The completed reversals of journals, oldest first.
+# The completed reversals of journals, oldest first. (Superseded by NAMED_BY; kept while
+# listing.py still reads it.)
 REVERSED_BY = """
 SELECT target, external_ref FROM journals
 WHERE target = ANY($1::text[]) AND type = 'reversal' AND status = 'completed' ORDER BY id
+"""
+
+# What a transaction's view is read from (journal_view); listing.py reads the same names.
+JOURNAL_VIEW = """
+SELECT id, external_ref, status, type, currency, description, metadata, payload, error_code,
+       error_message, error_param, created_at, completed_at, target, hold_expires_at
+FROM journals WHERE external_ref = $1
+"""
+
+# The journals naming these that succeeded (completed captures and reversals, voids that
+# voided), oldest first, with their amounts: a view's reversed_by and a hold's fields.
+NAMED_BY = """
+SELECT target, external_ref, type,
+       (SELECT sum((leg ->> 2)::bigint) FROM jsonb_array_elements(payload) AS leg) AS amount
+FROM journals
+WHERE target = ANY($1::text[]) AND status IN ('completed', 'voided') ORDER BY id
 """
 
 
@@ -100,24 +127,40 @@ class PgAccountStore:
     async def transaction(self, receipt_code: str) -> TransactionView | None:
         """The full transaction view of docs/api.md, or None for an unknown receipt."""
         async with converted_errors(), self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT id, status, type, currency, description, metadata, error_code,"
-                " error_message, created_at, completed_at, target, hold_expires_at"
-                " FROM journals WHERE external_ref = $1",
-                receipt_code)
+            row = await conn.fetchrow(JOURNAL_VIEW, receipt_code)
             if row is None:
                 return None
             entries = await conn.fetch(
                 "SELECT account_id, direction, amount, balance_after FROM ledgers"
                 " WHERE journal_id = $1 ORDER BY id", row["id"])
-            reversals = [r["external_ref"] for r in await conn.fetch(REVERSED_BY, [receipt_code])]
-        error = (ErrorBody(row["error_code"], row["error_message"])
-                 if row["error_code"] else None)
-        return TransactionView(
-            receipt_code, row["status"], row["type"], row["currency"], row["id"],
-            row["description"], _obj.decode(row["metadata"]),
-            [Entry(e["account_id"], e["direction"], e["amount"], e["balance_after"])
-             for e in entries],
-            error, iso(row["created_at"]), iso(row["completed_at"]),
-            **link_fields(row["type"], row["target"]),  # type: ignore[arg-type]
-            reversed_by=reversals or None, hold_expires_at=iso(row["hold_expires_at"]))
+            naming = await named_by(conn, [receipt_code])
+        return journal_view(row, [Entry(e["account_id"], e["direction"], e["amount"],
+                                        e["balance_after"]) for e in entries],
+                            naming.get(receipt_code, []))
+
+
+async def named_by(conn: asyncpg.Connection, receipt_codes: list[str]
+                   ) -> dict[str, list[Naming]]:
+    """The finished journals naming each of these (NAMED_BY), by the receipt they name."""
+    found: dict[str, list[Naming]] = {}
+    for r in await conn.fetch(NAMED_BY, receipt_codes):
+        found.setdefault(r["target"], []).append(
+            Naming(r["external_ref"], r["type"], r["amount"]))
+    return found
+
+
+def journal_view(row: asyncpg.Record, entries: list[Entry], naming: list[Naming]
+                 ) -> TransactionView:
+    """A journal row (JOURNAL_VIEW's columns) as the transaction of docs/api.md: its money
+    from its legs whatever its status, its links both ways."""
+    legs = [LegView(*leg) for leg in _legs.decode(row["payload"])]
+    amount = sum(leg.amount for leg in legs)
+    error = (ErrorBody(row["error_code"], row["error_message"], row["error_param"])
+             if row["error_code"] else None)
+    return TransactionView(
+        row["external_ref"], row["status"], row["type"], row["currency"], row["id"],
+        row["description"], _obj.decode(row["metadata"]), entries, error,
+        iso(row["created_at"]), iso(row["completed_at"]), amount=amount, legs=legs,
+        **link_fields(row["type"], row["target"]),  # type: ignore[arg-type]
+        **named_by_fields(row["hold_expires_at"] is not None, amount, naming),
+        hold_expires_at=iso(row["hold_expires_at"]))

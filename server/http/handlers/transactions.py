@@ -14,7 +14,6 @@ from core.ledger.errors import InvalidRequest, KassaError
 from core.ledger.models import HOLD_EXPIRES_DEFAULT_S, Transaction
 from core.ledger.validation import check_receipt_code, normalize_transaction
 from core.pipeline.idempotency import submission
-from core.pipeline.ports import JournalStatus
 from core.pipeline.submission import Submitted
 from core.pipeline.transaction_query import TransactionQuery
 from server.http.answers import answer
@@ -118,11 +117,11 @@ def parse_item(raw: msgspec.Raw) -> tuple[Transaction, str | None] | KassaError:
 async def item_result(queries: TransactionQuery, submitted: Submitted | KassaError) -> Any:
     """One item's result: the 202 body or the transaction, or its error; never raises."""
     if isinstance(submitted, KassaError):
-        return error_dict(submitted.code, submitted.message)
+        return error_dict(submitted.code, submitted.message, param=submitted.param)
     try:
         _, body = await answer(queries, submitted)
     except KassaError as exc:
-        return error_dict(exc.code, exc.message)
+        return error_dict(exc.code, exc.message, param=exc.param)
     return msgspec.Raw(body) if isinstance(body, bytes) else body
 
 
@@ -145,7 +144,5 @@ async def get_transaction(request: Request) -> Response:
     found = await api.queries.lookup(code)
     if found is None:
         return not_found("receipt")
-    if isinstance(found, JournalStatus):  # still processing: no entries yet
-        return json_response({**msgspec.to_builtins(found), "entries": []})
-    return json_response(found)
+    return json_response(found)  # still processing: its status, money and no entries
 
