@@ -250,6 +250,91 @@ def check_hold_row(row: asyncpg.Record) -> None:
         f"{row['voids']} voids ({endings} endings)"
 
 
+# The journals naming these (captures, voids, reversals), whatever their outcome, with amounts.
+NAMING = """
+SELECT target, external_ref, type, status,
+       (SELECT sum((leg->>2)::bigint) FROM jsonb_array_elements(payload) leg) AS amount
+FROM journals WHERE target = ANY($1::text[]) ORDER BY id"""
+
+
+async def http_transactions(url: str, receipts: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    async with client(url, 32) as http:
+        sem = asyncio.Semaphore(32)
+
+        async def one(rc: str) -> None:
+            async with sem, http.get(f"{T}/{rc}") as r:
+                assert r.status == 200, await r.text()
+                out[rc] = await r.json()
+
+        await asyncio.gather(*(one(rc) for rc in receipts))
+    return out
+
+
+def requested_legs(body: dict[str, Any], amount: int | None = None) -> list[dict[str, Any]]:
+    """The one leg a single-leg request names (a withdrawal goes to @world:USD)."""
+    return [{"source": body["source"], "destination": body.get("destination", "@world:USD"),
+             "amount": body["amount"] if amount is None else amount}]
+
+
+HOLD_FIELDS = ("captured_by", "voided_by", "captured_amount", "released_amount")
+
+
+def expected_hold_fields(hold: dict[str, Any], naming: list[asyncpg.Record]) -> dict[str, Any]:
+    """A hold's four fields from the journals naming it in the database: the completed
+    capture, the void that voided it (a client's or the server's on expiry)."""
+    captures = [r for r in naming if r["type"] == "capture" and r["status"] == "completed"]
+    voids = [r for r in naming if r["type"] == "void" and r["status"] == "voided"]
+    captured = sum(r["amount"] for r in captures)
+    released = {"held": 0, "failed": 0, "completed": hold["amount"] - captured,
+                "voided": hold["amount"]}[hold["status"]]
+    return {"captured_by": [r["external_ref"] for r in captures],
+            "voided_by": voids[0]["external_ref"] if voids else None,
+            "captured_amount": captured, "released_amount": released}
+
+
+async def assert_money_and_links(url: str, dsn: str, ops: list[Op]) -> None:
+    """Every hold, capture and void answered with a receipt (and every transfer) carries its
+    amount and legs as requested, whatever its status; a hold names its capture or void and
+    says how much was captured and released; a capture or void names its hold; a
+    `?wait=true` 201 answer has the money a later GET has."""
+    ops = [op for op in ops if op.receipt is not None and op.kind != "reverse"]
+    views = await http_transactions(url, [str(op.receipt) for op in ops])
+    holds = {str(op.receipt): op for op in ops if op.kind == "hold"}
+    naming: dict[str, list[asyncpg.Record]] = {}
+    for r in await fetch(dsn, NAMING, list(holds)):
+        naming.setdefault(r["target"], []).append(r)
+    for op in ops:
+        view = views[str(op.receipt)]
+        if op.kind in ("hold", "transfer"):
+            assert op.body is not None
+            want_legs = requested_legs(op.body)
+        else:
+            hold = holds[op.group].body
+            assert hold is not None
+            part = op.body["amount"] if op.kind == "capture" and op.body else None
+            want_legs = requested_legs(hold, part)
+            assert view["captures" if op.kind == "capture" else "voids"] == op.group, view
+        assert (view["amount"], view["legs"]) == (want_legs[0]["amount"], want_legs), \
+            (op.describe(), view)
+        if op.kind == "hold":
+            assert {k: view[k] for k in HOLD_FIELDS} == \
+                expected_hold_fields(view, naming.get(str(op.receipt), [])), (op.describe(), view)
+            won = {str(o.receipt) for o in ops if o.group == op.receipt and o.succeeded}
+            assert won <= {*view["captured_by"], view["voided_by"]}, (op.describe(), view, won)
+        else:
+            assert "captured_by" not in view and "voided_by" not in view, view
+        if view["status"] == "failed":
+            assert view["error"]["code"] and "param" in view["error"], view
+        if op.status == 201:
+            answered = op.result.body  # type: ignore[union-attr]
+            assert (answered["amount"], answered["legs"]) == (view["amount"], view["legs"])
+            if op.kind == "hold":  # pending when answered
+                assert (answered["captured_by"], answered["voided_by"],
+                        answered["captured_amount"], answered["released_amount"]) == \
+                    ([], None, 0, 0), answered
+
+
 async def open_accounts(url: str, accounts: list[tuple[str, int, int]]) -> None:
     async with client(url, 8) as http:
         for account_id, balance, overdraft in accounts:
@@ -505,7 +590,8 @@ async def test_mixed_operations_from_both_workers(pg_server: PostgresServer,
         receipts = [str(op.receipt) for op in everything if op.receipt is not None]
         assert len(set(receipts)) == len(receipts), "a receipt code was handed out twice"
         await assert_http_matches_db(kassa.url, dsn, receipts)
-        assert time.monotonic() - started < 90
+        await assert_money_and_links(kassa.url, dsn, everything)
+        assert time.monotonic() - started < 100
     except BaseException:
         print(kassa.log_tail(80))
         raise
@@ -616,6 +702,7 @@ async def test_holds_end_once_when_a_worker_is_killed(pg_server: PostgresServer,
                     assert op.final["error"]["code"] == "hold_not_pending", op.describe()
         receipts = [str(op.receipt) for op in ops if op.receipt is not None]
         await assert_http_matches_db(kassa.url, dsn, receipts)
+        await assert_money_and_links(kassa.url, dsn, ops)
         await assert_invariants(dsn)
         assert victim not in kassa.worker_pids()
         assert len(kassa.worker_pids()) == 2, "the master did not replace the killed worker"

@@ -49,7 +49,7 @@ FROM journals WHERE external_ref = $1
 # voided), oldest first, with their amounts: a view's reversed_by and a hold's fields.
 NAMED_BY = """
 SELECT target, external_ref, type,
-       (SELECT sum((leg ->> 2)::bigint) FROM jsonb_array_elements(payload) AS leg) AS amount
+       (SELECT sum((leg ->> 2)::bigint)::bigint FROM jsonb_array_elements(payload) AS leg) AS amount
 FROM journals
 WHERE target = ANY($1::text[]) AND status IN ('completed', 'voided') ORDER BY id
 """
