@@ -12,6 +12,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from core.ledger.errors import RateLimited
 
@@ -28,10 +29,34 @@ def retry_after_s(wait_ms: int) -> int:
     return max(1, math.ceil(wait_ms / 1000))
 
 
-def refusal(wait_ms: int) -> RateLimited:
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """An API key's bucket as one request left it, for the RateLimit-Policy and RateLimit
+    answer headers: the policy (`limit` requests per `window_s` seconds, the bucket's size
+    and the time it takes to refill from empty) and the state (`remaining` whole requests,
+    `reset_s` seconds until the bucket is full again), None when unknown (Redis down: the
+    limit fails open)."""
+
+    limit: int
+    window_s: int
+    remaining: int | None = None
+    reset_s: int | None = None
+
+
+def quota(burst: int, refill_per_s: float, tokens: float | None) -> Quota:
+    """The Quota of a bucket of `burst` tokens refilled at `refill_per_s` that holds
+    `tokens` after this request (None: unknown)."""
+    window_s = max(1, round(burst / refill_per_s))
+    if tokens is None:
+        return Quota(burst, window_s)
+    tokens = min(max(tokens, 0.0), float(burst))
+    return Quota(burst, window_s, math.floor(tokens), math.ceil((burst - tokens) / refill_per_s))
+
+
+def refusal(wait_ms: int, state: Quota | None = None) -> RateLimited:
     seconds = retry_after_s(wait_ms)
     return RateLimited(f"rate limit exceeded for this API key; retry in {seconds}s",
-                       retry_after_s=seconds)
+                       retry_after_s=seconds, quota=state)
 
 
 class Throttle:

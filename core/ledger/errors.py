@@ -6,6 +6,11 @@ server/http/errors.py maps each code to its HTTP status in one table.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.kit.rate_limit import Quota
+
 
 class KassaError(Exception):
     code = "internal"
@@ -103,6 +108,11 @@ class CaptureOutsideHold(BusinessRuleError):
 class RateLimited(KassaError):
     code = "rate_limited"
     retriable = True
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None,
+                 quota: Quota | None = None) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.quota = quota  # the key's bucket, for the RateLimit answer headers
 
 
 class Overloaded(KassaError):

@@ -19,26 +19,30 @@ DESCRIPTION_MAX = 1024
 TYPES = ("transfer", "deposit", "withdrawal")
 
 
-def check_currency(currency: str) -> str:
+def check_currency(currency: str, param: str = "currency") -> str:
     if not CURRENCY.fullmatch(currency):
-        raise InvalidRequest(f"currency {currency!r} must be 3 to 10 uppercase letters")
+        raise InvalidRequest(f"currency {currency!r} must be 3 to 10 uppercase letters",
+                             param=param)
     return currency
 
 
-def check_account_id(account_id: str, currency: str | None = None) -> str:
+def check_account_id(account_id: str, currency: str | None = None, param: str = "id") -> str:
     if ACCOUNT_ID.fullmatch(account_id):
         return account_id
     if currency is not None and account_id == world_account(currency):
         return account_id
     if account_id.startswith(WORLD_PREFIX):
-        raise InvalidRequest(f"{account_id!r} is not the system account of this currency")
-    raise InvalidRequest(f"account id {account_id!r} must match [A-Za-z0-9_-]{{1,64}}")
+        raise InvalidRequest(f"{account_id!r} is not the system account of this currency",
+                             param=param)
+    raise InvalidRequest(f"account id {account_id!r} must match [A-Za-z0-9_-]{{1,64}}",
+                         param=param)
 
 
-def check_account_ref(account_id: str) -> str:
-    """An account id as a URL may name it (`@world:<CUR>` included)."""
+def check_account_ref(account_id: str, param: str | None = None) -> str:
+    """An account id as a URL may name it (`@world:<CUR>` included); `param` names the
+    query parameter it came in (None: the path)."""
     if not ACCOUNT_REF.fullmatch(account_id):
-        raise InvalidRequest("account id must match [A-Za-z0-9_@:-]{1,64}")
+        raise InvalidRequest("account id must match [A-Za-z0-9_@:-]{1,64}", param=param)
     return account_id
 
 
@@ -51,7 +55,7 @@ def check_receipt_code(code: str) -> str:
 def check_limit(raw: str, limit_max: int) -> int:
     """A page size of 1 to `limit_max`, in ASCII digits only."""
     if not LIMIT.fullmatch(raw) or not 1 <= int(raw) <= limit_max:
-        raise InvalidRequest(f"limit must be an integer from 1 to {limit_max}")
+        raise InvalidRequest(f"limit must be an integer from 1 to {limit_max}", param="limit")
     return int(raw)
 
 
@@ -80,17 +84,23 @@ def check_json_value(value: Any, level: int, strings: bool) -> None:
 
 def check_amount(amount: int, what: str = "amount") -> int:
     if not 1 <= amount <= AMOUNT_MAX:
-        raise InvalidRequest(f"{what} must be an integer from 1 to 2**53-1 minor units")
+        raise InvalidRequest(f"{what} must be an integer from 1 to 2**53-1 minor units",
+                             param=what)
     return amount
 
 
-def _leg(source: str | None, destination: str | None, amount: int | None, currency: str) -> Leg:
+def _leg(source: str | None, destination: str | None, amount: int | None, currency: str,
+         at: str = "") -> Leg:
+    """One leg; `at` is where it is in the body (`legs[2].`, or nothing for a single leg)."""
     if source is None or destination is None or amount is None:
-        raise InvalidRequest("a transfer needs source, destination and amount, or legs")
-    leg = Leg(check_account_id(source, currency), check_account_id(destination, currency),
-              check_amount(amount))
+        missing = "source" if source is None else "destination" if destination is None else "amount"
+        raise InvalidRequest("a transfer needs source, destination and amount, or legs",
+                             param=at + missing)
+    leg = Leg(check_account_id(source, currency, at + "source"),
+              check_account_id(destination, currency, at + "destination"),
+              check_amount(amount, at + "amount"))
     if leg.source == leg.destination:
-        raise InvalidRequest("source and destination must differ")
+        raise InvalidRequest("source and destination must differ", param=at + "destination")
     return leg
 
 
@@ -107,23 +117,25 @@ def normalize_transaction(
 ) -> Transaction:
     """Check a transaction request and express every form of it as legs."""
     if type not in TYPES:
-        raise InvalidRequest(f"type must be one of {', '.join(TYPES)}")
+        raise InvalidRequest(f"type must be one of {', '.join(TYPES)}", param="type")
     check_currency(currency)
     if description is not None and len(description) > DESCRIPTION_MAX:
-        raise InvalidRequest(f"description is longer than {DESCRIPTION_MAX} characters")
+        raise InvalidRequest(f"description is longer than {DESCRIPTION_MAX} characters",
+                             param="description")
     if legs is not None:
         if type != "transfer" or amount is not None or source is not None or destination is not None:
-            raise InvalidRequest("legs replace amount, source and destination, for transfers only")
+            raise InvalidRequest("legs replace amount, source and destination, for transfers only",
+                                 param="legs")
         if not 1 <= len(legs) <= LEGS_MAX:
-            raise InvalidRequest(f"a transaction has 1 to {LEGS_MAX} legs")
-        normalized = tuple(_leg(s, d, a, currency) for s, d, a in legs)
+            raise InvalidRequest(f"a transaction has 1 to {LEGS_MAX} legs", param="legs")
+        normalized = tuple(_leg(s, d, a, currency, f"legs[{i}].") for i, (s, d, a) in enumerate(legs))
     elif type == "deposit":
         if source is not None:
-            raise InvalidRequest("a deposit has a destination only")
+            raise InvalidRequest("a deposit has a destination only", param="source")
         normalized = (_leg(world_account(currency), destination, amount, currency),)
     elif type == "withdrawal":
         if destination is not None:
-            raise InvalidRequest("a withdrawal has a source only")
+            raise InvalidRequest("a withdrawal has a source only", param="destination")
         normalized = (_leg(source, world_account(currency), amount, currency),)
     else:
         normalized = (_leg(source, destination, amount, currency),)
@@ -148,5 +160,6 @@ def hold_source_error(tx: Transaction) -> HoldWithoutBalance | None:
 
 def check_overdraft_limit(limit: int) -> int:
     if not 0 <= limit <= AMOUNT_MAX:
-        raise InvalidRequest("overdraft_limit must be an integer from 0 to 2**53-1")
+        raise InvalidRequest("overdraft_limit must be an integer from 0 to 2**53-1",
+                             param="overdraft_limit")
     return limit

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.kit.rate_limit import Quota
 from core.pipeline.accept import TransactionService
 from core.pipeline.accounts import AccountService
 from core.pipeline.health import HealthCheck
@@ -36,7 +37,9 @@ class Api:
     links: LinkedRequests
     health: HealthCheck
     keys: ApiKeys
-    limit: Callable[[str], Awaitable[None]]  # per-key rate limit; raises RateLimited (429)
+    # Per-key rate limit: what is left of the key's quota (None: no limit set); raises
+    # RateLimited (429) when it is spent.
+    limit: Callable[[str], Awaitable[Quota | None]]
     metrics: Callable[[], tuple[bytes, str]]  # the /metrics page and its content type
     body_size_max: int
     record_request: RecordRequest | None = None  # HTTP metrics (server/http/hot.py)

@@ -44,13 +44,26 @@ ROUTES = [
 ]
 
 
+def allowed_methods(path: str) -> list[str]:
+    """The methods `path` answers, for a 405's Allow (RFC 9110 15.5.6): a hot route's path
+    has its hot methods and those of a Starlette route of the same template (GET
+    /v1/transactions); any other path those of every route whose template matches it
+    (Starlette adds HEAD to a GET route)."""
+    hot = {method for method, hot_path in HOT_ROUTES if hot_path == path}
+    routes = [r for r in ROUTES if r.path == path] if hot else [
+        r for r in ROUTES if r.path_regex.match(path)]
+    return sorted(hot.union(*(r.methods or () for r in routes)))
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     return error_response("not_found", f"no route for {request.url.path}")
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
-    response = error_response("invalid_request", f"{request.method} is not allowed here")
-    response.status_code = 405
+    allow = ", ".join(allowed_methods(request.url.path))
+    response = error_response("invalid_request", f"{request.method} is not allowed here; "
+                              f"{request.url.path} allows {allow}", status=405)
+    response.headers["Allow"] = allow
     return response
 
 

@@ -1,11 +1,20 @@
-"""The one table from error codes to HTTP statuses, and the contract's error body."""
+"""The one table from error codes to HTTP statuses, and the contract's error body.
+
+Every error body on every path (Starlette handlers, the raw-ASGI hot routes, the HTTP
+protocol's own refusals) is built by `error_dict`: `code`, `message`, `param` (the body
+field or query parameter at fault, or null) and `request_id` (the answer's X-Request-Id:
+the request's, from core/kit/request_context.py, which server/http/hot.py sets for every
+request, unless the caller names it).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.responses import Response
 
+from core.kit.request_context import REQUEST_ID
 from core.ledger.errors import KassaError
 
 HTTP_STATUS = {
@@ -31,22 +40,67 @@ HTTP_STATUS = {
     "method_not_allowed": 405,
 }
 
+# RFC 9110 11.6.1: a 401 names the scheme the server accepts.
+WWW_AUTHENTICATE = ("WWW-Authenticate", "Bearer")
 
-def error_dict(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, **extra}}
+
+def error_dict(code: str, message: str, *, param: str | None = None,
+               request_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "param": param,
+                      "request_id": request_id if request_id is not None else REQUEST_ID.get(),
+                      **extra}}
 
 
-def error_response(code: str, message: str, *, retry_after_s: int | None = None,
-                   **extra: Any) -> Response:
-    from server.http.schemas import encoder
-
-    status = HTTP_STATUS.get(code, 500)
+def error_headers(status: int, retry_after_s: int | None = None) -> dict[str, str]:
+    """What an error answer carries besides its body: Retry-After on 429 and 503 (or when
+    the error says when to retry), WWW-Authenticate on 401."""
     headers = {}
     if status in (429, 503) or retry_after_s is not None:
         headers["Retry-After"] = str(retry_after_s or 1)
+    if status == 401:
+        headers[WWW_AUTHENTICATE[0]] = WWW_AUTHENTICATE[1]
+    return headers
+
+
+def error_response(code: str, message: str, *, retry_after_s: int | None = None,
+                   status: int | None = None, **extra: Any) -> Response:
+    from server.http.schemas import encoder
+
+    status = status or HTTP_STATUS.get(code, 500)
     return Response(encoder.encode(error_dict(code, message, **extra)), status,
-                    headers=headers, media_type="application/json")
+                    headers=error_headers(status, retry_after_s), media_type="application/json")
 
 
-def from_exception(exc: KassaError, **extra: Any) -> Response:
-    return error_response(exc.code, exc.message, retry_after_s=exc.retry_after_s, **extra)
+def exception_parts(exc: KassaError, status: int | None = None
+                    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """A typed error's status, body and headers, for a Starlette Response or a hot-path
+    Answer alike."""
+    status = status or HTTP_STATUS.get(exc.code, 500)
+    return (status, error_dict(exc.code, exc.message, param=exc.param),
+            error_headers(status, exc.retry_after_s))
+
+
+def from_exception(exc: KassaError, status: int | None = None) -> Response:
+    from server.http.schemas import encoder
+
+    status, body, headers = exception_parts(exc, status)
+    return Response(encoder.encode(body), status, headers=headers, media_type="application/json")
+
+
+# msgspec names what it refused in its message: "Expected `int`, got `str` - at
+# `$.legs[2].amount`", "Object contains unknown field `foo` - at `$.legs[0]`", "Object
+# missing required field `currency`". The field at fault is the path after `$`, with the
+# named field appended for an unknown or missing one.
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
+
+
+def msgspec_param(message: str) -> str | None:
+    """The body field a msgspec validation message is about (`legs[2].source`), or None
+    (malformed JSON, or the body as a whole)."""
+    at = _AT.search(message)
+    path = at.group(1) if at is not None else ""
+    field = _FIELD.search(message)
+    if field is not None:
+        path = f"{path}.{field.group(1)}" if path else field.group(1)
+    return path or None

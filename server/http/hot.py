@@ -155,7 +155,7 @@ class HotRoutes:
         handler = self._routes.get((scope["method"], scope["path"]))
         if handler is None:
             answer = json_answer(error_dict("invalid_request", f"{scope['method']} is not allowed here"),
-                                 405)
+                                 405, {"Allow": ", ".join(sorted(m for m, p in self._routes if p == scope["path"]))})
         else:
             answer = await self._answer(handler, scope, receive)
         await send({"type": "http.response.start", "status": answer.status,

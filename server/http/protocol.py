@@ -124,7 +124,7 @@ class _Refusal(Exception):
 def refusal_bytes(status: int, code: str, message: str, rid: bytes,
                   default_headers: list[tuple[bytes, bytes]] = ()) -> bytes:  # type: ignore[assignment]
     """A whole HTTP/1.1 answer in the contract's error shape, closing the connection."""
-    body = encoder.encode(error_dict(code, message))  # the same body as every other error
+    body = encoder.encode(error_dict(code, message, request_id=rid.decode("ascii")))  # as every error
     lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}".encode("ascii")]
     lines += [name + b": " + value for name, value in default_headers]
     lines += [b"content-type: application/json",

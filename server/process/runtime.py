@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from core.kit.batcher import Batcher
 from core.kit.breaker import CLOSED, CircuitBreaker
 from core.kit.code_cipher import CodeCipher
+from core.kit.rate_limit import Quota
 from core.pipeline.accept import TransactionService
 from core.pipeline.accounts import AccountService
 from core.pipeline.effects import PostCommit
@@ -137,11 +138,11 @@ class Runtime:
         await self.db.close()
 
 
-def rate_limit(limiter: RedisRateLimiter | None) -> Callable[[str], Awaitable[None]]:
-    """Per-key rate limit when KASSA_RATE_LIMIT is set (429 with Retry-After)."""
-    async def limit(api_key: str) -> None:
-        if limiter is not None:
-            await limiter.check(api_key)
+def rate_limit(limiter: RedisRateLimiter | None) -> Callable[[str], Awaitable[Quota | None]]:
+    """Per-key rate limit when KASSA_RATE_LIMIT is set (429 with Retry-After), and what is
+    left of the key's quota (None when unset)."""
+    async def limit(api_key: str) -> Quota | None:
+        return await limiter.check(api_key) if limiter is not None else None
 
     return limit
 

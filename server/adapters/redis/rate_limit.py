@@ -16,7 +16,7 @@ import logging
 import redis.asyncio as aioredis
 
 from core.kit.breaker import CircuitBreaker
-from core.kit.rate_limit import Throttle, bucket_key, refusal
+from core.kit.rate_limit import Quota, Throttle, bucket_key, quota, refusal
 from core.ledger.errors import Unavailable
 from server.adapters.redis.client import converted_errors
 from server.process.settings import Settings
@@ -27,7 +27,8 @@ WARN_INTERVAL_S = 5.0
 BREAKER_FAILURES_MAX, BREAKER_RESET_MS = 5, 1000
 
 # KEYS[1]: the bucket; ARGV[1]: burst (tokens); ARGV[2]: refill (tokens per second).
-# Returns 0 when a token was taken, else the milliseconds until one is available.
+# Returns {0 when a token was taken, else the milliseconds until one is available; the
+# tokens left, in thousandths} (Redis truncates Lua numbers to integers).
 # The bucket is a hash {t: tokens, us: Redis time in microseconds of the last update};
 # a missing bucket is full. It expires once it would be full again anyway.
 TOKEN_BUCKET = """
@@ -48,7 +49,7 @@ else
 end
 redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'us', string.format('%.0f', now_us))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return wait_ms
+return {wait_ms, math.floor(tokens * 1000)}
 """
 
 
@@ -63,31 +64,35 @@ class RedisRateLimiter:
         self._breaker = CircuitBreaker("redis_rate_limit", failures_max=BREAKER_FAILURES_MAX,
                                        reset_ms=BREAKER_RESET_MS)
 
-    async def check(self, api_key: str) -> None:
-        """Take one token from this key's bucket; raises RateLimited (429) when empty."""
-        wait_ms = await self._take(api_key)
+    async def check(self, api_key: str) -> Quota:
+        """Take one token from this key's bucket and say what is left; raises RateLimited
+        (429, with the same Quota) when empty."""
+        wait_ms, tokens = await self._take(api_key)
+        state = quota(self._burst, self._refill_per_s, tokens)
         if wait_ms > 0:
-            raise refusal(wait_ms)
+            raise refusal(wait_ms, state)
+        return state
 
-    async def _take(self, api_key: str) -> int:
-        """0 when a token was taken or Redis is down (fail open), else ms until one is."""
+    async def _take(self, api_key: str) -> tuple[int, float | None]:
+        """(0 when a token was taken or Redis is down (fail open), else ms until one is;
+        the tokens left, None when Redis could not say)."""
         if not self._breaker.allow():
-            return 0  # fail open without waiting on a Redis known to be down
+            return 0, None  # fail open without waiting on a Redis known to be down
         try:
             async with converted_errors("rate limit"):
-                wait_ms = await self._script(keys=[bucket_key(api_key)],
-                                             args=[self._burst, repr(self._refill_per_s)])
+                wait_ms, milli_tokens = await self._script(
+                    keys=[bucket_key(api_key)], args=[self._burst, repr(self._refill_per_s)])
         except Unavailable as exc:
             self._breaker.record_failure()
             if self._warn.ready():
                 log.warning("rate limit not enforced (failing open) while Redis is down: %s", exc)
-            return 0
+            return 0, None
         except BaseException:
             # Cancellation too: a half-open breaker's trial must end, or it stays half open.
             self._breaker.record_failure()
             raise
         self._breaker.record_success()
-        return int(wait_ms)
+        return int(wait_ms), int(milli_tokens) / 1000
 
 
 def rate_limiter(client: aioredis.Redis | None, settings: Settings) -> RedisRateLimiter | None:

@@ -22,6 +22,7 @@ from core.ledger.validation import (
 )
 from server.http.errors import error_response
 from server.http.handlers.common import (
+    NO_QUERY,
     authenticate,
     authorize,
     check_media_type,
@@ -30,6 +31,8 @@ from server.http.handlers.common import (
     json_response,
     not_found,
     read_body,
+    takes,
+    within_limit,
 )
 from server.http.handlers.listing import check_time
 from server.http.schemas import account_in, account_patch
@@ -39,6 +42,8 @@ LEDGER_ID_MAX = 2**63 - 1
 # Cursors are base64url("l<ledger id>") without padding (server/adapters/postgres/accounts.py).
 CURSOR = re.compile(r"[A-Za-z0-9_-]{2,28}")
 CURSOR_TEXT = re.compile(rb"l[0-9]{1,19}")
+ACCOUNT_QUERY = takes("at")
+ENTRIES_QUERY = takes("limit", "cursor")
 
 
 @guarded
@@ -56,14 +61,15 @@ async def create_account(request: Request) -> Response:
 @guarded
 async def get_account(request: Request) -> Response:
     api, api_key = authenticate(request, "read")
+    ACCOUNT_QUERY.check(request.query_params)
     account_id = check_account_ref(request.path_params["account_id"])
     at = request.query_params.get("at")
     if at is not None:  # the balance as it stood then; no held or available
         instant = check_time("at", at)
-        await api.limit(api_key)
+        await within_limit(api, api_key)
         past = await api.listing.account_at(account_id, instant)
         return json_response(past) if past is not None else not_found("account")
-    await api.limit(api_key)
+    await within_limit(api, api_key)
     account = await api.accounts.get(account_id)
     return json_response(account) if account is not None else not_found("account")
 
@@ -71,13 +77,12 @@ async def get_account(request: Request) -> Response:
 @guarded
 async def patch_account(request: Request) -> Response:
     api, api_key = authenticate(request, "admin")
+    NO_QUERY.check(request.query_params)
     account_id = check_account_ref(request.path_params["account_id"])
     if account_id.startswith(WORLD_PREFIX):
         # The contract's one invalid_request that is a 422: the system accounts' status is fixed.
-        response = error_response("invalid_request", "system accounts cannot be changed")
-        response.status_code = 422
-        return response
-    await api.limit(api_key)
+        return error_response("invalid_request", "system accounts cannot be changed", status=422)
+    await within_limit(api, api_key)
     check_media_type(request.headers.get("content-type"))
     body = decode(account_patch, await read_body(request, api.body_size_max))
     account = await api.accounts.set_status(account_id, body.status)
@@ -87,12 +92,13 @@ async def patch_account(request: Request) -> Response:
 @guarded
 async def list_entries(request: Request) -> Response:
     api, api_key = authenticate(request, "read")
+    ENTRIES_QUERY.check(request.query_params)
     account_id = check_account_ref(request.path_params["account_id"])
     limit = check_limit(request.query_params.get("limit", "100"), PAGE_LIMIT_MAX)
     cursor = request.query_params.get("cursor")
     if cursor:  # an empty cursor is the first page, as before
         check_cursor(cursor)
-    await api.limit(api_key)
+    await within_limit(api, api_key)
     page = await api.accounts.entries(account_id, limit, cursor or None)
     return json_response(page) if page is not None else not_found("account")
 
@@ -105,4 +111,4 @@ def check_cursor(cursor: str) -> None:
         text = b""
     if not (CURSOR.fullmatch(cursor) and CURSOR_TEXT.fullmatch(text)
             and 0 < int(text[1:]) <= LEDGER_ID_MAX):
-        raise InvalidRequest("cursor is not one this API returned")
+        raise InvalidRequest("cursor is not one this API returned", param="cursor")

@@ -1,9 +1,13 @@
-"""What every handler shares: the Api, body reading with a limit, JSON answers."""
+"""What every handler shares: the Api, body reading with a limit, the query parameters a
+route defines, the rate limit and its answer headers, JSON answers."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -11,14 +15,49 @@ import msgspec.inspect
 from starlette.requests import Request
 from starlette.responses import Response
 
-from core.ledger.errors import InvalidRequest, KassaError
+from core.kit.rate_limit import Quota
+from core.ledger.errors import InvalidRequest, KassaError, RateLimited
 from core.ledger.validation import NESTING_MAX, check_json_value
 from server.http.api import Api, api_of
-from server.http.errors import error_response, from_exception
+from server.http.errors import error_response, from_exception, msgspec_param
 from server.http.schemas import encoder
 
 T = TypeVar("T")
 Handler = Callable[[Request], Awaitable[Response]]
+
+# The key's quota as the rate limit left it for the request this task serves (None: no
+# limit set, or not consulted yet); `within_limit` sets it, `guarded` (and the hot routes'
+# `guarded_call`) turn it into headers.
+QUOTA: ContextVar[Quota | None] = ContextVar("kassa_quota", default=None)
+# The draft's name for our one policy (a quota per API key). The syntax is that of
+# draft-ietf-httpapi-ratelimit-headers-11 (May 2026; unchanged since -08): a List of
+# quota policies, `RateLimit-Policy: "<name>";q=<quota units>;w=<window seconds>`, and the
+# current state, `RateLimit: "<name>";r=<remaining>;t=<seconds until the quota resets>`.
+RATE_POLICY = "api_key"
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """The query parameters a route defines: exact `names`, and `families` of names by
+    pattern (the listings' `metadata[<key>]` filters). Any other is refused (400
+    invalid_request naming it) before anything is asked of a store."""
+
+    names: frozenset[str] = frozenset()
+    families: tuple[re.Pattern[str], ...] = ()
+
+    def check(self, given: Iterable[str]) -> None:
+        for name in given:
+            if name not in self.names and not any(f.fullmatch(name) for f in self.families):
+                raise InvalidRequest(f"unknown query parameter {name!r}", param=name)
+
+
+def takes(*names: str, families: tuple[re.Pattern[str], ...] = ()) -> Query:
+    return Query(frozenset(names), families)
+
+
+NO_QUERY = takes()
+# `metadata[<key>]=<value>`: a filter on a listing (exact match on a string value).
+METADATA_FILTER = re.compile(r"metadata\[.+\]")
 
 
 def request_api(request: Request) -> Api:
@@ -32,11 +71,34 @@ def authenticate(request: Request, scope: str) -> tuple[Api, str]:
     return api, api.keys.require(request, scope)
 
 
-async def authorize(request: Request, scope: str) -> tuple[Api, str]:
-    """As `authenticate`, and within the key's rate limit (429 otherwise)."""
+async def authorize(request: Request, scope: str, defined: Query = NO_QUERY) -> tuple[Api, str]:
+    """As `authenticate`, with only the query parameters `defined`, and within the key's
+    rate limit (429 otherwise)."""
     api, api_key = authenticate(request, scope)
-    await api.limit(api_key)
+    defined.check(request.query_params)
+    await within_limit(api, api_key)
     return api, api_key
+
+
+async def within_limit(api: Api, api_key: str) -> None:
+    """Count this request against the key's rate limit (429 when it is spent); the quota
+    left goes on the answer (`guarded`)."""
+    try:
+        QUOTA.set(await api.limit(api_key))
+    except RateLimited as exc:
+        QUOTA.set(exc.quota)
+        raise
+
+
+def quota_headers(quota: Quota | None) -> dict[str, str]:
+    """RateLimit-Policy and RateLimit (RATE_POLICY) for a key's quota; RateLimit only
+    when the state is known (the limit fails open while Redis is down)."""
+    if quota is None:
+        return {}
+    headers = {"RateLimit-Policy": f'"{RATE_POLICY}";q={quota.limit};w={quota.window_s}'}
+    if quota.remaining is not None:
+        headers["RateLimit"] = f'"{RATE_POLICY}";r={quota.remaining};t={quota.reset_s}'
+    return headers
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -87,6 +149,8 @@ def decode(decoder: msgspec.json.Decoder[T], body: bytes | msgspec.Raw, level: i
     raw = body if isinstance(body, bytes) else memoryview(body).tobytes()
     try:
         decoded = decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(str(exc), param=msgspec_param(str(exc))) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(str(exc)) from None
     except RecursionError:
@@ -129,17 +193,22 @@ def _free(t: msgspec.inspect.Type) -> bool:
 
 
 def guarded(handler: Handler) -> Handler:
-    """Turn typed errors into the contract's error answers, in one place."""
+    """Turn typed errors into the contract's error answers, in one place, and put the
+    key's rate limit headers on the answer once the limit was consulted."""
 
     async def run(request: Request) -> Response:
+        token = QUOTA.set(None)
         try:
-            return await handler(request)
-        except BodyTooLarge as exc:
-            response = from_exception(exc)
-            response.status_code = 413
+            try:
+                response = await handler(request)
+            except BodyTooLarge as exc:
+                response = from_exception(exc, 413)
+            except KassaError as exc:
+                response = from_exception(exc)
+            response.headers.update(quota_headers(QUOTA.get()))
             return response
-        except KassaError as exc:
-            return from_exception(exc)
+        finally:
+            QUOTA.reset(token)
 
     run.__name__ = handler.__name__
     return run

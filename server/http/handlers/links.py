@@ -22,9 +22,12 @@ from server.http.handlers.common import (
     guarded,
     json_response,
     read_body,
+    takes,
 )
 from server.http.handlers.transactions import check_idempotency_key, wants_wait
 from server.http.schemas import CaptureIn, ReverseIn, capture_in, reverse_in
+
+LINKED_QUERY = takes("wait")
 
 # (api, receipt code in the path, body, whether to check the named journal's state early)
 Build = Callable[[Api, str, bytes, bool], Awaitable[Transaction]]
@@ -48,7 +51,7 @@ async def _reverse(api: Api, code: str, body: bytes, early: bool) -> Transaction
 
 def _linked(build: Build) -> Callable[[Request], Awaitable[Response]]:
     async def handler(request: Request) -> Response:
-        api, api_key = await authorize(request, "write")
+        api, api_key = await authorize(request, "write", LINKED_QUERY)
         code = check_receipt_code(request.path_params["receipt_code"])
         wait = wants_wait(request.query_params)
         key = check_idempotency_key(request.headers.get("idempotency-key"))

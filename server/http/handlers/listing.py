@@ -1,6 +1,6 @@
 """GET /v1/transactions and GET /v1/accounts (pages with filters), and the `?at=` time of
 GET /v1/accounts/{id}. Every parameter is checked before anything is asked of a store;
-unknown query parameters are ignored, as on every route."""
+a query parameter a route does not define is refused (400), as on every route."""
 
 from __future__ import annotations
 
@@ -16,7 +16,14 @@ from starlette.responses import Response
 from core.ledger.errors import InvalidRequest
 from core.ledger.validation import check_account_ref, check_currency, check_limit
 from core.pipeline.views import TransactionFilter
-from server.http.handlers.common import authenticate, guarded, json_response
+from server.http.handlers.common import (
+    METADATA_FILTER,
+    authenticate,
+    guarded,
+    json_response,
+    takes,
+    within_limit,
+)
 
 PAGE_LIMIT_MAX = 1000
 JOURNAL_ID_MAX = 2**63 - 1
@@ -29,6 +36,10 @@ STATUS_FILTERS: dict[str, tuple[str, ...]] = {
     "voided": ("voided",)}
 TYPES = frozenset({"transfer", "deposit", "withdrawal", "capture", "void", "reversal"})
 ACCOUNT_STATUSES = frozenset({"active", "locked", "closed"})
+# Both listings take `metadata[<key>]=<value>` filters besides their own parameters.
+TRANSACTIONS_QUERY = takes("account", "status", "type", "since", "until", "limit", "cursor",
+                           families=(METADATA_FILTER,))
+ACCOUNTS_QUERY = takes("currency", "status", "limit", "cursor", families=(METADATA_FILTER,))
 
 # RFC 3339 date-time: a full date, `T`, a full time with optional fraction, and `Z` or an
 # offset. Fractions beyond microseconds are cut (the database keeps microseconds). A space
@@ -65,7 +76,7 @@ def check_time(name: str, raw: str) -> dt.datetime:
             pass
     raise InvalidRequest(f"{name} must be an RFC 3339 date-time with Z or an offset, "
                          "such as 2026-11-24T10:00:00Z or 2026-11-24T11:00:00%2B01:00 "
-                         "(a + in a query string is written %2B)")
+                         "(a + in a query string is written %2B)", param=name)
 
 
 def check_cursor(cursor: str, text: re.Pattern[bytes]) -> None:
@@ -75,16 +86,16 @@ def check_cursor(cursor: str, text: re.Pattern[bytes]) -> None:
     except (binascii.Error, ValueError):
         raw = b""
     if not (CURSOR.fullmatch(cursor) and text.fullmatch(raw)):
-        raise InvalidRequest("cursor is not one this API returned")
+        raise InvalidRequest("cursor is not one this API returned", param="cursor")
     if text is JOURNAL_CURSOR and not 0 < int(raw[1:]) <= JOURNAL_ID_MAX:
-        raise InvalidRequest("cursor is not one this API returned")
+        raise InvalidRequest("cursor is not one this API returned", param="cursor")
 
 
 def _choice(name: str, raw: str | None, allowed: Collection[str]) -> str | None:
     if raw is None:
         return None
     if raw not in allowed:
-        raise InvalidRequest(f"{name} must be one of {', '.join(sorted(allowed))}")
+        raise InvalidRequest(f"{name} must be one of {', '.join(sorted(allowed))}", param=name)
     return raw
 
 
@@ -92,12 +103,13 @@ def _choice(name: str, raw: str | None, allowed: Collection[str]) -> str | None:
 async def list_transactions(request: Request) -> Response:
     api, api_key = authenticate(request, "read")
     query = request.query_params
+    TRANSACTIONS_QUERY.check(query)
     account = query.get("account")
     status = _choice("status", query.get("status"), STATUS_FILTERS)
     since = query.get("since")
     until = query.get("until")
     where = TransactionFilter(
-        account=check_account_ref(account) if account is not None else None,
+        account=check_account_ref(account, "account") if account is not None else None,
         statuses=STATUS_FILTERS[status] if status is not None else None,
         type=_choice("type", query.get("type"), TYPES),
         since=check_time("since", since) if since is not None else None,
@@ -106,7 +118,7 @@ async def list_transactions(request: Request) -> Response:
     cursor = query.get("cursor")
     if cursor:  # an empty cursor is the first page, as on the entries route
         check_cursor(cursor, JOURNAL_CURSOR)
-    await api.limit(api_key)
+    await within_limit(api, api_key)
     return json_response(await api.listing.transactions(where, limit, cursor or None))
 
 
@@ -114,6 +126,7 @@ async def list_transactions(request: Request) -> Response:
 async def list_accounts(request: Request) -> Response:
     api, api_key = authenticate(request, "read")
     query = request.query_params
+    ACCOUNTS_QUERY.check(query)
     currency = query.get("currency")
     if currency is not None:
         check_currency(currency)
@@ -122,5 +135,5 @@ async def list_accounts(request: Request) -> Response:
     cursor = query.get("cursor")
     if cursor:
         check_cursor(cursor, ACCOUNT_CURSOR)
-    await api.limit(api_key)
+    await within_limit(api, api_key)
     return json_response(await api.listing.accounts(currency, status, limit, cursor or None))

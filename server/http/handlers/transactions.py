@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -17,20 +17,26 @@ from core.pipeline.idempotency import submission
 from core.pipeline.submission import Submitted
 from core.pipeline.transaction_query import TransactionQuery
 from server.http.answers import answer
-from server.http.errors import error_dict
+from server.http.errors import error_dict, exception_parts
 from server.http.handlers.common import (
+    NO_QUERY,
+    QUOTA,
     authenticate,
     check_media_type,
     decode,
     guarded,
     json_response,
     not_found,
+    quota_headers,
+    takes,
+    within_limit,
 )
 from server.http.hot import Answer, Call, json_answer
 from server.http.schemas import TransactionIn, batch_in, batch_item_in, transaction_in
 
 BATCH_MAX = 1000
 IDEMPOTENCY_KEY_MAX = 255
+POST_QUERY = takes("wait")
 
 
 def to_transaction(body: TransactionIn) -> Transaction:
@@ -60,19 +66,46 @@ def check_idempotency_key(key: str | None) -> str | None:
 def wants_wait(query: Mapping[str, str]) -> bool:
     raw = query.get("wait", "false").lower()
     if raw not in ("true", "false", "1", "0"):
-        raise InvalidRequest("wait must be true or false")
+        raise InvalidRequest("wait must be true or false", param="wait")
     return raw in ("true", "1")
 
 
 async def authorize_call(call: Call, scope: str) -> str:
-    """The caller's API key once it has `scope` and is within its rate limit, for a JSON
-    body (415 otherwise)."""
+    """The caller's API key once it has `scope`, with only the query parameters the hot
+    routes define, and within its rate limit, for a JSON body (415 otherwise)."""
     api_key = call.api.keys.require_header(call.header(b"authorization") or "", scope)
-    await call.api.limit(api_key)
+    POST_QUERY.check(call.query)
+    await within_limit(call.api, api_key)
     check_media_type(call.header(b"content-type"))
     return api_key
 
 
+HotHandler = Callable[[Call], Awaitable[Answer]]
+
+
+def guarded_call(handler: HotHandler) -> HotHandler:
+    """`guarded` for the hot routes (server/http/hot.py): typed errors answered through
+    the same renderer as every other route's (param, WWW-Authenticate, Retry-After), and
+    the key's rate limit headers on every answer once the limit was consulted."""
+
+    async def run(call: Call) -> Answer:
+        token = QUOTA.set(None)
+        try:
+            try:
+                answer = await handler(call)
+            except KassaError as exc:
+                status, body, headers = exception_parts(exc)
+                answer = json_answer(body, status, headers)
+            answer.headers += json_answer(b"", 0, quota_headers(QUOTA.get())).headers
+            return answer
+        finally:
+            QUOTA.reset(token)
+
+    run.__name__ = handler.__name__
+    return run
+
+
+@guarded_call
 async def post_transaction(call: Call) -> Answer:
     api_key = await authorize_call(call, "write")
     wait = wants_wait(call.query)
@@ -86,6 +119,7 @@ async def post_transaction(call: Call) -> Answer:
     return json_answer(body, status, headers)
 
 
+@guarded_call
 async def post_batch(call: Call) -> Answer:
     api_key = await authorize_call(call, "write")
     wait = wants_wait(call.query)
@@ -128,8 +162,9 @@ async def item_result(queries: TransactionQuery, submitted: Submitted | KassaErr
 @guarded
 async def get_status(request: Request) -> Response:
     api, api_key = authenticate(request, "read")
+    NO_QUERY.check(request.query_params)
     code = check_receipt_code(request.path_params["receipt_code"])
-    await api.limit(api_key)
+    await within_limit(api, api_key)
     found = await api.queries.status(code)
     if found is None:
         return not_found("receipt")
@@ -139,8 +174,9 @@ async def get_status(request: Request) -> Response:
 @guarded
 async def get_transaction(request: Request) -> Response:
     api, api_key = authenticate(request, "read")
+    NO_QUERY.check(request.query_params)
     code = check_receipt_code(request.path_params["receipt_code"])
-    await api.limit(api_key)
+    await within_limit(api, api_key)
     found = await api.queries.lookup(code)
     if found is None:
         return not_found("receipt")
