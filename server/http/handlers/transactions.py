@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from core.ledger.errors import InvalidRequest, KassaError
 from core.ledger.models import HOLD_EXPIRES_DEFAULT_S, Transaction
-from core.ledger.validation import check_receipt_code, normalize_transaction
+from core.ledger.validation import check_json_value, check_receipt_code, normalize_transaction
 from core.pipeline.idempotency import submission
 from core.pipeline.submission import Submitted
 from core.pipeline.transaction_query import TransactionQuery
@@ -32,7 +32,14 @@ from server.http.handlers.common import (
     within_limit,
 )
 from server.http.hot import Answer, Call, json_answer
-from server.http.schemas import TransactionIn, batch_in, batch_item_in, transaction_in
+from server.http.schemas import (
+    BatchItemIn,
+    TransactionIn,
+    batch_in,
+    batch_item_in,
+    batch_items_in,
+    transaction_in,
+)
 
 BATCH_MAX = 1000
 IDEMPOTENCY_KEY_MAX = 255
@@ -123,10 +130,7 @@ async def post_transaction(call: Call) -> Answer:
 async def post_batch(call: Call) -> Answer:
     api_key = await authorize_call(call, "write")
     wait = wants_wait(call.query)
-    batch = decode(batch_in, call.body)
-    if not 1 <= len(batch.transactions) <= BATCH_MAX:
-        raise InvalidRequest(f"a batch holds 1 to {BATCH_MAX} transactions")
-    items = [parse_item(raw) for raw in batch.transactions]
+    items = parse_items(call.body)
     valid = [item for item in items if not isinstance(item, KassaError)]
     service = call.api.transactions
     accounts = await service.view_accounts([a for tx, _ in valid for a in tx.account_ids])
@@ -138,6 +142,37 @@ async def post_batch(call: Call) -> Answer:
     else:  # 202 bodies and errors: nothing to wait for
         results = [await item_result(call.api.queries, a) for a in answered]
     return json_answer({"results": results}, 201 if wait else 202)
+
+
+def parse_items(body: bytes) -> list[tuple[Transaction, str | None] | KassaError]:
+    """A batch's items, each a transaction and its key or the error that refuses it alone.
+    One typed decode of the whole body when every item decodes (the usual batch); else
+    the body is decoded again item by item, so that each error is its own item's."""
+    typed = _decoded_whole(body)
+    raws = [] if typed is not None else decode(batch_in, body).transactions
+    if not 1 <= len(typed if typed is not None else raws) <= BATCH_MAX:
+        raise InvalidRequest(f"a batch holds 1 to {BATCH_MAX} transactions")
+    if typed is not None:
+        return [typed_item(item) for item in typed]
+    return [parse_item(raw) for raw in raws]
+
+
+def _decoded_whole(body: bytes) -> list[BatchItemIn] | None:
+    if b"\\u0000" in body:  # strings to check for NUL: item by item, by `decode`
+        return None
+    try:
+        return batch_items_in.decode(body).transactions
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def typed_item(item: BatchItemIn) -> tuple[Transaction, str | None] | KassaError:
+    try:
+        if item.metadata is not None:  # free-form: `decode`'s depth check, at its level
+            check_json_value(item.metadata, 4, False)  # {"transactions": [{"metadata": {
+        return to_transaction(item), check_idempotency_key(item.idempotency_key)
+    except KassaError as exc:
+        return exc
 
 
 def parse_item(raw: msgspec.Raw) -> tuple[Transaction, str | None] | KassaError:
