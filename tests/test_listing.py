@@ -120,7 +120,10 @@ async def test_processing_items_are_status_objects(app_client, pg_dsn) -> None: 
     assert len(items) == 1 and items[0]["status"] == "processing" and items[0]["entries"] == []
     single = await app_client.get("/v1/transactions/RCP-20261201-00000000000000AB")
     assert single.json() == items[0]
-    assert set(items[0]) == {"receipt_code", "status", "error", "updated_at", "entries"}
+    assert set(items[0]) == {"receipt_code", "status", "error", "updated_at", "amount", "legs",
+                             "entries"}
+    assert (items[0]["amount"], items[0]["legs"]) == (
+        5, [{"source": "alice", "destination": "bob", "amount": 5}])
 
 
 async def test_pages_are_stable_under_concurrent_inserts(app_client, pg_dsn) -> None:  # type: ignore[no-untyped-def]

@@ -184,8 +184,6 @@ def test_holds_name_their_capture_or_void_and_what_was_captured_and_released(
     assert not set(HOLD) & set(reversed_capture)
 
 
-@pytest.mark.xfail(strict=True, reason="server/adapters/postgres/listing.py reads the money "
-                   "next (it is being edited for ?account= until 20:50)")
 def test_listing_items_read_as_their_transactions(http: httpx.Client) -> None:
     open_accounts(http, l_a=500, l_b=0)
     hold = post(http, f"{T}?wait=true", {"type": "transfer", "currency": "USD", "source": "l_a",

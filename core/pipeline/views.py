@@ -101,9 +101,8 @@ class TransactionView(msgspec.Struct, frozen=True, omit_defaults=True):
     error: ErrorBody | None
     created_at: str | None
     completed_at: str | None
-    # Its money, whatever its status (defaults only until every reader sets them).
-    amount: int = 0  # the sum of its legs
-    legs: list[LegView] = []
+    amount: int  # its money, whatever its status: the sum of its legs
+    legs: list[LegView]
     captures: str | None = None  # a capture's hold
     voids: str | None = None  # a void's hold
     reverses: str | None = None  # a reversal's original

@@ -31,13 +31,6 @@ ACCOUNT_COLUMNS = ("id, currency, balance, overdraft_limit, status, contact, met
                    "held")
 
 
-# The completed reversals of journals, oldest first. (Superseded by NAMED_BY; kept while
-# listing.py still reads it.)
-REVERSED_BY = """
-SELECT target, external_ref FROM journals
-WHERE target = ANY($1::text[]) AND type = 'reversal' AND status = 'completed' ORDER BY id
-"""
-
 # What a transaction's view is read from (journal_view); listing.py reads the same names.
 JOURNAL_VIEW = """
 SELECT id, external_ref, status, type, currency, description, metadata, payload, error_code,

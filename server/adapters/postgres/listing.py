@@ -9,22 +9,22 @@ import datetime as dt
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from core.ledger.errors import InvalidRequest
-from core.ledger.models import Entry, ErrorBody
+from core.ledger.models import Entry
 from core.pipeline.views import (
     AccountAtView,
     AccountPage,
     JournalPage,
     TransactionFilter,
-    TransactionView,
-    link_fields,
 )
-from server.adapters.postgres.accounts import ACCOUNT_COLUMNS, REVERSED_BY, account_view
-from server.adapters.postgres.pool import converted_errors, iso
-
-_obj = msgspec.json.Decoder(dict[str, Any])
+from server.adapters.postgres.accounts import (
+    ACCOUNT_COLUMNS,
+    account_view,
+    journal_view,
+    named_by,
+)
+from server.adapters.postgres.pool import converted_errors
 
 # A journal's created_at and its id are taken in the same transaction, so the two orders
 # differ by at most a transaction's duration (milliseconds; leases and lock waits keep it
@@ -37,9 +37,10 @@ JOURNAL_STATUSES = frozenset({"processing", "completed", "failed", "held", "void
 JOURNAL_TYPES = frozenset({"transfer", "deposit", "withdrawal", "capture", "void", "reversal"})
 ACCOUNT_STATUSES = frozenset({"active", "locked", "closed"})
 
+# The columns accounts.journal_view reads (its JOURNAL_VIEW's).
 JOURNAL_COLUMNS = ("j.id, j.external_ref, j.status, j.type, j.currency, j.description,"
-                   " j.metadata, j.error_code, j.error_message, j.created_at, j.completed_at,"
-                   " j.target, j.hold_expires_at")
+                   " j.metadata, j.payload, j.error_code, j.error_message, j.error_param,"
+                   " j.created_at, j.completed_at, j.target, j.hold_expires_at")
 
 
 def encode_cursor(kind: str, key: int | str) -> str:
@@ -165,22 +166,13 @@ class PgListings:
             ids = [r["id"] for r in rows[:limit]]
             entries = await conn.fetch(ENTRIES_OF, ids) if ids else []
             codes = [r["external_ref"] for r in rows[:limit]]
-            reversals = await conn.fetch(REVERSED_BY, codes) if codes else []
-        reversed_by: dict[str, list[str]] = {}
-        for r in reversals:
-            reversed_by.setdefault(r["target"], []).append(r["external_ref"])
+            naming = await named_by(conn, codes) if codes else {}
         by_journal: dict[int, list[Entry]] = {}
         for e in entries:
             by_journal.setdefault(e["journal_id"], []).append(
                 Entry(e["account_id"], e["direction"], e["amount"], e["balance_after"]))
-        page = [TransactionView(
-            r["external_ref"], r["status"], r["type"], r["currency"], r["id"],
-            r["description"], _obj.decode(r["metadata"]), by_journal.get(r["id"], []),
-            ErrorBody(r["error_code"], r["error_message"]) if r["error_code"] else None,
-            iso(r["created_at"]), iso(r["completed_at"]),
-            **link_fields(r["type"], r["target"]),  # type: ignore[arg-type]
-            reversed_by=reversed_by.get(r["external_ref"]),
-            hold_expires_at=iso(r["hold_expires_at"])) for r in rows[:limit]]
+        page = [journal_view(r, by_journal.get(r["id"], []), naming.get(r["external_ref"], []))
+                for r in rows[:limit]]
         next_cursor = encode_cursor("j", rows[limit - 1]["id"]) if len(rows) > limit else None
         return JournalPage(page, next_cursor)
 
