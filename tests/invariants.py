@@ -1,7 +1,7 @@
 """The ledger invariants (docs/design.md), checked with SQL against the real database.
 
 The checks live in server/adapters/postgres/verify.py (`kassa verify` runs the same ones). Receipt
-registration is checked only when asked: it is batched after the outcome, and tests that
+registration is checked only when asked: the relay does it after the outcome, and tests that
 check right after a load would see the lag, and most tests run without a receipt service.
 """
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from server.adapters.postgres.outbox import PAST_CURSOR_SQL as UNPUBLISHED
 from server.adapters.postgres.verify import GRACE_S, verify
 
 
@@ -39,6 +40,7 @@ async def unfinished(dsn: str) -> int:
     return int(await scalar(dsn, "SELECT count(*) FROM journals WHERE status = 'processing'"))
 
 
-async def outbox_rows(dsn: str) -> int:
-    """Events not yet published (the relay deletes a row once Kafka acknowledged it)."""
-    return int(await scalar(dsn, "SELECT count(*) FROM outbox"))
+async def unpublished_events(dsn: str, sink: str = "kafka") -> int:
+    """Finished journals the relay has not yet delivered to `sink` (past its cursor):
+    events not yet published to Kafka, or receipts not yet registered ("receipts")."""
+    return int(await scalar(dsn, UNPUBLISHED, sink))

@@ -3,8 +3,8 @@ it again on the same port, events flow again.
 
 Tansu keeps its topics in memory, so the events published before the kill are gone with
 it (README). Every transaction accepted while the broker was down or after its restart
-must have its event on the recreated topic within a bounded time, and the outbox must
-drain (the relay deletes a row once Kafka acknowledged it)."""
+must have its event on the recreated topic within a bounded time, and the Kafka cursor
+must pass every finished journal (the relay moves it once Kafka acknowledged them)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 
 from server.process.embedded import running_postgres_dsn
 from tests.fixtures.kassa_server import start_kassa
-from tests.invariants import outbox_rows
+from tests.invariants import unpublished_events
 from tests.load import SERVE_ENV, drive, open_accounts, status_counts
 from tests.test_e2e_events import consume, receipts_of
 from tests.test_supervision import child_pid, children, deposits, wait_restarted
@@ -26,7 +26,7 @@ from tests.test_supervision import child_pid, children, deposits, wait_restarted
 pytestmark = pytest.mark.slow
 
 # The broker stays down for about KASSA_RESTART_BACKOFF_MIN_MS: long enough to accept
-# transactions meanwhile, whose events wait in the outbox.
+# transactions meanwhile, whose events wait past the Kafka cursor.
 ENV = {**SERVE_ENV, "KASSA_RESTART_BACKOFF_MIN_MS": "3000", "KASSA_RECEIPT_BLOCK_SIZE": "8192"}
 EVENTS_WITHIN_S = 30
 
@@ -37,11 +37,11 @@ def broker_port(cmdline: bytes) -> int:
     return int(match.group(1))
 
 
-async def wait_outbox_empty(dsn: str, timeout_s: float) -> None:
+async def wait_all_published(dsn: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while (left := await outbox_rows(dsn)) and time.monotonic() < deadline:
+    while (left := await unpublished_events(dsn)) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    assert left == 0, f"{left} outbox rows still unpublished after {timeout_s}s"
+    assert left == 0, f"{left} journals' events still unpublished after {timeout_s}s"
 
 
 def accepted(n: int, account: str, url: str) -> set[str]:
@@ -61,7 +61,7 @@ def test_events_flow_again_after_the_broker_is_sigkilled_and_restarted() -> None
 
         before = accepted(50, "br", kassa.url)
         assert before <= asyncio.run(consume(bootstrap, before, EVENTS_WITHIN_S)).keys()
-        asyncio.run(wait_outbox_empty(dsn, 10))
+        asyncio.run(wait_all_published(dsn, 10))
 
         os.kill(old, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -76,7 +76,7 @@ def test_events_flow_again_after_the_broker_is_sigkilled_and_restarted() -> None
         assert during | after <= seen.keys()
         # The recreated topic holds only what was published after the restart.
         assert not before & seen.keys()
-        asyncio.run(wait_outbox_empty(dsn, EVENTS_WITHIN_S - (time.monotonic() - started) + 5))
+        asyncio.run(wait_all_published(dsn, EVENTS_WITHIN_S - (time.monotonic() - started) + 5))
 
         # Killed and restarted while the relay is idle: its producer saw no error yet.
         os.kill(new, signal.SIGKILL)
@@ -85,7 +85,7 @@ def test_events_flow_again_after_the_broker_is_sigkilled_and_restarted() -> None
         idle = accepted(50, "br", kassa.url)
         seen = asyncio.run(consume(bootstrap, idle, EVENTS_WITHIN_S))
         assert idle <= seen.keys() and not (during | after) & seen.keys()
-        asyncio.run(wait_outbox_empty(dsn, EVENTS_WITHIN_S))
+        asyncio.run(wait_all_published(dsn, EVENTS_WITHIN_S))
         assert "Traceback" not in kassa.log(), kassa.log_tail(100)
         # aiokafka logs an unreachable broker on every retry (100 ms apart): at most one
         # line of each kind every 5 s per worker gets through.

@@ -23,7 +23,7 @@ from server.process.runtime import build_runtime
 from tests.conftest import ADMIN_KEY, make_settings
 from tests.fixtures.kassa_server import start_kassa
 from tests.fixtures.servers import start_postgres
-from tests.invariants import outbox_rows
+from tests.invariants import unpublished_events
 from tests.load import SERVE_ENV, drive, open_accounts, status_counts
 from tests.test_supervision import deposits, wait_ready
 
@@ -107,7 +107,7 @@ def test_a_database_outage_logs_one_line_per_component_every_few_seconds_and_no_
             replies = asyncio.run(drive(kassa.url, deposits(20, "down"), concurrency=5))
             assert status_counts(replies) == {"202": 20}, status_counts(replies)
             deadline = time.monotonic() + 30
-            while asyncio.run(outbox_rows(server.dsn())):  # the relay publishes again
+            while asyncio.run(unpublished_events(server.dsn())):  # the relay publishes again
                 assert time.monotonic() < deadline, kassa.log_tail(60)
                 time.sleep(0.2)
             assert "outbox relay: database reachable again" in kassa.log()[offset:]
@@ -197,7 +197,7 @@ async def test_a_session_the_server_ended_is_lost_whatever_the_driver_raised(pg_
         await live._conn.execute("SELECT pg_terminate_backend($1)", pid)
         time.sleep(0.02)  # noqa: ASYNC251 - the goodbye arrives while the loop is not looking
         with pytest.raises(Exception):  # noqa: B017, PT011 - which one is the driver's choice
-            await ended.oldest_rows(10, 0)
+            await ended.due((1, 0), 10)
         assert await ended.lost()
         assert not await live.lost(grace_s=0.05)
     finally:

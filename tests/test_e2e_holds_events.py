@@ -1,5 +1,5 @@
 """Events of holds, captures, voids and reversals end to end: `kassa serve` publishing
-through the outbox to a real Tansu broker (docs/api.md, Events; Holds; Reversals)."""
+through the relay to a real Tansu broker (docs/api.md, Events; Holds; Reversals)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.fixtures.kafka import KafkaBroker
 from tests.fixtures.servers import PostgresServer
 from tests.invariants import assert_invariants
 from tests.load import Reply, client, open_accounts, send
-from tests.test_e2e_events import EVENT_KEYS, consume, journal_count, serve, wait_outbox_empty
+from tests.test_e2e_events import EVENT_KEYS, consume, journal_count, serve, wait_all_published
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +111,7 @@ async def test_holds_captures_voids_expiries_and_reversals_are_published_once(
             "transaction.completed", "reversal", original["receipt_code"])
         assert legs(e) == [("h_bob", "debit", 150), ("h_alice", "credit", 150)]
 
-        await wait_outbox_empty(dsn)
+        await wait_all_published(dsn)
         await assert_invariants(dsn)
     finally:
         kassa.stop()

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import new_database
 from tests.fixtures.kassa_server import KassaProcess, start_kassa
 from tests.fixtures.servers import PostgresServer, RedisServer
-from tests.invariants import assert_invariants, scalar
+from tests.invariants import assert_invariants, unpublished_events
 from tests.load import (
     SERVE_ENV,
     Reply,
@@ -36,10 +36,6 @@ def instance(dsn: str, redis_url: str, bootstrap: str) -> KassaProcess:
 
 def accepted(replies: list[Reply | Exception]) -> list[str]:
     return [r.body["receipt_code"] for r in replies if isinstance(r, Reply) and r.status == 202]
-
-
-async def outbox_left(dsn: str) -> int:
-    return int(await scalar(dsn, "SELECT count(*) FROM outbox"))
 
 
 async def test_two_instances_share_one_ledger_through_a_crash(
@@ -68,7 +64,7 @@ async def test_two_instances_share_one_ledger_through_a_crash(
             assert len(final) == len(receipts)
         assert not set(victims) & set(first.worker_pids()), "gunicorn replaced the killed workers"
         async with asyncio.timeout(30):
-            while await outbox_left(dsn):
+            while await unpublished_events(dsn):
                 await asyncio.sleep(0.2)
         await assert_invariants(dsn)
     finally:

@@ -1,4 +1,6 @@
-"""The outbox relay against a real PostgreSQL and a real Kafka-compatible broker (Tansu)."""
+"""The relay against a real PostgreSQL and a real Kafka-compatible broker (Tansu): it
+reads finished journals past each sink's cursor (migration 010), publishes their events
+and registers their receipts."""
 
 from __future__ import annotations
 
@@ -19,12 +21,15 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 from prometheus_client import REGISTRY
 
-from server.adapters.kafka import publisher as publisher_module
-from server.adapters.kafka.publisher import OutboxPublisher
+from core.ledger.errors import Unavailable
+from core.pipeline.ports import ReceiptRecord
+from server.adapters.kafka.publisher import SinkPublisher
 from server.adapters.kafka.relay import APPLICATION_NAME, RELAY_LOCK_ID, OutboxRelay
+from server.adapters.postgres import migrate
 from server.adapters.postgres.outbox import OutboxSession
 from tests.fixtures.kafka import KafkaBroker
-from tests.fixtures.servers import free_port
+from tests.fixtures.servers import PostgresServer, free_port
+from tests.invariants import UNPUBLISHED, assert_invariants
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -38,25 +43,37 @@ async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
         yield p
 
 
+AT = "2026-12-07T12:00:00.000000Z"
+
+
 async def insert_events(pool: asyncpg.Pool, count: int) -> list[tuple[str, bytes]]:
-    """Commit `count` finished journals with their outbox rows; returns (receipt code, payload)."""
+    """Commit `count` finished journals, marked as the write path marks them (their event
+    is due: migration 010); returns (receipt code, the event the relay must publish)."""
     codes = [f"R{next(_refs):08d}" for _ in range(count)]
-    payloads = [_event(code) for code in codes]
     async with pool.acquire() as conn, conn.transaction():
-        ids = await conn.fetch(
-            "INSERT INTO journals (external_ref, type, status, currency, payload)"
-            " SELECT ref, 'transfer', 'completed', 'EUR', '[]'::jsonb FROM unnest($1::text[]) AS ref"
-            " RETURNING id", codes)
-        await conn.execute(
-            "INSERT INTO outbox (journal_id, receipt_code, payload)"
-            " SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[])",
-            [r["id"] for r in ids], codes, payloads)
-    return list(zip(codes, payloads, strict=True))
+        ids = await conn.fetch(MARKED_JOURNALS, codes)
+    return [(code, _event(code, r["id"])) for code, r in zip(codes, ids, strict=True)]
 
 
-def _event(code: str) -> bytes:
-    return msgspec.json.encode({"event": "transaction.completed", "receipt_code": code,
-                                "currency": "EUR", "entries": [], "error": None, "note": "é€"})
+# A completed deposit-like journal: one leg, no entries (the tests need none).
+MARKED_JOURNALS = f"""
+INSERT INTO journals (external_ref, type, status, currency, payload, description,
+                      completed_at, event_xid)
+SELECT ref, 'transfer', 'completed', 'EUR', '[["a", "b", 5]]'::jsonb, 'é€',
+       '{AT}'::timestamptz, pg_current_xact_id()
+FROM unnest($1::text[]) WITH ORDINALITY AS u(ref, n) ORDER BY n
+RETURNING id
+"""
+
+
+def _event(code: str, journal_id: int) -> bytes:
+    """The event as docs/api.md "Events" describes it, written out here (not by the code
+    under test), fields in the documented order."""
+    return msgspec.json.encode({
+        "event": "transaction.completed", "receipt_code": code, "journal_id": journal_id,
+        "type": "transfer", "currency": "EUR", "amount": 5,
+        "legs": [{"source": "a", "destination": "b", "amount": 5}], "entries": [],
+        "error": None, "occurred_at": AT})
 
 
 async def consume(bootstrap: str, count: int, *, group: str = "test-consumer",
@@ -96,18 +113,21 @@ async def _poll(consumer: AIOKafkaConsumer, timeout_s: float,
     return [(k, v) for k, v, _ in got]
 
 
-async def unpublished(pool: asyncpg.Pool) -> int:
-    """The drain query benchmarks and operators use; the relay never sets published_at."""
-    return int(await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+async def unpublished(pool: asyncpg.Pool, sink: str = "kafka") -> int:
+    """Finished journals past the sink's cursor: the drain query of benchmarks and tests."""
+    return int(await pool.fetchval(UNPUBLISHED, sink))
 
 
-async def outbox_rows(pool: asyncpg.Pool) -> int:
-    return int(await pool.fetchval("SELECT count(*) FROM outbox"))
+async def cursor_at(pool: asyncpg.Pool, sink: str = "kafka") -> int:
+    """The journal id of the sink's cursor."""
+    return int(await pool.fetchval("SELECT journal_id FROM journal_cursors WHERE sink = $1",
+                                   sink))
 
 
-async def wait_all_published(pool: asyncpg.Pool, timeout_s: float = 20.0) -> None:
+async def wait_all_published(pool: asyncpg.Pool, timeout_s: float = 20.0,
+                             sink: str = "kafka") -> None:
     async with asyncio.timeout(timeout_s):
-        while await unpublished(pool):
+        while await unpublished(pool, sink):
             await asyncio.sleep(0.005)
 
 
@@ -143,7 +163,7 @@ def metric(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
-async def test_rows_published_once_in_order_then_deleted(
+async def test_journals_published_once_in_order_then_the_cursor_moves(
         pool: asyncpg.Pool, pg_dsn: str, kafka_broker: KafkaBroker) -> None:
     events = await insert_events(pool, 1_200)  # several batches of 500
     published_before = metric("kassa_outbox_published_total")
@@ -162,7 +182,7 @@ async def test_rows_published_once_in_order_then_deleted(
     assert metric("kassa_outbox_published_total") - published_before == 1_205
     # One lag observation per batch, not per row: 500 + 500 + 200 + 5 (the last may split).
     assert 4 <= metric("kassa_outbox_publish_lag_seconds_count") - lag_batches_before <= 6
-    assert await outbox_rows(pool) == 0, "published rows are deleted"
+    assert await cursor_at(pool) == int(await pool.fetchval("SELECT max(id) FROM journals"))
     await _assert_group_offset(kafka_broker.bootstrap, "test-consumer", 1_205)
 
 
@@ -219,8 +239,7 @@ async def test_one_publisher_among_many_relays_and_takeover_when_its_connection_
     finally:
         await asyncio.gather(*(r.close() for r in relays))
     got = await consume(kafka_broker.bootstrap, 2_400)
-    assert Counter(got) == Counter(events + more + last), "each row exactly once"
-    assert await outbox_rows(pool) == 0
+    assert Counter(got) == Counter(events + more + last), "each event exactly once"
 
 
 async def test_wake_publishes_at_once_in_the_publisher_and_through_a_standby(
@@ -269,7 +288,7 @@ async def test_broker_outage_loses_nothing(
         async with asyncio.timeout(10):  # a failed attempt, then failed reconnects
             while metric("kassa_kafka_errors_total") < errors_before + 3:
                 await asyncio.sleep(0.05)
-        assert await outbox_rows(pool) == 1_000
+        assert await unpublished(pool) == 1_000
         assert relay.is_leader, "a short outage does not move the lock"
         kafka_broker.start()  # same port, empty storage
         await wait_all_published(pool)
@@ -278,7 +297,6 @@ async def test_broker_outage_loses_nothing(
         await relay.close()
     assert set(got) == set(events)
     assert len(got) == 1_000, "nothing was acked during the outage, so nothing repeats"
-    assert await outbox_rows(pool) == 0
     assert any(r.message.startswith("[KAFKA ERROR] ") for r in caplog.records)
 
 
@@ -301,10 +319,10 @@ async def test_a_publisher_that_cannot_reach_kafka_steps_down(
     assert sorted(await consume(kafka_broker.bootstrap, 50)) == sorted(events)
 
 
-async def test_gauges_report_the_oldest_waiting_row_and_the_publisher(
+async def test_gauges_report_the_oldest_waiting_journal_and_the_publisher(
         pool: asyncpg.Pool, pg_dsn: str) -> None:
     await insert_events(pool, 5)
-    await pool.execute("UPDATE outbox SET created_at = now() - interval '3 hours'")
+    await pool.execute("UPDATE journals SET completed_at = now() - interval '3 hours'")
     relay = OutboxRelay(pg_dsn, f"127.0.0.1:{free_port()}", TOPIC, backoff_max_s=0.2,
                         publish_timeout_s=0.5)  # no broker: rows wait, the age grows
     await relay.start()
@@ -317,11 +335,11 @@ async def test_gauges_report_the_oldest_waiting_row_and_the_publisher(
         await relay.close()
     assert metric("kassa_outbox_relay_leader") == 0
     assert metric("kassa_outbox_oldest_unpublished_age_seconds") == 0, "the next publisher reports"
-    assert await outbox_rows(pool) == 5
+    assert await unpublished(pool) == 5
 
 
 class _CrashingRelay(OutboxRelay):
-    """Publishes, then hangs before deleting the rows (where a crash hurts most)."""
+    """Publishes, then hangs before moving the cursor (where a crash hurts most)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -329,18 +347,20 @@ class _CrashingRelay(OutboxRelay):
         self.backend_pid = 0
         relay = self
 
-        class Crashing(OutboxPublisher):
-            async def _delete_published(self, session: OutboxSession, ids: list[int]) -> None:
+        class Crashing(SinkPublisher):
+            async def _advance(self, session: OutboxSession, to: tuple[int, int],
+                               oldest: object) -> None:
                 conn = session._conn  # a query in flight when the crash comes
                 relay.backend_pid = conn.get_server_pid()
                 relay.acked.set()
                 await conn.execute("SELECT pg_sleep(60)")
 
-        self._publisher = Crashing(self._kafka, self._batch_size_max)
+        kafka = self._loops[0].publisher
+        self._loops[0].publisher = Crashing(kafka.sink, self._batch_size_max, kafka._metrics)
 
 
 @pytest.mark.parametrize("crash", ["task_cancelled", "connection_dropped"])
-async def test_crash_after_publish_before_delete_republishes(
+async def test_crash_after_publish_before_the_cursor_moves_republishes(
         pool: asyncpg.Pool, pg_dsn: str, kafka_broker: KafkaBroker, crash: str) -> None:
     events = await insert_events(pool, 120)
     crashing = _CrashingRelay(pg_dsn, kafka_broker.bootstrap, TOPIC, batch_size_max=50)
@@ -351,7 +371,7 @@ async def test_crash_after_publish_before_delete_republishes(
     assert crashing._task is not None
     crashing._task.cancel()  # the process dies: no graceful close
     await crashing.close()
-    assert await outbox_rows(pool) == 120, "nothing is deleted before the acks and the delete"
+    assert await unpublished(pool) == 120, "the cursor moves only after the acks"
     survivor = OutboxRelay(pg_dsn, kafka_broker.bootstrap, TOPIC)
     await survivor.start()
     try:
@@ -362,42 +382,87 @@ async def test_crash_after_publish_before_delete_republishes(
     assert got == events[:50] + events  # first batch twice: at least once, in order
 
 
-async def test_a_row_committed_after_higher_ids_were_published_still_goes_out(
-        pool: asyncpg.Pool, pg_dsn: str, kafka_broker: KafkaBroker,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Reads start above the ids already published (dead index entries below them cost a
-    scan each time); a transaction that drew a lower id and committed later is found by the
-    periodic read from the start."""
-    monkeypatch.setattr(publisher_module, "SETTLE_S", 0.0)
-    monkeypatch.setattr(publisher_module, "FULL_SCAN_INTERVAL_S", 3.0)
+async def test_a_journal_committed_out_of_id_order_still_goes_out(
+        pool: asyncpg.Pool, pg_dsn: str, kafka_broker: KafkaBroker) -> None:
+    """Journal ids are drawn before the commit: a transaction that drew a lower id may
+    commit after a journal with a higher id was published, and a cursor on ids alone would
+    skip it. The cursor is (transaction id, journal id), read below the snapshot's xmin."""
     relay = OutboxRelay(pg_dsn, kafka_broker.bootstrap, TOPIC, poll_interval_ms=100)
     await relay.start()
     try:
-        await wait_leader([relay])  # its first read, from the start, is done or under way
-        async with pool.acquire() as slow:
-            tx = slow.transaction()
-            await tx.start()
-            straggler = await _insert_in(slow, "STRAGGLER")
-            events = await insert_events(pool, 10)  # higher ids, committed first
+        await wait_leader([relay])
+        async with pool.acquire() as early, pool.acquire() as late:
+            first, second = early.transaction(), late.transaction()
+            await first.start()
+            await early.fetchval("SELECT pg_current_xact_id()")  # the lower transaction id
+            await second.start()
+            low_id = await late.fetchval("SELECT nextval(pg_get_serial_sequence('journals', 'id'))")
+            await late.fetchval("SELECT pg_current_xact_id()")  # open, with the higher xid
+            published = await _marked_in(early, "PUBLISHED")  # a higher journal id
+            await first.commit()
             relay.wake()
             await wait_all_published(pool)
-            await tx.commit()
+            assert await cursor_at(pool) == published[2] > low_id
+            straggler = await _marked_in(late, "STRAGGLER", low_id)
+            await second.commit()
         relay.wake()
-        await asyncio.sleep(0.5)
-        assert await unpublished(pool) == 1, "reads start above the published ids"
         await wait_all_published(pool, timeout_s=5)
+        assert await cursor_at(pool) == low_id
     finally:
         await relay.close()
-    assert await consume(kafka_broker.bootstrap, 11) == events + [straggler]
+    assert await consume(kafka_broker.bootstrap, 2) == [published[:2], straggler[:2]]
 
 
-async def _insert_in(conn: asyncpg.Connection, code: str) -> tuple[str, bytes]:
+async def _marked_in(conn: asyncpg.Connection, code: str, journal_id: int | None = None
+                     ) -> tuple[str, bytes, int]:
+    """A finished journal written in `conn`'s open transaction, with `journal_id` if given."""
     journal = await conn.fetchval(
-        "INSERT INTO journals (external_ref, type, status, currency, payload)"
-        " VALUES ($1, 'transfer', 'completed', 'EUR', '[]') RETURNING id", code)
-    await conn.execute("INSERT INTO outbox (journal_id, receipt_code, payload) VALUES ($1, $2, $3)",
-                       journal, code, _event(code))
-    return code, _event(code)
+        "INSERT INTO journals (id, external_ref, type, status, currency, payload, description,"
+        " completed_at, event_xid) OVERRIDING SYSTEM VALUE"
+        " VALUES (coalesce($2, nextval(pg_get_serial_sequence('journals', 'id'))), $1,"
+        " 'transfer', 'completed', 'EUR', '[[\"a\", \"b\", 5]]', 'é€', $3::text::timestamptz,"
+        " pg_current_xact_id()) RETURNING id", code, journal_id, AT)
+    return code, _event(code, journal), journal
+
+
+async def test_receipts_are_registered_from_the_same_journals_on_their_own_cursor(
+        pool: asyncpg.Pool, pg_dsn: str, kafka_broker: KafkaBroker) -> None:
+    """One register call per batch; while the receipt service is down the events still go
+    to Kafka, and while Kafka is down the receipts are still registered."""
+    calls: list[list[ReceiptRecord]] = []
+    service_down = True
+
+    async def register(records: list[ReceiptRecord]) -> None:
+        if service_down:
+            raise Unavailable("receipt_registrations circuit open")
+        calls.append(records)
+
+    relay = OutboxRelay(pg_dsn, kafka_broker.bootstrap, TOPIC, batch_size_max=100,
+                        backoff_max_s=0.2, publish_timeout_s=1.0, register_receipts=register)
+    await relay.start()
+    try:
+        events = await insert_events(pool, 250)
+        relay.wake()
+        await wait_all_published(pool)
+        assert await unpublished(pool, "receipts") == 250 and not calls
+        service_down = False
+        await wait_all_published(pool, sink="receipts")
+        assert [len(c) for c in calls] == [100, 100, 50]
+        assert [r.code for c in calls for r in c] == [code for code, _ in events]
+        assert calls[0][0] == ReceiptRecord(events[0][0], "transfer", "EUR", 5, ["a", "b"],
+                                            "completed", None)
+
+        kafka_broker.stop()
+        more = await insert_events(pool, 30)
+        relay.wake()
+        await wait_all_published(pool, sink="receipts")
+        assert await unpublished(pool) == 30, "Kafka is down: its cursor waits"
+        kafka_broker.start()
+        await wait_all_published(pool)
+    finally:
+        await relay.close()
+    assert relay.registered == 280 and relay.published == 280
+    assert set(await consume(kafka_broker.bootstrap, 30)) == set(more)
 
 
 async def test_keys_go_to_the_partition_the_default_partitioner_picks(
@@ -474,3 +539,58 @@ async def test_broker_restart_while_idle_recovers(
     finally:
         await relay.close()
     assert set(got) == set(events)
+
+
+async def test_an_upgrade_publishes_the_outbox_backlog_and_an_old_writer_s_rows(
+        pg_server: PostgresServer, kafka_broker: KafkaBroker,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 010 on a database with an outbox backlog (failed journals: no entries
+    needed): the journals already published
+    stay behind the cursors, the backlog's are published by the new relay, and a process of
+    the previous version that still finishes journals with an outbox row (a rolling
+    upgrade) gets its events published too."""
+    name = f"kassa_upgrade_{next(_refs)}"
+    admin = await asyncpg.connect(pg_server.dsn())
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    dsn = pg_server.dsn(name)
+    every = migrate.migration_files()
+    monkeypatch.setattr(migrate, "migration_files", lambda: [m for m in every if m[0] < "010"])
+    await migrate.apply_migrations(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        ids = await conn.fetch(
+            "INSERT INTO journals (external_ref, type, status, currency, payload, completed_at)"
+            " SELECT code, 'transfer', status, 'EUR', '[[\"a\", \"b\", 5]]', now()"
+            " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(code, status, n)"
+            " ORDER BY n RETURNING id",
+            ["PUBLISHED", "BACKLOG", "UNFINISHED"], ["failed", "failed", "processing"])
+        published, backlog, unfinished = (r["id"] for r in ids)
+        await conn.execute("INSERT INTO outbox (journal_id, receipt_code, payload)"
+                           " VALUES ($1, 'BACKLOG', '\\x00')", backlog)
+        monkeypatch.setattr(migrate, "migration_files", lambda: every)
+        assert "010_journal_events" in await migrate.apply_migrations(dsn)
+        marks = dict(await conn.fetch("SELECT id, event_xid::text FROM journals"))
+        assert marks[published] == "1" and marks[unfinished] is None
+        assert int(marks[backlog]) > 1
+        assert await conn.fetchval(UNPUBLISHED, "kafka") == 1
+        # The previous version's FINISH_AND_POST: the journal and its outbox row, one statement.
+        await conn.execute(
+            "WITH finished AS (UPDATE journals SET status = 'failed', completed_at = now()"
+            " WHERE id = $1), events AS (INSERT INTO outbox (journal_id, receipt_code, payload)"
+            " VALUES ($1, 'UNFINISHED', '\\x00')) SELECT 1", unfinished)
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
+        assert await conn.fetchval(UNPUBLISHED, "kafka") == 2
+    finally:
+        await conn.close()
+    relay = OutboxRelay(dsn, kafka_broker.bootstrap, TOPIC)
+    await relay.start()
+    try:
+        async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
+            await wait_all_published(pool)
+    finally:
+        await relay.close()
+    got = await consume(kafka_broker.bootstrap, 2)
+    assert [code for code, _ in got] == ["BACKLOG", "UNFINISHED"]
+    assert [msgspec.json.decode(v)["event"] for _, v in got] == ["transaction.failed"] * 2
+    await assert_invariants(dsn)  # every finished journal marked, the unfinished one not

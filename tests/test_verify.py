@@ -26,10 +26,11 @@ pytestmark = pytest.mark.timeout(60)
 CLEAN = """
 INSERT INTO accounts (id, currency, balance, overdraft_limit)
 VALUES ('@world:USD', 'USD', -100, NULL), ('a', 'USD', 100, 0), ('b', 'USD', 0, 0);
-INSERT INTO journals (id, external_ref, type, status, currency, payload, completed_at)
+INSERT INTO journals (id, external_ref, type, status, currency, payload, completed_at,
+                      event_xid)
 OVERRIDING SYSTEM VALUE
 VALUES (1, 'RCP-1', 'deposit', 'completed', 'USD', '[["@world:USD", "a", 100]]',
-        now() - interval '2 minutes');
+        now() - interval '2 minutes', pg_current_xact_id());
 INSERT INTO ledgers (journal_id, account_id, direction, amount, balance_after)
 VALUES (1, '@world:USD', 'debit', 100, -100), (1, 'a', 'credit', 100, 100);
 INSERT INTO receipts (code, type, currency, amount, status)
@@ -91,14 +92,14 @@ PLANTED = {
                      "balance_after) VALUES (999, 'nobody', 'credit', 1, 1)"),
     "failed_with_entries": ("no failed or unfinished journal has entries",
                             "UPDATE journals SET status = 'failed'"),
-    "unfinished_with_event": ("no unfinished journal has an outbox event",
+    "finished_unmarked": ("every finished journal has its event marked",
+                          "UPDATE journals SET event_xid = NULL WHERE id = 1"),
+    "unfinished_with_event": ("no unfinished journal has its event marked",
                               PROCESSING.format(lease="now() + interval '30 seconds'") + ";"
-                              "INSERT INTO outbox (journal_id, receipt_code, payload) "
-                              "VALUES (2, 'RCP-2', '\\x00')"),
-    "two_events": ("no journal has two outbox events",
-                   "ALTER TABLE outbox DROP CONSTRAINT outbox_journal_id_key;"
-                   "INSERT INTO outbox (journal_id, receipt_code, payload) "
-                   "VALUES (1, 'RCP-1', '\\x00'), (1, 'RCP-1', '\\x01')"),
+                              "UPDATE journals SET event_xid = pg_current_xact_id() "
+                              "WHERE id = 2"),
+    "cursor_missing": ("every relay cursor is in place",
+                       "DELETE FROM journal_cursors WHERE sink = 'receipts'"),
     "past_lease": ("no journal is unfinished past its lease",
                    PROCESSING.format(lease="now() - interval '5 minutes'")),
     "no_lease": ("no journal is unfinished past its lease", PROCESSING.format(lease="NULL")),

@@ -2,15 +2,14 @@
 
 Given the accounts as locked inside one database transaction, decide each task in
 order (one failure fails that task only), and return everything the adapter must
-write: new balances, ledger rows as columns, journal outcomes and outbox events.
+write: new balances, ledger rows as columns and journal outcomes. (No event: the relay
+builds each journal's event from the journal row, core/ledger/events.py.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-
-import msgspec
 
 import native
 from core.ledger.errors import (
@@ -22,7 +21,7 @@ from core.ledger.errors import (
     InsufficientFunds,
 )
 from core.ledger.faults import money_faults
-from core.ledger.models import AccountSnapshot, Entry, ErrorBody, Leg, Transaction, TransactionEvent
+from core.ledger.models import AccountSnapshot, Entry, ErrorBody, Leg, Transaction
 from core.ledger.status import COMPLETED, FAILED
 from core.ledger.validation import hold_source_error
 
@@ -30,7 +29,6 @@ from core.ledger.validation import hold_source_error
 # these (native.post_batch checks balances leg by leg, linked.py checks `held`).
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
-_encode = msgspec.json.Encoder().encode
 DIRECTIONS = {native.DEBIT: "debit", native.CREDIT: "credit"}
 
 
@@ -52,7 +50,6 @@ class BatchDecision:
     outcomes: list[Outcome]
     balances: dict[str, int]  # only accounts whose balance changed
     ledger_columns: list[list[int] | list[str]]  # journal ids, accounts, directions, amounts, after
-    events: list[bytes] = field(default_factory=list)
     held: dict[str, int] = field(default_factory=dict)  # only accounts whose `held` changed
     targets: list[Any] = field(default_factory=list)  # linked.Target rows to update
 
@@ -118,9 +115,7 @@ def decide_batch(
         outcomes.append(Outcome(journal_id, receipt, status, entries.get(journal_id, []), error,
                                 occurred_at, recorded_with_decision))
     changed = {k: v for k, v in balances.items() if v != accounts[k].balance}
-    decision = BatchDecision(outcomes, changed, columns)
-    decision.events = [event_payload(o, tx, occurred_at) for o, (_, _, tx) in zip(outcomes, tasks, strict=True)]
-    return decision
+    return BatchDecision(outcomes, changed, columns)
 
 
 def _entries_by_journal(columns: list[list[int] | list[str]]) -> dict[int, list[Entry]]:
@@ -129,27 +124,6 @@ def _entries_by_journal(columns: list[list[int] | list[str]]) -> dict[int, list[
     for jid, acc, d, amount, bal in zip(journal_ids, account_ids, directions, amounts, after, strict=True):
         grouped.setdefault(jid, []).append(Entry(acc, DIRECTIONS[d], amount, bal))  # type: ignore[index,arg-type]
     return grouped
-
-
-def event_payload(outcome: Outcome, tx: Transaction, occurred_at: str) -> bytes:
-    links: dict[str, str] = {}
-    if tx.target is not None:
-        links = {"captures" if tx.type == "capture" else "voids" if tx.type == "void"
-                 else "reverses": tx.target}
-    if tx.type == "void":  # core/pipeline/expiry.py marks the voids the server makes
-        links["reason"] = "expired" if tx.description == "expired" else "requested"
-    event = TransactionEvent(
-        **links,
-        event=f"transaction.{outcome.status}",
-        receipt_code=outcome.receipt_code,
-        journal_id=outcome.journal_id,
-        type=tx.type,
-        currency=tx.currency,
-        entries=outcome.entries,
-        error=outcome.error,
-        occurred_at=occurred_at,
-    )
-    return _encode(event)
 
 
 def prevalidate(tx: Transaction, accounts: dict[str, AccountSnapshot]) -> BusinessRuleError | None:

@@ -22,7 +22,6 @@ from core.ledger.decide import (
     MESSAGES,
     BatchDecision,
     Outcome,
-    event_payload,
     held_overflow,
     source_debits,
     static_error,
@@ -229,11 +228,10 @@ def decide_with_linked(plain: BatchDecision, linked: list[tuple[int, str, Transa
     state = LedgerState.of(accounts, targets)
     state.balances.update(plain.balances)
     columns: list[list[int] | list[str]] = [list(c) for c in plain.ledger_columns]  # type: ignore[misc]
-    outcomes, events = list(plain.outcomes), list(plain.events)
+    outcomes = list(plain.outcomes)
     for journal_id, code, tx in linked:
         outcome = decide_linked(journal_id, code, tx, state, occurred_at).outcome
         outcomes.append(outcome)
-        events.append(event_payload(outcome, tx, occurred_at))
         for entry in outcome.entries:
             row = (journal_id, entry.account, native.DEBIT if entry.direction == "debit"
                    else native.CREDIT, entry.amount, entry.balance_after)
@@ -242,5 +240,5 @@ def decide_with_linked(plain: BatchDecision, linked: list[tuple[int, str, Transa
     held = {a: h for a, h in state.held.items() if h != accounts[a].held}
     balances = {a: b for a, b in state.balances.items()
                 if b != accounts[a].balance or a in held}
-    return BatchDecision(outcomes, balances, columns, events, held,
+    return BatchDecision(outcomes, balances, columns, held,
                          list(state.changed_targets.values()))

@@ -83,15 +83,24 @@ class ErrorBody(msgspec.Struct, frozen=True):
     param: str | None = None  # a failed transaction's account at fault, when one is
 
 
+class EventLeg(msgspec.Struct, frozen=True):
+    source: str
+    destination: str
+    amount: int
+
+
 class TransactionEvent(msgspec.Struct, frozen=True, omit_defaults=True):
     """The Kafka event of a finished transaction (docs/api.md, Events); the links appear
-    only on the journals that name another one."""
+    only on the journals that name another one. Built from the journal row by the relay
+    (core/ledger/events.py), never on the write path."""
 
     event: str
     receipt_code: str
     journal_id: int
     type: str
     currency: str
+    amount: int  # the sum of the legs
+    legs: list[EventLeg]
     entries: list[Entry]
     error: ErrorBody | None
     occurred_at: str

@@ -1,4 +1,8 @@
-"""After a batch commits: status, receipt status, notifications, cached balances, relay.
+"""After a batch commits: status, notifications, cached balances, relay wake-up.
+
+Receipts are not registered here: the relay registers them from the journals it reads
+(server/adapters/kafka/relay.py, the receipts sink), so a finished journal's receipt is
+registered even when this process dies right after the commit.
 
 A transaction's outcome line is written here, by an effect worker that serves no request:
 it is written under the X-Request-Id of the request that submitted the transaction (kept
@@ -14,12 +18,11 @@ from collections.abc import Callable
 from core.kit.clock import utc_now_iso
 from core.kit.request_context import log_info_for
 from core.ledger.decide import Outcome
-from core.ledger.linked import Target
-from core.ledger.models import AccountSnapshot, Transaction
+from core.ledger.models import AccountSnapshot
 from core.ledger.status import COMPLETED, HELD, VOIDED, is_final
 from core.pipeline.executor import Executed
 from core.pipeline.observer import NullObserver, Observer
-from core.pipeline.ports import JournalStatus, Notification, Notifier, ReceiptRecord, ReceiptSource
+from core.pipeline.ports import JournalStatus, Notification, Notifier
 from core.pipeline.tracker import StatusTracker
 
 log = logging.getLogger("kassa.effects")
@@ -56,27 +59,12 @@ def _note_body(outcome: Outcome, account_id: str, amount: int, currency: str) ->
     return f"Account {account_id}: nothing moved ({code})."
 
 
-def receipt_record(tx: Transaction, outcome: Outcome) -> ReceiptRecord:
-    """What the receipt service keeps of a finished transaction."""
-    return ReceiptRecord(outcome.receipt_code, tx.type, tx.currency, tx.amount, tx.account_ids,
-                         outcome.status, outcome.error.code if outcome.error else None)
-
-
-def target_record(target: Target) -> ReceiptRecord:
-    """A named journal's receipt after a capture, void or reversal changed it."""
-    return ReceiptRecord(target.receipt_code, target.type, target.currency, target.amount,
-                         sorted({a for leg in target.legs for a in (leg.source, leg.destination)}),
-                         target.status, None)
-
-
 class PostCommit:
-    def __init__(self, *, tracker: StatusTracker, receipts: ReceiptSource,
-                 notifier: Notifier | None = None,
+    def __init__(self, *, tracker: StatusTracker, notifier: Notifier | None = None,
                  balances_committed: BalancesCommitted | None = None,
                  wake_relay: Callable[[], None] | None = None,
                  observer: Observer | None = None) -> None:
         self._tracker = tracker
-        self._receipts = receipts
         self._notifier = notifier
         self._balances_committed = balances_committed
         self._wake_relay = wake_relay
@@ -91,10 +79,6 @@ class PostCommit:
                                 for o in executed.outcomes if is_final(o.status)])
         self._tracker.finished([JournalStatus(t.receipt_code, t.status, None, now_iso)
                                 for t in executed.targets if is_final(t.status)])
-        self._receipts.register(
-            [receipt_record(task.transaction, outcome) for task, outcome
-             in zip(executed.tasks, executed.outcomes, strict=True)]
-            + [target_record(t) for t in executed.targets])
         counts: dict[tuple[str, str], int] = {}
         logging_info = log.isEnabledFor(logging.INFO)
         for task, outcome in zip(executed.tasks, executed.outcomes, strict=True):

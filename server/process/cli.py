@@ -66,8 +66,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=port, help="port to listen on")
     sub.add_parser("relay", formatter_class=_HELP,
                    help="run the outbox relay (database to Kafka) on its own",
-                   description="Publishes the outbox of KASSA_DATABASE_URL to "
-                               "KASSA_KAFKA_BOOTSTRAP_SERVERS until stopped.")
+                   description="Publishes the events of KASSA_DATABASE_URL's finished "
+                               "journals to KASSA_KAFKA_BOOTSTRAP_SERVERS, and registers "
+                               "their receipts with KASSA_RECEIPT_SERVICE_ADDR when set, "
+                               "until stopped.")
     _add_verify(sub, settings)
     from server.process.seed import add_parser as add_seed
 
@@ -371,14 +373,27 @@ def cmd_notification_service(args: argparse.Namespace, settings: Settings) -> No
 
 
 def cmd_relay(args: argparse.Namespace, settings: Settings) -> None:
-    from server.adapters.kafka.relay import run_standalone
-
     if not settings.kafka_bootstrap_servers:
         print("kassa: configuration error: KASSA_KAFKA_BOOTSTRAP_SERVERS is required",
               file=sys.stderr)
         sys.exit(2)
-    asyncio.run(run_standalone(_require_database(settings), settings.kafka_bootstrap_servers,
-                               settings.kafka_topic))
+    asyncio.run(_relay(_require_database(settings), settings))
+
+
+async def _relay(dsn: str, settings: Settings) -> None:
+    """The relay publishes to Kafka and, with KASSA_RECEIPT_SERVICE_ADDR, registers the
+    receipts of the journals it reads."""
+    from server.adapters.grpc.receipt_client import ReceiptRegistrar
+    from server.adapters.kafka.relay import run_standalone
+
+    assert settings.kafka_bootstrap_servers
+    registrar = ReceiptRegistrar.from_settings(settings)
+    try:
+        await run_standalone(dsn, settings.kafka_bootstrap_servers, settings.kafka_topic,
+                             register_receipts=registrar.register if registrar else None)
+    finally:
+        if registrar is not None:
+            await registrar.close()
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> None:

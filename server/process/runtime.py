@@ -37,6 +37,7 @@ from core.pipeline.recovery import RecoverySweeper
 from core.pipeline.tracker import StatusTracker
 from core.pipeline.transaction_query import TransactionQuery
 from server.adapters.grpc.clients import NotificationClient, ReceiptClient, breaker_states
+from server.adapters.grpc.receipt_client import ReceiptRegistrar
 from server.adapters.grpc.security import GrpcSecurity
 from server.adapters.kafka.relay import OutboxRelay
 from server.adapters.local_receipts import LocalReceiptSource
@@ -86,6 +87,7 @@ class Runtime:
     owner: str
     notifier: NotificationClient | None = None
     relay: OutboxRelay | None = None
+    receipt_registrar: ReceiptRegistrar | None = None
     account_cache: RedisAccountCache | None = None
     limiter: RedisRateLimiter | None = None
     redis_breaker: CircuitBreaker | None = None
@@ -130,6 +132,8 @@ class Runtime:
             await self.notifier.close()
         if self.relay is not None:
             await self.relay.close()
+        if self.receipt_registrar is not None:
+            await self.receipt_registrar.close()
         await self.tracker.flush()
         if self.account_cache is not None:
             await self.account_cache.close()
@@ -230,16 +234,20 @@ async def build_runtime(settings: Settings) -> Runtime:
                                       settings.node_id if settings.node_id >= 0 else None)
     receipts = receipt_source(settings, node_id, CodeCipher(await receipt_code_secret(db)))
     notifier = notification_client(settings)
+    # The relay publishes the events and registers the receipts of the journals it reads
+    # (its leader only).
+    registrar = ReceiptRegistrar.from_settings(settings)
     relay = (OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
                          settings.kafka_topic, batch_size_max=settings.relay_batch_max,
                          poll_interval_ms=settings.relay_poll_interval_ms,
                          linger_ms=settings.relay_linger_ms,
                          standby_interval_ms=settings.relay_standby_interval_ms,
-                         step_down_after_s=settings.relay_step_down_after_s)
-             if settings.kafka_bootstrap_servers else None)
+                         step_down_after_s=settings.relay_step_down_after_s,
+                         register_receipts=registrar.register if registrar else None)
+             if settings.kafka_bootstrap_servers or registrar else None)
     single = settings.executor == "single"
     pool = ProcessorPool(
-        journals, PostCommit(tracker=tracker, receipts=receipts, notifier=notifier,
+        journals, PostCommit(tracker=tracker, notifier=notifier,
                              balances_committed=account_cache.set_balances if account_cache else None,
                              wake_relay=relay.wake if relay else None, observer=observer),
         queue_size_max=settings.processor_queue_size,
@@ -266,7 +274,8 @@ async def build_runtime(settings: Settings) -> Runtime:
         redis=redis, accounts=PgAccountStore(db), journals=journals, service=service,
         status=StatusQuery(tracker, status_store, receipts, journals), pool=pool,
         tracker=tracker, journal_batcher=journal_batcher, receipts=receipts, owner=owner,
-        notifier=notifier, relay=relay, account_cache=account_cache,
+        notifier=notifier, relay=relay, receipt_registrar=registrar,
+        account_cache=account_cache,
         limiter=rate_limiter(redis, settings), redis_breaker=redis_breaker)
     runtime.api = build_api(runtime)
     journal_batcher.start()

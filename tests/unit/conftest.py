@@ -100,7 +100,7 @@ async def make_pipeline() -> AsyncIterator[PipelineFactory]:
         options: dict[str, Any] = {"queue_size_max": 100, "writers": 1, "batch_max": 10,
                                    "workers": 1, "attempts_max": 3}
         options.update(pool_options)
-        pool = ProcessorPool(store, PostCommit(tracker=tracker, receipts=receipts,
+        pool = ProcessorPool(store, PostCommit(tracker=tracker,
                                                notifier=notifier,
                                                balances_committed=cache.set_balances,
                                                wake_relay=lambda: wakes.append(None),

@@ -12,7 +12,6 @@ from core.ledger.decide import decide_batch
 from core.ledger.status import COMPLETED, FAILED
 from core.pipeline.effects import PostCommit
 from core.pipeline.executor import Executed
-from core.pipeline.ports import ReceiptRecord
 from core.pipeline.tasks import Task
 from core.pipeline.tracker import StatusTracker
 from server.process.logs import RequestIdFilter
@@ -20,7 +19,6 @@ from tests.fakes import (
     FakeAccountCache,
     FakeJournalStore,
     FakeNotifier,
-    FakeReceiptSource,
     FakeStatusStore,
     RecordingObserver,
 )
@@ -36,11 +34,10 @@ class Effects:
         self.status_store = FakeStatusStore()
         self.tracker = StatusTracker(self.status_store, flush_interval_ms=10, redis_ttl_s=60,
                                      memory_ttl_s=60)
-        self.receipts, self.notifier = FakeReceiptSource(), FakeNotifier()
+        self.notifier = FakeNotifier()
         self.cache, self.observer = FakeAccountCache(self.store), RecordingObserver()
         self.wakes = 0
-        self.post = PostCommit(tracker=self.tracker, receipts=self.receipts,
-                               notifier=self.notifier, balances_committed=self.cache.set_balances,
+        self.post = PostCommit(tracker=self.tracker, notifier=self.notifier, balances_committed=self.cache.set_balances,
                                wake_relay=self.wake, observer=self.observer)
 
     def wake(self) -> None:
@@ -63,15 +60,6 @@ async def test_final_statuses_reach_the_tracker_and_then_the_status_store() -> N
     assert [e.tracker.get(c).status for c in ("RCP-1", "RCP-2")] == [COMPLETED, FAILED]  # type: ignore[union-attr]
     assert await e.tracker.flush() == 2
     assert e.status_store.records["RCP-2"].status == FAILED
-
-
-async def test_receipts_are_registered_with_their_outcome() -> None:
-    e = Effects()
-    await e.post(e.executed(30, 500))
-    assert e.receipts.registered == [
-        ReceiptRecord("RCP-1", "transfer", "USD", 30, ["alice", "bob"], COMPLETED, None),
-        ReceiptRecord("RCP-2", "transfer", "USD", 500, ["alice", "bob"], FAILED,
-                      "insufficient_funds")]
 
 
 async def test_each_contact_of_a_touched_account_is_notified() -> None:
@@ -111,7 +99,7 @@ async def test_a_full_effect_queue_drops_effects_and_the_commit_stands(
     await p.pool.record(journals[1:])  # no effect worker runs: the queue holds one batch
     assert p.pool.effects_dropped == 1
     assert p.store.balance("bob") == 2
-    assert not p.receipts.registered
+    assert not p.relay_wakes  # no effect ran
 
 
 async def test_effects_of_a_pipeline_run_after_its_commit(make_pipeline: PipelineFactory) -> None:
@@ -119,7 +107,7 @@ async def test_effects_of_a_pipeline_run_after_its_commit(make_pipeline: Pipelin
     journal = pending(transfer(1))
     await p.pool.record([journal])
     await p.drain()
-    assert [r.code for r in p.receipts.registered] == [journal.receipt_code]
+    assert not p.receipts.registered  # the relay registers it (the receipts sink)
     assert p.tracker.get(journal.receipt_code) is not None
     assert len(p.relay_wakes) == 1
 

@@ -304,8 +304,8 @@ def decisions_of(impl: ModuleType, tx: Transaction, world: World, code: str) -> 
 
 
 def same(one: BatchDecision, other: BatchDecision) -> bool:
-    return (one.outcomes, one.balances, one.held, one.ledger_columns, one.events) == (
-        other.outcomes, other.balances, other.held, other.ledger_columns, other.events)
+    return (one.outcomes, one.balances, one.held, one.ledger_columns) == (
+        other.outcomes, other.balances, other.held, other.ledger_columns)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -131,6 +131,66 @@ class ReceiptClient:
         log.info("[RECEIPT BATCHER] Registered %d receipts", len(records) - len(response.refused))
 
 
+class ReceiptRegistrar:
+    """Registers receipts with the receipt service, one RegisterReceipts call per batch:
+    the relay's receipts sink (server/adapters/kafka/relay.py), which reads finished
+    journals past its cursor and moves the cursor once a call succeeded. Its own breaker
+    (`receipt_registrations`): a failing registration never closes the write path's."""
+
+    def __init__(self, address: str, *, timeout_ms: float = _DEFAULTS.receipt_timeout_ms,
+                 breaker_failures_max: int = _DEFAULTS.breaker_failures_max,
+                 breaker_reset_ms: float = _DEFAULTS.breaker_reset_s * 1000,
+                 security: GrpcSecurity | None = None) -> None:
+        self.address = address
+        self._security = security or GrpcSecurity()
+        self._timeout_s = timeout_ms / 1000
+        self.breaker = new_breaker("receipt_registrations", breaker_failures_max,
+                                   breaker_reset_ms)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: rpb_grpc.ReceiptServiceStub | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReceiptRegistrar | None:
+        """The registrar of KASSA_RECEIPT_SERVICE_ADDR; None without a receipt service
+        (plain gunicorn keeps no receipt records)."""
+        if not settings.receipt_service_addr:
+            return None
+        return cls(settings.receipt_service_addr, timeout_ms=settings.receipt_timeout_ms,
+                   breaker_failures_max=settings.breaker_failures_max,
+                   breaker_reset_ms=settings.breaker_reset_s * 1000,
+                   security=GrpcSecurity.from_settings(settings))
+
+    async def register(self, records: list[ReceiptRecord]) -> None:
+        """One RegisterReceipts call. Raises Unavailable while the service is down (the
+        caller retries the batch: registering a receipt twice changes nothing); what the
+        service refuses is logged and given up, as retrying would not cure it."""
+        if self._stub is None:
+            self._channel = self._security.channel(self.address, CHANNEL_OPTIONS)
+            self._stub = rpb_grpc.ReceiptServiceStub(self._channel)
+        stub = self._stub
+        request = rpb.RegisterReceiptsRequest(items=[_record(r) for r in records])
+        try:
+            with _observed("register", len(records)):
+                response = await guarded(
+                    self.breaker, lambda: stub.RegisterReceipts(request, timeout=self._timeout_s))
+        except CallRefused as exc:
+            metrics.RECEIPT_REGISTRATIONS_DROPPED.inc(len(records))
+            log.error("[RECEIPT BATCHER] dropped %d receipt registrations: %s", len(records),
+                      exc.message)
+            return
+        if response.refused:
+            first = response.refused[0]
+            metrics.RECEIPT_REGISTRATIONS_DROPPED.inc(len(response.refused))
+            log.error("[RECEIPT BATCHER] dropped %d receipt registrations: refused, e.g. %s: %s",
+                      len(response.refused), records[first.index].code, first.error.message)
+        log.info("[RECEIPT BATCHER] Registered %d receipts", len(records) - len(response.refused))
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        self._channel = self._stub = None
+
+
 def _record(r: ReceiptRecord) -> rpb.ReceiptRecord:
     return rpb.ReceiptRecord(
         code=r.code, type=r.type, currency=r.currency, amount=r.amount,

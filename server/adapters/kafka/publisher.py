@@ -1,103 +1,204 @@
-"""The outbox relay's publishing cycle: read the oldest rows, publish them, delete them.
+"""The relay's publishing cycle, per sink: read the journals past the sink's cursor, hand
+them to the sink, move the cursor.
 
-One cycle: read the oldest rows, publish them (one record batch per partition,
-idempotent, `acks="all"`), wait for the acks, `DELETE` them in one statement. No row lock
-and no transaction is held meanwhile. A crash between the acks and the delete publishes
-those rows again (at least once; consumers deduplicate by receipt code). The relay
-(relay.py) runs cycles while its process holds the relay lock.
+One cycle: read up to a batch of journals whose event is due past the cursor (their rows
+and ledger entries, server/adapters/postgres/outbox.py), build what the sink takes from
+them (core/ledger/events.py: the Kafka event; core/pipeline/receipts.py: the receipts),
+deliver it and wait for the acknowledgement, then move the sink's cursor to the last
+journal in one statement. No row lock and no transaction is held meanwhile. A crash
+between the acknowledgement and the cursor's move delivers those journals again (at
+least once; Kafka consumers deduplicate by receipt code, the receipt service keeps the
+furthest status of each code). Two sinks: Kafka and, when there is a receipt service,
+the receipts. Each has its own cursor, so one that is down never holds the other back.
+The relay (relay.py) runs each sink's cycles while its process holds the relay lock.
 """
 
 from __future__ import annotations
 
-import time
-from collections import deque
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
 
+import asyncpg
+import msgspec
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
+from core.ledger.errors import Unavailable
+from core.ledger.events import FinishedJournal, TargetNow, event_payload
+from core.ledger.models import Entry, ErrorBody, Leg
+from core.pipeline.ports import ReceiptRecord
+from core.pipeline.receipts import receipt_records
 from server.adapters.kafka.producer import BatchProducer
 from server.adapters.postgres.outbox import OutboxSession
 
 PUBLISH_LAG = Histogram(
     "kassa_outbox_publish_lag_seconds",
-    "Per published batch: its oldest row's created_at to the delete after the Kafka acks.",
+    "Per published batch: its oldest journal's completed_at to the cursor's move after "
+    "the Kafka acks.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 OLDEST_UNPUBLISHED_AGE = Gauge(
     "kassa_outbox_oldest_unpublished_age_seconds",
-    "Age of the oldest unpublished outbox row (set by the publishing process).",
+    "Age of the oldest finished journal past the Kafka cursor (set by the publishing "
+    "process).",
     multiprocess_mode="livemax",
 )
-PUBLISHED = Counter("kassa_outbox_published_total", "Outbox rows published to Kafka.")
+PUBLISHED = Counter("kassa_outbox_published_total", "Events published to Kafka.")
+RECEIPTS_OLDEST_UNREGISTERED_AGE = Gauge(
+    "kassa_receipts_oldest_unregistered_age_seconds",
+    "Age of the oldest finished journal past the receipts cursor (set by the publishing "
+    "process).",
+    multiprocess_mode="livemax",
+)
+RECEIPTS_REGISTERED = Counter("kassa_receipts_registered_total",
+                              "Finished journals whose receipts the relay registered.")
 
 GAUGE_INTERVAL_S = 1.0
-# Outbox ids are drawn inside the executor's transaction, a few ms before its commit.
-SETTLE_S = 2.0  # a transaction commits within this after drawing its id (nearly always)
-FULL_SCAN_INTERVAL_S = 10.0  # and one that does not is published within this
+
+_legs = msgspec.json.Decoder(tuple[Leg, ...])
+_entries = msgspec.json.Decoder(list[tuple[str, str, int, int]])
 
 
-class OutboxPublisher:
-    """The publishing half of one OutboxRelay; `reset()` it whenever its relay starts
-    to lead."""
+class Sink(Protocol):
+    """Where a relay delivers journals: `deliver` returns once the sink has them all and
+    raises one of `errors` when it is unreachable (the batch is delivered again later)."""
 
-    def __init__(self, kafka: BatchProducer, batch_size_max: int) -> None:
-        self._kafka = kafka
+    name: str  # its cursor row in journal_cursors
+    errors: tuple[type[Exception], ...]
+    steps_down: bool  # whether failing for long makes the relay let another process try
+
+    async def ready(self) -> None: ...
+
+    async def deliver(self, journals: list[FinishedJournal]) -> None: ...
+
+    async def failed(self) -> None: ...
+
+
+class KafkaSink:
+    """The events, keyed by receipt code, one record batch per partition."""
+
+    name = "kafka"
+    errors: tuple[type[Exception], ...] = (KafkaError,)
+    steps_down = True  # only this host may be cut off from Kafka
+
+    def __init__(self, kafka: BatchProducer) -> None:
+        self.kafka = kafka
+
+    async def ready(self) -> None:
+        # The producer first: a new publisher connects before any journal needs it, and
+        # while Kafka is down no journals are read in vain.
+        await self.kafka.ready()
+
+    async def deliver(self, journals: list[FinishedJournal]) -> None:
+        await self.kafka.publish([(j.receipt_code.encode(), event_payload(j)) for j in journals])
+
+    async def failed(self) -> None:
+        # A failed producer may hold dead connections or an id a restarted broker no
+        # longer knows: the next attempt starts a fresh one.
+        await self.kafka.drop(abandon=True)
+
+
+class ReceiptSink:
+    """The receipts, one RegisterReceipts call per batch."""
+
+    name = "receipts"
+    errors: tuple[type[Exception], ...] = (Unavailable,)
+    steps_down = False  # publishing to Kafka must go on meanwhile
+
+    def __init__(self, register: Callable[[list[ReceiptRecord]], Awaitable[None]]) -> None:
+        self._register = register
+
+    async def ready(self) -> None:
+        return None
+
+    async def deliver(self, journals: list[FinishedJournal]) -> None:
+        await self._register(receipt_records(journals))
+
+    async def failed(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class SinkMetrics:
+    delivered: Counter
+    oldest_age: Gauge
+    lag: Histogram | None = None
+
+
+KAFKA_METRICS = SinkMetrics(PUBLISHED, OLDEST_UNPUBLISHED_AGE, PUBLISH_LAG)
+RECEIPT_METRICS = SinkMetrics(RECEIPTS_REGISTERED, RECEIPTS_OLDEST_UNREGISTERED_AGE)
+
+
+class SinkPublisher:
+    """The publishing half of one sink of an OutboxRelay; `reset()` it whenever its relay
+    starts to lead (the cursor is read then, and kept here while leading: only the leader
+    moves it)."""
+
+    def __init__(self, sink: Sink, batch_size_max: int, metrics: SinkMetrics) -> None:
+        self.sink = sink
         self._batch_size_max = batch_size_max
+        self._metrics = metrics
+        self._cursor: tuple[int, int] | None = None
         self._gauge_due = 0.0
-        self._floor = 0
-        self._floor_marks: deque[tuple[float, int]] = deque()
-        self._full_scan_due = 0.0
-        self.published = 0  # rows published, for tests and logs
+        self.published = 0  # journals delivered, for tests and logs
 
-    def reset(self) -> None:
-        """Start over: the first read after this one scans from the lowest id."""
-        self._floor, self._full_scan_due = 0, 0.0
-        self._floor_marks.clear()
+    @property
+    def cursor(self) -> tuple[int, int] | None:
+        return self._cursor
+
+    async def reset(self, session: OutboxSession) -> None:
+        self._cursor = await session.cursor(self.sink.name)
+        self._gauge_due = 0.0
 
     async def publish_batch(self, session: OutboxSession) -> int:
-        """One read-publish-delete cycle; returns the number of rows published."""
-        # The producer first: a new publisher connects before any row needs it, and
-        # while Kafka is down no rows are read in vain.
-        await self._kafka.ready()
-        rows = await session.oldest_rows(self._batch_size_max, self._scan_floor())
+        """One read-deliver-advance cycle; returns the number of journals delivered."""
+        assert self._cursor is not None, "SinkPublisher.reset() was not called"
+        await self.sink.ready()
+        rows = await session.due(self._cursor, self._batch_size_max)
         if not rows:
             return 0
-        await self._kafka.publish([(code.encode(), payload) for _, code, payload in rows])
-        ids = [row[0] for row in rows]
-        await self._delete_published(session, ids)
-        self._floor_marks.append((time.monotonic(), ids[-1]))
-        PUBLISHED.inc(len(rows))
+        journals = [finished_journal(r) for r in rows]
+        await self.sink.deliver(journals)
+        last = (int(rows[-1]["xid"]), int(rows[-1]["id"]))
+        await self._advance(session, last, min(r["completed_at"] for r in rows))
+        self._cursor = last
+        self._metrics.delivered.inc(len(rows))
         self.published += len(rows)
         return len(rows)
 
-    async def _delete_published(self, session: OutboxSession, ids: list[int]) -> None:
-        PUBLISH_LAG.observe(await session.delete(ids))
+    async def _advance(self, session: OutboxSession, to: tuple[int, int],
+                       oldest: dt.datetime) -> None:
+        now = await session.advance(self.sink.name, to)
+        if self._metrics.lag is not None:
+            self._metrics.lag.observe(max(0.0, (now - oldest).total_seconds()))
 
-    def _scan_floor(self) -> int:
-        """The id the next read starts above.
-
-        Deleted rows leave dead index entries at the low end of the primary key until
-        vacuum runs (a minute or more: hundreds of thousands of rows at full load), and a
-        read from id 0 steps over all of them every time. Every row up to the highest id
-        of a deleted batch was deleted with it, except rows whose transaction had drawn
-        its id but not committed yet. So the reads start above the highest id deleted at
-        least SETTLE_S ago, and every FULL_SCAN_INTERVAL_S one starts from 0 to pick up
-        any transaction slower than that.
-        """
-        now = time.monotonic()
-        if now >= self._full_scan_due:
-            self._full_scan_due = now + FULL_SCAN_INTERVAL_S
-            return 0
-        while self._floor_marks and self._floor_marks[0][0] <= now - SETTLE_S:
-            self._floor = self._floor_marks.popleft()[1]
-        return self._floor
-
-    async def update_gauge(self, session: OutboxSession) -> None:
-        """The oldest unpublished row's age, at most once per GAUGE_INTERVAL_S."""
-        now = time.monotonic()
-        if now >= self._gauge_due:
+    async def update_gauge(self, session: OutboxSession, now: float) -> None:
+        """The oldest waiting journal's age, at most once per GAUGE_INTERVAL_S."""
+        if self._cursor is not None and now >= self._gauge_due:
             self._gauge_due = now + GAUGE_INTERVAL_S
-            OLDEST_UNPUBLISHED_AGE.set(await session.oldest_age())
+            self._metrics.oldest_age.set(await session.oldest_age(self._cursor))
 
-    @staticmethod
-    def clear_gauge() -> None:
-        OLDEST_UNPUBLISHED_AGE.set(0)  # the next publisher reports it
+    def clear_gauge(self) -> None:
+        self._metrics.oldest_age.set(0)  # the next publisher reports it
+
+
+def finished_journal(row: asyncpg.Record) -> FinishedJournal:
+    """A journal as DUE_SQL reads it."""
+    error = (ErrorBody(row["error_code"], row["error_message"] or "", row["error_param"])
+             if row["error_code"] is not None else None)
+    named = (TargetNow(row["target"], row["target_type"], row["target_status"],
+                       row["target_currency"], _legs.decode(row["target_legs"]))
+             if row["target_type"] is not None else None)
+    return FinishedJournal(
+        journal_id=row["id"], receipt_code=row["external_ref"], type=row["type"],
+        status=row["status"], currency=row["currency"], legs=_legs.decode(row["legs"]),
+        is_hold=row["is_hold"], completed_at=rfc3339(row["completed_at"]),
+        entries=[Entry(*e) for e in _entries.decode(row["entries"])], error=error,
+        description=row["description"], target=row["target"], named=named)
+
+
+def rfc3339(when: dt.datetime) -> str:
+    """As the ledger writes times (core/kit/clock.py): UTC, microseconds, a Z."""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

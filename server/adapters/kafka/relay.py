@@ -1,4 +1,4 @@
-"""The outbox relay: one publisher per database, elected by a PostgreSQL advisory lock.
+"""The relay: one publisher per database, elected by a PostgreSQL advisory lock.
 
 Every worker process of `kassa serve`, on every host, and `kassa relay` run an
 OutboxRelay. Each holds one dedicated connection, never a pooled one (pooled
@@ -7,19 +7,24 @@ them), and on it tries `pg_try_advisory_lock(RELAY_LOCK_ID)` every standby inter
 The one that gets the lock publishes until that connection closes; a dead process or a
 killed backend frees the lock and a standby takes over within one interval. All of the
 publisher's SQL runs on that same connection, so a publisher that lost the lock cannot
-touch the table any more. It also gives up the lock after failing to publish for
+move a cursor any more. It also gives up the lock after failing to publish to Kafka for
 `step_down_after_s`, in case only its own host is cut off from Kafka.
 
-One publishing cycle (publisher.py) reads the oldest rows, publishes them and deletes
-them after the acks; while Kafka is down the rows stay and the publisher retries with
-bounded backoff on a fresh producer. The SQL on the dedicated connection (lock, NOTIFY,
-LISTEN, reads and deletes) is in server.adapters.postgres.outbox.
+There is no outbox table any more: the journal row is the outbox (migration 010). The
+leader runs one publishing loop per sink, each past its own cursor (publisher.py): Kafka,
+and the receipt service when there is one, so an outage of either never holds the other
+back. One cycle reads the journals whose event is due past the cursor, delivers them and
+moves the cursor after the acknowledgement; while a sink is down its journals wait and
+its loop retries with bounded backoff (a fresh producer for Kafka). The SQL on the
+dedicated connection (lock, NOTIFY, LISTEN, reads and cursors) is in
+server.adapters.postgres.outbox.
 
 Wake-ups: the executor calls `wake()` after every commit. In the publisher's process
-that ends the idle wait at once. A standby forwards it as `NOTIFY` on its own connection
+that ends the idle waits at once. A standby forwards it as `NOTIFY` on its own connection
 (one in flight, at most one per linger interval), which the publisher LISTENs for. Under
 load the publisher lingers: cycles start at most once per linger interval, so each Kafka
-produce round carries more rows. A wake-up that gets lost costs at most the poll interval.
+produce round carries more journals. A wake-up that gets lost costs at most the poll
+interval.
 """
 
 from __future__ import annotations
@@ -30,14 +35,21 @@ import logging
 import random
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from core.kit.rate_limit import Throttle
+from core.pipeline.ports import ReceiptRecord
 from server.adapters.kafka.producer import BatchProducer
-from server.adapters.kafka.publisher import OutboxPublisher
+from server.adapters.kafka.publisher import (
+    KAFKA_METRICS,
+    RECEIPT_METRICS,
+    KafkaSink,
+    ReceiptSink,
+    SinkPublisher,
+)
 from server.adapters.postgres.outbox import (
     APPLICATION_NAME,
     DATABASE_ERRORS,
@@ -51,6 +63,8 @@ __all__ = ["APPLICATION_NAME", "RELAY_LOCK_ID", "OutboxRelay", "run_standalone"]
 log = logging.getLogger("kassa.outbox")
 
 KAFKA_ERRORS = Counter("kassa_kafka_errors_total", "Failed Kafka publish or connect attempts.")
+RECEIPT_ERRORS = Counter("kassa_relay_receipt_errors_total",
+                         "Failed receipt registration calls of the relay.")
 LEADER = Gauge("kassa_outbox_relay_leader", "1 in the process that holds the relay lock.",
                multiprocess_mode="livesum")
 
@@ -60,15 +74,28 @@ BACKOFF_MIN_S = 0.05
 class OutboxRelay:
     """One per process; `start()` it in the serving loop, `close()` it on shutdown."""
 
-    def __init__(self, dsn: str, bootstrap_servers: str, topic: str, *,
+    def __init__(self, dsn: str, bootstrap_servers: str | None, topic: str, *,
                  batch_size_max: int = 500, poll_interval_ms: float = 500.0,
                  linger_ms: float = 20.0,
                  standby_interval_ms: float = 1000.0, step_down_after_s: float = 30.0,
-                 backoff_max_s: float = 5.0, publish_timeout_s: float = 5.0) -> None:
+                 backoff_max_s: float = 5.0, publish_timeout_s: float = 5.0,
+                 register_receipts: Callable[[list[ReceiptRecord]], Awaitable[None]] | None = None,
+                 ) -> None:
+        """`register_receipts`: one call to the receipt service per batch, raising
+        core.ledger.errors.Unavailable while it is down; None when there is no receipt
+        service (its cursor then stays where it is). Without `bootstrap_servers` (only
+        in-process tests run without Kafka) the relay only registers receipts."""
         assert batch_size_max > 0 and poll_interval_ms > 0 and standby_interval_ms > 0
+        assert bootstrap_servers or register_receipts, "a relay with nothing to deliver to"
         self._dsn = dsn
-        self._kafka = BatchProducer(bootstrap_servers, topic, timeout_s=publish_timeout_s)
-        self._publisher = OutboxPublisher(self._kafka, batch_size_max)
+        self._kafka = _Producer(bootstrap_servers, topic, publish_timeout_s)
+        self._loops: list[_SinkLoop] = []
+        if self._kafka.producer is not None:
+            self._loops.append(_SinkLoop(SinkPublisher(KafkaSink(self._kafka.producer),
+                                                       batch_size_max, KAFKA_METRICS)))
+        if register_receipts is not None:
+            self._loops.append(_SinkLoop(SinkPublisher(ReceiptSink(register_receipts),
+                                                       batch_size_max, RECEIPT_METRICS)))
         self._batch_size_max = batch_size_max
         self._poll_interval_s = poll_interval_ms / 1000
         self._linger_s = linger_ms / 1000
@@ -82,25 +109,36 @@ class OutboxRelay:
         self._failures = 0
         self._db_down_since: float | None = None  # monotonic, while the database is lost
         self._db_warning = Throttle(OUTAGE_LOG_INTERVAL_S)
+        self._receipt_warning = Throttle(OUTAGE_LOG_INTERVAL_S)
         self.is_leader = False
 
     @property
     def published(self) -> int:
-        """Rows this relay published, for tests and logs."""
-        return self._publisher.published
+        """Events this relay published to Kafka, for tests and logs."""
+        return sum(loop.publisher.published for loop in self._loops
+                   if loop.publisher.sink.name == "kafka")
+
+    @property
+    def registered(self) -> int:
+        """Journals whose receipts this relay registered, for tests and logs."""
+        return sum(loop.publisher.published for loop in self._loops
+                   if loop.publisher.sink.name == "receipts")
 
     async def start(self) -> None:
         assert self._task is None, "OutboxRelay.start() called twice"
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     def wake(self) -> None:
-        """Rows were committed: publish them now (through NOTIFY when another process leads)."""
+        """Journals were finished: publish them now (through NOTIFY when another process
+        leads)."""
         self._wakeup.set()
+        for loop in self._loops:
+            loop.wakeup.set()
 
     async def close(self) -> None:
-        """Finish the batch in flight, release the lock, close the producer."""
+        """Finish the batches in flight, release the lock, close the producer."""
         self._stopping.set()
-        self._wakeup.set()
+        self.wake()
         task = self._task
         if task is not None:
             # A publish in flight ends within its timeout; a producer start may take as long.
@@ -168,44 +206,73 @@ class OutboxRelay:
         return False
 
     async def _lead(self, session: OutboxSession) -> bool:
-        """Publish until close() (True) or until failing for `step_down_after_s` (False)."""
+        """Publish until close() (True) or until failing to publish to Kafka for
+        `step_down_after_s` (False). A sink loop's database error ends every loop and
+        is raised here."""
         await session.listen(self._on_notify)
+        for loop in self._loops:
+            await loop.publisher.reset(session)
         self._set_leader(True)
-        self._publisher.reset()
-        failing_since: float | None = None
+        tasks = [asyncio.create_task(self._drive(loop, session),
+                                     name=f"outbox-relay-{loop.publisher.sink.name}")
+                 for loop in self._loops]
         try:
-            while not self._stopping.is_set():
-                await self._publisher.update_gauge(session)
-                started = time.monotonic()
-                try:
-                    published = await self._publisher.publish_batch(session)
-                except KafkaError as exc:
-                    KAFKA_ERRORS.inc()
-                    log.error("[KAFKA ERROR] outbox publish failed: %r", exc)
-                    # A failed producer may hold dead connections or an id a restarted
-                    # broker no longer knows: the next attempt starts a fresh one.
-                    await self._kafka.drop(abandon=True)
-                    failing_since = failing_since or time.monotonic()
-                    if time.monotonic() - failing_since >= self._step_down_after_s:
-                        log.warning("outbox relay: stepping down after failing for %.0fs",
-                                    self._step_down_after_s)
-                        return False
-                    await self._retry_later()
-                    continue
-                failing_since, self._failures = None, 0
-                if published < self._batch_size_max:
-                    await self._idle(started)
-            return True
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if self._stopping.is_set():  # every loop finishes its batch in flight
+                done |= (await asyncio.wait(pending))[0] if pending else set()
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            return all(task.result() for task in done)
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._set_leader(False)
+
+    async def _drive(self, loop: _SinkLoop, session: OutboxSession) -> bool:
+        """One sink's cycles until close() (True), or until its failures make the relay
+        step down (False)."""
+        publisher, sink = loop.publisher, loop.publisher.sink
+        failing_since: float | None = None
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            await publisher.update_gauge(session, started)
+            try:
+                published = await publisher.publish_batch(session)
+            except sink.errors as exc:
+                self._sink_failed(sink.name, exc)
+                await sink.failed()
+                failing_since = failing_since or time.monotonic()
+                if sink.steps_down and time.monotonic() - failing_since >= self._step_down_after_s:
+                    log.warning("outbox relay: stepping down after failing for %.0fs",
+                                self._step_down_after_s)
+                    return False
+                loop.failures += 1
+                await self._backoff(loop.failures)
+                continue
+            failing_since, loop.failures = None, 0
+            if published < self._batch_size_max:
+                await self._idle(loop.wakeup, started)
+        return True
+
+    def _sink_failed(self, sink: str, exc: Exception) -> None:
+        if sink == "kafka":
+            KAFKA_ERRORS.inc()
+            log.error("[KAFKA ERROR] outbox publish failed: %r", exc)
+            return
+        RECEIPT_ERRORS.inc()
+        if self._receipt_warning.ready():  # an outage: one line per interval, not per try
+            log.warning("outbox relay: receipt registration failed: %s (retrying)", exc)
 
     def _set_leader(self, leading: bool) -> None:
         self.is_leader = leading
         LEADER.set(1 if leading else 0)
         if leading:
-            log.info("outbox relay: this process publishes the outbox")
+            log.info("outbox relay: this process publishes the events")
         else:
-            self._publisher.clear_gauge()
+            for loop in self._loops:
+                loop.publisher.clear_gauge()
 
     def _database_failed(self, what: str, exc: BaseException, *,
                          outage: bool | None = None) -> None:
@@ -229,30 +296,54 @@ class OutboxRelay:
             self._db_down_since = None
 
     def _on_notify(self, *_: Any) -> None:
-        self._wakeup.set()
+        self.wake()
 
     async def _retry_later(self) -> None:
         self._failures += 1
-        delay = min(self._backoff_max_s, BACKOFF_MIN_S * 2 ** min(self._failures, 16))
+        await self._backoff(self._failures)
+
+    async def _backoff(self, failures: int) -> None:
+        delay = min(self._backoff_max_s, BACKOFF_MIN_S * 2 ** min(failures, 16))
         delay *= random.uniform(0.5, 1.0)
         # The failure itself was logged (rate-limited for an outage): no line per attempt.
-        log.debug("outbox relay: attempt %d failed, retrying in %.2fs", self._failures, delay)
+        log.debug("outbox relay: attempt %d failed, retrying in %.2fs", failures, delay)
         # Only close() cuts a backoff short: wake() comes with every commit, and an
         # outage must not turn those into a retry storm.
         await _wait_event(self._stopping, delay)
 
-    async def _idle(self, cycle_started: float) -> None:
+    async def _idle(self, wakeup: asyncio.Event, cycle_started: float) -> None:
         """Sleep until the poll interval passes, wake() or a NOTIFY arrives, or close().
 
         Then, under load, let rows gather: a cycle costs about as much CPU for one row as
         for a hundred (mostly the Kafka produce round), so cycles start at most once per
         linger interval. After a quiet spell the next cycle starts at once.
         """
-        await _wait_event(self._wakeup, self._poll_interval_s)
-        self._wakeup.clear()
+        await _wait_event(wakeup, self._poll_interval_s)
+        wakeup.clear()
         rest_s = cycle_started + self._linger_s - time.monotonic()
         if rest_s > 0:
             await _wait_event(self._stopping, rest_s)
+
+
+class _Producer:
+    """The Kafka producer, or nothing without Kafka (its drops are then no-ops)."""
+
+    def __init__(self, bootstrap_servers: str | None, topic: str, timeout_s: float) -> None:
+        self.producer = (BatchProducer(bootstrap_servers, topic, timeout_s=timeout_s)
+                         if bootstrap_servers else None)
+
+    async def drop(self, *, abandon: bool = False) -> None:
+        if self.producer is not None:
+            await self.producer.drop(abandon=abandon)
+
+
+class _SinkLoop:
+    """One sink's publisher, its wake-up and its failures in a row."""
+
+    def __init__(self, publisher: SinkPublisher) -> None:
+        self.publisher = publisher
+        self.wakeup = asyncio.Event()
+        self.failures = 0
 
 
 async def _wait_event(event: asyncio.Event, timeout_s: float) -> None:

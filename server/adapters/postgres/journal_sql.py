@@ -41,11 +41,12 @@ WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
 
 
 def _posting(first: int) -> str:
-    """The CTEs that post a decided batch (balances and holds, ledger entries, outbox
-    events), with their eleven parameters numbered from `first`: one statement writes a
-    whole batch. Balance and `held` change in one UPDATE so the available-balance check
-    never sees one without the other."""
-    p = [f"${first + k}" for k in range(11)]
+    """The CTEs that post a decided batch (balances and holds, ledger entries), with their
+    eight parameters numbered from `first`: one statement writes a whole batch. Balance
+    and `held` change in one UPDATE so the available-balance check never sees one without
+    the other. No event is written: the statement that finishes a journal sets its
+    `event_xid` (migration 010), and the relay reads the journal itself."""
+    p = [f"${first + k}" for k in range(8)]
     return f"""
 balances AS (
     UPDATE accounts a SET balance = u.b, held = coalesce(u.h, a.held),
@@ -57,17 +58,17 @@ balances AS (
     SELECT j, a, CASE WHEN d = 0 THEN 'debit' ELSE 'credit' END, m, b
     FROM unnest({p[3]}::bigint[], {p[4]}::text[], {p[5]}::int[], {p[6]}::bigint[],
                 {p[7]}::bigint[]) AS u(j, a, d, m, b)
-), events AS (
-    INSERT INTO outbox (journal_id, receipt_code, payload)
-    SELECT * FROM unnest({p[8]}::bigint[], {p[9]}::text[], {p[10]}::bytea[])
 )"""
 
 
-# Journals recorded earlier as pending: finished and posted in one statement.
+# Journals recorded earlier as pending: finished and posted in one statement. Every
+# statement that finishes a journal marks its event due (`event_xid`, the relay's feed);
+# UPDATE_TARGETS does not: a hold that a capture or void ends gets no event of its own.
 FINISH_AND_POST = f"""
 WITH finished AS (
     UPDATE journals j SET status = u.s, error_code = u.ec, error_message = u.em,
-           completed_at = now(), lease_owner = NULL, lease_expires_at = NULL
+           completed_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+           event_xid = pg_current_xact_id()
     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS u(id, s, ec, em)
     WHERE j.id = u.id
 ), {_posting(5).lstrip()}
@@ -95,10 +96,11 @@ INSERT_AND_POST = f"""
 WITH recorded AS (
     INSERT INTO journals (id, external_ref, type, status, currency, description, metadata,
                           payload, idempotency_scope, idempotency_key, request_hash, mode,
-                          accept_time_us, error_code, error_message, created_at, completed_at)
+                          accept_time_us, error_code, error_message, created_at, completed_at,
+                          event_xid)
     OVERRIDING SYSTEM VALUE
     SELECT i, r, t, st, c, d, m::jsonb, p::jsonb, s, k, h, mo, us, ec, em,
-           $27::text::timestamptz, $27::text::timestamptz
+           $24::text::timestamptz, $24::text::timestamptz, pg_current_xact_id()
     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
                 $13::int[], $14::text[], $15::text[])
@@ -178,7 +180,8 @@ FROM journals j WHERE j.external_ref = ANY($1::text[])
 # A journal the database refused to post (isolated from its batch): failed, nothing moved.
 MARK_FAILED = """
 UPDATE journals SET status = 'failed', error_code = $2, error_message = $3,
-       completed_at = now(), lease_owner = NULL, lease_expires_at = NULL
+       completed_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+       event_xid = pg_current_xact_id()
 WHERE id = $1 AND status = 'processing'
 """
 

@@ -88,13 +88,10 @@ class PgLedgerUnit:
 
 
 def posting_args(decision: BatchDecision) -> list[object]:
-    """The eleven parameters of journal_sql._posting: balances and holds, ledger columns,
-    outbox events."""
-    outcomes = decision.outcomes
+    """The eight parameters of journal_sql._posting: balances and holds, ledger columns."""
     held = decision.held
     return [list(decision.balances), list(decision.balances.values()),
-            [held.get(a) for a in decision.balances], *decision.ledger_columns,
-            [o.journal_id for o in outcomes], [o.receipt_code for o in outcomes], decision.events]
+            [held.get(a) for a in decision.balances], *decision.ledger_columns]
 
 
 async def set_error_params(conn: asyncpg.Connection, outcomes: list[Outcome]) -> None:

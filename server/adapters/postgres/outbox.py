@@ -1,14 +1,17 @@
-"""The outbox relay's SQL, on the one dedicated connection each relay holds.
+"""The relay's SQL, on the one dedicated connection each relay holds.
 
 The relay election is an advisory lock on that connection (`try_lock`); standbys forward
-wake-ups as NOTIFY, which the publisher LISTENs for; the publisher reads the oldest rows,
-deletes them after the Kafka acks, and reports the oldest row's age. Closing the
-connection releases the lock and the LISTEN. The election and publishing logic is in
-server.adapters.kafka (relay, publisher)."""
+wake-ups as NOTIFY, which the publisher LISTENs for. The leader reads the journals whose
+event is due past each sink's cursor (migration 010: `journals.event_xid`, the cursors in
+`journal_cursors`), and moves a cursor after its sink acknowledged. Closing the connection
+releases the lock and the LISTEN. Both sinks share the connection, one statement at a
+time. The election and publishing logic is in server.adapters.kafka (relay, publisher).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -32,9 +35,9 @@ SESSION_SETTINGS = {
     # The server notices a vanished relay host (and frees its lock) after about 25 s
     # instead of the kernel's two hours. Ignored on unix sockets.
     "tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3",
-    # A queue table's statistics are always wrong: analyzed when nearly empty, its pages
-    # then fill with dead rows until vacuum. A plan cached meanwhile may read them all,
-    # every time. Every query on this connection wants the primary key.
+    # Every read on this connection wants an index (journals_event from a cursor, the
+    # primary keys); a plan cached while the statistics said "few rows" must not turn
+    # into a scan of the whole journal table.
     "enable_seqscan": "off",
 }
 # The ways the connection or its statements fail; the relay reconnects after any of them.
@@ -42,18 +45,45 @@ DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Timeo
 
 TRY_LOCK_SQL = "SELECT pg_try_advisory_lock($1)"
 NOTIFY_SQL = f"NOTIFY {CHANNEL}"
-# Every row in the table waits to be published. `published_at` stays NULL (drain queries
-# count `WHERE published_at IS NULL`); a row an older relay marked during a rolling
-# upgrade goes out once more rather than staying forever. `id > $2`: see the publisher's
-# scan floor.
-CLAIM_SQL = "SELECT id, receipt_code, payload FROM outbox WHERE id > $2 ORDER BY id LIMIT $1"
-# clock_timestamp(), not now(): the batch's lag up to its acks, one value per batch.
-DELETE_SQL = """
-WITH gone AS (DELETE FROM outbox WHERE id = ANY($1::bigint[]) RETURNING created_at)
-SELECT extract(epoch FROM clock_timestamp() - min(created_at))::float8 FROM gone
+CURSOR_SQL = "SELECT xid::text AS xid, journal_id FROM journal_cursors WHERE sink = $1"
+# The journals past a cursor, in (event_xid, id) order. Only those whose transaction id is
+# below the snapshot's xmin: every such transaction has ended, so no journal can commit
+# behind the cursor later (journal ids are drawn before the commit and commit out of
+# order; transaction ids below xmin are all settled). Each with its ledger entries and,
+# when it names another journal, that journal as it stands now (for its receipt).
+DUE_SQL = """
+SELECT j.id, j.event_xid::text AS xid, j.external_ref, j.type, j.status, j.currency,
+       j.payload::text AS legs, j.hold_expires_at IS NOT NULL AS is_hold,
+       coalesce(j.completed_at, j.created_at) AS completed_at,
+       j.error_code, j.error_message, j.error_param, j.description, j.target,
+       coalesce((SELECT json_agg(json_build_array(l.account_id, l.direction, l.amount,
+                                                  l.balance_after) ORDER BY l.id)
+                 FROM ledgers l WHERE l.journal_id = j.id), '[]')::text AS entries,
+       t.type AS target_type, t.status AS target_status, t.currency AS target_currency,
+       t.payload::text AS target_legs
+FROM (SELECT * FROM journals
+      WHERE event_xid IS NOT NULL AND (event_xid, id) > ($1::text::xid8, $2::bigint)
+        AND event_xid < pg_snapshot_xmin(pg_current_snapshot())
+      ORDER BY event_xid, id LIMIT $3) j
+LEFT JOIN journals t ON t.external_ref = j.target
+ORDER BY j.event_xid, j.id
+"""
+# clock_timestamp(), not now(): the batch's lag up to the sink's acks.
+ADVANCE_SQL = """
+UPDATE journal_cursors SET xid = $2::text::xid8, journal_id = $3, updated_at = now()
+WHERE sink = $1 RETURNING clock_timestamp()
+"""
+# Finished journals past a sink's cursor, the drain query of tests and benchmarks (not
+# used by the relay: a count reads every waiting journal).
+PAST_CURSOR_SQL = """
+SELECT count(*) FROM journals j, journal_cursors c
+WHERE c.sink = $1 AND j.event_xid IS NOT NULL AND (j.event_xid, j.id) > (c.xid, c.journal_id)
 """
 OLDEST_SQL = """
-SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox ORDER BY id LIMIT 1
+SELECT extract(epoch FROM clock_timestamp() - coalesce(completed_at, created_at))::float8
+FROM journals
+WHERE event_xid IS NOT NULL AND (event_xid, id) > ($1::text::xid8, $2::bigint)
+ORDER BY event_xid, id LIMIT 1
 """
 
 
@@ -64,6 +94,8 @@ class OutboxSession:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
+        # The sinks take turns: a connection runs one statement at a time.
+        self._statement = asyncio.Lock()
 
     @classmethod
     async def connect(cls, dsn: str) -> OutboxSession:
@@ -73,26 +105,43 @@ class OutboxSession:
 
     async def try_lock(self) -> bool:
         """The relay lock, if no other session holds it; kept until this session ends."""
-        return bool(await self._conn.fetchval(TRY_LOCK_SQL, RELAY_LOCK_ID))
+        async with self._statement:
+            return bool(await self._conn.fetchval(TRY_LOCK_SQL, RELAY_LOCK_ID))
 
     async def notify(self) -> None:
-        await self._conn.execute(NOTIFY_SQL)
+        async with self._statement:
+            await self._conn.execute(NOTIFY_SQL)
 
     async def listen(self, callback: Callable[..., Any]) -> None:
-        await self._conn.add_listener(CHANNEL, callback)
+        async with self._statement:
+            await self._conn.add_listener(CHANNEL, callback)
 
-    async def oldest_rows(self, limit: int, above: int) -> list[asyncpg.Record]:
-        """Up to `limit` rows with ids above `above`, oldest first: records of
-        (id, receipt code, payload)."""
-        return await self._conn.fetch(CLAIM_SQL, limit, above)
+    async def cursor(self, sink: str) -> tuple[int, int]:
+        """Where `sink` stands: the (transaction id, journal id) of the last journal it took."""
+        async with self._statement:
+            row = await self._conn.fetchrow(CURSOR_SQL, sink)
+        if row is None:
+            raise LookupError(f"no cursor for sink {sink!r} (migration 010 creates them)")
+        return int(row["xid"]), row["journal_id"]
 
-    async def delete(self, ids: list[int]) -> float:
-        """Delete published rows; returns the oldest one's age (its lag up to now)."""
-        return max(0.0, await self._conn.fetchval(DELETE_SQL, ids) or 0.0)
+    async def due(self, after: tuple[int, int], limit: int) -> list[asyncpg.Record]:
+        """Up to `limit` journals past `after` whose event is due, in cursor order."""
+        async with self._statement:
+            return await self._conn.fetch(DUE_SQL, str(after[0]), after[1], limit)
 
-    async def oldest_age(self) -> float:
-        """Age in seconds of the oldest row (0 when the table is empty)."""
-        return float(await self._conn.fetchval(OLDEST_SQL) or 0.0)
+    async def advance(self, sink: str, to: tuple[int, int]) -> dt.datetime:
+        """Move `sink`'s cursor to `to`; returns the database's clock at that moment."""
+        async with self._statement:
+            now = await self._conn.fetchval(ADVANCE_SQL, sink, str(to[0]), to[1])
+        if now is None:
+            raise LookupError(f"no cursor for sink {sink!r} (migration 010 creates them)")
+        return now  # type: ignore[no-any-return]
+
+    async def oldest_age(self, after: tuple[int, int]) -> float:
+        """Age in seconds of the oldest journal past `after` (0 when there is none)."""
+        async with self._statement:
+            age = await self._conn.fetchval(OLDEST_SQL, str(after[0]), after[1])
+        return max(0.0, float(age or 0.0))
 
     async def lost(self, grace_s: float = LOST_GRACE_S) -> bool:
         """Whether the connection is gone or goes within `grace_s`: after an unexpected
