@@ -181,7 +181,7 @@ class TransactionService:
         tasks = [a for a in answers if isinstance(a, Task)]
         if not tasks:
             return [a for a in answers if a is not None and not isinstance(a, Task)]
-        finished = iter(await asyncio.gather(*(self._wait(t, processing_time) for t in tasks)))
+        finished = iter(await self._wait_all(tasks, processing_time))
         return [next(finished) if isinstance(a, Task) else a for a in answers
                 if a is not None]
 
@@ -270,6 +270,19 @@ class TransactionService:
         elapsed = self._clock() - started
         self._observer.accepted("transaction", elapsed)
         return code, format_ms(elapsed), done
+
+    async def _wait_all(self, tasks: list[Task], processing_time: str) -> list[Submitted]:
+        """The waiting items of a batch request, in one wait (not a waiting coroutine each):
+        those still running at the timeout are answered as accepted, like `_wait`'s."""
+        waiters = [t.waiter for t in tasks if t.waiter is not None]
+        await asyncio.wait(waiters, timeout=self._wait_timeout_s)
+        answers: list[Submitted] = []
+        for task in tasks:
+            assert task.waiter is not None
+            outcome = task.waiter.result() if task.waiter.done() else None
+            answers.append(Accepted(task.receipt_code, processing_time) if outcome is None else
+                           _finished(task.receipt_code, processing_time, outcome, task.transaction))
+        return answers
 
     async def _wait(self, task: Task, processing_time: str) -> Submitted:
         assert task.waiter is not None

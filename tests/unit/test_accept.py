@@ -253,6 +253,18 @@ async def test_submit_many_waits_for_the_outcomes(make_pipeline: PipelineFactory
     assert p.store.balance("alice") == 40
 
 
+async def test_submit_many_answers_items_still_running_at_the_timeout_as_accepted(
+        make_pipeline: PipelineFactory) -> None:
+    p = await make_pipeline(start=False, wait_timeout_s=0)  # no writer runs them
+    subs = [submission(transfer(10), wait=True), submission(transfer(10)),
+            submission(transfer(10), wait=True)]
+    answers = await p.service.submit_many(subs, await p.service.view_accounts(["alice", "bob"]))
+    assert [type(a) for a in answers] == [Accepted] * 3
+    assert all(p.store.journal(a.receipt_code).status == PROCESSING for a in answers
+               if isinstance(a, Accepted))
+    assert p.pool.backlog == 3 and p.pool.room == 97  # queued, the reservation used
+
+
 async def test_a_replay_of_a_waited_request_is_answered_from_the_journal(
         make_pipeline: PipelineFactory) -> None:
     p = await make_pipeline()
