@@ -43,7 +43,8 @@ class Untouched:
         runtime = client.runtime  # type: ignore[attr-defined]
         for owner, name in ((runtime.api, "limit"), (runtime.accounts, "get"),
                             (runtime.accounts, "entries"), (runtime.accounts, "transaction"),
-                            (runtime.accounts, "set_status"), (runtime.status, "status")):
+                            (runtime.accounts, "update"), (runtime.accounts, "edit_metadata"),
+                            (runtime.status, "status")):
             monkeypatch.setattr(owner, name, self._recorder(name))
 
     def _recorder(self, name: str):  # type: ignore[no-untyped-def]

@@ -81,6 +81,7 @@ def test_request_bodies_are_the_structs_that_decode_them() -> None:
     decoders = {("/v1/accounts", "post"): schemas.account_in,
                 ("/v1/accounts/{account_id}", "patch"): schemas.account_patch,
                 ("/v1/transactions", "post"): schemas.transaction_in,
+                ("/v1/transactions/{receipt_code}", "patch"): schemas.transaction_patch,
                 ("/v1/transactions/batch", "post"): schemas.batch_in,
                 ("/v1/transactions/{receipt_code}/capture", "post"): schemas.capture_in,
                 ("/v1/transactions/{receipt_code}/reverse", "post"): schemas.reverse_in}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.ledger.metadata import metadata_edit
 from core.pipeline.read_ports import AccountInvalidator, AccountStore
 from core.pipeline.views import AccountView, EntryPage
 
@@ -20,11 +21,15 @@ class AccountService:
     async def get(self, account_id: str) -> AccountView | None:
         return await self._store.get(account_id)
 
-    async def set_status(self, account_id: str, status: str) -> AccountView | None:
-        """Change the status, then drop every process's cached view of the account: a
-        locked account must stop passing pre-validation everywhere."""
-        account = await self._store.set_status(account_id, status)
-        if account is not None and self._cache is not None:
+    async def update(self, account_id: str, status: str | None,
+                     metadata: dict[str, Any] | None, body_size_max: int) -> AccountView | None:
+        """Change the status and/or merge `metadata` into the stored object (core/ledger/
+        metadata.py; InvalidRequest when the result is over the limits), together. After a
+        status change, drop every process's cached view of the account: a locked account
+        must stop passing pre-validation everywhere."""
+        edit = metadata_edit(metadata, body_size_max) if metadata is not None else None
+        account = await self._store.update(account_id, status, edit)
+        if account is not None and status is not None and self._cache is not None:
             await self._cache.invalidate([account_id])
         return account
 

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from core.ledger.metadata import MetadataEdit
 from core.pipeline.views import (
     AccountAtView,
     AccountPage,
@@ -32,8 +33,11 @@ class AccountStore(Protocol):
     async def get(self, account_id: str) -> AccountView | None:
         ...
 
-    async def set_status(self, account_id: str, status: str) -> AccountView | None:
-        """The account after the change, or None when there is no such account."""
+    async def update(self, account_id: str, status: str | None, edit: MetadataEdit | None
+                     ) -> AccountView | None:
+        """Set the status (None: keep it) and apply `edit` to the metadata (None: keep it),
+        in one transaction holding the account's row; the account after the change, or
+        None when there is no such account. What `edit` raises leaves the account as it was."""
         ...
 
     async def entries(self, account_id: str, limit: int, cursor: str | None) -> EntryPage:
@@ -44,6 +48,13 @@ class AccountStore(Protocol):
 class TransactionReader(Protocol):
     async def transaction(self, receipt_code: str) -> TransactionView | None:
         """The full transaction, or None for an unknown receipt."""
+        ...
+
+
+class JournalMetadata(Protocol):
+    async def edit_metadata(self, receipt_code: str, edit: MetadataEdit) -> bool:
+        """Apply `edit` to the journal's metadata under its row's lock; False for an unknown
+        receipt. What `edit` raises leaves the journal as it was."""
         ...
 
 

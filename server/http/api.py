@@ -18,6 +18,7 @@ from core.pipeline.accounts import AccountService
 from core.pipeline.health import HealthCheck
 from core.pipeline.links import LinkedRequests
 from core.pipeline.listing import Listing
+from core.pipeline.transaction_metadata import TransactionMetadata
 from core.pipeline.transaction_query import TransactionQuery
 from server.http.auth import ApiKeys
 
@@ -33,6 +34,7 @@ class Api:
     transactions: TransactionService
     accounts: AccountService
     queries: TransactionQuery
+    transaction_metadata: TransactionMetadata
     listing: Listing
     links: LinkedRequests
     health: HealthCheck

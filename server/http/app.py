@@ -37,6 +37,7 @@ ROUTES = [
     Route("/v1/accounts/{account_id}/entries", accounts.list_entries, methods=["GET"]),
     Route("/v1/transactions", listing.list_transactions, methods=["GET"]),
     Route("/v1/transactions/{receipt_code}", transactions.get_transaction, methods=["GET"]),
+    Route("/v1/transactions/{receipt_code}", transactions.patch_transaction, methods=["PATCH"]),
     Route("/v1/transactions/{receipt_code}/status", transactions.get_status, methods=["GET"]),
     Route("/v1/transactions/{receipt_code}/capture", links.capture, methods=["POST"]),
     Route("/v1/transactions/{receipt_code}/void", links.void, methods=["POST"]),

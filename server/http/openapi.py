@@ -27,7 +27,7 @@ BODIES: tuple[type[msgspec.Struct], ...] = (
     schemas.EntriesPage, schemas.AcceptedOut, schemas.TransactionOut, schemas.StatusOut,
     schemas.PendingTransactionOut, schemas.HealthOut, schemas.ReadinessOut,
     schemas.AccountsPage, schemas.AccountAtOut, schemas.TransactionsPage, schemas.CaptureIn,
-    schemas.ReverseIn,
+    schemas.ReverseIn, schemas.TransactionPatch,
 )
 
 
@@ -208,7 +208,7 @@ def paths() -> dict[str, Any]:
                        {"200": _ok("The account; with `at`, its balance then.",
                                    _any_of(schemas.AccountOut, schemas.AccountAtOut))},
                        ("not_found",), params=(AT,)),
-            "patch": _op("Change an account's status", "admin",
+            "patch": _op("Change an account's status and/or merge into its metadata", "admin",
                          {"200": _ok("Changed.", _ref(schemas.AccountOut)),
                           "422": _ok("invalid_request: a system account cannot be changed",
                                      _with_codes(_ref(schemas.ErrorOut), ("invalid_request",)))},
@@ -243,7 +243,12 @@ def paths() -> dict[str, Any]:
             "get": _op("Get a transaction", "read", {"200": _ok(
                 "The transaction; before it is final, its status with no entries.",
                 _one_of(schemas.TransactionOut, schemas.PendingTransactionOut))},
-                ("not_found",))},
+                ("not_found",)),
+            "patch": _op("Merge into a transaction's metadata (nothing else can change)",
+                         "write", {"200": _ok(
+                             "The transaction as GET answers it, after the merge.",
+                             _one_of(schemas.TransactionOut, schemas.PendingTransactionOut))},
+                         ("not_found", *BODY_ERRORS), _ref(schemas.TransactionPatch))},
         "/v1/transactions/{receipt_code}/status": {
             "parameters": [RECEIPT],
             "get": _op("Get a transaction's status", "read",

@@ -37,7 +37,16 @@ class AccountIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class AccountPatch(msgspec.Struct, forbid_unknown_fields=True):
-    status: Literal["active", "locked", "closed"]
+    """Either or both (neither: 400). Metadata is merged (core/ledger/metadata.py)."""
+
+    status: Literal["active", "locked", "closed"] | msgspec.UnsetType = msgspec.UNSET
+    metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+
+
+class TransactionPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Metadata is all of a transaction that can change: any other field is unknown (400)."""
+
+    metadata: dict[str, Any]
 
 
 class LegIn(msgspec.Struct, forbid_unknown_fields=True, array_like=False):
@@ -90,6 +99,7 @@ account_in = msgspec.json.Decoder(AccountIn)
 capture_in = msgspec.json.Decoder(CaptureIn)
 reverse_in = msgspec.json.Decoder(ReverseIn)
 account_patch = msgspec.json.Decoder(AccountPatch)
+transaction_patch = msgspec.json.Decoder(TransactionPatch)
 transaction_in = msgspec.json.Decoder(TransactionIn)
 batch_in = msgspec.json.Decoder(BatchIn)
 batch_item_in = msgspec.json.Decoder(BatchItemIn)

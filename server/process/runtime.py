@@ -35,6 +35,7 @@ from core.pipeline.ports import ReceiptSource
 from core.pipeline.queries import StatusQuery
 from core.pipeline.recovery import RecoverySweeper
 from core.pipeline.tracker import StatusTracker
+from core.pipeline.transaction_metadata import TransactionMetadata
 from core.pipeline.transaction_query import TransactionQuery
 from server.adapters.grpc.clients import NotificationClient, ReceiptClient, breaker_states
 from server.adapters.grpc.receipt_client import ReceiptRegistrar
@@ -158,6 +159,8 @@ def build_api(runtime: Runtime) -> Api:
         transactions=runtime.service,
         accounts=AccountService(runtime.accounts, runtime.account_cache),
         queries=TransactionQuery(runtime.accounts, runtime.status),
+        transaction_metadata=TransactionMetadata(
+            runtime.accounts, TransactionQuery(runtime.accounts, runtime.status)),
         listing=Listing(PgListings(runtime.db), runtime.status),
         links=LinkedRequests(PgHolds(runtime.db)),
         health=HealthCheck(database=monitoring,

@@ -1,5 +1,5 @@
-"""Accounts and read models: account CRUD, entry pages, full transactions (the ports
-AccountStore and TransactionReader of core/pipeline/read_ports.py)."""
+"""Accounts and read models: account CRUD, entry pages, full transactions, metadata edits
+(the ports AccountStore, TransactionReader and JournalMetadata of core/pipeline/read_ports.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 
 from core.ledger.errors import AccountExists, InvalidRequest
+from core.ledger.metadata import MetadataEdit
 from core.ledger.models import Entry, ErrorBody, world_account
 from core.pipeline.views import (
     AccountView,
@@ -46,6 +47,20 @@ SELECT target, external_ref, type,
 FROM journals
 WHERE target = ANY($1::text[]) AND status IN ('completed', 'voided') ORDER BY id
 """
+
+
+# PATCH: the stored metadata is read under the row's lock, merged in Python (core/ledger/
+# metadata.py) and written back in the same transaction, so concurrent patches all land.
+LOCK_ACCOUNT_METADATA = "SELECT metadata FROM accounts WHERE id = $1 FOR UPDATE"
+UPDATE_ACCOUNT = f"""
+UPDATE accounts SET status = coalesce($2, status), metadata = coalesce($3::jsonb, metadata),
+       version = version + 1, updated_at = now()
+WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}
+"""
+# A journal's row is locked for no longer than the merge: its writers (executor, sweeper)
+# never change its metadata, and they wait at most that long.
+LOCK_JOURNAL_METADATA = "SELECT id, metadata FROM journals WHERE external_ref = $1 FOR UPDATE"
+SET_JOURNAL_METADATA = "UPDATE journals SET metadata = $2::jsonb WHERE id = $1"
 
 
 def account_view(row: asyncpg.Record) -> AccountView:
@@ -97,12 +112,26 @@ class PgAccountStore:
                 f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id)
         return None if row is None else account_view(row)
 
-    async def set_status(self, account_id: str, status: str) -> AccountView | None:
-        async with converted_errors():
-            row = await self._pool.fetchrow(
-                "UPDATE accounts SET status = $2, version = version + 1, updated_at = now() "
-                f"WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}", account_id, status)
+    async def update(self, account_id: str, status: str | None, edit: MetadataEdit | None
+                     ) -> AccountView | None:
+        async with converted_errors(), self._pool.acquire() as conn, conn.transaction():
+            metadata = None
+            if edit is not None:  # read, merge and write under the row's lock
+                stored = await conn.fetchval(LOCK_ACCOUNT_METADATA, account_id)
+                if stored is None:
+                    return None
+                metadata = _json.encode(edit(_obj.decode(stored))).decode()
+            row = await conn.fetchrow(UPDATE_ACCOUNT, account_id, status, metadata)
         return None if row is None else account_view(row)
+
+    async def edit_metadata(self, receipt_code: str, edit: MetadataEdit) -> bool:
+        async with converted_errors(), self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(LOCK_JOURNAL_METADATA, receipt_code)
+            if row is None:
+                return False
+            await conn.execute(SET_JOURNAL_METADATA, row["id"],
+                               _json.encode(edit(_obj.decode(row["metadata"]))).decode())
+        return True
 
     async def entries(self, account_id: str, limit: int, cursor: str | None) -> EntryPage:
         before = decode_cursor(cursor) if cursor else None

@@ -53,7 +53,7 @@ async def create_account(request: Request) -> Response:
     body = decode(account_in, await read_body(request, api.body_size_max))
     account_id = check_account_id(body.id) if body.id is not None else f"acc_{secrets.token_hex(10)}"
     account = await api.accounts.create(
-        account_id, check_currency(body.currency), check_overdraft_limit(body.overdraft_limit),
+        account_id, check_currency(body.currency), check_overdraft_limit(body.overdraft_limit or 0),
         msgspec.to_builtins(body.contact) if body.contact else None, body.metadata or {})
     return json_response(account, 201, {"Location": f"/v1/accounts/{account_id}"})
 
@@ -85,7 +85,11 @@ async def patch_account(request: Request) -> Response:
     await within_limit(api, api_key)
     check_media_type(request.headers.get("content-type"))
     body = decode(account_patch, await read_body(request, api.body_size_max))
-    account = await api.accounts.set_status(account_id, body.status)
+    status = body.status if not isinstance(body.status, msgspec.UnsetType) else None
+    metadata = body.metadata if not isinstance(body.metadata, msgspec.UnsetType) else None
+    if status is None and metadata is None:
+        raise InvalidRequest("give a status, metadata or both")
+    account = await api.accounts.update(account_id, status, metadata, api.body_size_max)
     return json_response(account) if account is not None else not_found("account")
 
 

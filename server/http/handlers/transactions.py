@@ -28,6 +28,7 @@ from server.http.handlers.common import (
     json_response,
     not_found,
     quota_headers,
+    read_body,
     takes,
     within_limit,
 )
@@ -39,6 +40,7 @@ from server.http.schemas import (
     batch_item_in,
     batch_items_in,
     transaction_in,
+    transaction_patch,
 )
 
 BATCH_MAX = 1000
@@ -217,3 +219,17 @@ async def get_transaction(request: Request) -> Response:
         return not_found("receipt")
     return json_response(found)  # still processing: its status, money and no entries
 
+
+@guarded
+async def patch_transaction(request: Request) -> Response:
+    """Merge metadata into the transaction's (the one thing of it that can change)."""
+    api, api_key = authenticate(request, "write")
+    NO_QUERY.check(request.query_params)
+    code = check_receipt_code(request.path_params["receipt_code"])
+    await within_limit(api, api_key)
+    check_media_type(request.headers.get("content-type"))
+    body = decode(transaction_patch, await read_body(request, api.body_size_max))
+    found = await api.transaction_metadata.patch(code, body.metadata, api.body_size_max)
+    if found is None:
+        return not_found("receipt")
+    return json_response(found)
