@@ -192,6 +192,12 @@ class TransactionOut(msgspec.Struct):
     reverses: str | None = None
     reversed_by: list[str] | None = None
     hold_expires_at: str | None = None
+    # A hold's, whatever its status: its completed capture ([] if none), the void that voided
+    # it (null if none), what the capture posted and what was reserved and not posted.
+    captured_by: list[str] | None = None
+    voided_by: str | None = None
+    captured_amount: int | None = None
+    released_amount: int | None = None
 
 
 class StatusOut(msgspec.Struct):
