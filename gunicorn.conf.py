@@ -10,8 +10,8 @@ the pool per worker is sized within KASSA_DB_CONNECTIONS_MAX (server/process/siz
 the receipt and notification services run elsewhere here, so only the relays count.
 
 There is no embedded stack here: without KASSA_DATABASE_URL or KASSA_KAFKA_BOOTSTRAP_SERVERS
-(each worker's outbox relay publishes the events there; without one they would pile up in
-the outbox unannounced), or with an invalid KASSA_* value, gunicorn stops at once with one
+(each worker's outbox relay publishes the events there; without one they would wait in
+PostgreSQL unannounced), or with an invalid KASSA_* value, gunicorn stops at once with one
 line on stderr and exit code 2, as `kassa serve` refuses a bad configuration. Without
 KASSA_REDIS_URL it runs without Redis, and says so at start.
 """

@@ -1,6 +1,7 @@
-"""Journal and outbox counts sampled from PostgreSQL: completed/s is measured in the
-database, not inferred from answers, because a 202 only promises that the work will be done;
-and the work is done only when its event left the outbox too."""
+"""Journal counts sampled from PostgreSQL: completed/s is measured in the database, not
+inferred from answers, because a 202 only promises that the work will be done; and the work
+is done only when its event was published too (no finished journal past the relay's Kafka
+cursor, migration 010)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from bench import indexes, wal
+from server.adapters.postgres.outbox import PAST_CURSOR_SQL as UNPUBLISHED_SQL
 
 INTERVAL_S = 1.0
+KAFKA_UNPUBLISHED = UNPUBLISHED_SQL.replace("$1", "'kafka'")
 DRAIN_POLL_S = 0.25
 FINAL = ("completed", "failed")
 
@@ -23,9 +26,10 @@ def counts_sql(final: tuple[str, ...] = FINAL) -> str:
     return (
         f"SELECT count(*) FILTER (WHERE status IN ({statuses})) AS final, "
         "count(*) FILTER (WHERE status = 'processing') AS backlog, count(*) AS total, "
-        # Unpublished rows only: published ones may be updated or deleted, this holds either
-        # way (and the partial index outbox_unpublished keeps it cheap).
-        "(SELECT count(*) FROM outbox WHERE published_at IS NULL) AS unpublished FROM journals")
+        # Finished journals past the Kafka cursor: events not yet published (an index
+        # range scan of journals_event from the cursor).
+        f"({KAFKA_UNPUBLISHED}) AS unpublished "
+        "FROM journals")
 
 
 COUNTS_SQL = counts_sql()
@@ -47,7 +51,7 @@ class Sample:
 @dataclass
 class Drained:
     journals: Sample  # the first sample with no journal processing (or the last one)
-    done: Sample  # the first with no journal processing and no outbox row unpublished
+    done: Sample  # the first with no journal processing and no event unpublished
 
 
 @dataclass
@@ -117,7 +121,7 @@ class Sampler:
             await self.sample()
 
     async def drain(self, timeout_s: float) -> Drained:
-        """Sample until no journal is `processing` and no outbox row is unpublished, or
+        """Sample until no journal is `processing` and no event is unpublished, or
         timeout_s passed. The journal backlog may reach 0 before the relay catches up."""
         deadline = time.monotonic() + timeout_s
         last = await self.sample()

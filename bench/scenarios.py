@@ -248,8 +248,8 @@ def failures(result: dict[str, Any], scenario: Scenario) -> list[str]:
             out.append(f"{result['backlog_after_drain']} accepted journals still processing "
                        f"after the drain timeout: a 202 did not reach a final status")
         if result["unpublished_after_drain"]:
-            out.append(f"{result['unpublished_after_drain']} outbox rows still unpublished "
-                       "after the drain timeout")
+            out.append(f"{result['unpublished_after_drain']} finished journals' events still "
+                       "unpublished after the drain timeout")
         if result["accepted"] > result["journals_created"]:
             out.append(f"{result['accepted']} accepted but only {result['journals_created']} "
                        "journals written: an answer was given before the request was durable")

@@ -129,7 +129,8 @@ class Settings:
     # it at its first import (native.twins_forced), before settings exist; defined here so
     # that it is validated and documented like every setting.
     no_extensions: str = "0"
-    # Outbox relay: one publisher per database (advisory lock), the others stand by
+    # The relay (events to Kafka, receipts to the receipt service): one publisher per
+    # database (advisory lock), the others stand by
     relay_batch_max: int = 500
     relay_poll_interval_ms: float = 500.0  # publisher's fallback when no wake-up comes
     relay_linger_ms: float = 20.0  # under load, publish cycles start at most this often
