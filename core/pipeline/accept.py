@@ -57,6 +57,7 @@ from core.pipeline.submission import (
 from core.pipeline.tasks import Task
 
 log = logging.getLogger("kassa.accept")
+Recorded = int | ExistingJournal | Outcome  # what the journal batcher answers an item
 # Refusals that depend on balances or `held`, which the cached view may show stale: each is
 # confirmed by a fresh read before it is answered.
 STALE_REFUSALS = (InsufficientFunds, AmountOverflow)
@@ -66,7 +67,7 @@ class TransactionService:
     def __init__(
         self,
         *,
-        journals: Batcher[PendingJournal, int | ExistingJournal | Outcome],
+        journals: Batcher[PendingJournal, Recorded],
         receipts: ReceiptSource,
         accounts: AccountReader,
         pool: ProcessorPool,
@@ -170,9 +171,14 @@ class TransactionService:
                     _log_start(code, subs[i].transaction)
             us = int((self._clock() - started) * 1e6)
             rid = REQUEST_ID.get()  # every item of a batch request is logged under its id
-            recorded = await self._journals.submit_many([PendingJournal(
-                code, subs[i].transaction, None, None, None, "sync" if subs[i].wait else "async",
-                us, self._owner, rid) for i, code in zip(ok, codes, strict=True)])
+            recorded: list[Recorded | BaseException]
+            try:
+                recorded = await self._journals.submit_many([PendingJournal(
+                    code, subs[i].transaction, None, None, None,
+                    "sync" if subs[i].wait else "async", us, self._owner, rid)
+                    for i, code in zip(ok, codes, strict=True)])
+            except KassaError as exc:  # refused whole by the batcher (too many waiting)
+                recorded = [exc] * len(ok)
             processing_time = format_ms(self._clock() - started)
             for i, code, result in zip(ok, codes, recorded, strict=True):
                 answers[i] = self._accepted_item(room, subs[i], code, result, started,

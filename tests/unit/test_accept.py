@@ -432,3 +432,17 @@ async def test_a_journal_not_recorded_after_its_start_logs_the_error(
     code = started.split()[3]
     assert (rid, rid2) == ("req-1", "req-1") and started == start(code)
     assert error == f"[TRANSACTION ERROR] Receipt: {code} | Error: unavailable"
+
+
+async def test_a_batch_the_journal_batcher_refuses_answers_and_logs_each_item(
+        make_pipeline: PipelineFactory, lines: Lines) -> None:
+    p = await make_pipeline()
+    await p.batcher.close()  # it refuses whole groups from now on
+    subs = [submission(transfer(1)), submission(transfer(2))]
+    accounts = await p.service.view_accounts(["alice", "bob"])
+    answers = await as_request("req-c", p.service.submit_many(subs, accounts))
+    assert [type(a) for a in answers] == [Overloaded, Overloaded]
+    assert p.pool.room == 100 and not p.store.journals
+    messages = [m for _, m in lines()]
+    assert len([m for m in messages if m.startswith("[TRANSACTION START]")]) == 2, messages
+    assert len([m for m in messages if m.startswith("[TRANSACTION ERROR]")]) == 2, messages
