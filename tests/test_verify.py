@@ -100,6 +100,8 @@ PLANTED = {
                               "WHERE id = 2"),
     "cursor_missing": ("every relay cursor is in place",
                        "DELETE FROM journal_cursors WHERE sink = 'receipts'"),
+    "cursor_ahead": ("no relay cursor or event mark is ahead",
+                     "UPDATE journal_cursors SET xid = '1000000000000' WHERE sink = 'kafka'"),
     "past_lease": ("no journal is unfinished past its lease",
                    PROCESSING.format(lease="now() - interval '5 minutes'")),
     "no_lease": ("no journal is unfinished past its lease", PROCESSING.format(lease="NULL")),

@@ -45,7 +45,12 @@ DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Timeo
 
 TRY_LOCK_SQL = "SELECT pg_try_advisory_lock($1)"
 NOTIFY_SQL = f"NOTIFY {CHANNEL}"
-CURSOR_SQL = "SELECT xid::text AS xid, journal_id FROM journal_cursors WHERE sink = $1"
+# `ahead`: the cursor names a transaction this cluster has not started yet, which only a
+# logical restore into another cluster can cause (docs/operations.md, Backups).
+CURSOR_SQL = """
+SELECT xid::text AS xid, journal_id, xid >= pg_snapshot_xmax(pg_current_snapshot()) AS ahead
+FROM journal_cursors WHERE sink = $1
+"""
 # The journals past a cursor, in (event_xid, id) order. Only those whose transaction id is
 # below the snapshot's xmin: every such transaction has ended, so no journal can commit
 # behind the cursor later (journal ids are drawn before the commit and commit out of
@@ -122,6 +127,11 @@ class OutboxSession:
             row = await self._conn.fetchrow(CURSOR_SQL, sink)
         if row is None:
             raise LookupError(f"no cursor for sink {sink!r} (migration 010 creates them)")
+        if row["ahead"]:
+            log.error("outbox relay: the %s cursor (transaction %s) is ahead of this cluster's "
+                      "transaction ids, so nothing newer is delivered: the database was "
+                      "restored from a logical dump? See docs/operations.md, Backups", sink,
+                      row["xid"])
         return int(row["xid"]), row["journal_id"]
 
     async def due(self, after: tuple[int, int], limit: int) -> list[asyncpg.Record]:

@@ -108,6 +108,13 @@ CHECKS = (
     Check("every relay cursor is in place",
           "SELECT s.sink FROM (VALUES ('kafka'), ('receipts')) AS s(sink) "
           "LEFT JOIN journal_cursors c ON c.sink = s.sink WHERE c.sink IS NULL"),
+    # Transaction ids of another cluster (a logical restore): the relay would skip every
+    # newer journal. docs/operations.md, Backups, says how to renumber them.
+    Check("no relay cursor or event mark is ahead of this cluster's transaction ids",
+          "SELECT 'cursor' AS what, sink AS name, xid::text AS xid FROM journal_cursors "
+          "WHERE xid >= pg_snapshot_xmax(pg_current_snapshot()) UNION ALL "
+          "SELECT 'journal', external_ref, event_xid::text FROM journals "
+          "WHERE event_xid >= pg_snapshot_xmax(pg_current_snapshot())"),
     # A NULL lease would never be claimed by the sweeper (lease_expires_at < now()).
     Check("no journal is unfinished past its lease (plus grace)",
           "SELECT id, external_ref, lease_owner, lease_expires_at FROM journals "
