@@ -374,6 +374,8 @@ def test_local_codes_unique_across_processes_and_increasing_within_one(impl: str
         assert all(a < b for a, b in zip(codes, codes[1:], strict=False))
         everything.update(codes)
     assert len(everything) == 4 * CODES_PER_PROCESS
+    hidden = set(CIPHER.hide_all(sorted(everything)))  # as LocalReceiptSource hands them out
+    assert len(hidden) == 4 * CODES_PER_PROCESS and all(CODE.match(c) for c in hidden)
 
 
 async def test_local_source_makes_process_layout_codes_and_keeps_no_records() -> None:
