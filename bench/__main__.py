@@ -201,6 +201,10 @@ async def run_one(args: argparse.Namespace, server: stack.Server, config: stack.
           f", CPU {c['us_per_transfer']['total']} us/transfer ({c['cores_busy']} cores busy)"
           f", WAL {result.get('wal', {}).get('bytes_per_transfer', '-')} B/transfer",
           flush=True)
+    if result.get("waits", {}).get("samples"):
+        w = result["waits"]
+        print(f"    database sessions in a transaction: {w['sessions_in_transaction']} on average;"
+              " share " + ", ".join(f"{k} {v}" for k, v in w["share"].items()), flush=True)
     for line in result["failures"]:
         print(f"    FAILED: {line}", flush=True)
     for line in result["warnings"]:

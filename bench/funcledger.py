@@ -37,6 +37,7 @@ from bench.scenarios import (
     warnings,
 )
 from bench.stack import Server, StackConfig
+from bench.waits import WaitSampler
 
 SEED_SQL = ("INSERT INTO funcledger.accounts (id, currency, balance, floor) "
             "SELECT id, $2, $3, 0 FROM unnest($1::text[]) AS id")
@@ -123,7 +124,9 @@ async def run(kassa: Server, config: StackConfig, scenario: Scenario,
         before = await conn.fetchval(COUNT_SQL)
         lsn_start = await wal.current_lsn(conn)
         cpu_start, idle_start = cpu.take(layout), cpu.take(kassa.layout())
-        load = await opts.tool(server.url, scenario, conns, opts.duration_s, load_env(scenario))
+        async with WaitSampler(kassa.dsn) as waits:
+            load = await opts.tool(server.url, scenario, conns, opts.duration_s,
+                                   load_env(scenario))
         # The calls in flight when the load tool stopped still commit: count and pay for them.
         settle_s = await settle(conn, opts.drain_timeout_s)
         cpu_end, idle_end = cpu.take(layout), cpu.take(kassa.layout())
@@ -146,7 +149,7 @@ async def run(kassa: Server, config: StackConfig, scenario: Scenario,
         "server_log_issues": log_issues(log_path, log_offset),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "invariants_ok": not found, "violations": found,
+        "invariants_ok": not found, "violations": found, "waits": waits.summary(),
         **cost_figures(written, cpu_start, cpu_end, lsn_start, lsn_end, stats_start, stats_end),
         "kassa_idle_cpu_s": cpu.idle_kassa(idle_start, idle_end),
     }

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from bench import cpu, indexes, metrics, profile, seed, wal
 from bench.sampler import FINAL, Drained, Sample, Sampler
 from bench.stack import API_KEY, Server
+from bench.waits import WaitSampler
 from bench.wrk import LoadResult
 from tests.invariants import violations
 
@@ -147,7 +148,9 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
         spying = asyncio.create_task(profile.record(
             server, opts.profile_dir / f"{opts.date}-{scenario.name}", opts.duration_s)
         ) if opts.profile_dir else None
-        load = await opts.tool(server.url, scenario, conns, opts.duration_s, load_env(scenario))
+        async with WaitSampler(server.dsn) as waits:
+            load = await opts.tool(server.url, scenario, conns, opts.duration_s,
+                                   load_env(scenario))
         end = await sampler.sample()
         await sampler.stop_periodic()
         drained = await sampler.drain(opts.drain_timeout_s)
@@ -168,6 +171,7 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "flame_graphs": flame_graphs,
         "samples": samples,
+        "waits": waits.summary(),
     }
     if scenario.journals:
         result.update(journal_figures(start, end, drained))
