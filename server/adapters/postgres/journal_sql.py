@@ -4,20 +4,130 @@ for recovery, and the reads after a lost commit."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+from server.adapters.postgres.rows import Params, Rows, Statement
+
+# The rows the batch statements take (server/adapters/postgres/rows.py numbers them).
+
+
+class RequestRow(NamedTuple):
+    """What a journal records of its request, pending or finished."""
+
+    external_ref: str
+    type: str
+    currency: str
+    description: str | None
+    metadata: str  # JSON text
+    payload: str  # JSON text: the legs
+    idempotency_scope: str | None
+    idempotency_key: str | None
+    request_hash: str | None
+    mode: str
+    accept_time_us: int | None
+    target: str | None
+
+
+REQUEST = dict(external_ref="text", type="text", currency="text", description="text",
+               metadata="text", payload="text", idempotency_scope="text", idempotency_key="text",
+               request_hash="text", mode="text", accept_time_us="int", target="text")
+
+
+class PendingColumns(NamedTuple):  # PendingRow flattened, for unnest
+    external_ref: str
+    type: str
+    currency: str
+    description: str | None
+    metadata: str
+    payload: str
+    idempotency_scope: str | None
+    idempotency_key: str | None
+    request_hash: str | None
+    mode: str
+    accept_time_us: int | None
+    target: str | None
+    hold_expires_in_s: int | None
+
+
+class OutcomeRow(NamedTuple):
+    """How a journal ended."""
+
+    id: int
+    status: str
+    error_code: str | None
+    error_message: str | None
+    error_param: str | None
+
+
+OUTCOME = dict(id="bigint", status="text", error_code="text", error_message="text",
+               error_param="text")
+
+
+class FinishedColumns(NamedTuple):  # OutcomeRow then RequestRow, for unnest
+    id: int
+    status: str
+    error_code: str | None
+    error_message: str | None
+    error_param: str | None
+    external_ref: str
+    type: str
+    currency: str
+    description: str | None
+    metadata: str
+    payload: str
+    idempotency_scope: str | None
+    idempotency_key: str | None
+    request_hash: str | None
+    mode: str
+    accept_time_us: int | None
+    target: str | None
+
+
+class BalanceRow(NamedTuple):
+    id: str
+    balance: int
+    held: int | None  # None: unchanged
+
+
+class EntryColumns(NamedTuple):
+    """Ledger entries as columns, as native.post_batch returns them."""
+
+    journal_id: list[int]
+    account_id: list[str]
+    direction: list[int]  # native.DEBIT / native.CREDIT
+    amount: list[int]
+    balance_after: list[int]
+
+
+class TargetRow(NamedTuple):
+    id: int
+    status: str
+    reversed: int
+
+
+PENDING = Rows(PendingColumns, **REQUEST, hold_expires_in_s="int")
+FINISHED = Rows(FinishedColumns, **OUTCOME, **REQUEST)
+OUTCOMES = Rows(OutcomeRow, **OUTCOME)
+BALANCES = Rows(BalanceRow, id="text", balance="bigint", held="bigint")
+ENTRIES = Rows(EntryColumns, journal_id="bigint", account_id="text", direction="int",
+               amount="bigint", balance_after="bigint")
+TARGETS = Rows(TargetRow, id="bigint", status="text", reversed="bigint")
+
 # The accept path
 
-INSERT_PENDING = """
+INSERT_PENDING = Statement(lambda p: f"""
 INSERT INTO journals (external_ref, type, status, currency, description, metadata, payload,
                       idempotency_scope, idempotency_key, request_hash, mode, accept_time_us,
                       lease_owner, lease_expires_at, target, hold_expires_at)
-SELECT r, t, 'processing', c, d, m::jsonb, p::jsonb, s, k, h, mo, us, $12,
-       now() + make_interval(secs => $13), tg, now() + make_interval(secs => hs)
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::text[], $9::text[], $10::text[], $11::int[], $14::text[], $15::int[])
-     AS u(r, t, c, d, m, p, s, k, h, mo, us, tg, hs)
+SELECT external_ref, type, 'processing', currency, description, metadata::jsonb,
+       payload::jsonb, idempotency_scope, idempotency_key, request_hash, mode, accept_time_us,
+       {p.value("lease_owner", "text")},
+       now() + make_interval(secs => {p.value("lease_s", "float8")}), target,
+       now() + make_interval(secs => hold_expires_in_s)
+FROM {p.rows("journals", PENDING)}
 ON CONFLICT (idempotency_scope, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, external_ref
-"""
+""")
 
 EXISTING_BY_KEY = """
 SELECT id, external_ref, request_hash, mode, status, accept_time_us, idempotency_scope,
@@ -40,40 +150,40 @@ WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
 """
 
 
-def _posting(first: int) -> str:
-    """The CTEs that post a decided batch (balances and holds, ledger entries), with their
-    eight parameters numbered from `first`: one statement writes a whole batch. Balance
-    and `held` change in one UPDATE so the available-balance check never sees one without
-    the other. No event is written: the statement that finishes a journal sets its
-    `event_xid` (migration 010), and the relay reads the journal itself."""
-    p = [f"${first + k}" for k in range(8)]
+def _posting(p: Params) -> str:
+    """The CTEs that post a decided batch (balances and holds, ledger entries): one
+    statement writes a whole batch. Balance and `held` change in one UPDATE so the
+    available-balance check never sees one without the other. No event is written: the
+    statement that finishes a journal sets its `event_xid` (migration 010), and the relay
+    reads the journal itself."""
     return f"""
 balances AS (
-    UPDATE accounts a SET balance = u.b, held = coalesce(u.h, a.held),
+    UPDATE accounts a SET balance = u.balance, held = coalesce(u.held, a.held),
            version = a.version + 1, updated_at = now()
-    FROM unnest({p[0]}::text[], {p[1]}::bigint[], {p[2]}::bigint[]) AS u(id, b, h)
+    FROM {p.rows("balances", BALANCES)}
     WHERE a.id = u.id
 ), entries AS (
     INSERT INTO ledgers (journal_id, account_id, direction, amount, balance_after)
-    SELECT j, a, CASE WHEN d = 0 THEN 'debit' ELSE 'credit' END, m, b
-    FROM unnest({p[3]}::bigint[], {p[4]}::text[], {p[5]}::int[], {p[6]}::bigint[],
-                {p[7]}::bigint[]) AS u(j, a, d, m, b)
+    SELECT journal_id, account_id, CASE WHEN direction = 0 THEN 'debit' ELSE 'credit' END,
+           amount, balance_after
+    FROM {p.rows("entries", ENTRIES, columnar=True)}
 )"""
 
 
 # Journals recorded earlier as pending: finished and posted in one statement. Every
 # statement that finishes a journal marks its event due (`event_xid`, the relay's feed);
 # UPDATE_TARGETS does not: a hold that a capture or void ends gets no event of its own.
-FINISH_AND_POST = f"""
+FINISH_AND_POST = Statement(lambda p: f"""
 WITH finished AS (
-    UPDATE journals j SET status = u.s, error_code = u.ec, error_message = u.em,
+    UPDATE journals j SET status = u.status, error_code = u.error_code,
+           error_message = u.error_message, error_param = u.error_param,
            completed_at = now(), lease_owner = NULL, lease_expires_at = NULL,
            event_xid = pg_current_xact_id()
-    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS u(id, s, ec, em)
+    FROM {p.rows("outcomes", OUTCOMES)}
     WHERE j.id = u.id
-), {_posting(5).lstrip()}
+), {_posting(p).lstrip()}
 SELECT 1
-"""
+""")
 
 # The accounts of new journals locked (id order) and ids for the journals, in one round trip.
 LOCK_FOR_NEW = """
@@ -89,25 +199,25 @@ FROM generate_series(1, $2)
 """
 
 # New journals decided in the same transaction: written once, already finished, and
-# posted, in one statement. Both times are the decision's, so that an answer built from the
-# outcome in memory reads exactly as the journal does later. A key recorded meanwhile by another transaction violates
-# journals_idempotency_key, and the whole statement fails: the caller retries.
-INSERT_AND_POST = f"""
+# posted, in one statement. Both times are the decision's, so that an answer built from
+# the outcome in memory reads exactly as the journal does later. A key recorded meanwhile
+# by another transaction violates journals_idempotency_key, and the whole statement fails:
+# the caller retries.
+INSERT_AND_POST = Statement(lambda p: f"""
 WITH recorded AS (
-    INSERT INTO journals (id, external_ref, type, status, currency, description, metadata,
-                          payload, idempotency_scope, idempotency_key, request_hash, mode,
-                          accept_time_us, error_code, error_message, created_at, completed_at,
-                          event_xid)
+    INSERT INTO journals (id, status, error_code, error_message, error_param, external_ref,
+                          type, currency, description, metadata, payload, idempotency_scope,
+                          idempotency_key, request_hash, mode, accept_time_us, target,
+                          created_at, completed_at, event_xid)
     OVERRIDING SYSTEM VALUE
-    SELECT i, r, t, st, c, d, m::jsonb, p::jsonb, s, k, h, mo, us, ec, em,
-           $24::text::timestamptz, $24::text::timestamptz, pg_current_xact_id()
-    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                $13::int[], $14::text[], $15::text[])
-         AS u(i, r, t, st, c, d, m, p, s, k, h, mo, us, ec, em)
-), {_posting(16).lstrip()}
+    SELECT id, status, error_code, error_message, error_param, external_ref, type, currency,
+           description, metadata::jsonb, payload::jsonb, idempotency_scope, idempotency_key,
+           request_hash, mode, accept_time_us, target, t.at, t.at, pg_current_xact_id()
+    FROM {p.rows("journals", FINISHED)},
+         (SELECT {p.value("finished_at", "text")}::timestamptz AS at) t
+), {_posting(p).lstrip()}
 SELECT 1
-"""
+""")
 
 # Leases: the recovery sweeper claims journals whose owner stopped renewing
 
@@ -130,10 +240,10 @@ FROM journals WHERE external_ref = ANY($1::text[]) ORDER BY id FOR UPDATE
 """
 
 # A capture or void ends its hold; a reversal adds to its original's `reversed`.
-UPDATE_TARGETS = """
-UPDATE journals j SET status = u.s, reversed = u.r
-FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(id, s, r) WHERE j.id = u.id
-"""
+UPDATE_TARGETS = Statement(lambda p: f"""
+UPDATE journals j SET status = u.status, reversed = u.reversed
+FROM {p.rows("targets", TARGETS)} WHERE j.id = u.id
+""")
 
 # Pending holds past their deadline, oldest first, for the expiry sweeper.
 EXPIRED_HOLDS = """
@@ -195,10 +305,3 @@ SELECT id, currency, status, balance, overdraft_limit, contact, held FROM accoun
 WHERE id = ANY($1::text[])
 """
 
-
-# The account at fault of failed journals, in the transaction that finished them: a separate
-# statement so that only a batch with such a failure pays for it.
-SET_ERROR_PARAMS = """
-UPDATE journals j SET error_param = u.p FROM unnest($1::bigint[], $2::text[]) AS u(id, p)
-WHERE j.id = u.id
-"""

@@ -32,7 +32,7 @@ from server.adapters.postgres.journal_sql import (
 from server.adapters.postgres.ledger_unit import (
     PgLedgerUnit,
     existing_by_key,
-    pending_columns,
+    pending_row,
     snapshot,
 )
 from server.adapters.postgres.pool import converted_errors, iso
@@ -49,11 +49,11 @@ class PgJournalStore:
         self._lease_s = lease_s
 
     async def insert_pending(self, journals: list[PendingJournal]) -> list[int | ExistingJournal]:
-        cols = pending_columns(journals)
+        args = INSERT_PENDING.args(journals=[pending_row(j) for j in journals],
+                                   lease_owner=journals[0].lease_owner, lease_s=self._lease_s)
         async with self._transaction() as conn:
             ids = {r["external_ref"]: r["id"] for r in
-                   await conn.fetch(INSERT_PENDING, *cols[:11], journals[0].lease_owner,
-                                    self._lease_s, *cols[11:])}
+                   await conn.fetch(INSERT_PENDING.sql, *args)}
             missing = [j for j in journals if j.receipt_code not in ids]
             existing = await existing_by_key(conn, missing) if missing else {}
         return [ids.get(j.receipt_code) or existing[(j.idempotency_scope, j.idempotency_key)]

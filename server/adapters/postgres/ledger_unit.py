@@ -19,8 +19,14 @@ from server.adapters.postgres.journal_sql import (
     LOCK_FOR_NEW,
     LOCK_TARGETS,
     LOCK_UNFINISHED,
-    SET_ERROR_PARAMS,
     UPDATE_TARGETS,
+    BalanceRow,
+    EntryColumns,
+    FinishedColumns,
+    OutcomeRow,
+    PendingColumns,
+    RequestRow,
+    TargetRow,
 )
 
 _json = msgspec.json.Encoder()
@@ -39,12 +45,8 @@ class PgLedgerUnit:
         return {r["id"]: snapshot(r) for r in await self._conn.fetch(LOCK_ACCOUNTS, account_ids)}
 
     async def write(self, decision: BatchDecision) -> None:
-        outcomes = decision.outcomes
-        await self._conn.execute(
-            FINISH_AND_POST, [o.journal_id for o in outcomes], [o.status for o in outcomes],
-            [o.error.code if o.error else None for o in outcomes],
-            [o.error.message if o.error else None for o in outcomes], *posting_args(decision))
-        await set_error_params(self._conn, outcomes)
+        await self._conn.execute(FINISH_AND_POST.sql, *FINISH_AND_POST.args(
+            outcomes=[outcome_row(o) for o in decision.outcomes], **posting(decision)))
 
     async def lock_targets(self, receipt_codes: list[str]) -> dict[str, Target]:
         rows = await self._conn.fetch(LOCK_TARGETS, receipt_codes)
@@ -55,8 +57,8 @@ class PgLedgerUnit:
             for r in rows}
 
     async def update_targets(self, targets: list[Target]) -> None:
-        await self._conn.execute(UPDATE_TARGETS, [t.journal_id for t in targets],
-                                 [t.status for t in targets], [t.reversed for t in targets])
+        await self._conn.execute(UPDATE_TARGETS.sql, *UPDATE_TARGETS.args(
+            targets=[TargetRow(t.journal_id, t.status, t.reversed) for t in targets]))
 
     async def existing(self, journals: list[PendingJournal]
                        ) -> dict[tuple[str, str], ExistingJournal]:
@@ -72,51 +74,41 @@ class PgLedgerUnit:
                               decision: BatchDecision) -> None:
         if not journals:
             return
-        cols = pending_columns(journals)
-        outcomes = decision.outcomes
+        rows = [FinishedColumns(*outcome_row(o), *request_row(j))
+                for j, o in zip(journals, decision.outcomes, strict=True)]
         try:
-            await self._conn.execute(
-                INSERT_AND_POST, ids, cols[0], cols[1], [o.status for o in outcomes], *cols[2:11],
-                [o.error.code if o.error else None for o in outcomes],
-                [o.error.message if o.error else None for o in outcomes], *posting_args(decision),
-                outcomes[0].finished_at)
+            await self._conn.execute(INSERT_AND_POST.sql, *INSERT_AND_POST.args(
+                journals=rows, finished_at=decision.outcomes[0].finished_at, **posting(decision)))
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name != "journals_idempotency_key":
                 raise
             raise TransientConflict("an idempotency key was recorded meanwhile") from exc
-        await set_error_params(self._conn, outcomes)
 
 
-def posting_args(decision: BatchDecision) -> list[object]:
-    """The eight parameters of journal_sql._posting: balances and holds, ledger columns."""
+def posting(decision: BatchDecision) -> dict[str, object]:
+    """The arguments of journal_sql._posting: balances and holds, ledger entries."""
     held = decision.held
-    return [list(decision.balances), list(decision.balances.values()),
-            [held.get(a) for a in decision.balances], *decision.ledger_columns]
+    return {"balances": [BalanceRow(a, b, held.get(a)) for a, b in decision.balances.items()],
+            "entries": EntryColumns(*decision.ledger_columns)}  # type: ignore[arg-type]
 
 
-async def set_error_params(conn: asyncpg.Connection, outcomes: list[Outcome]) -> None:
-    """Record the account at fault of the failed journals naming one (none in a batch that
-    failed nothing: no statement)."""
-    faulted = [o for o in outcomes if o.error is not None and o.error.param is not None]
-    if faulted:
-        await conn.execute(SET_ERROR_PARAMS, [o.journal_id for o in faulted],
-                           [o.error.param for o in faulted if o.error is not None])
+def outcome_row(outcome: Outcome) -> OutcomeRow:
+    error = outcome.error
+    if error is None:
+        return OutcomeRow(outcome.journal_id, outcome.status, None, None, None)
+    return OutcomeRow(outcome.journal_id, outcome.status, error.code, error.message, error.param)
 
 
-def pending_columns(journals: list[PendingJournal]) -> list[list[object]]:
-    """The journals as columns for unnest: code, type, currency, description, metadata,
-    legs, idempotency scope, key and request hash, mode, accept time; then the target and
-    the hold's seconds to expiry (pending journals only)."""
-    cols: list[list[object]] = [[] for _ in range(13)]
-    for j in journals:
-        tx = j.transaction
-        row = (j.receipt_code, tx.type, tx.currency, tx.description,
-               _json.encode(tx.metadata).decode(), _json.encode(tx.legs).decode(),
-               j.idempotency_scope, j.idempotency_key, j.request_hash, j.mode, j.accept_time_us,
-               tx.target, tx.hold_expires_in_s)
-        for col, value in zip(cols, row, strict=True):
-            col.append(value)
-    return cols
+def request_row(journal: PendingJournal) -> RequestRow:
+    tx = journal.transaction
+    return RequestRow(journal.receipt_code, tx.type, tx.currency, tx.description,
+                      _json.encode(tx.metadata).decode(), _json.encode(tx.legs).decode(),
+                      journal.idempotency_scope, journal.idempotency_key, journal.request_hash,
+                      journal.mode, journal.accept_time_us, tx.target)
+
+
+def pending_row(journal: PendingJournal) -> PendingColumns:
+    return PendingColumns(*request_row(journal), journal.transaction.hold_expires_in_s)
 
 
 async def existing_by_key(conn: asyncpg.Connection, journals: list[PendingJournal]
