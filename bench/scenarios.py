@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from bench import cpu, indexes, metrics, profile, seed, wal
 from bench.sampler import FINAL, Drained, Sample, Sampler
-from bench.stack import API_KEY, Server
+from bench.stack import API_KEY, KASSA, Server
 from bench.waits import WaitSampler
 from bench.wrk import LoadResult
 from tests.invariants import violations
@@ -161,7 +162,7 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
         samples = [vars(s) for s in sampler.samples]
         stats_end = await sampler.index_stats() if opts.index_entries else None
     flame_graphs = [str(p) for p in await spying] if spying else []
-    found = await violations(server.dsn)
+    found = await build_violations(server)
     result = {
         **load_figures(scenario, opts, conns, load),
         "metrics": metrics.summarize(before, metrics.scrape(server.url)),
@@ -185,6 +186,20 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
     result["failures"] = failures(result, scenario)
     result["warnings"] = warnings(result)
     return result
+
+
+async def build_violations(server: Server) -> dict[str, Any]:
+    """The invariants, checked by the build's own rules: this checkout's in-process; another
+    build's (--kassa-bin) by its own `kassa verify`, whose checks fit its schema."""
+    if server.kassa.absolute() == KASSA.absolute():
+        return await violations(server.dsn)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KASSA_")}
+    done = await asyncio.to_thread(
+        subprocess.run, [str(server.kassa), "verify"], capture_output=True, text=True,
+        timeout=120, check=False, env={**env, "KASSA_DATABASE_URL": server.dsn})
+    if done.returncode == 0:
+        return {}
+    return {"kassa verify": (done.stdout + done.stderr).strip().splitlines()[-20:]}
 
 
 def cost_figures(completed: int, cpu_start: cpu.Snapshot, cpu_end: cpu.Snapshot,

@@ -46,6 +46,7 @@ class Server(KassaProcess):
 
     dsn: str = ""
     embedded_pg: bool = True
+    kassa: Path = KASSA  # the build's console script: its own `kassa verify` checks it
 
     def stop(self, sig: int = signal.SIGTERM,  # type: ignore[override]
              timeout_s: float = STOP_TIMEOUT_S) -> int | None:
@@ -89,4 +90,4 @@ def start(config: StackConfig) -> Server:
                         cwd=checkout_of(config.kassa) or data_dir)
     dsn = config.database_url or f"postgresql://postgres:@/postgres?host={data_dir}/pg"
     return Server(kassa.process, kassa.port, kassa.data_dir, kassa.log_path, dsn,
-                  embedded_pg=not config.database_url)
+                  embedded_pg=not config.database_url, kassa=config.kassa)
