@@ -14,6 +14,7 @@ from openapi_spec_validator import validate
 from server.http import schemas
 from server.http.app import HOT_ROUTES, ROUTES
 from server.http.errors import HTTP_STATUS
+from server.http.handlers.webhooks import webhook_in
 from server.http.openapi import OPENAPI, UNDOCUMENTED_CODES
 
 pytestmark = pytest.mark.timeout(60)
@@ -84,7 +85,8 @@ def test_request_bodies_are_the_structs_that_decode_them() -> None:
                 ("/v1/transactions/{receipt_code}", "patch"): schemas.transaction_patch,
                 ("/v1/transactions/batch", "post"): schemas.batch_in,
                 ("/v1/transactions/{receipt_code}/capture", "post"): schemas.capture_in,
-                ("/v1/transactions/{receipt_code}/reverse", "post"): schemas.reverse_in}
+                ("/v1/transactions/{receipt_code}/reverse", "post"): schemas.reverse_in,
+                ("/v1/webhooks", "post"): webhook_in}
     with_body = {(path, method) for path, method, op in operations() if "requestBody" in op}
     assert with_body == set(decoders)
     components = OPENAPI["components"]["schemas"]

@@ -20,6 +20,7 @@ from core.pipeline.links import LinkedRequests
 from core.pipeline.listing import Listing
 from core.pipeline.transaction_metadata import TransactionMetadata
 from core.pipeline.transaction_query import TransactionQuery
+from core.pipeline.webhooks import Webhooks
 from server.http.auth import ApiKeys
 
 # Records one answered request: route template (or `unmatched`), method, HTTP status,
@@ -45,6 +46,7 @@ class Api:
     metrics: Callable[[], tuple[bytes, str]]  # the /metrics page and its content type
     body_size_max: int
     record_request: RecordRequest | None = None  # HTTP metrics (server/http/hot.py)
+    webhooks: Webhooks | None = None  # /v1/webhooks (None only in tests without a database)
 
 
 def api_of(state: Any) -> Api:

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from server.http.api import api_of
 from server.http.errors import error_response
-from server.http.handlers import accounts, links, listing, ops, transactions
+from server.http.handlers import accounts, links, listing, ops, transactions, webhooks
 from server.http.hot import Handler, HotRoutes
 
 log = logging.getLogger("kassa.app")
@@ -42,6 +42,13 @@ ROUTES = [
     Route("/v1/transactions/{receipt_code}/capture", links.capture, methods=["POST"]),
     Route("/v1/transactions/{receipt_code}/void", links.void, methods=["POST"]),
     Route("/v1/transactions/{receipt_code}/reverse", links.reverse, methods=["POST"]),
+    Route("/v1/webhooks", webhooks.create_webhook, methods=["POST"]),
+    Route("/v1/webhooks", webhooks.list_webhooks, methods=["GET"]),
+    Route("/v1/webhooks/{webhook_id}", webhooks.get_webhook, methods=["GET"]),
+    Route("/v1/webhooks/{webhook_id}", webhooks.delete_webhook, methods=["DELETE"]),
+    Route("/v1/webhooks/{webhook_id}/deliveries", webhooks.list_deliveries, methods=["GET"]),
+    Route("/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", webhooks.redeliver,
+          methods=["POST"]),
 ]
 
 

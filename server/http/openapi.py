@@ -17,6 +17,7 @@ from server.http import schemas
 from server.http.errors import HTTP_STATUS
 from server.http.handlers.accounts import PAGE_LIMIT_MAX
 from server.http.handlers.transactions import BATCH_MAX
+from server.http.openapi_webhooks import webhook_components, webhook_paths
 
 REF = "#/components/schemas/{name}"
 
@@ -61,6 +62,7 @@ def components() -> dict[str, Any]:
         "type": "object", "required": ["results"], "properties": {"results": {
             "type": "array", "description": "one per item, in order",
             "items": _one_of(schemas.AcceptedOut, schemas.TransactionOut, schemas.ErrorOut)}}}
+    found.update(webhook_components())
     return dict(sorted(found.items()))
 
 
@@ -261,6 +263,7 @@ def paths() -> dict[str, Any]:
         "/v1/transactions/{receipt_code}/reverse": _linked(
             "Reverse a completed transaction, all of it or part (single-leg)",
             schemas.ReverseIn, ("reversal_exceeds_original",)),
+        **webhook_paths(),
     }
 
 

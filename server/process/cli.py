@@ -385,12 +385,15 @@ async def _relay(dsn: str, settings: Settings) -> None:
     receipts of the journals it reads."""
     from server.adapters.grpc.receipt_client import ReceiptRegistrar
     from server.adapters.kafka.relay import run_standalone
+    from server.adapters.webhooks.sender import sender_options
 
     assert settings.kafka_bootstrap_servers
     registrar = ReceiptRegistrar.from_settings(settings)
     try:
+        # Every process that can win the relay lock sends the webhooks too.
         await run_standalone(dsn, settings.kafka_bootstrap_servers, settings.kafka_topic,
-                             register_receipts=registrar.register if registrar else None)
+                             register_receipts=registrar.register if registrar else None,
+                             webhooks=sender_options(settings))
     finally:
         if registrar is not None:
             await registrar.close()

@@ -37,6 +37,7 @@ from core.pipeline.recovery import RecoverySweeper
 from core.pipeline.tracker import StatusTracker
 from core.pipeline.transaction_metadata import TransactionMetadata
 from core.pipeline.transaction_query import TransactionQuery
+from core.pipeline.webhooks import Webhooks
 from server.adapters.grpc.clients import NotificationClient, ReceiptClient, breaker_states
 from server.adapters.grpc.receipt_client import ReceiptRegistrar
 from server.adapters.grpc.security import GrpcSecurity
@@ -50,6 +51,7 @@ from server.adapters.postgres.monitoring import PgMonitoring
 from server.adapters.postgres.nodes import keep_node_id, lease_node_id, release_node_ids
 from server.adapters.postgres.pool import RESOURCE_ALARM, create_pool
 from server.adapters.postgres.receipt_key import receipt_code_secret
+from server.adapters.postgres.webhooks import PgWebhooks
 from server.adapters.prometheus import HTTP_METRICS, PrometheusObserver, render
 from server.adapters.redis.account_cache import RedisAccountCache
 from server.adapters.redis.client import create_client, new_breaker
@@ -57,6 +59,7 @@ from server.adapters.redis.health import RedisPing
 from server.adapters.redis.idempotency import RedisIdempotencyCache
 from server.adapters.redis.rate_limit import RedisRateLimiter, rate_limiter
 from server.adapters.redis.status import RedisStatusStore
+from server.adapters.webhooks.sender import sender_options
 from server.http.api import Api
 from server.http.auth import ApiKeys
 from server.process.settings import Settings, parse_api_keys
@@ -177,7 +180,10 @@ def build_api(runtime: Runtime) -> Api:
                                      if isinstance(runtime.receipts, ReceiptClient) else ()),
                            database_refusing=lambda: RESOURCE_ALARM.recent(REFUSING_FOR_S)),
         keys=runtime.keys, limit=rate_limit(runtime.limiter), metrics=render,
-        body_size_max=runtime.settings.body_size_max, record_request=HTTP_METRICS.record)
+        body_size_max=runtime.settings.body_size_max, record_request=HTTP_METRICS.record,
+        webhooks=Webhooks(PgWebhooks(runtime.db),
+                          endpoints_max=runtime.settings.webhook_endpoints_max,
+                          window_s=runtime.settings.webhook_retry_window_s))
 
 
 def receipt_source(settings: Settings, node_id: int, cipher: CodeCipher) -> ReceiptSource:
@@ -237,17 +243,17 @@ async def build_runtime(settings: Settings) -> Runtime:
                                       settings.node_id if settings.node_id >= 0 else None)
     receipts = receipt_source(settings, node_id, CodeCipher(await receipt_code_secret(db)))
     notifier = notification_client(settings)
-    # The relay publishes the events and registers the receipts of the journals it reads
-    # (its leader only).
+    # The relay publishes the events, registers the receipts of the journals it reads and
+    # sends their webhooks (its leader only).
     registrar = ReceiptRegistrar.from_settings(settings)
-    relay = (OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
-                         settings.kafka_topic, batch_size_max=settings.relay_batch_max,
-                         poll_interval_ms=settings.relay_poll_interval_ms,
-                         linger_ms=settings.relay_linger_ms,
-                         standby_interval_ms=settings.relay_standby_interval_ms,
-                         step_down_after_s=settings.relay_step_down_after_s,
-                         register_receipts=registrar.register if registrar else None)
-             if settings.kafka_bootstrap_servers or registrar else None)
+    relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
+                        settings.kafka_topic, batch_size_max=settings.relay_batch_max,
+                        poll_interval_ms=settings.relay_poll_interval_ms,
+                        linger_ms=settings.relay_linger_ms,
+                        standby_interval_ms=settings.relay_standby_interval_ms,
+                        step_down_after_s=settings.relay_step_down_after_s,
+                        register_receipts=registrar.register if registrar else None,
+                        webhooks=sender_options(settings))
     single = settings.executor == "single"
     pool = ProcessorPool(
         journals, PostCommit(tracker=tracker, notifier=notifier,

@@ -136,6 +136,16 @@ class Settings:
     relay_linger_ms: float = 20.0  # under load, publish cycles start at most this often
     relay_standby_interval_ms: float = 1000.0  # standbys try the lock this often (takeover)
     relay_step_down_after_s: float = 30.0  # publisher failing this long lets another try
+    # Event webhooks (/v1/webhooks), sent by the relay's leader (server/adapters/webhooks/):
+    # a failed attempt waits a full-jitter draw from 0 to base * 2**(attempts - 1), capped,
+    # and a delivery is dead-lettered at its first failure past the window.
+    webhook_retry_base_ms: float = 5000.0
+    webhook_retry_cap_s: float = 36_000.0  # 10 h
+    webhook_retry_window_s: float = 86_400.0  # 24 h of retries at least
+    webhook_timeout_ms: float = 10_000.0  # per attempt
+    webhook_in_flight_max: int = 64  # attempts at once, over every endpoint
+    webhook_poll_interval_ms: float = 500.0  # how often due retries are looked for
+    webhook_endpoints_max: int = 100
     # Shutdown
     shutdown_timeout_s: float = 30.0
     # Notification delivery, in the notification service (server/services/notifications/
@@ -145,7 +155,9 @@ class Settings:
     smtp_from: str = "kassa@localhost"
     sms_webhook_url: str | None = None
     push_webhook_url: str | None = None
-    webhook_secret: str = ""  # HMAC key of X-Kassa-Signature
+    # Standard Webhooks secret of the SMS and push webhooks: `whsec_` + base64 (the key is
+    # the decoded part), or any other text (the key is its UTF-8 bytes). Required with a URL.
+    webhook_secret: str = ""
     notify_attempts_max: int = 3
     notify_backoff_ms: int = 50  # doubles after each failed attempt
     notify_timeout_ms: int = 5000  # per delivery attempt
@@ -235,6 +247,11 @@ def _check(s: Settings) -> None:
         url = getattr(s, name)
         if url is not None and not url.startswith(("http://", "https://")):
             raise ConfigError(f"{env_name(name)}={url!r} is not an http:// or https:// URL")
+    if (s.sms_webhook_url or s.push_webhook_url) and not s.webhook_secret.strip():
+        raise ConfigError("KASSA_WEBHOOK_SECRET is empty: SMS and push webhooks are signed with "
+                          "it (set it, or unset KASSA_SMS_WEBHOOK_URL and KASSA_PUSH_WEBHOOK_URL)")
+    if s.webhook_retry_base_ms / 1000 > s.webhook_retry_cap_s:
+        raise ConfigError("KASSA_WEBHOOK_RETRY_BASE_MS must not exceed KASSA_WEBHOOK_RETRY_CAP_S")
     if s.accept_batch_max > s.processor_queue_size:
         raise ConfigError("KASSA_ACCEPT_BATCH_MAX must not exceed KASSA_PROCESSOR_QUEUE_SIZE")
     _check_receipts(s)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import asyncpg
 import msgspec
@@ -72,6 +72,24 @@ class Sink(Protocol):
     async def ready(self) -> None: ...
 
     async def deliver(self, journals: list[FinishedJournal]) -> None: ...
+
+    async def failed(self) -> None: ...
+
+
+@runtime_checkable
+class CursorSink(Protocol):
+    """A sink in the database itself: it takes the journals and moves its cursor in one
+    transaction (the webhooks sink, server/adapters/webhooks/sink.py), so what it makes of
+    each journal exists exactly once."""
+
+    name: str
+    errors: tuple[type[Exception], ...]
+    steps_down: bool
+
+    async def ready(self) -> None: ...
+
+    async def deliver_with_cursor(self, session: OutboxSession, journals: list[FinishedJournal],
+                                  to: tuple[int, int]) -> dt.datetime: ...
 
     async def failed(self) -> None: ...
 
@@ -136,7 +154,8 @@ class SinkPublisher:
     starts to lead (the cursor is read then, and kept here while leading: only the leader
     moves it)."""
 
-    def __init__(self, sink: Sink, batch_size_max: int, metrics: SinkMetrics) -> None:
+    def __init__(self, sink: Sink | CursorSink, batch_size_max: int,
+                 metrics: SinkMetrics) -> None:
         self.sink = sink
         self._batch_size_max = batch_size_max
         self._metrics = metrics
@@ -160,9 +179,14 @@ class SinkPublisher:
         if not rows:
             return 0
         journals = [finished_journal(r) for r in rows]
-        await self.sink.deliver(journals)
         last = (int(rows[-1]["xid"]), int(rows[-1]["id"]))
-        await self._advance(session, last, min(r["completed_at"] for r in rows))
+        oldest = min(r["completed_at"] for r in rows)
+        if isinstance(self.sink, CursorSink):
+            self._observe_lag(await self.sink.deliver_with_cursor(session, journals, last),
+                              oldest)
+        else:
+            await self.sink.deliver(journals)
+            await self._advance(session, last, oldest)
         self._cursor = last
         self._metrics.delivered.inc(len(rows))
         self.published += len(rows)
@@ -170,7 +194,9 @@ class SinkPublisher:
 
     async def _advance(self, session: OutboxSession, to: tuple[int, int],
                        oldest: dt.datetime) -> None:
-        now = await session.advance(self.sink.name, to)
+        self._observe_lag(await session.advance(self.sink.name, to), oldest)
+
+    def _observe_lag(self, now: dt.datetime, oldest: dt.datetime) -> None:
         if self._metrics.lag is not None:
             self._metrics.lag.observe(max(0.0, (now - oldest).total_seconds()))
 

@@ -19,6 +19,10 @@ its loop retries with bounded backoff (a fresh producer for Kafka). The SQL on t
 dedicated connection (lock, NOTIFY, LISTEN, reads and cursors) is in
 server.adapters.postgres.outbox.
 
+A third sink, 'webhooks', turns journals into webhook delivery rows in the transaction
+that moves its cursor (server/adapters/webhooks/sink.py), and the leader also runs the
+sender of those rows (sender.py): neither depends on Kafka.
+
 Wake-ups: the executor calls `wake()` after every commit. In the publisher's process
 that ends the idle waits at once. A standby forwards it as `NOTIFY` on its own connection
 (one in flight, at most one per linger interval), which the publisher LISTENs for. Under
@@ -57,6 +61,8 @@ from server.adapters.postgres.outbox import (
     OutboxSession,
 )
 from server.adapters.postgres.pool import OUTAGE_LOG_INTERVAL_S, UNAVAILABLE
+from server.adapters.webhooks.sender import SenderOptions, WebhookSender
+from server.adapters.webhooks.sink import WEBHOOK_METRICS, WebhookSink
 
 __all__ = ["APPLICATION_NAME", "RELAY_LOCK_ID", "OutboxRelay", "run_standalone"]
 
@@ -80,13 +86,16 @@ class OutboxRelay:
                  standby_interval_ms: float = 1000.0, step_down_after_s: float = 30.0,
                  backoff_max_s: float = 5.0, publish_timeout_s: float = 5.0,
                  register_receipts: Callable[[list[ReceiptRecord]], Awaitable[None]] | None = None,
-                 ) -> None:
+                 webhooks: SenderOptions | None = None) -> None:
         """`register_receipts`: one call to the receipt service per batch, raising
         core.ledger.errors.Unavailable while it is down; None when there is no receipt
         service (its cursor then stays where it is). Without `bootstrap_servers` (only
-        in-process tests run without Kafka) the relay only registers receipts."""
+        in-process tests run without Kafka) the relay only registers receipts.
+        `webhooks`: the leader also turns journals into webhook deliveries and sends them
+        (server/adapters/webhooks/); None leaves the webhooks cursor where it is."""
         assert batch_size_max > 0 and poll_interval_ms > 0 and standby_interval_ms > 0
-        assert bootstrap_servers or register_receipts, "a relay with nothing to deliver to"
+        assert bootstrap_servers or register_receipts or webhooks, \
+            "a relay with nothing to deliver to"
         self._dsn = dsn
         self._kafka = _Producer(bootstrap_servers, topic, publish_timeout_s)
         self._loops: list[_SinkLoop] = []
@@ -96,6 +105,11 @@ class OutboxRelay:
         if register_receipts is not None:
             self._loops.append(_SinkLoop(SinkPublisher(ReceiptSink(register_receipts),
                                                        batch_size_max, RECEIPT_METRICS)))
+        self._sender = WebhookSender(webhooks) if webhooks is not None else None
+        if self._sender is not None:
+            assert webhooks is not None
+            sink = WebhookSink(webhooks.policy.window_s, self._sender.wakeup.set)
+            self._loops.append(_SinkLoop(SinkPublisher(sink, batch_size_max, WEBHOOK_METRICS)))
         self._batch_size_max = batch_size_max
         self._poll_interval_s = poll_interval_ms / 1000
         self._linger_s = linger_ms / 1000
@@ -139,6 +153,8 @@ class OutboxRelay:
         """Finish the batches in flight, release the lock, close the producer."""
         self._stopping.set()
         self.wake()
+        if self._sender is not None:
+            self._sender.wakeup.set()
         task = self._task
         if task is not None:
             # A publish in flight ends within its timeout; a producer start may take as long.
@@ -216,6 +232,9 @@ class OutboxRelay:
         tasks = [asyncio.create_task(self._drive(loop, session),
                                      name=f"outbox-relay-{loop.publisher.sink.name}")
                  for loop in self._loops]
+        if self._sender is not None:  # returns on close(); raises database errors
+            tasks.append(asyncio.create_task(self._sender.run(session, self._stopping),
+                                             name="outbox-relay-webhook-sender"))
         try:
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if self._stopping.is_set():  # every loop finishes its batch in flight

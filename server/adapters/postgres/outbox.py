@@ -5,16 +5,18 @@ wake-ups as NOTIFY, which the publisher LISTENs for. The leader reads the journa
 event is due past each sink's cursor (migration 010: `journals.event_xid`, the cursors in
 `journal_cursors`), and moves a cursor after its sink acknowledged. Closing the connection
 releases the lock and the LISTEN. Both sinks share the connection, one statement at a
-time. The election and publishing logic is in server.adapters.kafka (relay, publisher).
+time. The webhook SQL (server/adapters/postgres/webhooks.py) runs on it too, through
+`statement()`. The election and publishing logic is in server.adapters.kafka (relay, publisher).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -107,6 +109,13 @@ class OutboxSession:
         return cls(await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S,
                                          command_timeout=QUERY_TIMEOUT_S,
                                          server_settings=SESSION_SETTINGS))
+
+    @contextlib.asynccontextmanager
+    async def statement(self) -> AsyncIterator[asyncpg.Connection]:
+        """The connection, to the caller alone until it is done (the webhook sink's and
+        sender's SQL, server/adapters/postgres/webhooks.py)."""
+        async with self._statement:
+            yield self._conn
 
     async def try_lock(self) -> bool:
         """The relay lock, if no other session holds it; kept until this session ends."""

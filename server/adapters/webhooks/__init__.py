@@ -1,0 +1,1 @@
+"""Event webhooks: the relay's 'webhooks' sink (sink.py) and the sender (sender.py)."""
