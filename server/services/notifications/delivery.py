@@ -1,6 +1,7 @@
 """How one notification is delivered: its channel, its retries, and the configuration.
 
-email goes over SMTP; sms and push are signed JSON POSTs to webhooks; a channel with
+email goes over SMTP; sms and push are JSON POSTs to webhooks, signed per Standard Webhooks
+like the event webhooks (core/ledger/webhooks.py) with KASSA_WEBHOOK_SECRET; a channel with
 nothing configured falls back to the log, so a bare install still "delivers".
 """
 
@@ -8,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import logging
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -17,6 +18,7 @@ import aiosmtplib
 import httpx
 import msgspec
 
+from core.ledger.webhooks import headers, secret_key
 from server.process.settings import Settings
 
 log = logging.getLogger("kassa.notifications")
@@ -73,9 +75,11 @@ class WebhookPayload(msgspec.Struct):
 _encode = msgspec.json.Encoder().encode
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The X-Kassa-Signature header value: receivers recompute it to trust the body."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def message_id(n: WebhookPayload) -> str:
+    """The `webhook-id` of a notification: the same on every attempt, one per receipt,
+    channel and recipient (receivers deduplicate on it)."""
+    recipient = hashlib.sha256(n.recipient.encode()).hexdigest()[:16]
+    return f"msg_{n.receipt_code}_{n.channel}_{recipient}"
 
 
 class DeliveryFailed(Exception):
@@ -91,6 +95,8 @@ class Deliverer:
     def __init__(self, config: NotificationConfig) -> None:
         self.config = config
         self._http = httpx.AsyncClient(timeout=config.attempt_timeout_ms / 1000)
+        # Settings refuse a webhook URL with an empty secret; without a URL it is unused.
+        self._key = secret_key(config.webhook_secret)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -136,8 +142,7 @@ class Deliverer:
         url = self.config.sms_webhook_url if channel == "sms" else self.config.push_webhook_url
         assert url is not None
         body = _encode(n)
-        response = await self._http.post(url, content=body, headers={
-            "Content-Type": "application/json",
-            "X-Kassa-Signature": sign(self.config.webhook_secret, body),
-        })
+        assert self._key, "KASSA_WEBHOOK_SECRET is required with a webhook URL (settings.py)"
+        response = await self._http.post(url, content=body, headers=headers(
+            self._key, message_id(n), int(time.time()), body))
         response.raise_for_status()
