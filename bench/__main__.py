@@ -20,7 +20,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from bench import funcledger, goals, k6, naive, report, scenarios, seed, stack, wrk
+from bench import funcledger, goals, k6, naive, report, scenarios, seed, stack, webhook, wrk
 from bench.scenarios import SCENARIOS, RunOptions, Scenario
 from bench.wrk import LoadResult
 
@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kassa-bin", action="append", default=[], metavar="[LABEL=]PATH",
                    help="also bench this kassa script (another checkout's .venv/bin/kassa), "
                         "after this checkout's; repeatable")
+    p.add_argument("--webhook", action="store_true",
+                   help="register one event webhook (every event) on each server, sent to a "
+                        "receiver process on loopback that answers 204 (bench/webhook.py)")
     return p.parse_args(argv)
 
 
@@ -153,6 +156,9 @@ async def run_group(args: argparse.Namespace, build: Build, group: list[Scenario
               flush=True)
         seeded = await seed.seed(server.url, stack.API_KEY, server.dsn)
         print(f"  seeded in {seeded['total_s']} s", flush=True)
+        if args.webhook_receiver is not None:
+            hook = await webhook.register(server.url, stack.API_KEY, args.webhook_receiver.url)
+            print(f"  webhook {hook} -> {args.webhook_receiver.url}", flush=True)
         results: list[dict[str, Any]] = []
         for scenario in group:
             try:
@@ -270,7 +276,14 @@ def finish(args: argparse.Namespace, results: list[dict[str, Any]], errors: list
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     errors: list[str] = []
-    results = asyncio.run(run_all(args, errors))
+    args.webhook_receiver = webhook.Receiver() if args.webhook else None
+    try:
+        results = asyncio.run(run_all(args, errors))
+    finally:
+        if args.webhook_receiver is not None:
+            args.webhook_receiver.stop()
+    for r in results:
+        r["webhook"] = bool(args.webhook)
     return finish(args, results, errors)
 
 

@@ -44,6 +44,13 @@ OVERRIDING SYSTEM VALUE
 VALUES (2, 'RCP-2', 'transfer', 'processing', 'USD', '[["a", "b", 1]]', 'w1', {lease})
 """
 
+# A webhook endpoint and one delivery of journal {journal} to it.
+WEBHOOK = """
+INSERT INTO webhook_endpoints (id, url, secret) VALUES ('wh_0', 'https://h/x', 'whsec_AA==');
+INSERT INTO webhook_deliveries (endpoint_id, journal_id, receipt_code, event, payload)
+VALUES ('wh_0', {journal}, {code}, 'transaction.completed', '\\x7b7d')
+"""
+
 
 def check_named(start: str) -> str:
     names = [c.name for c in CHECKS if c.name.startswith(start)]
@@ -100,6 +107,15 @@ PLANTED = {
                               "WHERE id = 2"),
     "cursor_missing": ("every relay cursor is in place",
                        "DELETE FROM journal_cursors WHERE sink = 'receipts'"),
+    "webhooks_cursor_missing": ("every relay cursor is in place",
+                                "DELETE FROM journal_cursors WHERE sink = 'webhooks'"),
+    "delivery_orphan": ("every webhook delivery is about a journal that exists",
+                        WEBHOOK.format(journal=999, code="'RCP-999'")),
+    "delivery_other_code": ("every webhook delivery is about a journal that exists",
+                            WEBHOOK.format(journal=1, code="'RCP-2'")),
+    "delivered_twice": ("no journal has two deliveries to one webhook endpoint",
+                        WEBHOOK.format(journal=1, code="'RCP-1'") + ";"
+                        + WEBHOOK.format(journal=1, code="'RCP-1'").split(";", 1)[1]),
     "cursor_ahead": ("no relay cursor or event mark is ahead",
                      "UPDATE journal_cursors SET xid = '1000000000000' WHERE sink = 'kafka'"),
     "past_lease": ("no journal is unfinished past its lease",

@@ -106,8 +106,17 @@ CHECKS = (
           "SELECT id, external_ref, event_xid::text AS event_xid FROM journals "
           "WHERE status = 'processing' AND event_xid IS NOT NULL"),
     Check("every relay cursor is in place",
-          "SELECT s.sink FROM (VALUES ('kafka'), ('receipts')) AS s(sink) "
+          "SELECT s.sink FROM (VALUES ('kafka'), ('receipts'), ('webhooks')) AS s(sink) "
           "LEFT JOIN journal_cursors c ON c.sink = s.sink WHERE c.sink IS NULL"),
+    # The webhooks sink creates a journal's deliveries in the transaction that moves its
+    # cursor past it (migration 014): one per endpoint, about a journal that exists.
+    Check("every webhook delivery is about a journal that exists, with its receipt code",
+          "SELECT d.id, d.journal_id, d.receipt_code FROM webhook_deliveries d "
+          "LEFT JOIN journals j ON j.id = d.journal_id "
+          "WHERE j.external_ref IS DISTINCT FROM d.receipt_code"),
+    Check("no journal has two deliveries to one webhook endpoint",
+          "SELECT endpoint_id, journal_id, count(*) AS deliveries FROM webhook_deliveries "
+          "GROUP BY endpoint_id, journal_id HAVING count(*) > 1"),
     # Transaction ids of another cluster (a logical restore): the relay would skip every
     # newer journal. docs/operations.md, Backups, says how to renumber them.
     Check("no relay cursor or event mark is ahead of this cluster's transaction ids",

@@ -1,0 +1,54 @@
+"""`--webhook`: the cost of a registered event webhook. A tiny receiver process on loopback
+(tests/webhook_receiver.py, answering 204) and, on each server, one endpoint taking every
+event; the relay's leader then turns every journal into a delivery and sends it (issue 20,
+2: at most 5 % more CPU per transfer)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from server.process.embedded import free_port
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.webhook_receiver", "--port", str(self.port)])
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the webhook receiver did not start") from None
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+async def register(server_url: str, api_key: str, receiver_url: str) -> str:
+    async with httpx.AsyncClient(base_url=server_url, timeout=30,
+                                 headers={"Authorization": f"Bearer {api_key}"}) as http:
+        r = await http.post("/v1/webhooks", json={"url": receiver_url, "events": None})
+        r.raise_for_status()
+        return str(r.json()["id"])
