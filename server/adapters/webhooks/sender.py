@@ -5,7 +5,8 @@ per database that reads the journal feed, so the sending costs one process, not 
 the deliveries table from every worker; the number in flight is bounded once for the
 whole database; and the election already handles failover. Each cycle claims the due
 deliveries (up to `in_flight_max`) with a lease that pushes their due time past the
-attempt's timeout, sends them all at once with one shared httpx client, and records every
+attempt's timeout, sends them all at once over kept-alive connections (transport.py: a
+lean HTTP/1.1 client, as httpx costs about 1 ms of CPU per POST), and records every
 outcome in one statement. A leader that dies mid-attempt leaves its claims due again once
 the lease ends: at least once. The claim uses FOR UPDATE SKIP LOCKED, so several senders
 could share the table if one process is ever not enough.
@@ -27,7 +28,6 @@ import time
 from dataclasses import dataclass
 
 import asyncpg
-import httpx
 from prometheus_client import Counter, Gauge
 
 from core.kit.rate_limit import Throttle
@@ -35,6 +35,7 @@ from core.ledger.webhooks import RetryPolicy, headers, retry_in, secret_key
 from server.adapters.postgres.outbox import OutboxSession
 from server.adapters.postgres.pool import OUTAGE_LOG_INTERVAL_S
 from server.adapters.postgres.webhooks import MESSAGE_ID_PREFIX, claim, oldest_pending_age, record
+from server.adapters.webhooks.transport import ProtocolError, Transport
 from server.process.settings import Settings
 
 log = logging.getLogger("kassa.webhooks")
@@ -52,6 +53,9 @@ OLDEST_PENDING_AGE = Gauge(
 LEASE_MARGIN_S = 5.0
 ERROR_TEXT_MAX = 200
 GAUGE_INTERVAL_S = 1.0
+# What a failed attempt raises (the answer itself is judged by its status).
+ATTEMPT_ERRORS = (OSError, TimeoutError, EOFError, ProtocolError, ValueError,
+                  asyncio.LimitOverrunError)
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ class WebhookSender:
     def __init__(self, options: SenderOptions) -> None:
         self._options = options
         self.wakeup = asyncio.Event()
-        self._http: httpx.AsyncClient | None = None
+        self._http: Transport | None = None
         self._keys: dict[str, bytes] = {}
         self._warning = Throttle(OUTAGE_LOG_INTERVAL_S)
         self._gauge_due = 0.0
@@ -88,10 +92,7 @@ class WebhookSender:
     async def run(self, session: OutboxSession, stopping: asyncio.Event) -> bool:
         """Send until `stopping`; database errors are raised (the relay reconnects)."""
         o = self._options
-        self._http = httpx.AsyncClient(
-            timeout=o.timeout_s, follow_redirects=False,
-            limits=httpx.Limits(max_connections=o.in_flight_max,
-                                max_keepalive_connections=o.in_flight_max))
+        self._http = Transport()
         try:
             while not stopping.is_set():
                 await self._update_gauge(session)
@@ -119,15 +120,15 @@ class WebhookSender:
         status: int | None = None
         error: str | None = None
         try:
-            response = await self._http.post(d["url"], content=body, headers=headers(
-                key, MESSAGE_ID_PREFIX + d["receipt_code"], int(time.time()), body))
-            status = response.status_code
+            async with asyncio.timeout(self._options.timeout_s):
+                status = await self._http.post(d["url"], body, headers(
+                    key, MESSAGE_ID_PREFIX + d["receipt_code"], int(time.time()), body))
             if 200 <= status < 300:
                 DELIVERIES.labels("succeeded").inc()
                 self.sent += 1
                 return d["id"], True, None, status, None
             error = f"HTTP {status}"
-        except httpx.HTTPError as exc:
+        except ATTEMPT_ERRORS as exc:
             error = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_MAX]
         wait_s = retry_in(self._options.policy, d["attempts"], d["window_left_s"])
         DELIVERIES.labels("retried" if wait_s is not None else "failed").inc()
