@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--index-entries", action="store_true",
                    help="also index entries per transfer, from the table statistics (waits "
                         "about 22 s more per scenario for them to settle, bench/indexes.py)")
+    p.add_argument("--wal-stats", action="store_true",
+                   help="also where the WAL bytes went, by record type (pg_waldump over the "
+                        "window, bench/walstats.py; embedded PostgreSQL only)")
     p.add_argument("--kassa-bin", action="append", default=[], metavar="[LABEL=]PATH",
                    help="also bench this kassa script (another checkout's .venv/bin/kassa), "
                         "after this checkout's; repeatable")
@@ -127,7 +130,8 @@ def options(args: argparse.Namespace, scenario: Scenario, rate: float | None = N
     tool, name = ((open_loop, "k6 open loop") if rate else
                   (k6_tool, "k6") if args.tool == "k6" else (wrk_tool, "wrk"))
     return RunOptions(duration, args.connections, args.drain_timeout, name, tool, today(),
-                      args.results_dir if args.profile else None, rate, args.index_entries)
+                      args.results_dir if args.profile else None, rate, args.index_entries,
+                      args.wal_stats)
 
 
 def open_loop_rate(scenario: Scenario, earlier: list[dict[str, Any]]) -> float:
@@ -207,6 +211,9 @@ async def run_one(args: argparse.Namespace, server: stack.Server, config: stack.
           f", CPU {c['us_per_transfer']['total']} us/transfer ({c['cores_busy']} cores busy)"
           f", WAL {result.get('wal', {}).get('bytes_per_transfer', '-')} B/transfer",
           flush=True)
+    for row in (result.get("wal") or {}).get("by_record") or []:
+        print(f"    WAL {row['record']}: {row['bytes_per_transfer']} B/transfer "
+              f"({row['count']} records, {row['fpi_bytes']} B of full-page images)", flush=True)
     if result.get("waits", {}).get("samples"):
         w = result["waits"]
         print(f"    database sessions in a transaction: {w['sessions_in_transaction']} on average;"

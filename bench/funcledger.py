@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 
-from bench import cpu, indexes, procs, seed, wal
+from bench import cpu, indexes, procs, seed, wal, walstats
 from bench.funcledger_server import SCHEMA
 from bench.naive import start_gunicorn
 from bench.scenarios import (
@@ -159,6 +159,9 @@ async def run(kassa: Server, config: StackConfig, scenario: Scenario,
         **cost_figures(written, cpu_start, cpu_end, lsn_start, lsn_end, stats_start, stats_end),
         "kassa_idle_cpu_s": cpu.idle_kassa(idle_start, idle_end),
     }
+    if opts.wal_stats and kassa.embedded_pg:
+        result["wal"]["by_record"] = await asyncio.to_thread(
+            walstats.by_record, kassa.data_dir / "pg", lsn_start, lsn_end, written)
     result["failures"] = failures(result, scenario) + written_failures(result)
     result["warnings"] = warnings(result)
     return result

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench import cpu, indexes, metrics, profile, seed, wal
+from bench import cpu, indexes, metrics, profile, seed, wal, walstats
 from bench.sampler import FINAL, Drained, Sample, Sampler
 from bench.stack import API_KEY, KASSA, Server
 from bench.waits import WaitSampler
@@ -106,6 +106,7 @@ class RunOptions:
     profile_dir: Path | None = None  # set: py-spy flame graphs of the workers during the load
     rate: float | None = None  # open loop: arrivals per second
     index_entries: bool = False  # read the table statistics (bench/indexes.py) around the window
+    wal_stats: bool = False  # the window's WAL by record type (bench/walstats.py)
 
 
 def load_env(scenario: Scenario) -> dict[str, str]:
@@ -183,6 +184,9 @@ async def run(server: Server, scenario: Scenario, opts: RunOptions) -> dict[str,
     completed = result["journals_final"] if scenario.journals else load.items_ok
     result.update(cost_figures(completed, cpu_start, cpu_end, lsn_start, lsn_end,
                                stats_start, stats_end))
+    if opts.wal_stats and server.embedded_pg:
+        result["wal"]["by_record"] = await asyncio.to_thread(
+            walstats.by_record, server.data_dir / "pg", lsn_start, lsn_end, completed)
     result["failures"] = failures(result, scenario)
     result["warnings"] = warnings(result)
     return result
