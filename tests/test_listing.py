@@ -274,10 +274,17 @@ async def load(conn: asyncpg.Connection) -> None:
     await conn.execute("INSERT INTO accounts (id, currency, overdraft_limit)"
                        " VALUES ('@world:USD', 'USD', NULL), ('eur_1', 'EUR', 0)")
     await conn.execute("UPDATE accounts SET status = 'locked' WHERE id IN ('acc_7', 'acc_70')")
+    # Metadata on 1 account in 10: a reference of its own and one of two tiers.
+    await conn.execute("UPDATE accounts SET metadata = jsonb_build_object('ref', 'r-' || id,"
+                       " 'tier', CASE WHEN length(id) % 2 = 0 THEN 'gold' ELSE 'silver' END)"
+                       " WHERE id LIKE 'acc_%0'")
     # Status: 1 in 97 failed, 0.2% processing, the rest completed. Type: 1 in 10 deposit,
     # 1 in 50 withdrawal, the rest transfer. Legs: acc_(i mod n) -> acc_(7i+1 mod n).
+    # Metadata on 1 journal in 20 (the rest {}): an order id of its own and one of three
+    # channels (so 1 journal in 60 is channel web).
     await conn.execute(f"""
-        INSERT INTO journals (external_ref, type, status, currency, payload, created_at)
+        INSERT INTO journals (external_ref, type, status, currency, payload, created_at,
+                              metadata)
         SELECT 'RCP-20260101-' || lpad(i::text, 16, '0'),
                CASE WHEN i % 10 = 3 THEN 'deposit' WHEN i % 50 = 7 THEN 'withdrawal'
                     ELSE 'transfer' END,
@@ -286,7 +293,10 @@ async def load(conn: asyncpg.Connection) -> None:
                'USD',
                jsonb_build_array(jsonb_build_array('acc_' || (i % {ACCOUNTS}),
                                                    'acc_' || ((7 * i + 1) % {ACCOUNTS}), 1)),
-               $1::timestamptz + i * $2::interval
+               $1::timestamptz + i * $2::interval,
+               CASE WHEN i % 20 = 5 THEN jsonb_build_object(
+                   'order', 'o-' || i, 'channel', (ARRAY['web', 'app', 'pos'])[i % 3 + 1])
+                    ELSE '{{}}' END
         FROM generate_series(1, {JOURNALS}) i""", T0, SPACING)
     await conn.execute("""
         INSERT INTO ledgers (journal_id, account_id, direction, amount, balance_after, created_at)
@@ -307,6 +317,7 @@ def middle(i: int) -> dt.datetime:
 
 LIMIT = 100
 SLACK_ROWS = int(LISTING_SLACK / SPACING)
+ORDER = JOURNALS // 2 // 20 * 20 + 5  # a journal in the middle with metadata (i % 20 = 5)
 # name, filter, cursor (journal id or None), the most index/heap rows a page may touch
 SHAPES: list[tuple[str, TransactionFilter, int | None, int]] = [
     ("newest", TransactionFilter(), None, 2 * LIMIT),
@@ -336,6 +347,24 @@ SHAPES: list[tuple[str, TransactionFilter, int | None, int]] = [
      2 * LIMIT + SLACK_ROWS),
     ("account, since..until", TransactionFilter(account="acc_42", since=middle(100_000),
                                                 until=middle(250_000)), None, 3 * LIMIT + 1000),
+    # metadata[<key>]=<value> (migration 013's partial GIN index): an order id names one
+    # journal; a channel 1 in 60, all of whose matches the bitmap reads before the top-N
+    # (a GIN index has no order: the cursor filters the bitmap's rows, it does not bound it).
+    ("metadata order", TransactionFilter(metadata=(("order", f"o-{ORDER}"),)), None, 2 * LIMIT),
+    ("metadata order, no match", TransactionFilter(metadata=(("order", "o-1"),)), None, 2),
+    ("metadata order and channel", TransactionFilter(
+        metadata=(("order", f"o-{ORDER}"), ("channel", ("web", "app", "pos")[ORDER % 3]))),
+     None, 2 * LIMIT),
+    ("metadata order, account", TransactionFilter(
+        account=f"acc_{ORDER % ACCOUNTS}", metadata=(("order", f"o-{ORDER}"),)), None,
+     2 * LIMIT),
+    ("metadata order, status, type", TransactionFilter(
+        statuses=("completed",), type="transfer", metadata=(("order", f"o-{ORDER}"),)), None,
+     2 * LIMIT),
+    ("metadata channel (1 in 60)", TransactionFilter(metadata=(("channel", "web"),)), None,
+     JOURNALS // 60 + 2 * LIMIT),
+    ("metadata channel, deep cursor", TransactionFilter(metadata=(("channel", "web"),)),
+     JOURNALS // 2, JOURNALS // 60 + 2 * LIMIT),
 ]
 
 
@@ -382,11 +411,15 @@ async def test_listing_plans_at_size(pg_dsn) -> None:  # type: ignore[no-untyped
             touched = check_plan(name, plan, budget, problems)
             report.append(f"### {name}: {touched} rows touched, "
                           f"{plan['Execution Time']:.2f} ms\n{sql}\n{text}")
-        for name, (currency, status, after) in {
-                "accounts": (None, None, None), "accounts USD after acc_5": ("USD", None, "acc_5"),
-                "accounts locked": (None, "locked", None),
-                "accounts EUR active": ("EUR", "active", None)}.items():
-            sql, args = accounts_query(currency, status, LIMIT, after)
+        for name, (currency, status, after, metadata) in {
+                "accounts": (None, None, None, ()),
+                "accounts USD after acc_5": ("USD", None, "acc_5", ()),
+                "accounts locked": (None, "locked", None, ()),
+                "accounts EUR active": ("EUR", "active", None, ()),
+                "accounts metadata ref": (None, None, None, (("ref", "r-acc_420"),)),
+                "accounts USD metadata tier": ("USD", None, None, (("tier", "gold"),)),
+                }.items():
+            sql, args = accounts_query(currency, status, LIMIT, after, metadata)
             plan, text = await explain(conn, sql, args)
             touched = check_plan(name, plan, 2 * LIMIT, problems)
             report.append(f"### {name}: {touched} rows touched, "

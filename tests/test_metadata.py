@@ -214,3 +214,108 @@ async def test_a_processing_transaction_can_be_patched(app_client, pg_dsn) -> No
         assert stored == '{"a": "1", "b": "2"}'
     finally:
         await conn.close()
+
+
+# ------------------------------------------------------------------ listing filters
+
+
+async def listed(client: httpx.AsyncClient, path: str, key: str, limit: int = 2) -> list[str]:
+    """Every page of a listing (`limit` a page), the items' ids in order."""
+    items: list[str] = []
+    cursor = ""
+    while True:
+        r = await client.get(f"{path}&limit={limit}&cursor={cursor}", headers=READ)
+        assert r.status_code == 200, r.text
+        items += [item["id" if key == "accounts" else "receipt_code"] for item in r.json()[key]]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            return items
+
+
+async def test_accounts_listed_by_metadata(app_client) -> None:  # type: ignore[no-untyped-def]
+    for account_id, currency, metadata in [
+            ("alice", "USD", {"tier": "gold", "region": "eu"}),
+            ("bob", "USD", {"tier": "gold", "region": "us", "level": 3}),
+            ("carol", "USD", {"tier": "silver", "nested": {"tier": "gold"}}),
+            ("dave", "USD", None), ("erin", "EUR", {"tier": "gold"}),
+            ("fay", "USD", {"tier": ["gold"], "level": "3"})]:
+        body = {"id": account_id, "currency": currency,
+                **({"metadata": metadata} if metadata else {})}
+        assert (await app_client.post("/v1/accounts", json=body)).status_code == 201
+
+    async def ids(query: str) -> list[str]:
+        return await listed(app_client, f"/v1/accounts?{query}", "accounts")
+
+    assert await ids("metadata[tier]=gold") == ["alice", "bob", "erin"]  # top level, strings
+    assert await ids("metadata[tier]=gold&currency=USD") == ["alice", "bob"]
+    assert await ids("metadata[tier]=gold&metadata[region]=us") == ["bob"]
+    assert await ids("metadata[region]=eu&metadata[tier]=gold&status=active") == ["alice"]
+    assert await ids("metadata[tier]=gold&metadata[tier]=gold") == ["alice", "bob", "erin"]
+    assert await ids("metadata[tier]=gold&metadata[tier]=silver") == [], "all must hold"
+    assert await ids("metadata[tier]=GOLD") == []
+    assert await ids("metadata[level]=3") == ["fay"], "a string value, not the number 3"
+    assert await ids("metadata[nothing]=x") == []
+    await app_client.patch("/v1/accounts/bob", json={"status": "locked",
+                                                     "metadata": {"region": None}})
+    assert await ids("metadata[tier]=gold&status=locked") == ["bob"]
+    assert await ids("metadata[region]=us") == []
+    await app_client.patch("/v1/accounts/dave", json={"metadata": {"tier": "gold"}})
+    assert await ids("metadata[tier]=gold&currency=USD") == ["alice", "bob", "dave"]
+
+
+async def test_transactions_listed_by_metadata(app_client) -> None:  # type: ignore[no-untyped-def]
+    await make_accounts(app_client, ("alice", 1000, 0), ("bob", 0, 0), ("carol", 0, 0))
+
+    async def pay(destination: str, **metadata: str) -> str:
+        done = await post(app_client, type="transfer", source="alice", destination=destination,
+                          amount=1, **({"metadata": metadata} if metadata else {}))
+        code: str = done["receipt_code"]
+        return code
+
+    t1 = await pay("bob", order="o-1", channel="web")
+    t2 = await pay("carol", order="o-2", channel="web")
+    t3 = await pay("bob", order="o-3", channel="app")
+    await pay("bob")
+    t5 = await pay("carol", order="o-5", channel="web", note="a b&c=d[e]")
+    w = (await post(app_client, type="withdrawal", source="alice", amount=1,
+                    metadata={"channel": "web"}))["receipt_code"]
+
+    async def codes(query: str, limit: int = 2) -> list[str]:
+        return await listed(app_client, f"/v1/transactions?{query}", "transactions", limit)
+
+    assert await codes("metadata[channel]=web") == [w, t5, t2, t1]  # newest first
+    assert await codes("metadata[channel]=web", limit=1) == [w, t5, t2, t1]
+    assert await codes("metadata[channel]=web&type=transfer") == [t5, t2, t1]
+    assert await codes("metadata[channel]=web&account=bob") == [t1]
+    assert await codes("metadata[channel]=web&account=carol&status=completed") == [t5, t2]
+    assert await codes("metadata[channel]=web&metadata[order]=o-2") == [t2]
+    assert await codes("metadata[order]=o-2&metadata[order]=o-1") == []
+    assert await codes("metadata[note]=a%20b%26c%3Dd%5Be%5D") == [t5], "URL-encoded value"
+    assert await codes("metadata[channel]=web&status=failed") == []
+    created = (await app_client.get(f"/v1/transactions/{t2}")).json()["created_at"]
+    assert await codes(f"metadata[channel]=web&since={created}&type=transfer") == [t5, t2]
+    r = await app_client.patch(f"/v1/transactions/{t3}", json={"metadata": {"channel": "web"}})
+    assert r.status_code == 200, r.text
+    assert await codes("metadata[channel]=web&account=bob") == [t3, t1]
+    r = await app_client.get("/v1/transactions?metadata[channel]=we%00b", headers=READ)
+    error_of(r, 400, "invalid_request", "metadata[channel]")
+
+
+async def test_journals_without_metadata_add_nothing_to_its_index(app_client, pg_dsn) -> None:  # type: ignore[no-untyped-def]
+    """The index is partial: transfers without metadata write no entry to it (bench/
+    metadata_index.py measures their WAL: the same with and without the index)."""
+    await make_accounts(app_client, ("alice", 1000, 0), ("bob", 0, 0))
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        size = "SELECT pg_relation_size('journals_metadata')"
+        empty = await conn.fetchval(size)
+        r = await app_client.post("/v1/transactions/batch?wait=true", json={"transactions": [
+            {"type": "transfer", "currency": "USD", "source": "alice", "destination": "bob",
+             "amount": 1} for _ in range(500)]})
+        assert r.status_code == 201, r.text
+        assert await conn.fetchval(size) == empty
+        await post(app_client, type="transfer", source="alice", destination="bob", amount=1,
+                   metadata={"order": "o-1"})
+        assert await conn.fetchval(size) > empty, "a journal with metadata has its entries"
+    finally:
+        await conn.close()

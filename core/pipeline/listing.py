@@ -11,6 +11,7 @@ from core.pipeline.read_ports import Listings
 from core.pipeline.views import (
     AccountAtView,
     AccountPage,
+    MetadataFilter,
     PendingView,
     TransactionFilter,
     TransactionPage,
@@ -39,8 +40,8 @@ class Listing:
         return pending_view(view, await self._status.status(view.receipt_code))
 
     async def accounts(self, currency: str | None, status: str | None, limit: int,
-                       cursor: str | None) -> AccountPage:
-        return await self._store.accounts(currency, status, limit, cursor)
+                       cursor: str | None, metadata: MetadataFilter = ()) -> AccountPage:
+        return await self._store.accounts(currency, status, limit, cursor, metadata)
 
     async def account_at(self, account_id: str, at: dt.datetime) -> AccountAtView | None:
         return await self._store.account_at(account_id, at)

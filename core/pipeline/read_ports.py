@@ -16,6 +16,7 @@ from core.pipeline.views import (
     AccountView,
     EntryPage,
     JournalPage,
+    MetadataFilter,
     TransactionFilter,
     TransactionView,
 )
@@ -69,8 +70,9 @@ class Listings(Protocol):
         ...
 
     async def accounts(self, currency: str | None, status: str | None, limit: int,
-                       cursor: str | None) -> AccountPage:
-        """Accounts (system accounts included) by id ascending."""
+                       cursor: str | None, metadata: MetadataFilter = ()) -> AccountPage:
+        """Accounts (system accounts included) by id ascending; with `metadata`, those whose
+        metadata has each key with that string value."""
         ...
 
     async def account_at(self, account_id: str, at: dt.datetime) -> AccountAtView | None:

@@ -62,6 +62,10 @@ class AccountAtView(msgspec.Struct, frozen=True):
     metadata: dict[str, Any]
 
 
+# Both listings' `metadata[<key>]=<value>` filters: each key's value must be that string.
+MetadataFilter = tuple[tuple[str, str], ...]
+
+
 class TransactionFilter(msgspec.Struct, frozen=True):
     """GET /v1/transactions' filters, already checked; None: no filter. `statuses` are the
     journal statuses a row may have (`executing` is only ever recorded as `processing`)."""
@@ -71,6 +75,8 @@ class TransactionFilter(msgspec.Struct, frozen=True):
     type: str | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = None
+    # metadata[<key>]=<value> filters: (key, value) pairs that must all hold.
+    metadata: MetadataFilter = ()
 
 
 class LegView(msgspec.Struct, frozen=True):

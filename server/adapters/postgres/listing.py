@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from core.ledger.errors import InvalidRequest
 from core.ledger.models import Entry
@@ -16,6 +18,7 @@ from core.pipeline.views import (
     AccountAtView,
     AccountPage,
     JournalPage,
+    MetadataFilter,
     TransactionFilter,
 )
 from server.adapters.postgres.accounts import (
@@ -36,6 +39,7 @@ LISTING_SLACK = dt.timedelta(seconds=10)
 JOURNAL_STATUSES = frozenset({"processing", "completed", "failed", "held", "voided"})
 JOURNAL_TYPES = frozenset({"transfer", "deposit", "withdrawal", "capture", "void", "reversal"})
 ACCOUNT_STATUSES = frozenset({"active", "locked", "closed"})
+_json = msgspec.json.Encoder()
 
 # The columns accounts.journal_view reads (its JOURNAL_VIEW's).
 JOURNAL_COLUMNS = ("j.id, j.external_ref, j.status, j.type, j.currency, j.description,"
@@ -87,6 +91,8 @@ def journals_query(where: TransactionFilter, limit: int, before: int | None
         conds.append(f"j.created_at >= {since}")
         conds.append(f"{{key}} > coalesce((SELECT id FROM journals WHERE created_at < {since}"
                      f" - {arg(LISTING_SLACK, 'interval')} ORDER BY created_at DESC LIMIT 1), 0)")
+    # (conds are format strings: the '{}' of the partial index's predicate is escaped)
+    conds += [c.replace("{}", "{{}}") for c in _metadata_conds("j.metadata", where.metadata, arg)]
     if where.until is not None:
         until = arg(where.until, "timestamptz")
         conds.append(f"j.created_at <= {until}")
@@ -120,13 +126,30 @@ def _page(source: str, key: str, conds: list[str], limit: str,
             + f" ORDER BY {key} DESC LIMIT {limit}")
 
 
-def accounts_query(currency: str | None, status: str | None, limit: int, after: str | None
-                   ) -> tuple[str, list[Any]]:
+def _metadata_conds(column: str, metadata: MetadataFilter, arg: Callable[[Any, str], str]
+                    ) -> list[str]:
+    """`metadata[<key>]=<value>` filters: one containment of {"<key>": "<value>"} each (a
+    GIN jsonb_path_ops index answers them together), and the predicate of that partial
+    index (migration 013), which the planner must see in the query to use it."""
+    if not metadata:
+        return []
+    return [*(f"{column} @> {arg(_json.encode({key: value}).decode(), 'jsonb')}"
+              for key, value in metadata), f"{column} <> '{{}}'::jsonb"]
+
+
+def accounts_query(currency: str | None, status: str | None, limit: int, after: str | None,
+                   metadata: MetadataFilter = ()) -> tuple[str, list[Any]]:
     args: list[Any] = []
     conds: list[str] = []
+
+    def arg(value: Any, cast: str) -> str:
+        args.append(value)
+        return f"${len(args)}::{cast}"
+
     if currency is not None:
         args.append(currency)
         conds.append(f"currency = ${len(args)}::text")
+    conds += _metadata_conds("metadata", metadata, arg)
     if status is not None:
         conds.append(f"status = {_literal(status, ACCOUNT_STATUSES)}")
     if after is not None:
@@ -177,9 +200,9 @@ class PgListings:
         return JournalPage(page, next_cursor)
 
     async def accounts(self, currency: str | None, status: str | None, limit: int,
-                       cursor: str | None) -> AccountPage:
+                       cursor: str | None, metadata: MetadataFilter = ()) -> AccountPage:
         after = decode_cursor("a", cursor) if cursor else None
-        sql, args = accounts_query(currency, status, limit, after)
+        sql, args = accounts_query(currency, status, limit, after, metadata)
         async with converted_errors():
             rows = await self._pool.fetch(sql, *args)
         next_cursor = encode_cursor("a", rows[limit - 1]["id"]) if len(rows) > limit else None

@@ -8,14 +8,14 @@ import base64
 import binascii
 import datetime as dt
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from core.ledger.errors import InvalidRequest
 from core.ledger.validation import check_account_ref, check_currency, check_limit
-from core.pipeline.views import TransactionFilter
+from core.pipeline.views import MetadataFilter, TransactionFilter
 from server.http.handlers.common import (
     METADATA_FILTER,
     authenticate,
@@ -91,6 +91,22 @@ def check_cursor(cursor: str, text: re.Pattern[bytes]) -> None:
         raise InvalidRequest("cursor is not one this API returned", param="cursor")
 
 
+def metadata_filter(items: Iterable[tuple[str, str]]) -> MetadataFilter:
+    """The `metadata[<key>]=<value>` parameters as (key, value) pairs, in order, repeats
+    dropped (the same key twice with two values: both must hold, so nothing matches). A
+    NUL cannot be stored in metadata: 400, naming the parameter."""
+    pairs: list[tuple[str, str]] = []
+    for name, value in items:
+        if METADATA_FILTER.fullmatch(name) is None:
+            continue
+        if "\x00" in name or "\x00" in value:
+            raise InvalidRequest("metadata filters must not contain NUL characters", param=name)
+        pair = (name[len("metadata["):-1], value)
+        if pair not in pairs:
+            pairs.append(pair)
+    return tuple(pairs)
+
+
 def _choice(name: str, raw: str | None, allowed: Collection[str]) -> str | None:
     if raw is None:
         return None
@@ -113,7 +129,8 @@ async def list_transactions(request: Request) -> Response:
         statuses=STATUS_FILTERS[status] if status is not None else None,
         type=_choice("type", query.get("type"), TYPES),
         since=check_time("since", since) if since is not None else None,
-        until=check_time("until", until) if until is not None else None)
+        until=check_time("until", until) if until is not None else None,
+        metadata=metadata_filter(query.multi_items()))
     limit = check_limit(query.get("limit", "100"), PAGE_LIMIT_MAX)
     cursor = query.get("cursor")
     if cursor:  # an empty cursor is the first page, as on the entries route
@@ -131,9 +148,11 @@ async def list_accounts(request: Request) -> Response:
     if currency is not None:
         check_currency(currency)
     status = _choice("status", query.get("status"), ACCOUNT_STATUSES)
+    metadata = metadata_filter(query.multi_items())
     limit = check_limit(query.get("limit", "100"), PAGE_LIMIT_MAX)
     cursor = query.get("cursor")
     if cursor:
         check_cursor(cursor, ACCOUNT_CURSOR)
     await within_limit(api, api_key)
-    return json_response(await api.listing.accounts(currency, status, limit, cursor or None))
+    return json_response(await api.listing.accounts(currency, status, limit, cursor or None,
+                                                    metadata))
