@@ -106,17 +106,18 @@ def _delivery(row: asyncpg.Record) -> DeliveryView:
 
 # The relay's side, on its dedicated connection (server/adapters/webhooks/)
 
-ENDPOINT_FILTERS_SQL = "SELECT id, events FROM webhook_endpoints"
-# One row per (journal, matching endpoint); the filter is applied again here, in the
+ENDPOINTS_SQL = "SELECT id, url, events, secret FROM webhook_endpoints"
+# One row per (journal, matching endpoint), claimed at once for its first attempt (the
+# sink hands it to the sender in memory); the filter is applied again here, in the
 # statement, so an endpoint registered or deleted meanwhile is judged once, consistently.
 ENQUEUE_SQL = """
-INSERT INTO webhook_deliveries (endpoint_id, journal_id, receipt_code, event, payload,
-                                retry_until)
-SELECT e.id, d.journal_id, d.receipt_code, d.event, d.payload,
-       now() + $5 * interval '1 second'
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[])
-     AS d(journal_id, receipt_code, event, payload)
+INSERT INTO webhook_deliveries (endpoint_id, journal_id, receipt_code, event, retry_until,
+                                attempts, last_attempt_at, next_attempt_at)
+SELECT e.id, d.journal_id, d.receipt_code, d.event, now() + $4 * interval '1 second',
+       1, now(), now() + $5 * interval '1 second'
+FROM unnest($1::bigint[], $2::text[], $3::text[]) AS d(journal_id, receipt_code, event)
 JOIN webhook_endpoints e ON e.events IS NULL OR d.event = ANY (e.events)
+RETURNING id, endpoint_id, journal_id
 """
 # Claimed rows are due again after the lease: a sender that dies mid-attempt leaves them
 # to the next one (at least once). SKIP LOCKED would let several senders share the table.
@@ -130,9 +131,24 @@ SET next_attempt_at = clock_timestamp() + $2 * interval '1 second', attempts = d
     last_attempt_at = clock_timestamp()
 FROM due, webhook_endpoints e
 WHERE d.id = due.id AND e.id = d.endpoint_id
-RETURNING d.id, d.receipt_code, d.payload, d.attempts, e.url, e.secret,
+RETURNING d.id, d.journal_id, d.receipt_code, d.attempts, e.url, e.secret,
           extract(epoch FROM coalesce(d.retry_until, d.created_at) - clock_timestamp())::float8
               AS window_left_s
+"""
+# The journals of claimed retries, read as the relay reads them (outbox.DUE_SQL) to build
+# their events again.
+JOURNALS_SQL = """
+SELECT j.id, j.event_xid::text AS xid, j.external_ref, j.type, j.status, j.currency,
+       j.payload::text AS legs, j.hold_expires_at IS NOT NULL AS is_hold,
+       coalesce(j.completed_at, j.created_at) AS completed_at,
+       j.error_code, j.error_message, j.error_param, j.description, j.target,
+       coalesce((SELECT json_agg(json_build_array(l.account_id, l.direction, l.amount,
+                                                  l.balance_after) ORDER BY l.id)
+                 FROM ledgers l WHERE l.journal_id = j.id), '[]')::text AS entries,
+       t.type AS target_type, t.status AS target_status, t.currency AS target_currency,
+       t.payload::text AS target_legs
+FROM journals j LEFT JOIN journals t ON t.external_ref = j.target
+WHERE j.id = ANY ($1::bigint[])
 """
 # `retry_in_s` NULL with ok false: dead-lettered.
 RECORD_SQL = """
@@ -152,29 +168,39 @@ FROM webhook_deliveries WHERE status = 'pending'
 """
 
 
-async def endpoint_filters(session: OutboxSession) -> list[tuple[str, list[str] | None]]:
+async def endpoints(session: OutboxSession) -> list[asyncpg.Record]:
+    """Every endpoint: id, url, events (None: every one), secret."""
     async with session.statement() as conn:
-        return [(r["id"], r["events"]) for r in await conn.fetch(ENDPOINT_FILTERS_SQL)]
+        rows: list[asyncpg.Record] = await conn.fetch(ENDPOINTS_SQL)
+    return rows
 
 
 async def enqueue(session: OutboxSession, sink: str, to: tuple[int, int],
-                  rows: tuple[list[int], list[str], list[str], list[bytes]],
-                  window_s: float) -> dt.datetime:
-    """Create the deliveries of `rows` (journal ids, receipt codes, events, payloads) and
-    move `sink`'s cursor to `to`, in one transaction: each delivery is created once."""
+                  rows: tuple[list[int], list[str], list[str]], window_s: float,
+                  lease_s: float) -> tuple[dt.datetime, list[asyncpg.Record]]:
+    """Create the deliveries of `rows` (journal ids, receipt codes, events), claimed for
+    their first attempt, and move `sink`'s cursor to `to`, in one transaction: each
+    delivery is created once. Returns the database's clock and the new (id, endpoint_id,
+    journal_id) rows."""
+    created: list[asyncpg.Record] = []
     async with session.statement() as conn, conn.transaction():
         if rows[0]:
-            await conn.execute(ENQUEUE_SQL, *rows, window_s)
+            created = await conn.fetch(ENQUEUE_SQL, *rows, window_s, lease_s)
         now: dt.datetime | None = await conn.fetchval(ADVANCE_SQL, sink, str(to[0]), to[1])
     if now is None:
         raise LookupError(f"no cursor for sink {sink!r} (migration 014 creates it)")
-    return now
+    return now, created
 
 
-async def claim(session: OutboxSession, limit: int, lease_s: float) -> list[asyncpg.Record]:
+async def claim(session: OutboxSession, limit: int, lease_s: float
+                ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """Up to `limit` due deliveries, claimed for `lease_s`, and their journals."""
     async with session.statement() as conn:
         rows: list[asyncpg.Record] = await conn.fetch(CLAIM_SQL, limit, lease_s)
-    return rows
+        journals: list[asyncpg.Record] = (
+            await conn.fetch(JOURNALS_SQL, list({r["journal_id"] for r in rows}))
+            if rows else [])
+    return rows, journals
 
 
 async def record(session: OutboxSession,

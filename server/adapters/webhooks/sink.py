@@ -1,10 +1,11 @@
 """The relay's third sink: journals past the 'webhooks' cursor become delivery rows.
 
 One cycle (server/adapters/kafka/publisher.py) reads the journals past the cursor; this
-sink builds the event of each journal that some endpoint's filter takes and, in one
-transaction, inserts a delivery per (journal, matching endpoint) and moves the cursor
-(server/adapters/postgres/webhooks.py). So each delivery is created exactly once, and
-Kafka's state plays no part: its sink has its own cursor. With no endpoint registered a
+sink picks those that some endpoint's filter takes and, in one transaction, inserts a
+delivery per (journal, matching endpoint), claimed for its first attempt, and moves the
+cursor (server/adapters/postgres/webhooks.py). So each delivery is created exactly once,
+and Kafka's state plays no part: its sink has its own cursor. The new deliveries go to the
+sender in memory with their events built here (sender.py). With no endpoint registered a
 cycle only moves the cursor, building no event.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -19,7 +21,8 @@ from core.ledger.events import FinishedJournal, event_payload
 from core.ledger.webhooks import matches
 from server.adapters.kafka.publisher import SinkMetrics
 from server.adapters.postgres.outbox import OutboxSession
-from server.adapters.postgres.webhooks import endpoint_filters, enqueue
+from server.adapters.postgres.webhooks import endpoints, enqueue
+from server.adapters.webhooks.sender import Attempt
 
 QUEUED = Counter("kassa_webhook_journals_total",
                  "Finished journals the webhooks sink has read (delivery rows created for "
@@ -41,9 +44,11 @@ class WebhookSink:
     errors: tuple[type[Exception], ...] = ()  # only database errors, which end the cycle
     steps_down = False
 
-    def __init__(self, window_s: float, queued: Callable[[], None]) -> None:
+    def __init__(self, window_s: float, lease_s: float,
+                 hand_over: Callable[[list[Attempt]], None]) -> None:
         self._window_s = window_s
-        self._queued = queued  # wakes the sender
+        self._lease_s = lease_s
+        self._hand_over = hand_over  # the sender's `offer`
 
     async def ready(self) -> None:
         return None
@@ -53,20 +58,26 @@ class WebhookSink:
 
     async def deliver_with_cursor(self, session: OutboxSession, journals: list[FinishedJournal],
                                   to: tuple[int, int]) -> dt.datetime:
-        filters = [events for _, events in await endpoint_filters(session)]
+        found: list[Any] = await endpoints(session)
         ids: list[int] = []
         codes: list[str] = []
         names: list[str] = []
-        payloads: list[bytes] = []
-        for journal in journals if filters else ():
+        wanted: dict[int, FinishedJournal] = {}
+        for journal in journals if found else ():
             event = f"transaction.{journal.event_status}"
-            if any(matches(events, event) for events in filters):
+            if any(matches(e["events"], event) for e in found):
                 ids.append(journal.journal_id)
                 codes.append(journal.receipt_code)
                 names.append(event)
-                payloads.append(event_payload(journal))
-        now = await enqueue(session, self.name, to, (ids, codes, names, payloads),
-                            self._window_s)
-        if ids:
-            self._queued()
+                wanted[journal.journal_id] = journal
+        now, created = await enqueue(session, self.name, to, (ids, codes, names),
+                                     self._window_s, self._lease_s)
+        if created:
+            by_id = {e["id"]: e for e in found}
+            payloads = {journal_id: event_payload(j) for journal_id, j in wanted.items()}
+            self._hand_over([
+                Attempt(row["id"], by_id[row["endpoint_id"]]["url"],
+                        by_id[row["endpoint_id"]]["secret"], wanted[row["journal_id"]].receipt_code,
+                        payloads[row["journal_id"]], 1, self._window_s)
+                for row in created if row["endpoint_id"] in by_id])
         return now
