@@ -26,7 +26,7 @@ def webhook_components() -> dict[str, Any]:
 
 
 def webhook_paths() -> dict[str, Any]:
-    from server.http.openapi import _header, _op, _ok, _param, _ref  # noqa: PLC0415 - it imports us
+    from server.http.openapi import _header, _ok, _op, _param, _ref  # noqa: PLC0415 - it imports us
 
     webhook = _param("webhook_id", "path", {"type": "string", "pattern": r"^wh_[0-9a-f]{20}$"},
                      "The webhook's id.")

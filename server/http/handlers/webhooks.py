@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from starlette.requests import Request
@@ -33,9 +33,16 @@ PAGE_LIMIT_MAX = 1000
 DELIVERIES_QUERY = takes("status", "limit", "cursor")
 
 
+EventType = Literal["transaction.completed", "transaction.failed", "transaction.held",
+                    "transaction.voided"]  # core.ledger.webhooks.EVENT_TYPES
+# An http(s) URL with a host and nothing blank or a control character in it; check_url
+# (core/pipeline/webhooks.py) says the same in its message.
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20/?#]+([/?#][^\x00-\x20]*)?$"
+
+
 class WebhookIn(msgspec.Struct, forbid_unknown_fields=True):
-    url: Annotated[str, msgspec.Meta(max_length=2048)]
-    events: Annotated[list[str], msgspec.Meta(max_length=16)] | None = None  # None: every one
+    url: Annotated[str, msgspec.Meta(max_length=2048, pattern=URL_PATTERN)]
+    events: Annotated[list[EventType], msgspec.Meta(min_length=1, max_length=16)] | None = None
 
 
 webhook_in = msgspec.json.Decoder(WebhookIn)
