@@ -69,6 +69,10 @@ def test_headers_of_the_contract() -> None:
             assert "X-Request-Id" in headers, (path, method, status)
             if status in ("429", "503") and path.startswith("/v1"):
                 assert "Retry-After" in headers, (path, method, status)
+            if status == "401":
+                assert "WWW-Authenticate" in headers, (path, method)
+            if op["security"]:
+                assert {"RateLimit-Policy", "RateLimit"} <= set(headers), (path, method, status)
     post = OPENAPI["paths"]["/v1/transactions"]["post"]
     for status in ("201", "202"):
         assert {"Location", "Idempotent-Replayed"} <= set(post["responses"][status]["headers"])
@@ -95,10 +99,48 @@ def test_request_bodies_are_the_structs_that_decode_them() -> None:
         name = decoder.type.__name__
         assert body["schema"] == {"$ref": f"#/components/schemas/{name}"}
         generated = msgspec.json.schema_components([decoder.type])[1][name]
-        assert components[name]["properties"].keys() == generated["properties"].keys()
-        assert components[name]["additionalProperties"] is False  # forbid_unknown_fields
+        forms = variants(components, components[name])
+        assert set().union(*(f["properties"] for f in forms)) == generated["properties"].keys()
+        assert all(f["additionalProperties"] is False for f in forms)  # forbid_unknown_fields
     items = components["BatchIn"]["properties"]["transactions"]
-    assert items["items"] == {"$ref": "#/components/schemas/BatchItemIn"}
+    assert items["items"]["anyOf"][0] == {"$ref": "#/components/schemas/BatchItemIn"}
+
+
+def variants(components: dict[str, Any], schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The object schemas a body schema is one of (itself when it is one)."""
+    if "oneOf" not in schema:
+        return [schema]
+    return [v for ref in schema["oneOf"]
+            for v in variants(components, components[ref["$ref"].rsplit("/", 1)[1]])]
+
+
+def test_a_transaction_request_is_one_of_its_forms_by_type() -> None:
+    components = OPENAPI["components"]["schemas"]
+    body = components["TransactionIn"]
+    assert body["discriminator"]["propertyName"] == "type"
+    assert set(body["discriminator"]["mapping"]) == {"transfer", "deposit", "withdrawal"}
+    forms = {(f["properties"]["type"]["const"], frozenset(f["required"])) for f in
+             variants(components, body)}
+    base = {"type", "currency"}
+    assert forms == {
+        ("transfer", frozenset(base | {"amount", "source", "destination"})),
+        ("transfer", frozenset(base | {"amount", "source", "destination", "hold"})),
+        ("transfer", frozenset(base | {"legs"})),
+        ("transfer", frozenset(base | {"legs", "hold"})),
+        ("deposit", frozenset(base | {"amount", "destination"})),
+        ("withdrawal", frozenset(base | {"amount", "source"})),
+        ("withdrawal", frozenset(base | {"amount", "source", "hold"}))}
+    for form in variants(components, body):  # the hold fields go together
+        held = "hold" in form["required"]
+        assert (form["properties"]["hold_expires_in_s"] == {"type": "null"}) is not held
+
+
+def test_every_operation_has_an_id_and_a_tag() -> None:
+    ids = [op["operationId"] for _, _, op in operations()]
+    assert len(ids) == len(set(ids))
+    tags = {t["name"] for t in OPENAPI["tags"]}
+    for path, method, op in operations():
+        assert len(op["tags"]) == 1 and op["tags"][0] in tags, (path, method)
 
 
 def shaped(body: Any, struct: type[msgspec.Struct]) -> None:

@@ -83,11 +83,17 @@ class ReversalExceedsOriginal(BusinessRuleError):
     code = "reversal_exceeds_original"
 
 
-class NotReversible(BusinessRuleError):
-    """A reversal of a journal that is not a completed transfer, deposit, withdrawal or
-    capture (422 `invalid_request`)."""
+class WrongTarget(BusinessRuleError):
+    """A well-formed capture, void or reversal that the transaction it names refuses: not a
+    hold, an amount over it, part of a multi-leg one (422 `invalid_request`: the request is
+    valid on its own, as the OpenAPI document says; the named journal's state is not)."""
 
     code = "invalid_request"
+
+
+class NotReversible(WrongTarget):
+    """A reversal of a journal that is not a completed transfer, deposit, withdrawal or
+    capture (422 `invalid_request`)."""
 
 
 class HoldWithoutBalance(BusinessRuleError):

@@ -16,10 +16,10 @@ import msgspec
 
 from core.ledger.errors import (
     HoldNotPending,
-    InvalidRequest,
     NotFound,
     NotReversible,
     ReversalExceedsOriginal,
+    WrongTarget,
 )
 from core.ledger.linked import CAPTURE, REVERSAL, REVERSIBLE_TYPES, VOID
 from core.ledger.models import Leg, Transaction
@@ -100,7 +100,7 @@ class LinkedRequests:
     async def _hold(self, receipt_code: str, early: bool) -> NamedJournal:
         hold = await self._named(receipt_code)
         if not hold.is_hold:
-            raise InvalidRequest(f"{receipt_code} is not a hold")
+            raise WrongTarget(f"{receipt_code} is not a hold")
         if early and hold.status != HELD:
             raise HoldNotPending(f"{receipt_code} is {hold.status}, not a pending hold")
         return hold
@@ -117,8 +117,8 @@ def _scaled(journal: NamedJournal, amount: int | None, whole_only: str) -> tuple
     if amount is None or amount == journal.amount:
         return journal.legs
     if len(journal.legs) > 1:
-        raise InvalidRequest(whole_only)
+        raise WrongTarget(whole_only, param="amount")
     if not 1 <= amount <= journal.amount:
-        raise InvalidRequest(f"amount must be 1 to {journal.amount}")
+        raise WrongTarget(f"amount must be 1 to {journal.amount}", param="amount")
     (leg,) = journal.legs
     return (Leg(leg.source, leg.destination, amount),)

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.responses import Response
 
 from core.kit.request_context import REQUEST_ID
-from core.ledger.errors import KassaError
+from core.ledger.errors import KassaError, WrongTarget
 
 HTTP_STATUS = {
     "invalid_request": 400,
@@ -75,7 +75,8 @@ def exception_parts(exc: KassaError, status: int | None = None
                     ) -> tuple[int, dict[str, Any], dict[str, str]]:
     """A typed error's status, body and headers, for a Starlette Response or a hot-path
     Answer alike."""
-    status = status or HTTP_STATUS.get(exc.code, 500)
+    # The one invalid_request by class: well formed, refused by what it names (422).
+    status = status or (422 if isinstance(exc, WrongTarget) else HTTP_STATUS.get(exc.code, 500))
     return (status, error_dict(exc.code, exc.message, param=exc.param),
             error_headers(status, exc.retry_after_s))
 

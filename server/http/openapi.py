@@ -17,6 +17,17 @@ from server.http import schemas
 from server.http.errors import HTTP_STATUS
 from server.http.handlers.accounts import PAGE_LIMIT_MAX
 from server.http.handlers.transactions import BATCH_MAX
+from server.http.openapi_shapes import (
+    ACCOUNT,
+    ACCOUNT_CURSOR,
+    JOURNAL_CURSOR,
+    JSON_OBJECT,
+    LEDGER_CURSOR,
+    TAGS,
+    name_operations,
+    strings_without_nul,
+    transaction_variants,
+)
 from server.http.openapi_webhooks import webhook_components, webhook_paths
 
 REF = "#/components/schemas/{name}"
@@ -30,6 +41,13 @@ BODIES: tuple[type[msgspec.Struct], ...] = (
     schemas.AccountsPage, schemas.AccountAtOut, schemas.TransactionsPage, schemas.CaptureIn,
     schemas.ReverseIn, schemas.TransactionPatch,
 )
+
+
+# The Structs that decode request bodies (their strings are said to be NUL-free).
+REQUESTS: tuple[type[msgspec.Struct], ...] = (
+    schemas.AccountIn, schemas.Contact, schemas.AccountPatch, schemas.TransactionPatch,
+    schemas.TransactionIn, schemas.BatchItemIn, schemas.LegIn, schemas.CaptureIn,
+    schemas.ReverseIn)
 
 
 def _ref(struct: type[msgspec.Struct]) -> dict[str, str]:
@@ -52,10 +70,21 @@ def _with_codes(schema: dict[str, Any], codes: tuple[str, ...]) -> dict[str, Any
 
 def components() -> dict[str, Any]:
     _, found = msgspec.json.schema_components(BODIES, ref_template=REF)
+    for struct in REQUESTS:
+        strings_without_nul(found[struct.__name__])
+    found["JsonObject"] = JSON_OBJECT
+    # A transaction request is one of its forms (server/http/openapi_shapes.py).
+    found.update(transaction_variants(found["TransactionIn"], "TransactionIn"))
+    found.update(transaction_variants(found["BatchItemIn"], "BatchItemIn", discriminated=False))
+    found["LegIn"]["properties"].update(source=ACCOUNT, destination=ACCOUNT)
+    # Either or both (handlers/accounts.py); neither is refused.
+    found["AccountPatch"]["minProperties"] = 1
     # BatchIn decodes its items one by one (msgspec.Raw) so that a bad item is refused
-    # alone: each item is a BatchItemIn.
+    # alone, in its result: an item is a BatchItemIn, or anything else refused that way.
     items = found["BatchIn"]["properties"]["transactions"]
-    items.update(items=_ref(schemas.BatchItemIn), minItems=1, maxItems=BATCH_MAX)
+    items.update(items={"anyOf": [_ref(schemas.BatchItemIn), {
+        "description": "Any other value: refused alone, its result an error."}]},
+                 minItems=1, maxItems=BATCH_MAX)
     found["TransactionsPage"]["properties"]["transactions"]["items"] = _one_of(
         schemas.TransactionOut, schemas.PendingTransactionOut)
     found["BatchResults"] = {
@@ -79,6 +108,15 @@ HEADERS = {
     "Idempotent-Replayed": {"description": "`true` on a replay of an earlier answer to the "
                                            "same Idempotency-Key and body (nothing posted).",
                             "schema": {"const": "true"}},
+    "WWW-Authenticate": {"description": "On every 401: the scheme to use.",
+                         "required": True, "schema": {"const": "Bearer"}},
+    "RateLimit-Policy": {"description": "With KASSA_RATE_LIMIT set: the key's quota policy, "
+                                        '`"api_key";q=<requests>;w=<seconds>` (IETF '
+                                        "draft-ietf-httpapi-ratelimit-headers-11).",
+                         "schema": {"type": "string"}},
+    "RateLimit": {"description": "With KASSA_RATE_LIMIT set: what is left of the key's quota, "
+                                 '`"api_key";r=<requests left>;t=<seconds until it is full '
+                                 "again>`.", "schema": {"type": "string"}},
 }
 
 
@@ -108,7 +146,14 @@ WAIT = _param("wait", "query", {"type": "boolean"},
               "`true`: answer when the transaction is final (201, or its 422).")
 LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": PAGE_LIMIT_MAX,
                                   "default": 100}, "Page size.")
-CURSOR = _param("cursor", "query", {"type": "string"}, "`next_cursor` of the previous page.")
+def _cursor(pattern: str) -> dict[str, Any]:
+    return _param("cursor", "query", {"type": "string", "pattern": pattern},
+                  "`next_cursor` of the previous page (empty: the first page).")
+
+
+JOURNAL_PAGE = _cursor(f"^$|{JOURNAL_CURSOR}")
+ACCOUNT_PAGE = _cursor(f"^$|{ACCOUNT_CURSOR}")
+ENTRY_PAGE = _cursor(f"^$|{LEDGER_CURSOR}")
 _TIME = {"type": "string", "format": "date-time"}
 AT = _param("at", "query", _TIME, "RFC 3339 instant: answer the balance as it stood then "
             "(held and available omitted).")
@@ -149,6 +194,8 @@ def _error_responses(codes: tuple[str, ...], body: bool) -> dict[str, Any]:
         headers = {"X-Request-Id": _header("X-Request-Id")}
         if status in (429, 503):
             headers["Retry-After"] = _header("Retry-After")
+        if status == 401:
+            headers["WWW-Authenticate"] = _header("WWW-Authenticate")
         out[str(status)] = {"description": ", ".join(status_codes), "headers": headers,
                             "content": {"application/json": {"schema": schema}}}
     if body:
@@ -203,7 +250,7 @@ def paths() -> dict[str, Any]:
                         ("account_exists", *BODY_ERRORS), _ref(schemas.AccountIn)),
             "get": _op("List accounts by id (system accounts included)", "read",
                        {"200": _ok("A page.", _ref(schemas.AccountsPage))},
-                       params=(*ACCOUNT_FILTERS, LIMIT, CURSOR))},
+                       params=(*ACCOUNT_FILTERS, LIMIT, ACCOUNT_PAGE))},
         "/v1/accounts/{account_id}": {
             "parameters": [ACCOUNT_ID],
             "get": _op("Get an account", "read",
@@ -219,11 +266,11 @@ def paths() -> dict[str, Any]:
             "parameters": [ACCOUNT_ID],
             "get": _op("Ledger entries, newest first", "read",
                        {"200": _ok("A page.", _ref(schemas.EntriesPage))},
-                       ("not_found",), params=(LIMIT, CURSOR))},
+                       ("not_found",), params=(LIMIT, ENTRY_PAGE))},
         "/v1/transactions": {"get": _op(
             "List transactions, newest first", "read",
             {"200": _ok("A page.", _ref(schemas.TransactionsPage))},
-            params=(*LIST_FILTERS, LIMIT, CURSOR)), "post": _op(
+            params=(*LIST_FILTERS, LIMIT, JOURNAL_PAGE)), "post": _op(
             "Post a transaction", "write",
             {"202": accepted,
              "201": _ok("Completed (wait=true).", _ref(schemas.TransactionOut), *replay),
@@ -277,8 +324,11 @@ def _linked(summary: str, body: type[msgspec.Struct] | None, conflicts: tuple[st
         {"202": accepted,
          "201": _ok("Finished (wait=true).", _ref(schemas.TransactionOut),
                     "Location", "Idempotent-Replayed"),
-         "422": _ok("Refused by a business rule at execution (wait=true), with its receipt.",
-                    _with_codes(_ref(schemas.FailedOut), TRANSACTION_422))},
+         "422": _ok("Refused by a business rule at pre-validation, or at execution with "
+                    "wait=true (FailedOut: with its receipt); invalid_request: the transaction "
+                    "named is not one this applies to (not a hold, not reversible, an amount "
+                    "over it).", _with_codes(_any_of(schemas.ErrorOut, schemas.FailedOut),
+                                             (*TRANSACTION_422, "invalid_request")))},
         ("not_found", "idempotency_in_progress", *conflicts, *BODY_ERRORS, "overloaded",
          "outcome_unknown"),
         _ref(body) if body is not None else None, (IDEMPOTENCY_KEY, WAIT))
@@ -294,13 +344,28 @@ REF_BATCH_RESULTS = {"$ref": REF.format(name="BatchResults")}
 UNDOCUMENTED_CODES = ("method_not_allowed",)
 
 
+def _rate_limited(paths: dict[str, Any]) -> None:
+    """Every answer to a keyed request may carry the rate limit headers."""
+    for item in paths.values():
+        for method, op in item.items():
+            if method != "parameters" and op["security"]:
+                for response in op["responses"].values():
+                    response["headers"].update(
+                        {h: _header(h) for h in ("RateLimit-Policy", "RateLimit")})
+
+
 def document() -> dict[str, Any]:
+    documented = paths()
+    name_operations(documented)
+    _rate_limited(documented)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Kassa", "version": "1",
                  "description": "A double-entry ledger behind an HTTP API. Every error body "
-                                "is ErrorOut; every response carries X-Request-Id."},
-        "paths": paths(),
+                                "is ErrorOut; every response carries X-Request-Id. A query "
+                                "parameter an operation does not list is refused (400)."},
+        "tags": TAGS,
+        "paths": documented,
         "components": {"schemas": components(), "headers": HEADERS,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }

@@ -28,10 +28,12 @@ class Contact(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     push_token: str | None = None
 
 
+# Optional fields take null for "not given" (many clients' serialisers write every field of
+# a request object), and the generated OpenAPI says so: README, decisions.
 class AccountIn(msgspec.Struct, forbid_unknown_fields=True):
     currency: Currency
     id: NewAccountId | None = None
-    overdraft_limit: Limit = 0
+    overdraft_limit: Limit | None = None  # None: 0
     contact: Contact | None = None
     metadata: dict[str, Any] | None = None
 
@@ -65,7 +67,7 @@ class TransactionIn(msgspec.Struct, forbid_unknown_fields=True):
     description: Description | None = None
     metadata: dict[str, Any] | None = None
     # A hold reserves instead of posting (transfers and withdrawals); voided when expired.
-    hold: bool = False
+    hold: bool | None = None
     hold_expires_in_s: Annotated[int, Meta(ge=1, le=HOLD_EXPIRES_MAX_S)] | None = None
 
 
@@ -116,18 +118,33 @@ Status = Literal["processing", "executing", "completed", "failed", "held", "void
 class ErrorDetail(msgspec.Struct):
     code: str
     message: str
+    # A failed transaction's account at fault, when there is one.
+    param: str | None = None
+    # On a ?wait=true transaction that failed at execution.
+    receipt_code: str | None = None
+
+
+class ErrorBodyOut(msgspec.Struct):
+    """Every error answer's `error` (server/http/errors.py `error_dict`)."""
+
+    code: str
+    message: str
+    # The body field or query parameter at fault (`amount`, `legs[2].source`, `limit`).
+    param: str | None
+    # The answer's X-Request-Id.
+    request_id: str
     # On a ?wait=true transaction that failed at execution.
     receipt_code: str | None = None
 
 
 class ErrorOut(msgspec.Struct):
-    error: ErrorDetail
+    error: ErrorBodyOut
 
 
 class FailedOut(msgspec.Struct):
     """A ?wait=true transaction that failed at execution (422): the receipt is in both."""
 
-    error: ErrorDetail
+    error: ErrorBodyOut
     receipt_code: str
 
 
@@ -173,12 +190,21 @@ class PostingOut(msgspec.Struct):
     balance_after: int
 
 
+class LegOut(msgspec.Struct):
+    source: str
+    destination: str
+    amount: int
+
+
 class TransactionOut(msgspec.Struct):
     receipt_code: str
     status: Status
     type: Literal["transfer", "deposit", "withdrawal", "capture", "void", "reversal"]
     currency: str
     journal_id: int
+    # Its money whatever its status: the sum of its legs, and the legs.
+    amount: int
+    legs: list[LegOut]
     description: str | None
     metadata: dict[str, Any]
     entries: list[PostingOut]
@@ -211,6 +237,8 @@ class PendingTransactionOut(StatusOut):
     """GET /v1/transactions/{receipt_code} before the transaction is final."""
 
     entries: list[PostingOut]
+    amount: int
+    legs: list[LegOut]
 
 
 class AccountsPage(msgspec.Struct):

@@ -13,9 +13,9 @@ import pytest
 from core.ledger.errors import (
     BusinessRuleError,
     HoldNotPending,
-    InvalidRequest,
     NotReversible,
     ReversalExceedsOriginal,
+    WrongTarget,
 )
 from core.ledger.linked import VOID
 from core.ledger.models import Leg, Transaction
@@ -165,7 +165,7 @@ async def test_a_reversal_above_the_original_is_reversal_exceeds_original(
     assert status == COMPLETED
     with pytest.raises(ReversalExceedsOriginal):
         await links.reverse(two, 16, None, early=early)
-    with pytest.raises(InvalidRequest):  # below the whole of a multi-leg one: not allowed
+    with pytest.raises(WrongTarget):  # below the whole of a multi-leg one: not allowed (422)
         await links.reverse(two, 14, None, early=early)
     _, status, _ = await decided(p, await links.reverse(original, 30, None, early=early))
     assert status == COMPLETED

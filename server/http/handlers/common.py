@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from core.kit.rate_limit import Quota
 from core.ledger.errors import InvalidRequest, KassaError, RateLimited
+from core.ledger.models import LEGS_MAX
 from core.ledger.validation import NESTING_MAX, check_json_value
 from server.http.api import Api, api_of
 from server.http.errors import error_response, from_exception, msgspec_param
@@ -24,6 +25,10 @@ from server.http.schemas import encoder
 
 T = TypeVar("T")
 Handler = Callable[[Request], Awaitable[Response]]
+
+_INT_GOT_FLOAT = re.compile(r"Expected `int( \| null)?`, got `float`")
+_STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[([0-9]+)\]")  # `legs[2].amount`: legs, 2, amount
+INT_FIELDS_MAX = 2 * LEGS_MAX + 8  # integer fields in the largest body (a batch item's legs)
 
 # The key's quota as the rate limit left it for the request this task serves (None: no
 # limit set, or not consulted yet); `within_limit` sets it, `guarded` (and the hot routes'
@@ -150,7 +155,7 @@ def decode(decoder: msgspec.json.Decoder[T], body: bytes | msgspec.Raw, level: i
     try:
         decoded = decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(str(exc), param=msgspec_param(str(exc))) from None
+        decoded = _with_integral_floats(decoder.type, raw, str(exc))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(str(exc)) from None
     except RecursionError:
@@ -163,6 +168,44 @@ def decode(decoder: msgspec.json.Decoder[T], body: bytes | msgspec.Raw, level: i
             if value is not None:
                 check_json_value(value, level + 1, False)
     return decoded
+
+
+def _with_integral_floats(type_: Any, raw: bytes, message: str) -> Any:
+    """JSON Schema (and so the OpenAPI document) counts 79234.0 as an integer; msgspec does
+    not. Where the type says int and the body has a float with an integral value, take the
+    int, there only: a fraction, or a float anywhere else (metadata keeps its values as
+    sent), is refused as before. The rare path: the body decoded untyped, mended where
+    msgspec points, converted again; one pass per such field."""
+    try:
+        value = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        value = None
+    for _ in range(INT_FIELDS_MAX):
+        if not _mend_integral_float(value, message):
+            raise InvalidRequest(message, param=msgspec_param(message))
+        try:
+            return msgspec.convert(value, type_)
+        except msgspec.ValidationError as exc:
+            message = str(exc)
+    raise InvalidRequest(message, param=msgspec_param(message))
+
+
+def _mend_integral_float(value: Any, message: str) -> bool:
+    """Replace the float msgspec's `message` says was not an int by that int, if it is
+    integral; False when the message is about something else."""
+    path = msgspec_param(message) if _INT_GOT_FLOAT.match(message) else None
+    steps = [int(i) if i else name for name, i in _STEP.findall(path or "")]
+    if not steps:
+        return False
+    for step in steps[:-1]:
+        if not isinstance(value, (dict, list)):
+            return False
+        value = value[step]  # type: ignore[index]
+    found = value[steps[-1]] if isinstance(value, (dict, list)) else None  # type: ignore[index]
+    if not (isinstance(found, float) and found.is_integer()):
+        return False
+    value[steps[-1]] = int(found)  # type: ignore[index]
+    return True
 
 
 def check_struct(struct: Any, level: int) -> None:
