@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,8 +102,8 @@ def api(kassa: KassaProcess) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver(Path(tempfile.mkdtemp(prefix="kassa-hooks-")) / "received.jsonl")
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    r = Receiver(tmp_path / "received.jsonl")
     yield r
     stop_process(r.process)
 
