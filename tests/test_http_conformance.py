@@ -66,6 +66,8 @@ async def test_a_query_parameter_a_route_does_not_define_is_400_naming_it(app_cl
              ("GET", "/v1/transactions/RCP-20261124-0J5Q8ZK3M1T7XW4C/status?at=1", "at"),
              ("POST", "/v1/transactions?wait=true&dry_run=1", "dry_run"),
              ("POST", "/v1/transactions/batch?foo=bar", "foo"),
+             ("POST", "/v1/transactions?foo=", "foo"),  # blank, on the hot path too
+             ("POST", "/v1/transactions?wait=true&bar", "bar"),
              ("POST", "/v1/transactions/RCP-20261124-0J5Q8ZK3M1T7XW4C/void?force=1", "force"),
              ("GET", "/v1/transactions?metadata=1", "metadata"),
              ("GET", "/v1/transactions?metadata[]=1", "metadata[]")]

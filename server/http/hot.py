@@ -197,7 +197,7 @@ class _Reply:
 
 
 def _query(raw: bytes) -> dict[str, str]:
-    return dict(parse_qsl(raw.decode("latin-1"))) if raw else {}
+    return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)) if raw else {}
 
 
 async def _body(receive: Receive, limit: int) -> bytes:
