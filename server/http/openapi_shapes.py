@@ -139,6 +139,8 @@ ID_DIGITS_MAX = 16
 JOURNAL_CURSOR = cursor_pattern("j", DIGITS[1:], DIGITS, ID_DIGITS_MAX)
 LEDGER_CURSOR = cursor_pattern("l", DIGITS[1:], DIGITS, ID_DIGITS_MAX)
 ACCOUNT_CURSOR = cursor_pattern("a", ACCOUNT_ID_CHARS, ACCOUNT_ID_CHARS, 64)
+# Webhook deliveries' (core/pipeline/webhooks.py `cursor_delivery`), for their document.
+DELIVERY_CURSOR = cursor_pattern("d", DIGITS[1:], DIGITS, ID_DIGITS_MAX)
 
 # ------------------------------------------------------------------- operations
 
