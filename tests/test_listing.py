@@ -322,8 +322,10 @@ ORDER = JOURNALS // 2 // 20 * 20 + 5  # a journal in the middle with metadata (i
 SHAPES: list[tuple[str, TransactionFilter, int | None, int]] = [
     ("newest", TransactionFilter(), None, 2 * LIMIT),
     ("deep cursor", TransactionFilter(), JOURNALS // 2, 2 * LIMIT),
-    ("account", TransactionFilter(account="acc_42"), None, 3 * LIMIT),
-    ("account, deep cursor", TransactionFilter(account="acc_42"), JOURNALS // 3, 3 * LIMIT),
+    # An account's page reads at most a page of each source (its ledger entries, and
+    # journal_accounts for journals that posted nothing), then the page's journals.
+    ("account", TransactionFilter(account="acc_42"), None, 3 * (LIMIT + 1)),
+    ("account, deep cursor", TransactionFilter(account="acc_42"), JOURNALS // 3, 3 * (LIMIT + 1)),
     ("status completed", TransactionFilter(statuses=("completed",)), None, 2 * LIMIT),
     ("status failed", TransactionFilter(statuses=("failed",)), None, 2 * LIMIT),
     ("status processing", TransactionFilter(statuses=("processing",)), None, 2 * LIMIT),

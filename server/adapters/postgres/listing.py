@@ -114,8 +114,8 @@ def journals_query(where: TransactionFilter, limit: int, before: int | None
                    [f"l.account_id = {account}", *conds], page, columns="DISTINCT l.journal_id")
     unposted = _page("journal_accounts ja" + join.format("ja.journal_id"), "ja.journal_id",
                      [f"ja.account_id = {account}", *conds], page, columns="ja.journal_id")
-    source = (f"(SELECT DISTINCT journal_id FROM (({posted}) UNION ALL ({unposted})) named)"
-              " n JOIN journals j ON j.id = n.journal_id")
+    source = (f"(SELECT DISTINCT journal_id FROM (({posted}) UNION ALL ({unposted})) named"
+              f" ORDER BY journal_id DESC LIMIT {page}) n JOIN journals j ON j.id = n.journal_id")
     return _page(source, "j.id", [], page), args
 
 

@@ -1,0 +1,12 @@
+-- Write each fact once (issue 19): a ledger entry had five index entries; its primary key's
+-- goes. Nothing looks an entry up by its id alone (an account's entries page by
+-- ledgers_account_newest, a journal's by ledgers_journal), and ids stay unique without it:
+-- an identity column, never written by hand. `kassa verify` counts entries per journal and
+-- per leg, which would show an entry written twice.
+--
+-- Also measured, and not done: finding a journal's entries through the accounts its
+-- payload names and ledgers_account_journal, which lets ledgers_journal go too. With both
+-- gone a bulk transfer wrote 2,214 B of WAL against 2,492 and 2,511, but PostgreSQL spent
+-- 142 µs on it against 110 and 114: every reader of a journal's entries (the relay's three
+-- sinks among them) then parses its payload (docs/performance.md "Throughput II").
+ALTER TABLE ledgers DROP CONSTRAINT ledgers_pkey;
