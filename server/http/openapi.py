@@ -157,6 +157,14 @@ ENTRY_PAGE = _cursor(f"^$|{LEDGER_CURSOR}")
 _TIME = {"type": "string", "format": "date-time"}
 AT = _param("at", "query", _TIME, "RFC 3339 instant: answer the balance as it stood then "
             "(held and available omitted).")
+# `metadata[<key>]=<value>`, any number: a deepObject query parameter (OpenAPI 3.1). A key
+# is not empty; neither holds a NUL (metadata cannot), nor a key a line feed.
+METADATA = {**_param("metadata", "query", {
+                "type": "object", "propertyNames": {"pattern": r"^[^\n\u0000]+$"},
+                "additionalProperties": {"type": "string", "pattern": r"^[^\u0000]*$"}},
+                     "`metadata[<key>]=<value>`, any number, all must hold: items whose "
+                     "metadata has that key at its top level with exactly that string value."),
+            "style": "deepObject", "explode": True}
 LIST_FILTERS = (
     _param("account", "query", {"type": "string", "pattern": r"^[A-Za-z0-9_@:-]{1,64}$"},
            "Only transactions with a leg on this account (unknown account: empty list)."),
@@ -166,11 +174,13 @@ LIST_FILTERS = (
                                       "reversal"]}, "Only this type."),
     _param("since", "query", _TIME, "Created at or after this RFC 3339 instant."),
     _param("until", "query", _TIME, "Created at or before this RFC 3339 instant."),
+    METADATA,
 )
 ACCOUNT_FILTERS = (
     _param("currency", "query", {"type": "string", "pattern": r"^[A-Z]{3,10}$"},
            "Only accounts of this currency."),
     _param("status", "query", {"enum": ["active", "locked", "closed"]}, "Only this status."),
+    METADATA,
 )
 
 # ------------------------------------------------------------------------- responses
