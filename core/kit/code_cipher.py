@@ -13,7 +13,8 @@ The permutation is a balanced Feistel network on two 40-bit halves: ROUNDS round
 undone by the same XOR), so F only has to mix: the middle 40 bits of the square of
 `half ^ k_i` (nonlinear; every input bit reaches them), plus a second round key. It is a keyed
 scrambler, not a vetted block cipher (a pure-Python AES-based FF1 would cost tens of µs a
-code, a BLAKE2b round function 3 µs); this costs about 1.5 µs a code (bench/native.py).
+code, a BLAKE2b round function 3 µs); this costs under 2 µs of CPU a code (1.85 µs on the
+shared test machine; bench/native.py).
 
 Pure: no I/O. The secret comes from the composition root (server/process/runtime.py).
 """
