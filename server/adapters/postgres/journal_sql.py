@@ -4,7 +4,7 @@ for recovery, and the reads after a lost commit."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from server.adapters.postgres.rows import Params, Rows, Statement
 
@@ -33,20 +33,17 @@ REQUEST = dict(external_ref="text", type="text", currency="text", description="t
                request_hash="text", mode="text", accept_time_us="int", target="text")
 
 
-class PendingColumns(NamedTuple):  # PendingRow flattened, for unnest
-    external_ref: str
-    type: str
-    currency: str
-    description: str | None
-    metadata: str
-    payload: str
-    idempotency_scope: str | None
-    idempotency_key: str | None
-    request_hash: str | None
-    mode: str
-    accept_time_us: int | None
-    target: str | None
-    hold_expires_in_s: int | None
+def _columns(name: str, *parts: type[Any] | list[tuple[str, Any]]) -> Any:
+    """A NamedTuple of the fields of `parts` in order (row types, or (name, type) pairs):
+    one statement's unnest columns, declared once by the rows they join."""
+    fields: list[tuple[str, Any]] = []
+    for part in parts:
+        fields += part if isinstance(part, list) else list(part.__annotations__.items())
+    return NamedTuple(name, fields)  # type: ignore[misc]
+
+
+# RequestRow then the hold's seconds to expiry (pending journals only).
+PendingColumns = _columns("PendingColumns", RequestRow, [("hold_expires_in_s", "int | None")])
 
 
 class OutcomeRow(NamedTuple):
@@ -63,24 +60,8 @@ OUTCOME = dict(id="bigint", status="text", error_code="text", error_message="tex
                error_param="text")
 
 
-class FinishedColumns(NamedTuple):  # OutcomeRow then RequestRow, for unnest
-    id: int
-    status: str
-    error_code: str | None
-    error_message: str | None
-    error_param: str | None
-    external_ref: str
-    type: str
-    currency: str
-    description: str | None
-    metadata: str
-    payload: str
-    idempotency_scope: str | None
-    idempotency_key: str | None
-    request_hash: str | None
-    mode: str
-    accept_time_us: int | None
-    target: str | None
+# OutcomeRow then RequestRow: a journal recorded already finished.
+FinishedColumns = _columns("FinishedColumns", OutcomeRow, RequestRow)
 
 
 class BalanceRow(NamedTuple):
