@@ -151,7 +151,11 @@ def test_endpoints_are_registered_listed_and_deleted_by_admins_only(
                                        headers=writer), 403)["code"] == "forbidden"
         assert error_of(anonymous.get(f"/v1/webhooks/{created['id']}", headers=writer),
                         403)["code"] == "forbidden"
-    assert error_of(api.post("/v1/webhooks", json={"url": "ftp://example.com"}), 400)["param"] == "url"
+    refused = error_of(api.post("/v1/webhooks", json={"url": "ftp://example.com"}), 400)
+    assert refused["param"] == "url" and refused["message"].startswith("url must be an http")
+    for url in ("https://@a.example", "https://a.example:65536/", "https://a.example/\u00a0",
+                "https://bücher.example/"):  # the schema's pattern refuses them too
+        assert error_of(api.post("/v1/webhooks", json={"url": url}), 400)["param"] == "url"
     assert error_of(api.post("/v1/webhooks", json={"url": "https://a.example",
                                                    "events": ["transaction.lost"]}),
                     400)["param"] == "events[0]"

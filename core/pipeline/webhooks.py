@@ -12,16 +12,51 @@ from typing import Protocol
 
 import msgspec
 
-from core.ledger.errors import InvalidRequest
+from core.ledger.errors import InvalidRequest, WrongTarget
 from core.ledger.webhooks import EVENT_TYPES, new_secret
 
 URL_LENGTH_MAX = 2048
 DELIVERY_STATUSES = ("pending", "succeeded", "failed")
 ENDPOINT_ID = re.compile(r"wh_[0-9a-f]{20}")
 DELIVERY_ID_MAX = 2**63 - 1
+# What an endpoint URL may be: http or https (any case), a host (a name of letters, digits,
+# `-` and `_` in dot-separated labels of 1..63 characters with an optional final dot, which
+# includes IPv4 addresses, or an IPv6 address in brackets), an optional port 1..65535, and
+# an optional path, query and fragment of visible ASCII characters. No user info, nothing
+# blank or a control character; a non-ASCII host or path is written the way RFC 3986
+# says (punycode, percent-encoding). The same pattern in the document's schema (ECMA) and
+# here (Python): every character class is ASCII, so both read it alike. The sender
+# (server/adapters/webhooks/transport.py) parses every URL it allows.
+_H16 = "[0-9A-Fa-f]{1,4}"
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_LS32 = rf"(?:{_H16}:{_H16}|{_OCTET}(?:\.{_OCTET}){{3}})"
+_IPV6 = "(?:" + "|".join((
+    rf"(?:{_H16}:){{6}}{_LS32}",
+    rf"::(?:{_H16}:){{5}}{_LS32}",
+    rf"(?:{_H16})?::(?:{_H16}:){{4}}{_LS32}",
+    rf"(?:(?:{_H16}:){{0,1}}{_H16})?::(?:{_H16}:){{3}}{_LS32}",
+    rf"(?:(?:{_H16}:){{0,2}}{_H16})?::(?:{_H16}:){{2}}{_LS32}",
+    rf"(?:(?:{_H16}:){{0,3}}{_H16})?::{_H16}:{_LS32}",
+    rf"(?:(?:{_H16}:){{0,4}}{_H16})?::{_LS32}",
+    rf"(?:(?:{_H16}:){{0,5}}{_H16})?::{_H16}",
+    rf"(?:(?:{_H16}:){{0,6}}{_H16})?::")) + ")"
+_LABEL = "[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[{_IPV6}\])"
+_PORT = "(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+URL_PATTERN = f"^[Hh][Tt][Tt][Pp][Ss]?://{_HOST}(?::{_PORT})?(?:[/?#][!-~]*)?$"
+_URL = re.compile(URL_PATTERN[1:-1])
+URL_RULE = (f"url must be an http:// or https:// URL of at most {URL_LENGTH_MAX} characters: "
+            "a host name, IPv4 address or [IPv6 address], an optional port 1..65535, then an "
+            "optional path, query and fragment of visible ASCII characters")
 # Listing cursors are base64url("d<delivery id>") without padding.
 _CURSOR = re.compile(r"[A-Za-z0-9_-]{2,28}")
 _CURSOR_TEXT = re.compile(rb"d[0-9]{1,19}")
+
+
+class EndpointsFull(WrongTarget):
+    """A registration while KASSA_WEBHOOK_ENDPOINTS_MAX endpoints exist: a valid request the
+    server's state refuses, 422 `invalid_request` (as a WrongTarget is, not 400: the request
+    is what the document says; delete an endpoint and it is taken)."""
 
 
 class EndpointView(msgspec.Struct, frozen=True):
@@ -68,7 +103,7 @@ class DeliveryPage(msgspec.Struct, frozen=True):
 class WebhookStore(Protocol):
     async def create(self, endpoint_id: str, url: str, events: list[str] | None,
                      secret: str, endpoints_max: int) -> CreatedEndpoint:
-        """InvalidRequest when `endpoints_max` endpoints exist already."""
+        """EndpointsFull when `endpoints_max` endpoints exist already."""
         ...
 
     async def endpoints(self) -> list[EndpointView]: ...
@@ -125,12 +160,10 @@ class Webhooks:
 
 
 def check_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    if (not sep or scheme.lower() not in ("http", "https") or not host or len(url) > URL_LENGTH_MAX
-            or any(c.isspace() or ord(c) < 0x20 for c in url)):
-        raise InvalidRequest(f"url must be an http:// or https:// URL of at most "
-                             f"{URL_LENGTH_MAX} characters", param="url")
+    """`url` when it is what URL_PATTERN says (the schema of POST /v1/webhooks says the same),
+    else InvalidRequest."""
+    if len(url) > URL_LENGTH_MAX or not _URL.fullmatch(url):
+        raise InvalidRequest(URL_RULE, param="url")
     return url
 
 

@@ -15,6 +15,8 @@ from core.pipeline.webhooks import (
     EndpointView,
 )
 from server.http.handlers.webhooks import PAGE_LIMIT_MAX, WebhookIn
+from server.http.openapi_shapes import DELIVERY_CURSOR
+from server.http.schemas import ErrorOut
 
 REF = "#/components/schemas/{name}"
 STRUCTS = (WebhookIn, CreatedEndpoint, EndpointView, EndpointList, DeliveryView, DeliveryPage)
@@ -26,7 +28,14 @@ def webhook_components() -> dict[str, Any]:
 
 
 def webhook_paths() -> dict[str, Any]:
-    from server.http.openapi import _header, _ok, _op, _param, _ref  # noqa: PLC0415 - it imports us
+    from server.http.openapi import (  # noqa: PLC0415 - it imports us
+        _header,
+        _ok,
+        _op,
+        _param,
+        _ref,
+        _with_codes,
+    )
 
     webhook = _param("webhook_id", "path", {"type": "string", "pattern": r"^wh_[0-9a-f]{20}$"},
                      "The webhook's id.")
@@ -36,11 +45,16 @@ def webhook_paths() -> dict[str, Any]:
                     "Only the deliveries in this status (failed: dead-lettered).")
     limit = _param("limit", "query", {"type": "integer", "minimum": 1,
                                       "maximum": PAGE_LIMIT_MAX, "default": 100}, "Page size.")
-    cursor = _param("cursor", "query", {"type": "string"}, "`next_cursor` of the previous page.")
+    # Exactly the cursors cursor_delivery takes (an empty one is the first page).
+    cursor = _param("cursor", "query", {"type": "string", "pattern": f"^$|{DELIVERY_CURSOR}"},
+                    "`next_cursor` of the previous page (empty: the first page).")
     return {
         "/v1/webhooks": {
             "post": _op("Register a webhook endpoint (its secret is shown only here)", "admin",
-                        {"201": _ok("Registered.", _ref(CreatedEndpoint), "Location")},
+                        {"201": _ok("Registered.", _ref(CreatedEndpoint), "Location"),
+                         "422": _ok("invalid_request: KASSA_WEBHOOK_ENDPOINTS_MAX endpoints "
+                                    "are registered already",
+                                    _with_codes(_ref(ErrorOut), ("invalid_request",)))},
                         ("unsupported_media_type",), _ref(WebhookIn)),
             "get": _op("List the webhook endpoints", "admin",
                        {"200": _ok("Every endpoint, without secrets.", _ref(EndpointList))})},

@@ -8,8 +8,7 @@ import datetime as dt
 
 import asyncpg
 
-from core.ledger.errors import InvalidRequest
-from core.pipeline.webhooks import CreatedEndpoint, DeliveryView, EndpointView
+from core.pipeline.webhooks import CreatedEndpoint, DeliveryView, EndpointsFull, EndpointView
 from server.adapters.postgres.outbox import ADVANCE_SQL, OutboxSession
 from server.adapters.postgres.pool import converted_errors, iso
 
@@ -48,7 +47,7 @@ class PgWebhooks:
             created = await self._db.fetchval(CREATE_SQL, endpoint_id, url, events, secret,
                                               endpoints_max)
         if created is None:
-            raise InvalidRequest(f"at most {endpoints_max} webhooks can be registered "
+            raise EndpointsFull(f"at most {endpoints_max} webhooks can be registered "
                                  "(KASSA_WEBHOOK_ENDPOINTS_MAX)")
         return CreatedEndpoint(endpoint_id, url, events, secret, _iso(created))
 

@@ -84,7 +84,8 @@ class Transport:
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             netloc = parts.netloc.rsplit("@", 1)[-1]
             head = (b"POST %s HTTP/1.1\r\nhost: %s\r\nuser-agent: %s\r\n"
-                    % (path.encode(), netloc.encode("idna"), USER_AGENT))
+                    % (path.encode(), netloc.encode("ascii") if netloc.isascii()
+                       else netloc.encode("idna"), USER_AGENT))
             found = ((parts.scheme, parts.hostname, port), head)
             if len(self._targets) < 10_000:
                 self._targets[url] = found
