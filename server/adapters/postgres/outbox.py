@@ -58,7 +58,9 @@ FROM journal_cursors WHERE sink = $1
 # behind the cursor later (journal ids are drawn before the commit and commit out of
 # order; transaction ids below xmin are all settled). Each with its ledger entries and,
 # when it names another journal, that journal as it stands now (for its receipt).
-DUE_SQL = """
+# What an event is built from (core/ledger/events.py): a journal `j`, its entries, and the
+# journal it names `t`; the webhook sender reads retries' journals with the same columns.
+EVENT_COLUMNS = """
 SELECT j.id, j.event_xid::text AS xid, j.external_ref, j.type, j.status, j.currency,
        j.payload::text AS legs, j.hold_expires_at IS NOT NULL AS is_hold,
        coalesce(j.completed_at, j.created_at) AS completed_at,
@@ -67,7 +69,8 @@ SELECT j.id, j.event_xid::text AS xid, j.external_ref, j.type, j.status, j.curre
                                                   l.balance_after) ORDER BY l.id)
                  FROM ledgers l WHERE l.journal_id = j.id), '[]')::text AS entries,
        t.type AS target_type, t.status AS target_status, t.currency AS target_currency,
-       t.payload::text AS target_legs
+       t.payload::text AS target_legs"""
+DUE_SQL = EVENT_COLUMNS + """
 FROM (SELECT * FROM journals
       WHERE event_xid IS NOT NULL AND (event_xid, id) > ($1::text::xid8, $2::bigint)
         AND event_xid < pg_snapshot_xmin(pg_current_snapshot())

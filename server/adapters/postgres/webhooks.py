@@ -9,7 +9,7 @@ import datetime as dt
 import asyncpg
 
 from core.pipeline.webhooks import CreatedEndpoint, DeliveryView, EndpointsFull, EndpointView
-from server.adapters.postgres.outbox import ADVANCE_SQL, OutboxSession
+from server.adapters.postgres.outbox import ADVANCE_SQL, EVENT_COLUMNS, OutboxSession
 from server.adapters.postgres.pool import converted_errors, iso
 
 MESSAGE_ID_PREFIX = "msg_"
@@ -136,16 +136,7 @@ RETURNING d.id, d.journal_id, d.receipt_code, d.attempts, e.url, e.secret,
 """
 # The journals of claimed retries, read as the relay reads them (outbox.DUE_SQL) to build
 # their events again.
-JOURNALS_SQL = """
-SELECT j.id, j.event_xid::text AS xid, j.external_ref, j.type, j.status, j.currency,
-       j.payload::text AS legs, j.hold_expires_at IS NOT NULL AS is_hold,
-       coalesce(j.completed_at, j.created_at) AS completed_at,
-       j.error_code, j.error_message, j.error_param, j.description, j.target,
-       coalesce((SELECT json_agg(json_build_array(l.account_id, l.direction, l.amount,
-                                                  l.balance_after) ORDER BY l.id)
-                 FROM ledgers l WHERE l.journal_id = j.id), '[]')::text AS entries,
-       t.type AS target_type, t.status AS target_status, t.currency AS target_currency,
-       t.payload::text AS target_legs
+JOURNALS_SQL = EVENT_COLUMNS + """
 FROM journals j LEFT JOIN journals t ON t.external_ref = j.target
 WHERE j.id = ANY ($1::bigint[])
 """
