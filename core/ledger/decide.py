@@ -18,18 +18,20 @@ from core.ledger.errors import (
     AmountOverflow,
     BusinessRuleError,
     CurrencyMismatch,
-    InsufficientFunds,
 )
 from core.ledger.faults import money_faults
 from core.ledger.models import AccountSnapshot, Entry, ErrorBody, Leg, Transaction
+from core.ledger.money import (
+    DIRECTIONS,
+    INT64_MAX,
+    INT64_MIN,
+    MESSAGES,
+    floors_of,
+    insufficient,
+    money_error,
+)
 from core.ledger.status import COMPLETED, FAILED
 from core.ledger.validation import hold_source_error
-
-# Balances and `held` are bigint columns: every value the decisions write stays within
-# these (native.post_batch checks balances leg by leg, linked.py checks `held`).
-INT64_MIN = -(1 << 63)
-INT64_MAX = (1 << 63) - 1
-DIRECTIONS = {native.DEBIT: "debit", native.CREDIT: "credit"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +70,6 @@ def static_error(tx: Transaction, accounts: dict[str, AccountSnapshot]) -> Busin
     return None
 
 
-MESSAGES = {
-    "insufficient_funds": "an account debited by this transaction lacks the available balance",
-    "amount_overflow": "an account balance would leave the 64-bit range",
-}
-
-
 def held_overflow(account_id: str) -> AmountOverflow:
     """A hold that would take an account's `held` past the 64-bit range."""
     return AmountOverflow(f"the amount held on account {account_id} would leave the 64-bit range",
@@ -97,7 +93,7 @@ def decide_batch(
 ) -> BatchDecision:
     """Decide (journal_id, receipt_code, transaction) tasks in order."""
     balances = {a.id: a.balance for a in accounts.values()}
-    floors = {a.id: INT64_MIN if a.floor is None else a.floor for a in accounts.values()}
+    floors = floors_of(accounts)
     static = [static_error(tx, accounts) for _, _, tx in tasks]
     postable = [(jid, [tuple(leg) for leg in tx.legs]) for (jid, _, tx), err in zip(tasks, static, strict=True)
                 if err is None]
@@ -110,7 +106,9 @@ def decide_batch(
         error = ErrorBody(err.code, err.message, err.param) if err is not None else None
         if error is None:
             code, fault = next(money), next(faults)
-            error = None if code is None else ErrorBody(code, MESSAGES[code], fault)
+            if code is not None:
+                money_err = money_error(code, fault)
+                error = ErrorBody(money_err.code, money_err.message, money_err.param)
         status = COMPLETED if error is None else FAILED
         outcomes.append(Outcome(journal_id, receipt, status, entries.get(journal_id, []), error,
                                 occurred_at, recorded_with_decision))
@@ -158,8 +156,7 @@ def prevalidate(tx: Transaction, accounts: dict[str, AccountSnapshot]) -> Busine
     for account_id, balance in trial.items():
         account = accounts[account_id]
         if account.floor is not None and balance < account.floor and balance < account.balance:
-            return InsufficientFunds(f"account {account_id} lacks the available balance",
-                                     param=account_id)
+            return insufficient(account_id)
     return None
 
 
@@ -175,6 +172,5 @@ def _prevalidate_hold(tx: Transaction, accounts: dict[str, AccountSnapshot]
         if account.held + amount > INT64_MAX:
             return held_overflow(account_id)
         if account.floor is not None and account.balance - amount < account.floor:
-            return InsufficientFunds(f"account {account_id} lacks the available balance",
-                                     param=account_id)
+            return insufficient(account_id)
     return None

@@ -11,10 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from core.ledger.models import AccountSnapshot
-
-# The range of the bigint balance columns, as native.post_batch checks it.
-INT64_MIN = -(1 << 63)
-INT64_MAX = (1 << 63) - 1
+from core.ledger.money import INT64_MAX, INT64_MIN, floors_of
 
 Legs = Sequence[tuple[Any, ...]]  # (source, destination, amount)
 
@@ -43,7 +40,7 @@ def money_faults(accounts: Mapping[str, AccountSnapshot], tasks: Sequence[tuple[
     if not any(results):
         return [None] * len(results)
     balances = {a.id: a.balance for a in accounts.values()}
-    floors = {a.id: INT64_MIN if a.floor is None else a.floor for a in accounts.values()}
+    floors = floors_of(accounts)
     faults: list[str | None] = []
     for (_, legs), code in zip(tasks, results, strict=True):
         if code is not None:

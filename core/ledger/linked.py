@@ -17,9 +17,6 @@ from dataclasses import dataclass, field
 
 import native
 from core.ledger.decide import (
-    INT64_MAX,
-    INT64_MIN,
-    MESSAGES,
     BatchDecision,
     Outcome,
     held_overflow,
@@ -27,23 +24,21 @@ from core.ledger.decide import (
     static_error,
 )
 from core.ledger.errors import (
-    AmountOverflow,
     BusinessRuleError,
     CaptureOutsideHold,
     HoldNotPending,
     HoldWithoutBalance,
-    InsufficientFunds,
     NotReversible,
     ReversalExceedsOriginal,
 )
 from core.ledger.faults import fault_of
 from core.ledger.models import AccountSnapshot, Entry, ErrorBody, Leg, Transaction
+from core.ledger.money import DIRECTIONS, INT64_MAX, floor, insufficient, money_error
 from core.ledger.status import COMPLETED, FAILED, HELD, VOIDED
 
 CAPTURE, VOID, REVERSAL = "capture", "void", "reversal"
 LINKED_TYPES = frozenset({CAPTURE, VOID, REVERSAL})
 REVERSIBLE_TYPES = frozenset({"transfer", "deposit", "withdrawal", CAPTURE})
-DIRECTIONS = {native.DEBIT: "debit", native.CREDIT: "credit"}
 
 
 @dataclass(slots=True)
@@ -85,9 +80,8 @@ class LedgerState:
                    {a.id: a.held for a in accounts.values()}, targets)
 
     def floor(self, account_id: str) -> int:
-        """The lowest balance a debit may reach: overdraft limit below what is held."""
-        limit = self.accounts[account_id].overdraft_limit
-        return INT64_MIN if limit is None else self.held[account_id] - limit
+        """The lowest balance a debit may reach, with what this batch holds so far."""
+        return floor(self.accounts[account_id].overdraft_limit, self.held[account_id])
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +144,7 @@ def _reserve(tx: Transaction, state: LedgerState) -> None:
         if state.held[account_id] + amount > INT64_MAX:
             raise held_overflow(account_id)
         if state.balances[account_id] - amount < state.floor(account_id):
-            raise _insufficient(account_id)
+            raise insufficient(account_id)
     for account_id, amount in debits.items():
         state.held[account_id] += amount
 
@@ -204,20 +198,10 @@ def _post(journal_id: int, legs: tuple[Leg, ...], state: LedgerState) -> list[En
     floors = {a: state.floor(a) for a in names}
     errors, columns = native.post_batch(state.balances, floors, [(journal_id, list(legs))])
     if errors[0] is not None:  # native left the balances as they were: replay for the fault
-        raise _error_of(errors[0], fault_of(errors[0], legs, state.balances, floors))
+        raise money_error(errors[0], fault_of(errors[0], legs, state.balances, floors))
     _, accounts, directions, amounts, after = columns
     return [Entry(a, DIRECTIONS[d], n, b)
             for a, d, n, b in zip(accounts, directions, amounts, after, strict=True)]
-
-
-def _insufficient(account_id: str) -> BusinessRuleError:
-    return InsufficientFunds(f"account {account_id} lacks the available balance",
-                             param=account_id)
-
-
-def _error_of(code: str, account_id: str | None) -> BusinessRuleError:
-    kind = InsufficientFunds if code == "insufficient_funds" else AmountOverflow
-    return kind(MESSAGES[code], param=account_id)
 
 
 def decide_with_linked(plain: BatchDecision, linked: list[tuple[int, str, Transaction]],

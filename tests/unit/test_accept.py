@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 
 from core.kit.request_context import REQUEST_ID
-from core.ledger.decide import MESSAGES, Outcome
+from core.ledger.decide import Outcome
 from core.ledger.errors import (
     AccountNotFound,
     IdempotencyInProgress,
@@ -22,6 +22,7 @@ from core.ledger.errors import (
     Unavailable,
 )
 from core.ledger.models import AccountSnapshot, ErrorBody
+from core.ledger.money import MESSAGES
 from core.ledger.status import COMPLETED, FAILED, PROCESSING
 from core.pipeline.submission import Accepted, Finished, Replayed
 from server.process.logs import RequestIdFilter
