@@ -41,9 +41,9 @@ async def queued(pool: ProcessorPool, amounts: list[int]) -> list[Task]:
     tasks = []
     for journal_id, journal in zip(ids, journals, strict=True):
         assert isinstance(journal_id, int)
-        pool.reserve()
         tasks.append(Task(journal_id, journal.receipt_code, journal.transaction, 0.0))
-        pool.put(tasks[-1])
+        with pool.admission() as room:
+            room.put(tasks[-1])
     return tasks
 
 
@@ -75,8 +75,8 @@ async def test_a_journal_is_never_twice_in_one_batch(db: asyncpg.Pool, pg_dsn: s
     (task,) = await queued(pool, [9])
     twin = Task(task.journal_id, task.receipt_code, task.transaction, 0.0,
                 asyncio.get_running_loop().create_future())
-    pool.reserve()
-    pool.put(twin)  # e.g. claimed again by a sweeper: both wait in the queue
+    with pool.admission() as room:
+        room.put(twin)  # e.g. claimed again by a sweeper: both wait in the queue
     pool.start()
     await pool.close(5)
     assert await balance(db, "alice") == 9, "posted once"
