@@ -247,12 +247,14 @@ async def test_wake_publishes_at_once_in_the_publisher_and_through_a_standby(
     # Pollers that never fire within the test: only wake() can trigger a publish.
     relays = [OutboxRelay(pg_dsn, kafka_broker.bootstrap, TOPIC, poll_interval_ms=60_000,
                           standby_interval_ms=60_000) for _ in range(2)]
+    # Committed before the election, published by the leader's first cycle without a
+    # wake-up: one sent now could arrive during that cycle and rightly ask for another,
+    # which would publish what the loop below commits before its own wake-up.
+    await insert_events(pool, 1)
     await asyncio.gather(*(r.start() for r in relays))
     try:
         leader = await wait_leader(relays)
         standby = next(r for r in relays if r is not leader)
-        await insert_events(pool, 1)
-        leader.wake()
         await wait_all_published(pool)  # the producer is connected and warm
         latencies = {}
         for name, waker in (("publisher", leader), ("standby", standby)):
