@@ -5,30 +5,18 @@ event; the relay's leader then turns every journal into a delivery and sends it 
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
-import time
 
 import httpx
 
 from server.process.embedded import free_port
+from tests.webhook_receiver import spawn
 
 
 class Receiver:
     def __init__(self) -> None:
         self.port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.webhook_receiver", "--port", str(self.port)])
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the webhook receiver did not start") from None
-                time.sleep(0.05)
+        self.process = spawn(self.port)
 
     @property
     def url(self) -> str:

@@ -10,9 +10,6 @@ import base64
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +25,7 @@ from tests.fixtures.kassa_server import KassaProcess, start_kassa, stop_process
 from tests.load import SERVE_ENV, drive, open_accounts, status_counts
 from tests.test_e2e_events import receipts_of
 from tests.test_supervision import child_pid, children, deposits
+from tests.webhook_receiver import spawn
 
 pytestmark = pytest.mark.slow
 
@@ -43,18 +41,7 @@ class Receiver:
 
     def __init__(self, record: Path, port: int | None = None, fail: int = 0) -> None:
         self.record, self.port = record, port or free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.webhook_receiver", "--port", str(self.port),
-             "--record", str(record), "--fail", str(fail)])
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                assert self.process.poll() is None and time.monotonic() < deadline, \
-                    "receiver did not start"
-                time.sleep(0.05)
+        self.process = spawn(self.port, "--record", str(record), "--fail", str(fail))
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"

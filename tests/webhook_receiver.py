@@ -13,6 +13,10 @@ import argparse
 import base64
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
 
 from aiohttp import web
 
@@ -35,6 +39,23 @@ def build(record: str | None, fail: int) -> web.Application:
     app = web.Application()
     app.router.add_route("POST", "/{tail:.*}", receive)
     return app
+
+
+def spawn(port: int, *options: str, timeout_s: float = 15.0) -> subprocess.Popen[bytes]:
+    """This receiver as a child process on `port` (`options`: --record, --fail), once it
+    accepts connections; RuntimeError if it exits or does not listen within `timeout_s`."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.webhook_receiver", "--port", str(port), *options])
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("the webhook receiver did not start") from None
+            time.sleep(0.05)
 
 
 def main() -> None:
