@@ -70,8 +70,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kassa-bin", action="append", default=[], metavar="[LABEL=]PATH",
                    help="also bench this kassa script (another checkout's .venv/bin/kassa), "
                         "after this checkout's; repeatable")
-    p.add_argument("--webhook", action="store_true",
-                   help="register one event webhook (every event) on each server, sent to a "
+    p.add_argument("--webhook", nargs="?", const="*", metavar="LABEL[,LABEL]",
+                   help="register one event webhook (every event) on each server, or only on "
+                        "those of the builds named (with --kassa-bin LABEL=PATH, the same "
+                        "build twice compares with and without in one run), sent to a "
                         "receiver process on loopback that answers 204 (bench/webhook.py)")
     return p.parse_args(argv)
 
@@ -160,7 +162,7 @@ async def run_group(args: argparse.Namespace, build: Build, group: list[Scenario
               flush=True)
         seeded = await seed.seed(server.url, stack.API_KEY, server.dsn)
         print(f"  seeded in {seeded['total_s']} s", flush=True)
-        if args.webhook_receiver is not None:
+        if hooked(args, build.label):
             hook = await webhook.register(server.url, stack.API_KEY, args.webhook_receiver.url)
             print(f"  webhook {hook} -> {args.webhook_receiver.url}", flush=True)
         results: list[dict[str, Any]] = []
@@ -187,6 +189,12 @@ async def run_group(args: argparse.Namespace, build: Build, group: list[Scenario
             server.discard()
         else:
             print(f"  kept {server.data_dir} (serve.log inside)", flush=True)
+
+
+def hooked(args: argparse.Namespace, label: str) -> bool:
+    """Whether --webhook registers an endpoint on `label`'s servers."""
+    return args.webhook_receiver is not None and (
+        args.webhook == "*" or label in args.webhook.split(","))
 
 
 async def run_one(args: argparse.Namespace, server: stack.Server, config: stack.StackConfig,
@@ -290,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.webhook_receiver is not None:
             args.webhook_receiver.stop()
     for r in results:
-        r["webhook"] = bool(args.webhook)
+        r["webhook"] = hooked(args, r["build"])
     return finish(args, results, errors)
 
 

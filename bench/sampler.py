@@ -33,6 +33,14 @@ def counts_sql(final: tuple[str, ...] = FINAL) -> str:
 
 
 COUNTS_SQL = counts_sql()
+# With a webhook registered (--webhook), an event is done when its deliveries are too: the
+# journals past the webhooks cursor and the deliveries not yet sent count as unpublished,
+# so the CPU window holds the sending (a build without webhooks keeps COUNTS_SQL).
+WEBHOOK_BACKLOG = (
+    "(CASE WHEN EXISTS (SELECT 1 FROM webhook_endpoints) THEN ("
+    + UNPUBLISHED_SQL.replace("$1", "'webhooks'")
+    + ") ELSE 0 END) + (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending')")
+HAS_WEBHOOKS_SQL = "SELECT to_regclass('webhook_deliveries') IS NOT NULL"
 # A build from before migration 010 (one compared in the same run with --kassa-bin) keeps
 # its events in an outbox table, every row of which is unpublished.
 OUTBOX_UNPUBLISHED = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
@@ -75,6 +83,9 @@ class Sampler:
         self._t0 = time.monotonic()
         if not await self._conn.fetchval(HAS_CURSORS_SQL):
             self._counts = counts_sql(self.final).replace(KAFKA_UNPUBLISHED, OUTBOX_UNPUBLISHED)
+        elif await self._conn.fetchval(HAS_WEBHOOKS_SQL):
+            self._counts = counts_sql(self.final).replace(
+                KAFKA_UNPUBLISHED, f"{KAFKA_UNPUBLISHED}) + ({WEBHOOK_BACKLOG}")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
