@@ -44,6 +44,7 @@ class FinishedJournal(msgspec.Struct, frozen=True):
     description: str | None = None
     target: str | None = None
     named: TargetNow | None = None  # the target, when this journal names one
+    traceparent: str | None = None  # stored at accept (tracing on): the relay's Kafka header
 
     @property
     def amount(self) -> int:

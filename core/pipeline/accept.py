@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable
 
 from core.kit.batcher import Batcher
-from core.kit.request_context import REQUEST_ID
+from core.kit.request_context import REQUEST_ID, TRACEPARENT
+from core.kit.spans import NO_SPANS, Spans
 from core.ledger.decide import Outcome, prevalidate
 from core.ledger.errors import (
     AmountOverflow,
@@ -76,6 +77,7 @@ class TransactionService:
         wait_timeout_s: float,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
+        spans: Spans = NO_SPANS,
     ) -> None:
         self._journals = journals
         self._receipts = receipts
@@ -86,6 +88,7 @@ class TransactionService:
         self._wait_timeout_s = wait_timeout_s
         self._observer = observer or NullObserver()
         self._clock = clock
+        self._spans = spans
 
     async def view_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
         """One read for many submissions (the batch endpoint), passed back to `submit`."""
@@ -161,7 +164,7 @@ class TransactionService:
             room = self._pool.admission(len(ok))
         except Overloaded as exc:
             return [exc if r is None else r for r in refusals]
-        with room:
+        with room, self._spans.step("kassa.admission"):
             try:
                 codes = await self._receipts.next_codes(len(ok))
             except KassaError as exc:
@@ -171,18 +174,19 @@ class TransactionService:
                     _log_start(code, subs[i].transaction)
             us = int((self._clock() - started) * 1e6)
             rid = REQUEST_ID.get()  # every item of a batch request is logged under its id
+            tp = TRACEPARENT.get()  # and carries its trace
             recorded: list[Recorded | BaseException]
             try:
                 recorded = await self._journals.submit_many([PendingJournal(
                     code, subs[i].transaction, None, None, None,
-                    "sync" if subs[i].wait else "async", us, self._owner, rid)
+                    "sync" if subs[i].wait else "async", us, self._owner, rid, tp)
                     for i, code in zip(ok, codes, strict=True)])
             except KassaError as exc:  # refused whole by the batcher (too many waiting)
                 recorded = [exc] * len(ok)
             processing_time = format_ms(self._clock() - started)
             for i, code, result in zip(ok, codes, recorded, strict=True):
                 answers[i] = self._accepted_item(room, subs[i], code, result, started,
-                                                 processing_time, rid)
+                                                 processing_time, rid, tp)
         self._observer.accepted("transaction", self._clock() - started, len(ok))
         tasks = [a for a in answers if isinstance(a, Task)]
         if not tasks:
@@ -209,7 +213,7 @@ class TransactionService:
         return errors
 
     def _accepted_item(self, room: Admission, sub: Submission, code: str, result: object,
-                       started: float, processing_time: str, rid: str
+                       started: float, processing_time: str, rid: str, tp: str | None
                        ) -> Submitted | KassaError | Task:
         """One recorded item: its answer, or its Task when it waits for a writer."""
         if isinstance(result, BaseException):
@@ -223,7 +227,7 @@ class TransactionService:
                     else Accepted(code, processing_time))
         assert isinstance(result, int)
         waiter = asyncio.get_running_loop().create_future() if sub.wait else None
-        task = Task(result, code, sub.transaction, started, waiter, rid)
+        task = Task(result, code, sub.transaction, started, waiter, rid, tp)
         room.put(task)
         return task if sub.wait else Accepted(code, processing_time)
 
@@ -242,19 +246,19 @@ class TransactionService:
             self._observer.refused(error.code)
             _log_refused(error, tx)
             raise error
-        with self._pool.admission() as room:
+        with self._pool.admission() as room, self._spans.step("kassa.admission"):
             # From this process's stock of codes: no await unless it ran dry (then 503).
             code = (await self._receipts.next_codes(1))[0]
             # Before the journal is submitted: an outcome applied in the accept commit is
             # logged by an effect worker, possibly before this coroutine resumes.
             if log.isEnabledFor(logging.INFO):
                 _log_start(code, tx)
-            rid = REQUEST_ID.get()
+            rid, tp = REQUEST_ID.get(), TRACEPARENT.get()
             try:
                 result = await self._journals.submit(PendingJournal(
                     code, tx, sub.scope, sub.idempotency_key, sub.request_hash,
                     "sync" if sub.wait else "async",
-                    int((self._clock() - started) * 1e6), self._owner, rid))
+                    int((self._clock() - started) * 1e6), self._owner, rid, tp))
             except Exception as exc:
                 _log_unrecorded(code, exc)
                 raise
@@ -271,7 +275,7 @@ class TransactionService:
                 done = result
             else:
                 waiter = asyncio.get_running_loop().create_future() if sub.wait else None
-                done = Task(result, code, tx, started, waiter, rid)
+                done = Task(result, code, tx, started, waiter, rid, tp)
                 room.put(done)
         elapsed = self._clock() - started
         self._observer.accepted("transaction", elapsed)

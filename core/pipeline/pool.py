@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from core.kit.spans import NO_SPANS, Spans
 from core.ledger.errors import CommitUnknown, KassaError, Overloaded
 from core.ledger.linked import is_linked
 from core.pipeline.effect_queue import EffectQueue, Effects
@@ -85,6 +86,7 @@ class ProcessorPool:
         observer: Observer | None = None,
         effect_queue_max: int = 10_000,
         commit_check_timeout_s: float = 2.0,
+        spans: Spans = NO_SPANS,
     ) -> None:
         self._store = store
         self._capacity = queue_size_max
@@ -98,7 +100,9 @@ class ProcessorPool:
         self._effect_queue = EffectQueue(effects, effect_queue_max)
         self._batch_writer = BatchWriter(store, attempts_max=attempts_max,
                                          backoff_max_s=retry_backoff_max_s,
-                                         observer=self._observer, closing=lambda: self._closing)
+                                         observer=self._observer, closing=lambda: self._closing,
+                                         spans=spans)
+        self._spans = spans
         self._commit_check_s = commit_check_timeout_s
         self._held: dict[int, int] = {}  # journal id → tasks queued or running here
         self._reserved = 0
@@ -202,7 +206,9 @@ class ProcessorPool:
             if not (self._apply_at_accept and self.backlog == 0) or any(
                     is_linked(j.transaction) for j in journals):
                 return await self._store.insert_pending(journals)
-            results, executed = await apply_pending(self._store, journals, self._attempts_max)
+            with self._spans.batch("kassa.executor.batch", (j.traceparent for j in journals)):
+                results, executed = await apply_pending(self._store, journals,
+                                                        self._attempts_max)
             if executed.tasks:
                 self._observer.batch_executed(len(executed.tasks), time.monotonic() - started)
         except CommitUnknown as lost:

@@ -86,6 +86,9 @@ class PendingJournal(msgspec.Struct, frozen=True):
     # The submitting request's X-Request-Id, carried to its outcome's log line when it is
     # applied in the accept commit (by the accept batcher, which serves no request). Not stored.
     request_id: str = "-"
+    # The request's W3C traceparent while tracing is on: stored with the journal (the
+    # relay's Kafka header), linked by the group commit. None when tracing is off.
+    traceparent: str | None = None
 
 
 class ExistingJournal(msgspec.Struct, frozen=True):

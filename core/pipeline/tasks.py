@@ -25,3 +25,5 @@ class Task:
     # The X-Request-Id of the request that submitted it, for its outcome's log line (the
     # writers and effect workers serve no request); `-` for recovered journals.
     request_id: str = "-"
+    # Its request's W3C traceparent (tracing on), linked by the executor batch that runs it.
+    traceparent: str | None = None

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from core.kit.rate_limit import Throttle
 from core.kit.request_context import log_info_for
+from core.kit.spans import NO_SPANS, Spans
 from core.ledger.decide import Outcome
 from core.ledger.errors import KassaError, Rejected, Unavailable
 from core.ledger.models import ErrorBody
@@ -28,13 +29,15 @@ OUTAGE_WARNING_INTERVAL_S = 5.0  # while the database is down, one line this oft
 
 class BatchWriter:
     def __init__(self, store: JournalStore, *, attempts_max: int, backoff_max_s: float,
-                 observer: Observer, closing: Callable[[], bool]) -> None:
+                 observer: Observer, closing: Callable[[], bool], spans: Spans = NO_SPANS
+                 ) -> None:
         self._store = store
         self._attempts_max = attempts_max
         self._backoff_max_s = backoff_max_s
         self._observer = observer
         self._closing = closing  # on shutdown a batch is left to recovery, not retried
         self._outage_warning = Throttle(OUTAGE_WARNING_INTERVAL_S)  # shared by the writers
+        self._spans = spans
 
     async def run(self, number: int, batch: list[Task]) -> Executed | None:
         """Apply the batch and resolve its waiters; what was executed (for the effects),
@@ -43,7 +46,8 @@ class BatchWriter:
         for task in batch:
             log_info_for(task.request_id, log, "[TRANSACTION EXECUTING] Worker: %d | Receipt: %s",
                          number, task.receipt_code)
-        executed = await self._execute_isolated(batch)
+        with self._spans.batch("kassa.executor.batch", (t.traceparent for t in batch)):
+            executed = await self._execute_isolated(batch)
         if executed is None:
             resolve(batch, None)
             return None

@@ -2,7 +2,9 @@
 
 Every line names the HTTP request it was written for (`X-Request-Id`, set per request by
 server/http/hot.py), or `-` outside one. KASSA_LOG_FORMAT=json writes each record as one
-JSON object per line (for log shippers) instead of the text FORMAT.
+JSON object per line (for log shippers) instead of the text FORMAT; while tracing is on
+(server/tracing/), a JSON line written inside a span also carries its `trace_id` and
+`span_id` (hex, as OpenTelemetry writes them), so a log line leads to its trace.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ from datetime import UTC, datetime
 import msgspec
 
 from core.kit.request_context import REQUEST_ID
+from server.tracing import spans
 
 FORMAT = "%(asctime)s %(levelname)s [%(process)d] [%(request_id)s] %(name)s: %(message)s"
 
 class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to every record: the request the current task serves."""
+    """Adds `request_id` to every record: the request the current task serves; and, in a
+    span while tracing is on, `trace_id` and `span_id`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get()
+        if spans.ENABLED and (ids := spans.log_ids()) is not None:
+            record.trace_id, record.span_id = ids
         return True
 
 
@@ -41,6 +47,9 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", None) or REQUEST_ID.get(),
             "message": record.getMessage(),
         }
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id is not None:
+            entry["trace_id"], entry["span_id"] = trace_id, getattr(record, "span_id", None)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:

@@ -63,6 +63,8 @@ from server.adapters.webhooks.sender import sender_options
 from server.http.api import Api
 from server.http.auth import ApiKeys
 from server.process.settings import Settings, parse_api_keys
+from server.tracing import setup as tracing
+from server.tracing import spans
 
 log = logging.getLogger("kassa.runtime")
 # After the database refused a statement for lack of resources (a full disk), /readyz says
@@ -144,6 +146,7 @@ class Runtime:
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()
+        tracing.shutdown()  # export the spans still buffered
 
 
 def rate_limit(limiter: RedisRateLimiter | None) -> Callable[[str], Awaitable[Quota | None]]:
@@ -220,6 +223,8 @@ def notification_client(settings: Settings) -> NotificationClient | None:
 async def build_runtime(settings: Settings) -> Runtime:
     assert settings.database_url, "kassa serve sets KASSA_DATABASE_URL for its workers"
     owner = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+    tracing.configure()  # after the fork: OTEL_* decide (server/tracing/setup.py)
+    pipeline_spans = spans.pipeline_spans()
     observer = PrometheusObserver()
     db = await create_pool(settings.database_url, max_size=settings.db_pool_max,
                            min_size=min(settings.db_pool_min, settings.db_pool_max))
@@ -266,9 +271,11 @@ async def build_runtime(settings: Settings) -> Runtime:
         apply_at_accept=settings.accept_mode == "apply" and not single, observer=observer,
         effect_queue_max=settings.effect_queue_max,
         commit_check_timeout_s=settings.commit_check_timeout_ms / 1000,
+        spans=pipeline_spans,
     )
     journal_batcher: Batcher = Batcher(  # type: ignore[type-arg]
-        "accept", pool.record, batch_size_max=settings.accept_batch_max,
+        "accept", spans.traced_sink("kassa.group_commit", pool.record),
+        batch_size_max=settings.accept_batch_max,
         flush_interval_ms=settings.accept_flush_interval_ms,
         in_flight_max=settings.accept_in_flight_max,
         pending_max=settings.processor_queue_size, on_flush=observer.accept_flushed)
@@ -277,7 +284,8 @@ async def build_runtime(settings: Settings) -> Runtime:
         pool=pool,
         idempotency=(RedisIdempotencyCache(redis, ttl_s=settings.idempotency_ttl_s,
                                            breaker=redis_breaker) if redis else None),
-        owner=owner, wait_timeout_s=settings.transaction_timeout_s, observer=observer)
+        owner=owner, wait_timeout_s=settings.transaction_timeout_s, observer=observer,
+        spans=pipeline_spans)
     runtime = Runtime(
         settings=settings, keys=ApiKeys(parse_api_keys(settings.api_keys or "")), db=db,
         redis=redis, accounts=PgAccountStore(db), journals=journals, service=service,

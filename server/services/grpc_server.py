@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server.adapters.grpc.security import GrpcSecurity
+from server.tracing import grpc_context, setup
 
 log = logging.getLogger("kassa.grpc")
 
@@ -33,9 +34,10 @@ async def start_server(
 
     Raises InsecureListen for a non-loopback address without TLS and a token."""
     security = security or GrpcSecurity()
+    setup.configure(f"kassa-{service_name.rsplit('.', 1)[-1].lower()}")
     security.check_listen(address.rsplit(":", 1)[0] if not address.startswith("unix:") else address)
     server = grpc.aio.server(
-        interceptors=security.interceptors(),
+        interceptors=[*security.interceptors(), *grpc_context.server_interceptors()],
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),

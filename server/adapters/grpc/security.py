@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from server.process.settings import Settings
+from server.tracing import grpc_context
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
@@ -75,7 +76,8 @@ class GrpcSecurity:
     # ---- client side -------------------------------------------------------------------
 
     def channel(self, address: str, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
-        interceptors = [TokenSend(self.token)] if self.token else None
+        interceptors = [*([TokenSend(self.token)] if self.token else []),
+                        *grpc_context.client_interceptors()] or None
         if not self.tls and not self.ca_file:
             return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
         root = Path(self.ca_file or self.cert_file or "").read_bytes()

@@ -28,6 +28,9 @@ from server.adapters.kafka import compat
 
 log = logging.getLogger("kassa.outbox")
 
+Headers = list[tuple[str, bytes]]
+Message = tuple[bytes, bytes, Headers]  # key, value, record headers
+
 KAFKA_REQUEST_TIMEOUT_MS = 5_000
 PRODUCER_STOP_TIMEOUT_S = 10.0
 RECORD_BATCH_BYTES_MAX = 256 * 1024
@@ -93,8 +96,8 @@ class BatchProducer:
         self._timeout_s = timeout_s
         self._producer: AIOKafkaProducer | None = None
 
-    async def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
-        """Publish (key, value) pairs and return once the broker acknowledged all of them."""
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Publish (key, value, headers) and return once the broker acknowledged all of them."""
         producer = await self.ready()
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -146,18 +149,19 @@ class BatchProducer:
 
 
 def _record_batches(producer: AIOKafkaProducer, partitions: list[int],
-                    messages: Sequence[tuple[bytes, bytes]]) -> list[tuple[int, BatchBuilder]]:
+                    messages: Sequence[Message]) -> list[tuple[int, BatchBuilder]]:
     """Closed record batches, in the order of their first message, per partition."""
     open_batches: dict[int, BatchBuilder] = {}
     batches: list[tuple[int, BatchBuilder]] = []
     single = partitions[0] if len(partitions) == 1 else None
-    for key, value in messages:
+    for key, value, headers in messages:
         partition = single if single is not None else _partitioner(key, partitions, partitions)
         batch = open_batches.get(partition)
-        if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
+        if batch is None or batch.append(key=key, value=value, timestamp=None,
+                                         headers=headers) is None:
             # A batch takes its first message whatever its size: this append succeeds.
             batch = open_batches[partition] = producer.create_batch()
-            batch.append(key=key, value=value, timestamp=None)
+            batch.append(key=key, value=value, timestamp=None, headers=headers)
             batches.append((partition, batch))
     for _, batch in batches:
         batch.close()  # nothing else may join it

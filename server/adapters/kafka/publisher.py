@@ -23,6 +23,7 @@ from typing import Protocol, runtime_checkable
 import asyncpg
 import msgspec
 from aiokafka.errors import KafkaError
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge, Histogram
 
 from core.ledger.errors import Unavailable
@@ -30,8 +31,9 @@ from core.ledger.events import FinishedJournal, TargetNow, event_payload
 from core.ledger.models import Entry, ErrorBody, Leg
 from core.pipeline.ports import ReceiptRecord
 from core.pipeline.receipts import receipt_records
-from server.adapters.kafka.producer import BatchProducer
+from server.adapters.kafka.producer import BatchProducer, Headers
 from server.adapters.postgres.outbox import OutboxSession
+from server.tracing import spans
 
 PUBLISH_LAG = Histogram(
     "kassa_outbox_publish_lag_seconds",
@@ -110,7 +112,17 @@ class KafkaSink:
         await self.kafka.ready()
 
     async def deliver(self, journals: list[FinishedJournal]) -> None:
-        await self.kafka.publish([(j.receipt_code.encode(), event_payload(j)) for j in journals])
+        # Each record carries its journal's stored traceparent, so a consumer continues
+        # the request's trace; the publish is one span of the batch (server/tracing).
+        messages = [(j.receipt_code.encode(), event_payload(j), _trace_header(j))
+                    for j in journals]
+        if not spans.ENABLED:
+            await self.kafka.publish(messages)
+            return
+        with spans.batch("kassa.relay.publish", (j.traceparent for j in journals),
+                         SpanKind.PRODUCER, {"messaging.system": "kafka",
+                                             "messaging.batch.message_count": len(journals)}):
+            await self.kafka.publish(messages)
 
     async def failed(self) -> None:
         # A failed producer may hold dead connections or an id a restarted broker no
@@ -132,7 +144,14 @@ class ReceiptSink:
         return None
 
     async def deliver(self, journals: list[FinishedJournal]) -> None:
-        await self._register(receipt_records(journals))
+        if not spans.ENABLED:
+            await self._register(receipt_records(journals))
+            return
+        # The batch's span is current during the call: the gRPC client span and the
+        # service's continue it (server/tracing/grpc_context.py).
+        with spans.batch("kassa.relay.receipts", (j.traceparent for j in journals),
+                         attributes={"kassa.batch.size": len(journals)}):
+            await self._register(receipt_records(journals))
 
     async def failed(self) -> None:
         return None
@@ -222,7 +241,12 @@ def finished_journal(row: asyncpg.Record) -> FinishedJournal:
         status=row["status"], currency=row["currency"], legs=_legs.decode(row["legs"]),
         is_hold=row["is_hold"], completed_at=rfc3339(row["completed_at"]),
         entries=[Entry(*e) for e in _entries.decode(row["entries"])], error=error,
-        description=row["description"], target=row["target"], named=named)
+        description=row["description"], target=row["target"], named=named,
+        traceparent=row.get("traceparent"))
+
+
+def _trace_header(journal: FinishedJournal) -> Headers:
+    return [] if journal.traceparent is None else [("traceparent", journal.traceparent.encode())]
 
 
 def rfc3339(when: dt.datetime) -> str:

@@ -26,11 +26,13 @@ class RequestRow(NamedTuple):
     mode: str
     accept_time_us: int | None
     target: str | None
+    traceparent: str | None  # W3C, of the accepting request while tracing is on
 
 
 REQUEST = dict(external_ref="text", type="text", currency="text", description="text",
                metadata="text", payload="text", idempotency_scope="text", idempotency_key="text",
-               request_hash="text", mode="text", accept_time_us="int", target="text")
+               request_hash="text", mode="text", accept_time_us="int", target="text",
+               traceparent="text")
 
 
 def _columns(name: str, *parts: type[Any] | list[tuple[str, Any]]) -> Any:
@@ -99,12 +101,12 @@ TARGETS = Rows(TargetRow, id="bigint", status="text", reversed="bigint")
 INSERT_PENDING = Statement(lambda p: f"""
 INSERT INTO journals (external_ref, type, status, currency, description, metadata, payload,
                       idempotency_scope, idempotency_key, request_hash, mode, accept_time_us,
-                      lease_owner, lease_expires_at, target, hold_expires_at)
+                      lease_owner, lease_expires_at, target, hold_expires_at, traceparent)
 SELECT external_ref, type, 'processing', currency, description, metadata::jsonb,
        payload::jsonb, idempotency_scope, idempotency_key, request_hash, mode, accept_time_us,
        {p.value("lease_owner", "text")},
        now() + make_interval(secs => {p.value("lease_s", "float8")}), target,
-       now() + make_interval(secs => hold_expires_in_s)
+       now() + make_interval(secs => hold_expires_in_s), traceparent
 FROM {p.rows("journals", PENDING)}
 ON CONFLICT (idempotency_scope, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, external_ref
@@ -189,11 +191,12 @@ WITH recorded AS (
     INSERT INTO journals (id, status, error_code, error_message, error_param, external_ref,
                           type, currency, description, metadata, payload, idempotency_scope,
                           idempotency_key, request_hash, mode, accept_time_us, target,
-                          created_at, completed_at, event_xid)
+                          created_at, completed_at, event_xid, traceparent)
     OVERRIDING SYSTEM VALUE
     SELECT id, status, error_code, error_message, error_param, external_ref, type, currency,
            description, metadata::jsonb, payload::jsonb, idempotency_scope, idempotency_key,
-           request_hash, mode, accept_time_us, target, t.at, t.at, pg_current_xact_id()
+           request_hash, mode, accept_time_us, target, t.at, t.at, pg_current_xact_id(),
+           traceparent
     FROM {p.rows("journals", FINISHED)},
          (SELECT {p.value("finished_at", "text")}::timestamptz AS at) t
 ), {_posting(p).lstrip()}

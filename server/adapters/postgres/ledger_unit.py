@@ -104,7 +104,7 @@ def request_row(journal: PendingJournal) -> RequestRow:
     return RequestRow(journal.receipt_code, tx.type, tx.currency, tx.description,
                       _json.encode(tx.metadata).decode(), _json.encode(tx.legs).decode(),
                       journal.idempotency_scope, journal.idempotency_key, journal.request_hash,
-                      journal.mode, journal.accept_time_us, tx.target)
+                      journal.mode, journal.accept_time_us, tx.target, journal.traceparent)
 
 
 def pending_row(journal: PendingJournal) -> PendingColumns:

@@ -64,7 +64,7 @@ EVENT_COLUMNS = """
 SELECT j.id, j.event_xid::text AS xid, j.external_ref, j.type, j.status, j.currency,
        j.payload::text AS legs, j.hold_expires_at IS NOT NULL AS is_hold,
        coalesce(j.completed_at, j.created_at) AS completed_at,
-       j.error_code, j.error_message, j.error_param, j.description, j.target,
+       j.error_code, j.error_message, j.error_param, j.description, j.target, j.traceparent,
        coalesce((SELECT json_agg(json_build_array(l.account_id, l.direction, l.amount,
                                                   l.balance_after) ORDER BY l.id)
                  FROM ledgers l WHERE l.journal_id = j.id), '[]')::text AS entries,

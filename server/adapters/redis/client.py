@@ -24,6 +24,7 @@ from redis.exceptions import (
 from core.kit.breaker import CircuitBreaker
 from core.ledger.errors import Unavailable
 from server.adapters.grpc import metrics
+from server.tracing import spans
 
 log = logging.getLogger("kassa.redis")
 
@@ -64,22 +65,24 @@ async def converted_errors(what: str, breaker: CircuitBreaker | None = None
     socket timeout paid) and outages are counted."""
     if breaker is not None and not breaker.allow():
         raise Unavailable(f"redis is unavailable ({what}): circuit open", retry_after_s=1)
-    try:
-        yield
-    except OUTAGES as exc:
+    # A request's Redis call is a span of its trace (server/tracing/spans.py).
+    with spans.in_trace("redis", what):
+        try:
+            yield
+        except OUTAGES as exc:
+            if breaker is not None:
+                breaker.record_failure()
+            # The message may reach a client: the driver's text (host, port) goes to the log.
+            log.warning("redis unavailable (%s): %r", what, exc)
+            raise Unavailable(f"redis is unavailable ({what})", retry_after_s=1) from exc
+        except RedisError as exc:
+            if breaker is not None:
+                breaker.record_success()  # Redis answered
+            log.warning("redis error (%s): %r", what, exc)
+            raise Unavailable(f"redis is unavailable ({what})", retry_after_s=1) from exc
+        except BaseException:
+            if breaker is not None:
+                breaker.record_abandoned()  # cancelled: a half-open trial slot is given back
+            raise
         if breaker is not None:
-            breaker.record_failure()
-        # The message may reach a client: the driver's text (host, port) goes to the log.
-        log.warning("redis unavailable (%s): %r", what, exc)
-        raise Unavailable(f"redis is unavailable ({what})", retry_after_s=1) from exc
-    except RedisError as exc:
-        if breaker is not None:
-            breaker.record_success()  # Redis answered
-        log.warning("redis error (%s): %r", what, exc)
-        raise Unavailable(f"redis is unavailable ({what})", retry_after_s=1) from exc
-    except BaseException:
-        if breaker is not None:
-            breaker.record_abandoned()  # cancelled: a half-open trial slot is given back
-        raise
-    if breaker is not None:
-        breaker.record_success()
+            breaker.record_success()
