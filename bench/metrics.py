@@ -6,8 +6,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 # Histograms whose mean over the scenario says how well the batchers batch.
-HISTOGRAMS = ("receipt_batch_size", "receipt_batch_latency", "kassa_accept_batch_size",
-              "kassa_execute_batch_size", "transactions_duration_seconds")
+HISTOGRAMS = ("kassa_receipt_batch_size", "kassa_receipt_call_duration_seconds",
+              "kassa_accept_batch_size", "kassa_execute_batch_size",
+              "kassa_accept_to_final_seconds")
 COUNTERS = ("kassa_requests_refused_total",)
 
 Snapshot = dict[str, float]

@@ -23,18 +23,18 @@ from urllib.parse import urlsplit
 # (85% of 10,000): both alerts. A rule that sums over workers or hosts and compares with
 # one worker's capacity fires on a (and once, for both hosts together): the test fails.
 QUEUE_SERIES = [
-    ('transactions_queue_size{job="kassa", instance="a"}', "9000x20"),
-    ('worker_pool_utilization{job="kassa", instance="a", pid="1"}', "0.5x20"),
-    ('worker_pool_utilization{job="kassa", instance="a", pid="2"}', "0.5x20"),
-    ('transactions_queue_size{job="kassa", instance="b"}', "8500x20"),
-    ('worker_pool_utilization{job="kassa", instance="b", pid="3"}', "0.9x20"),
+    ('kassa_executor_queued_tasks{job="kassa", instance="a"}', "9000x20"),
+    ('kassa_executor_writers_busy_ratio{job="kassa", instance="a", pid="1"}', "0.5x20"),
+    ('kassa_executor_writers_busy_ratio{job="kassa", instance="a", pid="2"}', "0.5x20"),
+    ('kassa_executor_queued_tasks{job="kassa", instance="b"}', "8500x20"),
+    ('kassa_executor_writers_busy_ratio{job="kassa", instance="b", pid="3"}', "0.9x20"),
 ]
 QUEUE_ALERTS = {
     "KassaQueueNearlyFull": ("critical", "Processor queues on b above 80% of their capacity: "
                                          "503 overloaded is next"),
     "KassaQueueFilling": ("warning", "Processor queues on b above 50% of their capacity"),
 }
-QUEUE_METRIC = "transactions_queue_size"
+QUEUE_METRIC = "kassa_executor_queued_tasks"
 OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 RUNBOOK_PATH = "docs/operations.md"  # the URL's path ends so; the base may be rewritten
 

@@ -24,7 +24,7 @@ def test_the_alert_rules_pass_their_checks() -> None:
 
 
 def test_a_queue_rule_summed_over_every_host_is_refused() -> None:
-    old = {"alert": "KassaQueueNearlyFull", "expr": "sum(transactions_queue_size) > 8000",
+    old = {"alert": "KassaQueueNearlyFull", "expr": "sum(kassa_executor_queued_tasks) > 8000",
            "labels": {"severity": "critical"}}
     with pytest.raises(AssertionError, match="summed over hosts"):
         structural([old])

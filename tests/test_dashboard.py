@@ -1,6 +1,8 @@
 """deploy/grafana/kassa.json: a well-formed dashboard whose every query names metrics that a
 running `kassa serve` exports on /metrics (so a renamed metric breaks this test, not the
-operator's graphs)."""
+operator's graphs), and whose every panel shows data on a server that has served nothing
+yet: each query, evaluated by a real Prometheus scraping such a server, returns at least
+one series (Grafana's "No data" otherwise)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 
 from tests.conftest import ADMIN_KEY, new_database
 from tests.fixtures.kassa_server import KassaProcess, start_kassa
+from tests.fixtures.prometheus_server import JOB, SCRAPE_INTERVAL_S, Prometheus, prometheus
 from tests.fixtures.servers import PostgresServer, RedisServer
 from tests.load import SERVE_ENV, open_accounts
 
@@ -106,11 +109,11 @@ def test_the_extractor_finds_metrics_and_only_metrics() -> None:
     expr = ('histogram_quantile(0.99, sum by (le, kind) (rate(kassa_accept_latency_seconds_bucket'
             '{job=~"$job", instance="a:1", status!~"5xx|4xx"}[$__rate_interval])))'
             ' / on (instance) group_left (pod) clamp_min(sum without (pid) (up offset 5m), 1e3)'
-            ' > bool 0.5 and max(foo:bar_total[5m:1m]) unless count(transactions_total)')
+            ' > bool 0.5 and max(foo:bar_total[5m:1m]) unless count(kassa_transactions_total)')
     assert metric_names(expr) == [("kassa_accept_latency_seconds_bucket", True), ("up", False),
-                                  ("foo:bar_total", False), ("transactions_total", False)]
+                                  ("foo:bar_total", False), ("kassa_transactions_total", False)]
     assert base_name("kassa_accept_latency_seconds_bucket") == "kassa_accept_latency_seconds"
-    assert base_name("transactions_total") == "transactions_total"
+    assert base_name("kassa_transactions_total") == "kassa_transactions_total"
 
 
 def test_the_dashboard_is_well_formed() -> None:
@@ -158,8 +161,85 @@ def test_the_dashboard_is_well_formed() -> None:
         assert topic in titles, topic
 
 
+# What Grafana puts in a query, as the dashboard's defaults ("All") give it: `$__rate_interval`
+# is at least four scrape intervals.
+GRAFANA_VALUES = {"$__rate_interval": f"{4 * SCRAPE_INTERVAL_S + 1}s", "$job": JOB,
+                  "$instance": ".*", "$route": ".*"}
+
+
+def as_grafana_sends(expr: str) -> str:
+    for variable, value in GRAFANA_VALUES.items():
+        expr = expr.replace(variable, value)
+    return expr
+
+
+def variable_queries(doc: dict[str, Any]) -> dict[str, str]:
+    """Each query variable's `label_values(selector, label)` as the PromQL that lists those
+    values: `group by (label) (selector)`."""
+    found = {}
+    for var in doc["templating"]["list"]:
+        if var["type"] == "query":
+            query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+            match = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", query)
+            assert match, query
+            found[var["name"]] = f"group by ({match.group(2)}) ({match.group(1)})"
+    return found
+
+
+def panel_queries(doc: dict[str, Any]) -> dict[str, str]:
+    """`panel title / refId` → its expression as Grafana sends it, and each variable's."""
+    found = {f"{p['title']} / {t['refId']}": as_grafana_sends(t["expr"])
+             for p in graph_panels(doc) if p["type"] != "row" for t in p["targets"]}
+    return found | {f"variable {name}": as_grafana_sends(query)
+                    for name, query in variable_queries(doc).items()}
+
+
+def test_grafana_variables_are_replaced_and_variable_queries_rewritten() -> None:
+    doc = dashboard()
+    queries_ = panel_queries(doc)
+    assert len(queries_) == len(queries(doc)) + 3
+    assert not any("$" in expr for expr in queries_.values()), queries_
+    assert variable_queries(doc)["instance"] == \
+        'group by (instance) (kassa_backlog_size{job=~"$job"})'
+
+
+@pytest.fixture
+def fresh(pg_server: PostgresServer, redis_server: RedisServer) -> Iterator[KassaProcess]:
+    """A server that has served nothing but /readyz (asked until it is ready)."""
+    dsn = asyncio.run(new_database(pg_server))
+    kassa = start_kassa({**SERVE_ENV, "KASSA_DATABASE_URL": dsn,
+                         "KASSA_REDIS_URL": redis_server.url})
+    yield kassa
+    assert kassa.stop() == 0, kassa.log_tail()
+
+
+def empty_queries(prom: Prometheus, wanted: dict[str, str]) -> dict[str, str]:
+    return {name: expr for name, expr in wanted.items() if not prom.query(expr)}
+
+
+@pytest.mark.slow
+def test_every_panel_has_data_on_a_server_that_served_nothing(fresh: KassaProcess) -> None:
+    wanted = panel_queries(dashboard())
+    with prometheus(f"127.0.0.1:{fresh.port}") as prom:
+        # rate() needs two scrapes in its window: a few scrapes, then no query may be empty.
+        deadline = time.monotonic() + 30
+        while (empty := empty_queries(prom, wanted)) and time.monotonic() < deadline:
+            time.sleep(SCRAPE_INTERVAL_S)
+        assert not empty, f"No data in: {empty}"
+        # It did serve nothing: no transaction, no refusal, no request but these.
+        assert prom.query("sum(kassa_transactions_total) + sum(kassa_requests_refused_total)"
+                          " + sum(kassa_accept_latency_seconds_count) > 0") == []
+        served = {s["metric"]["route"] for s in prom.query(
+            "sum by (route) (kassa_http_requests_total) > 0")}
+        assert served <= {"/readyz", "/metrics"}, served
+        # Every known combination is there at 0 (a sample of them).
+        assert len(prom.query('kassa_transactions_total{status="voided"}')) == 6
+        assert prom.query('kassa_requests_refused_total{code="insufficient_funds"}')
+        assert prom.query('kassa_build_info{version!="", python!=""} == 1')
+
+
 # The series that exist only once something happened, and the requests below that make them:
-# transactions_total / kassa_accept_latency_seconds (a transfer), transactions_failed_total (a
+# kassa_transactions_total / kassa_accept_latency_seconds (a transfer), kassa_transactions_failed_total (a
 # batch whose second item fails under lock), kassa_requests_refused_total (a transfer from
 # a missing account), kassa_http_* (those routes, and a 404).
 @pytest.fixture(scope="module")

@@ -242,7 +242,7 @@ async def test_operations_endpoints(app_client) -> None:  # type: ignore[no-unty
     assert {"/v1/transactions", "/v1/transactions/batch", "/v1/accounts/{account_id}/entries",
             "/v1/transactions/{receipt_code}/status"} <= set(spec["paths"])
     metrics = (await app_client.get("/metrics")).text
-    assert "transactions_queue_size" in metrics
+    assert "kassa_executor_queued_tasks" in metrics
 
 
 @pytest.mark.parametrize("limit", [0, 100])

@@ -79,11 +79,15 @@ class PostCommit:
                                 for o in executed.outcomes if is_final(o.status)])
         self._tracker.finished([JournalStatus(t.receipt_code, t.status, None, now_iso)
                                 for t in executed.targets if is_final(t.status)])
+        # Counted once final: a hold's `held` is counted when its capture or void ends it.
         counts: dict[tuple[str, str], int] = {}
+        latencies: list[float] = []
         logging_info = log.isEnabledFor(logging.INFO)
         for task, outcome in zip(executed.tasks, executed.outcomes, strict=True):
-            key = (outcome.status, task.transaction.type)
-            counts[key] = counts.get(key, 0) + 1
+            if is_final(outcome.status):
+                key = (outcome.status, task.transaction.type)
+                counts[key] = counts.get(key, 0) + 1
+                latencies.append(now - task.accepted_at)
             if logging_info:
                 self._log(outcome, now - task.accepted_at, task.request_id)
             if self._notifier is not None:
@@ -96,7 +100,7 @@ class PostCommit:
             balances = {a.id: a.balance for a in executed.accounts.values()}
             balances |= {e.account: e.balance_after for o in executed.outcomes for e in o.entries}
             self._balances_committed(balances)
-        self._observer.finished(counts, [now - task.accepted_at for task in executed.tasks])
+        self._observer.finished(counts, latencies)
 
     @staticmethod
     def _log(outcome: Outcome, seconds: float, request_id: str) -> None:

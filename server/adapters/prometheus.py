@@ -11,6 +11,7 @@ import atexit
 import bisect
 import logging
 import os
+import platform
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import (
@@ -24,31 +25,50 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
+from core.ledger.errors import BusinessRuleError
+from core.ledger.linked import LINKED_TYPES
+from core.ledger.status import FINAL
+from core.ledger.validation import TYPES
 from core.pipeline.read_ports import Backlog
 from core.pipeline.tracker import StatusTracker
+from server.version import package_version
 
 log = logging.getLogger("kassa.metrics")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
 
-TRANSACTIONS = Counter("transactions_total", "Transactions that reached a final status", ["status", "type"])
-FAILED = Counter("transactions_failed_total", "Transactions that ended failed", ["type"])
+# Names follow Prometheus's conventions (issue 22): `kassa_` first, the unit last, counters
+# end in `_total` (prometheus_client appends it to a counter's family name). CHANGELOG.md
+# lists the names they replaced.
+TRANSACTIONS = Counter("kassa_transactions_total",
+                       "Transactions that reached a final status (completed, failed, voided; "
+                       "not held, which a capture or void ends)", ["status", "type"])
+FAILED = Counter("kassa_transactions_failed_total", "Transactions that ended failed", ["type"])
 REFUSED = Counter("kassa_requests_refused_total", "Requests refused before acceptance", ["code"])
-DURATION = Histogram("transactions_duration_seconds", "Accept to final status (accept-to-final latency)",
+DURATION = Histogram("kassa_accept_to_final_seconds",
+                     "Accept to final status of the transactions that reached one",
                      buckets=LATENCY_BUCKETS)
 ACCEPT_LATENCY = Histogram("kassa_accept_latency_seconds", "Request start to durable accept",
                            ["kind"], buckets=LATENCY_BUCKETS)
 ACCEPT_BATCH = Histogram("kassa_accept_batch_size", "Journals per group commit", buckets=SIZE_BUCKETS)
-QUEUE_SIZE = Gauge("transactions_queue_size", "Tasks queued for execution", multiprocess_mode="livesum")
-UTILIZATION = Gauge("worker_pool_utilization", "Busy executor writers / writers", multiprocess_mode="liveall")
-PROCESSING = Histogram("worker_processing_duration", "Seconds to execute one batch", buckets=LATENCY_BUCKETS)
+QUEUE_SIZE = Gauge("kassa_executor_queued_tasks", "Tasks queued for execution",
+                   multiprocess_mode="livesum")
+UTILIZATION = Gauge("kassa_executor_writers_busy_ratio", "Busy executor writers / writers",
+                    multiprocess_mode="liveall")
+PROCESSING = Histogram("kassa_execute_batch_duration_seconds", "Seconds to execute one batch",
+                       buckets=LATENCY_BUCKETS)
 EXECUTE_BATCH = Histogram("kassa_execute_batch_size", "Transactions per executed batch", buckets=SIZE_BUCKETS)
 BACKLOG = Gauge("kassa_backlog_size", "Accepted journals not yet final (database)", multiprocess_mode="livemax")
 OLDEST = Gauge("kassa_oldest_unexecuted_age_seconds", "Age of the oldest unfinished journal",
                multiprocess_mode="livemax")
-HIT_RATE = Gauge("status_tracker_cache_hit_rate", "In-memory status hits / lookups", multiprocess_mode="liveall")
-TRACKER_SIZE = Gauge("status_tracker_cache_size", "Statuses held in memory", multiprocess_mode="livesum")
+STATUS_LOOKUPS = Counter("kassa_status_cache_lookups_total",
+                         "Status lookups: hit (answered from this process's memory) or miss",
+                         ["result"])
+TRACKER_SIZE = Gauge("kassa_status_cache_entries", "Statuses held in memory",
+                     multiprocess_mode="livesum")
+BUILD_INFO = Gauge("kassa_build_info", "1, labelled with the running Kassa and Python versions",
+                   ["version", "python"], multiprocess_mode="livemax")
 
 HTTP_REQUESTS = Counter("kassa_http_requests_total", "HTTP requests answered",
                         ["route", "method", "status"])
@@ -150,9 +170,50 @@ HTTP_METRICS = HttpMetrics()
 atexit.register(HTTP_METRICS.flush)
 
 
+ACCEPT_KINDS = ("transaction",)  # core/pipeline/accept.py's `accepted` kinds
+STATUS_RESULTS = ("hit", "miss")
+
+
+def refusal_codes() -> frozenset[str]:
+    """Every code pre-validation can refuse with: those of the ledger's rule errors
+    (BusinessRuleError's subclasses; core/ledger/linked.py, imported above, defines some)."""
+    found: set[str] = set()
+    pending: list[type[BusinessRuleError]] = [BusinessRuleError]
+    while pending:
+        cls = pending.pop()
+        pending += cls.__subclasses__()
+        if cls is not BusinessRuleError:
+            found.add(cls.code)
+    return frozenset(found)
+
+
+def export_known_series() -> None:
+    """Every known label combination at 0 from the start, so that a server that has served
+    nothing shows every series, and rate() sees the first event as an increase (a series
+    first seen at 1 has no earlier sample to rise from). Creating a child is what exports
+    it; in multiprocess mode it is written to this process's file at once."""
+    types = (*TYPES, *sorted(LINKED_TYPES))
+    for type_ in types:
+        FAILED.labels(type_)
+        for status in sorted(FINAL):
+            TRANSACTIONS.labels(status, type_)
+    for code in sorted(refusal_codes()):
+        REFUSED.labels(code)
+    for kind in ACCEPT_KINDS:
+        ACCEPT_LATENCY.labels(kind)
+    for result in STATUS_RESULTS:
+        STATUS_LOOKUPS.labels(result)
+    BUILD_INFO.labels(package_version(), platform.python_version()).set(1)
+
+
 class PrometheusObserver:
+    """The pipeline's Observer; creating one exports the known series at 0
+    (`export_known_series`)."""
+
     def __init__(self) -> None:
         self._accept_latency: dict[str, Histogram] = {}
+        self._status_hits = self._status_misses = 0
+        export_known_series()
 
     def accepted(self, kind: str, seconds: float, count: int = 1) -> None:
         child = self._accept_latency.get(kind)
@@ -182,9 +243,20 @@ class PrometheusObserver:
     def accept_flushed(self, size: int, seconds: float) -> None:
         ACCEPT_BATCH.observe(size)
 
+    def count_status_lookups(self, tracker: StatusTracker) -> None:
+        """The tracker's hits and misses since the last call, onto the counters (the
+        tracker is core and counts in plain integers)."""
+        hits, misses = tracker.hits - self._status_hits, tracker.misses - self._status_misses
+        self._status_hits, self._status_misses = tracker.hits, tracker.misses
+        if hits:
+            STATUS_LOOKUPS.labels("hit").inc(hits)
+        if misses:
+            STATUS_LOOKUPS.labels("miss").inc(misses)
+        TRACKER_SIZE.set(len(tracker))
+
     async def run_gauges(self, backlog: Callable[[], Awaitable[Backlog]],
                          tracker: StatusTracker) -> None:
-        """Refresh the gauges that need a query (`backlog`) or the tracker's counters;
+        """Refresh the gauges that need a query (`backlog`) and the tracker's counts;
         cheap, every few seconds."""
         while True:
             try:
@@ -193,9 +265,7 @@ class PrometheusObserver:
                 OLDEST.set(found.oldest_age_s)
             except Exception as exc:  # noqa: BLE001 - a gauge may lag; never crash the worker
                 log.debug("gauge refresh failed: %r", exc)
-            lookups = tracker.hits + tracker.misses
-            HIT_RATE.set(tracker.hits / lookups if lookups else 0.0)
-            TRACKER_SIZE.set(len(tracker))
+            self.count_status_lookups(tracker)
             await asyncio.sleep(GAUGE_INTERVAL_S)
 
 

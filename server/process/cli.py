@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import logging
 import os
 import secrets
@@ -18,6 +17,7 @@ if TYPE_CHECKING:
     from server.adapters.grpc.security import GrpcSecurity
     from server.process.sizing import Plan
 from server.process.settings import ConfigError, Settings, env_name, load_settings
+from server.version import package_version
 
 log = logging.getLogger("kassa.cli")
 
@@ -127,14 +127,6 @@ def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument(
         "--no-receipts", action="store_true",
         help="skip the receipt-registration check (servers run without a receipt service)")
-
-
-def package_version() -> str:
-    """The installed distribution's version (pyproject.toml), not a copy kept in the code."""
-    try:
-        return importlib.metadata.version("kassa")
-    except importlib.metadata.PackageNotFoundError:  # running from a tree never installed
-        return "unknown"
 
 
 # What migrate and verify wait for a connection: an unreachable database is a quick line.

@@ -95,6 +95,8 @@ class Supervisor:
         now = clock()
         self._watches = [_Watch(c, Backoff(backoff_min_s, backoff_max_s, stable_s), now)
                          for c in children]
+        for child in children:  # each child's count exists from the start, at 0
+            RESTARTS.labels(child=child.name)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -15,7 +15,10 @@ reads as a PromQL expression (a function call, a range `[5m]` or a label matcher
 `{name="x"}`) it must be an exact sample name; elsewhere (`kassa_execute_batch_size` or
 `kassa_accept_latency_seconds{kind}` in a table, labels listed in braces) a histogram may
 also be named by its family.
-A counter named without `_total` is always wrong: that query matches nothing."""
+A counter named without `_total` is always wrong: that query matches nothing.
+
+The names CHANGELOG.md lists as replaced are no metric of Kassa any more, and no document
+names them (an old name would pass the check above: it no longer looks like a metric)."""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 ROOT = Path(__file__).resolve().parents[2]
+CHANGELOG = ROOT / "CHANGELOG.md"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CONSTRUCTORS = {"Counter", "Gauge", "Histogram", "Summary"}
 SUFFIXES = ("_total", "_created", "_bucket", "_sum", "_count")
@@ -159,8 +163,52 @@ def test_every_metric_name_in_the_docs_is_exported(doc: str) -> None:
 def test_the_docs_name_metrics_at_all() -> None:
     names = {name for _, name, _ in doc_metric_names(defined_metrics())}
     assert {"kassa_receipt_registrations_dropped_total", "kassa_http_requests_total",
-            "transactions_total"} <= names
+            "kassa_transactions_total"} <= names
 
 
 def test_counter_gauge_and_histogram_are_the_constructors_looked_for() -> None:
     assert {Counter.__name__, Gauge.__name__, Histogram.__name__} <= CONSTRUCTORS
+
+
+# A row of CHANGELOG.md's table: | `old{labels}` | `new{labels}`... or | removed: `other`...
+RENAME_ROW = re.compile(r"^\| `([a-z_]+)[^`]*` \| (removed: )?`([a-z_]+)", re.M)
+
+
+def renamed() -> dict[str, tuple[str, bool]]:
+    """Old name → (its replacement, whether the old one is simply removed)."""
+    return {m.group(1): (m.group(3), bool(m.group(2)))
+            for m in RENAME_ROW.finditer(CHANGELOG.read_text())}
+
+
+def test_the_changelog_table_is_read() -> None:
+    rows = renamed()
+    assert rows["transactions_total"] == ("kassa_transactions_total", False)
+    assert rows["kassa_account_cache_hit_rate"] == ("kassa_account_cache_requests_total", True)
+    assert len(rows) >= 10
+
+
+def test_renamed_metrics_are_gone_and_their_replacements_exported() -> None:
+    families = defined_metrics()
+    samples = sample_names(families)
+    for old, (new, _) in renamed().items():
+        assert old not in samples and old not in families, f"{old} is still defined"
+        assert old.removesuffix("_total") not in families, f"{old} is still defined"
+        assert new in samples or new in families, f"{new} (for {old}) is not a metric"
+
+
+def test_no_document_names_a_renamed_metric() -> None:
+    old_names = renamed().keys()
+    found = sorted({(doc.name, m.group(0)) for doc in DOCS for span in code_spans(doc.read_text())
+                    for m in IDENTIFIER.finditer(span) if m.group(0) in old_names})
+    assert found == [], "write the new names (CHANGELOG.md)"
+
+
+def test_every_metric_follows_the_naming_conventions() -> None:
+    """kassa_ first; a histogram's name ends in its unit (or _size: items per batch); no
+    gauge or histogram ends in _total (a counter's suffix)."""
+    for family, kind in defined_metrics().items():
+        assert family.startswith("kassa_"), family
+        if kind == "histogram":
+            assert family.endswith(("_seconds", "_bytes", "_size")), family
+        if kind != "counter":
+            assert not family.endswith("_total"), family

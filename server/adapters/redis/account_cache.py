@@ -68,9 +68,6 @@ REQUESTS = Counter("kassa_account_cache_requests_total",
                    "refresh (PostgreSQL again before refusing on funds)", ["result"])
 BALANCE_UPDATES = Counter("kassa_account_cache_balance_updates_total",
                           "Cached balances set by this process's commits")
-HIT_RATE = Gauge("kassa_account_cache_hit_rate",
-                 "Account lookups answered by the process LRU / all lookups",
-                 multiprocess_mode="liveall")
 LOOKUPS = Gauge("kassa_account_cache_lookups",
                 "Account lookups by this process since it started (how the workers share them)",
                 multiprocess_mode="liveall")
@@ -138,7 +135,6 @@ class RedisAccountCache:
         for counter, n in ((_HIT, hits), (_MISS, misses), (_REFRESH, refreshes)):
             if n:
                 counter.inc(n)
-        HIT_RATE.set(stats.hit_rate)
         LOOKUPS.set(stats.hits + stats.misses + stats.refreshes)
 
     # ---- what changes the cached view -------------------------------------------------

@@ -51,6 +51,8 @@ DELIVERIES = Counter("kassa_webhook_deliveries_total",
                      "Webhook delivery attempts by outcome: succeeded (2xx), retried (will be "
                      "tried again), failed (dead-lettered after the retry window).",
                      ["outcome"])
+for _outcome in ("succeeded", "retried", "failed"):  # at 0 from the start
+    DELIVERIES.labels(_outcome)
 OLDEST_PENDING_AGE = Gauge(
     "kassa_webhook_oldest_pending_age_seconds",
     "Age of the oldest webhook delivery not yet succeeded or dead-lettered (set by the "
