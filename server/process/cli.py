@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from server.adapters.grpc.security import GrpcSecurity
+    from server.adapters.postgres.migrate import LockPolicy
     from server.process.sizing import Plan
 from server.process.settings import ConfigError, Settings, env_name, load_settings
 from server.version import package_version
@@ -55,8 +56,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "migrate", formatter_class=_HELP, help="apply database migrations and exit",
         description="Applies the pending migrations to KASSA_DATABASE_URL, else to the "
                     "embedded PostgreSQL that `kassa serve` runs under --data-dir, and exits. "
-                    "An unreachable database is one line on stderr and exit code 2.")
+                    "Every statement waits at most KASSA_MIGRATE_LOCK_TIMEOUT_MS for a lock "
+                    "and is retried after a backoff. An unreachable database is one line on "
+                    "stderr and exit code 2; an applied migration changed since, or a lock "
+                    "never granted, one line and exit code 1.")
     _add_data_dir(migrate, settings)
+    migrate.add_argument("--status", action="store_true",
+                         help="list the applied migrations (with the state of their checksum) "
+                              "and the pending ones, and change nothing")
     for name, port in (("receipt-service", 50051), ("notification-service", 50052)):
         p = sub.add_parser(name, formatter_class=_HELP, help=f"run the {name} gRPC server on its own",
                            description=f"Runs the {name} gRPC server in the foreground "
@@ -87,7 +94,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                settings: Settings) -> None:
     p = sub.add_parser(
         "serve", formatter_class=_HELP, help="run the HTTP server under gunicorn",
-        description="Runs the HTTP server under gunicorn after applying migrations; starts "
+        description="Runs the HTTP server under gunicorn after applying migrations (with "
+                    "KASSA_MIGRATE_ON_START=0: after checking that none is missing); starts "
                     "embedded PostgreSQL, Redis, Kafka and the gRPC services for whatever "
                     "is not configured.")
     p.add_argument("--host", default=settings.host, help="address to listen on (KASSA_HOST)")
@@ -148,15 +156,56 @@ def database_dsn(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
-    from server.adapters.postgres.migrate import DatabaseUnreachable, apply_migrations
+    from server.adapters.postgres.migrate import (
+        DatabaseUnreachable,
+        MigrationRefused,
+        apply_migrations,
+        migration_status,
+    )
 
     dsn = database_dsn(args, settings)
     try:
-        applied = asyncio.run(apply_migrations(dsn, connect_timeout_s=CLI_CONNECT_TIMEOUT_S))
+        if args.status:
+            states = asyncio.run(migration_status(dsn, connect_timeout_s=CLI_CONNECT_TIMEOUT_S))
+            for state in states:
+                print(f"{state.version:<40} {state.state:<10} {state.applied_at}".rstrip())
+            return
+        applied = asyncio.run(apply_migrations(dsn, connect_timeout_s=CLI_CONNECT_TIMEOUT_S,
+                                               policy=lock_policy(settings)))
     except DatabaseUnreachable as exc:
         print(f"kassa: {exc}", file=sys.stderr)
         sys.exit(2)
+    except MigrationRefused as exc:
+        print(f"kassa: {exc}", file=sys.stderr)
+        sys.exit(1)
     print(f"applied {len(applied)} migrations: {', '.join(applied) or 'none needed'}")
+
+
+def lock_policy(settings: Settings) -> LockPolicy:
+    from server.adapters.postgres.migrate import LockPolicy
+
+    return LockPolicy(timeout_ms=settings.migrate_lock_timeout_ms,
+                      attempts_max=settings.migrate_lock_attempts_max)
+
+
+def migrate_on_start(dsn: str, settings: Settings) -> None:
+    """`kassa serve`: migrate (KASSA_MIGRATE_ON_START=1, the default), or check that the
+    database has every migration of this release; either refusal is one line and exit 1."""
+    from server.adapters.postgres.migrate import (
+        MigrationRefused,
+        apply_migrations,
+        check_schema,
+        migration_status,
+    )
+
+    try:
+        if settings.migrate_on_start == "1":
+            asyncio.run(apply_migrations(dsn, policy=lock_policy(settings)))
+        else:
+            check_schema(asyncio.run(migration_status(dsn)))
+    except MigrationRefused as exc:
+        print(f"kassa: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def _raise_exit(signum: int, frame: object) -> None:
@@ -164,7 +213,7 @@ def _raise_exit(signum: int, frame: object) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
-    from server.adapters.postgres.migrate import DatabaseUnreachable, apply_migrations
+    from server.adapters.postgres.migrate import DatabaseUnreachable
     from server.process.embedded import EmbeddedStack
     from server.process.gunicorn_app import KassaApplication, gunicorn_options
 
@@ -182,7 +231,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         env = start_dependencies(stack, settings, data_dir)
         os.environ.update(env)
         try:
-            asyncio.run(apply_migrations(settings.database_url or env["KASSA_DATABASE_URL"]))
+            migrate_on_start(settings.database_url or env["KASSA_DATABASE_URL"], settings)
         except DatabaseUnreachable as exc:
             print(f"kassa: {exc}", file=sys.stderr, flush=True)
             sys.exit(2)

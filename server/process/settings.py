@@ -146,6 +146,13 @@ class Settings:
     webhook_in_flight_max: int = 64  # attempts at once, over every endpoint
     webhook_poll_interval_ms: float = 500.0  # how often due retries are looked for
     webhook_endpoints_max: int = 100
+    # Migrations (server/adapters/postgres/migrate.py): every statement waits at most this
+    # long for a lock (so a write queued behind it waits no longer), and is retried with
+    # backoff when it times out, up to the attempts; "0": `kassa serve` does not migrate and
+    # refuses to start on a database that lacks one of its migrations.
+    migrate_lock_timeout_ms: float = 3000.0
+    migrate_lock_attempts_max: int = 30
+    migrate_on_start: str = "1"
     # Shutdown
     shutdown_timeout_s: float = 30.0
     # Notification delivery, in the notification service (server/services/notifications/
@@ -189,6 +196,7 @@ _CHOICES = {
     "log_format": ("text", "json"),
     "embedded": ("auto", "1", "0"),
     "no_extensions": ("0", "1"),
+    "migrate_on_start": ("0", "1"),
 }
 # Numbers bounded otherwise than "positive": (lowest, highest), both allowed.
 _RANGES: dict[str, tuple[int, int]] = {

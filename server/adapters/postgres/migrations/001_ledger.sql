@@ -30,6 +30,8 @@ CREATE TABLE journals (
     request_hash      text,
     -- 'async' (answered 202) or 'sync' (?wait=true), to replay the original answer.
     mode              text NOT NULL DEFAULT 'async',
+    -- (microseconds from arrival to the accept commit: 2^31 of them are 35 minutes)
+    -- squawk-ignore prefer-bigint-over-int
     accept_time_us    integer,
     error_code        text,
     error_message     text,

@@ -19,6 +19,8 @@ CREATE TABLE notification_dead_letters (
     channel      text NOT NULL,
     recipient    text NOT NULL,
     payload      jsonb NOT NULL,
+    -- (a handful of delivery attempts)
+    -- squawk-ignore prefer-bigint-over-int
     attempts     integer NOT NULL,
     last_error   text NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now()

@@ -1,3 +1,4 @@
+-- kassa:no-transaction
 -- Listings (docs/api.md "Listing"): GET /v1/transactions with filters, GET /v1/accounts,
 -- GET /v1/accounts/{id}?at=. Every page is a keyset scan of at most about `limit` index
 -- entries (docs/performance.md "Listing plans"), at 10 million journals as at 100.
@@ -6,10 +7,16 @@
 -- untouched; common filter values (status completed, type transfer) get no index of their
 -- own and are served by the primary key scanned backwards (about limit / share rows);
 -- rare values get PARTIAL indexes, which cost a write only for the rows they hold.
+--
+-- Statement by statement, outside a transaction (migration_steps.py), so that on a ledger
+-- already holding millions of journals nothing blocks its writes for longer than a catalog
+-- change: the indexes are built CONCURRENTLY, and the backfill runs after the trigger is in
+-- place, holding no lock that writes wait for. Every statement can run again (a failure
+-- part way runs the file again from its start).
 
 -- One row per (account, journal) for ?account=: a journal names its accounts only inside
 -- its `payload` ([[source, destination, amount], ...]), which no index can page by id.
-CREATE TABLE journal_accounts (
+CREATE TABLE IF NOT EXISTS journal_accounts (
     account_id text NOT NULL,
     journal_id bigint NOT NULL,
     PRIMARY KEY (account_id, journal_id)
@@ -21,7 +28,7 @@ CREATE TABLE journal_accounts (
 -- that ON CONFLICT DO NOTHING skipped are not in `added`. Payloads never change after the
 -- insert, so there is no UPDATE trigger. No foreign key: journals are never deleted, and
 -- a foreign key would cost one lookup per row.
-CREATE FUNCTION journal_accounts_add() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION journal_accounts_add() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO journal_accounts (account_id, journal_id)
     SELECT DISTINCT acc.id, a.id
@@ -33,17 +40,21 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER journal_accounts_add AFTER INSERT ON journals
+CREATE OR REPLACE TRIGGER journal_accounts_add AFTER INSERT ON journals
     REFERENCING NEW TABLE AS added FOR EACH STATEMENT
     EXECUTE FUNCTION journal_accounts_add();
 
--- Backfill the journals written before this migration (same rule as the trigger).
+-- Backfill the journals written before this migration (same rule as the trigger). The
+-- trigger took its lock after every journal insert then running had ended, so each journal
+-- is in this statement's snapshot or went through the trigger; a journal in both (or a
+-- second run of this file) conflicts, and is skipped.
 INSERT INTO journal_accounts (account_id, journal_id)
 SELECT DISTINCT acc.id, j.id
 FROM journals j
 CROSS JOIN LATERAL jsonb_array_elements(j.payload) AS leg
 CROSS JOIN LATERAL (VALUES (leg ->> 0), (leg ->> 1)) AS acc(id)
-WHERE acc.id IS NOT NULL;
+WHERE acc.id IS NOT NULL
+ON CONFLICT DO NOTHING;
 
 -- ?status=: `completed` is nearly every journal, so the primary key scanned backwards
 -- with a filter finds a page in about `limit` rows. The other statuses are rare: each gets
@@ -51,19 +62,19 @@ WHERE acc.id IS NOT NULL;
 -- (the adapter inlines it from a fixed list). Journal status updates are already not HOT
 -- (journals_unfinished has status in its predicate), so these add no new kind of write:
 -- an entry only for a row that has that status.
-CREATE INDEX journals_processing_id ON journals (id) WHERE status = 'processing';
-CREATE INDEX journals_failed_id ON journals (id) WHERE status = 'failed';
-CREATE INDEX journals_held_id ON journals (id) WHERE status = 'held';
-CREATE INDEX journals_voided_id ON journals (id) WHERE status = 'voided';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS journals_processing_id ON journals (id) WHERE status = 'processing';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS journals_failed_id ON journals (id) WHERE status = 'failed';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS journals_held_id ON journals (id) WHERE status = 'held';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS journals_voided_id ON journals (id) WHERE status = 'voided';
 
 -- ?type=: transfers are the common case (primary key with a filter); every other type
 -- gets its partial index. The type CHECK does not know capture, void and reversal yet
 -- (migration 008 does); an index predicate may name values no row has.
-CREATE INDEX journals_deposit_id ON journals (id) WHERE type = 'deposit';
-CREATE INDEX journals_withdrawal_id ON journals (id) WHERE type = 'withdrawal';
-CREATE INDEX journals_capture_id ON journals (id) WHERE type = 'capture';
-CREATE INDEX journals_void_id ON journals (id) WHERE type = 'void';
-CREATE INDEX journals_reversal_id ON journals (id) WHERE type = 'reversal';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS journals_deposit_id ON journals (id) WHERE type = 'deposit';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS journals_withdrawal_id ON journals (id) WHERE type = 'withdrawal';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS journals_capture_id ON journals (id) WHERE type = 'capture';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS journals_void_id ON journals (id) WHERE type = 'void';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS journals_reversal_id ON journals (id) WHERE type = 'reversal';
 
 -- ?since= / ?until=: pages are ordered by id, but the window is on created_at. Both grow
 -- together, except that a journal's created_at is read inside the transaction that takes
@@ -73,15 +84,15 @@ CREATE INDEX journals_reversal_id ON journals (id) WHERE type = 'reversal';
 -- backwards inside that range, keeping the exact created_at test as a filter: a page deep
 -- in the past starts at its window instead of scanning every newer journal. This is the
 -- one index that every journal write pays for (an insert, and one per non-HOT update).
-CREATE INDEX journals_created_at ON journals (created_at);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS journals_created_at ON journals (created_at);
 
 -- ?at= on an account: the newest entry created at or before the instant, one descent.
 -- Ledgers are insert-only, so this is one more index entry per posting.
-CREATE INDEX ledgers_account_created ON ledgers (account_id, created_at DESC, id DESC);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS ledgers_account_created ON ledgers (account_id, created_at DESC, id DESC);
 
 -- GET /v1/accounts?currency=&status=: by id. A currency's accounts in id order; balance
 -- updates touch neither column and stay HOT. Locked and closed accounts are rare: partial
 -- indexes; `active` is served by the primary key (or this index) with a filter.
-CREATE INDEX accounts_currency_id ON accounts (currency, id);
-CREATE INDEX accounts_locked_id ON accounts (id) WHERE status = 'locked';
-CREATE INDEX accounts_closed_id ON accounts (id) WHERE status = 'closed';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_currency_id ON accounts (currency, id);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_locked_id ON accounts (id) WHERE status = 'locked';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_closed_id ON accounts (id) WHERE status = 'closed';

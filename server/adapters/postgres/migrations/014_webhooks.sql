@@ -22,6 +22,8 @@ CREATE TABLE webhook_deliveries (
     payload         bytea NOT NULL,  -- the event's JSON, the same bytes on every attempt
     status          text NOT NULL DEFAULT 'pending'
                     CHECK (status IN ('pending', 'succeeded', 'failed')),
+    -- (attempts within a day's retry window; an HTTP status below)
+    -- squawk-ignore prefer-bigint-over-int
     attempts        integer NOT NULL DEFAULT 0,
     -- When the next attempt is due; while one is in flight, the end of its claim (a
     -- sender that died mid-attempt leaves the row due again then).
@@ -29,6 +31,7 @@ CREATE TABLE webhook_deliveries (
     -- Retries stop (status failed) at the first failure this long after the first try.
     retry_until     timestamptz,
     last_attempt_at timestamptz,
+    -- squawk-ignore prefer-bigint-over-int
     last_status     integer,     -- the receiver's HTTP status, NULL when none came back
     last_error      text,
     created_at      timestamptz NOT NULL DEFAULT now()
