@@ -143,7 +143,7 @@ class Settings:
     webhook_retry_cap_s: float = 36_000.0  # 10 h
     webhook_retry_window_s: float = 86_400.0  # 24 h of retries at least
     webhook_timeout_ms: float = 10_000.0  # per attempt
-    webhook_in_flight_max: int = 64  # attempts at once, over every endpoint
+    webhook_in_flight_max: int = 64  # first attempts at once over every endpoint, and as many retries
     webhook_poll_interval_ms: float = 500.0  # how often due retries are looked for
     webhook_endpoints_max: int = 100
     # Migrations (server/adapters/postgres/migrate.py): every statement waits at most this

@@ -108,7 +108,7 @@ class OutboxRelay:
         self._sender = WebhookSender(webhooks) if webhooks is not None else None
         if self._sender is not None:
             assert webhooks is not None
-            sink = WebhookSink(webhooks.policy.window_s, webhooks.lease_s, self._sender.offer)
+            sink = WebhookSink(webhooks.policy.window_s, webhooks.lease_s, self._sender)
             self._loops.append(_SinkLoop(SinkPublisher(sink, batch_size_max, WEBHOOK_METRICS)))
         self._batch_size_max = batch_size_max
         self._poll_interval_s = poll_interval_ms / 1000

@@ -106,16 +106,23 @@ def _delivery(row: asyncpg.Record) -> DeliveryView:
 # The relay's side, on its dedicated connection (server/adapters/webhooks/)
 
 ENDPOINTS_SQL = "SELECT id, url, events, secret FROM webhook_endpoints"
-# One row per (journal, matching endpoint), claimed at once for its first attempt (the
-# sink hands it to the sender in memory); the filter is applied again here, in the
-# statement, so an endpoint registered or deleted meanwhile is judged once, consistently.
-ENQUEUE_SQL = """
-INSERT INTO webhook_deliveries (endpoint_id, journal_id, receipt_code, event, retry_until,
-                                attempts, last_attempt_at, next_attempt_at)
-SELECT e.id, d.journal_id, d.receipt_code, d.event, now() + $4 * interval '1 second',
-       1, now(), now() + $5 * interval '1 second'
-FROM unnest($1::bigint[], $2::text[], $3::text[]) AS d(journal_id, receipt_code, event)
-JOIN webhook_endpoints e ON e.events IS NULL OR d.event = ANY (e.events)
+# One row per (journal, matching endpoint), written once with its first attempt's outcome
+# (the sink sends first: webhooks/sink.py): succeeded, failed, or pending with its next
+# attempt's time; an attempt still in flight is written claimed (due again after its lease)
+# and its outcome recorded later; one not started (the sender full) is written due now.
+# An endpoint deleted meanwhile gets no row.
+WRITE_SQL = """
+INSERT INTO webhook_deliveries (endpoint_id, journal_id, receipt_code, event, status, attempts,
+                                retry_until, last_attempt_at, next_attempt_at, last_status,
+                                last_error)
+SELECT d.endpoint_id, d.journal_id, d.receipt_code, d.event, d.status, d.attempts,
+       now() + $10 * interval '1 second', CASE WHEN d.attempts > 0 THEN now() END,
+       now() + d.due_in_s * interval '1 second', d.http_status, d.error
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[],
+            $7::float8[], $8::int[], $9::text[])
+     AS d(endpoint_id, journal_id, receipt_code, event, status, attempts, due_in_s,
+          http_status, error)
+WHERE EXISTS (SELECT FROM webhook_endpoints e WHERE e.id = d.endpoint_id)
 RETURNING id, endpoint_id, journal_id
 """
 # Claimed rows are due again after the lease: a sender that dies mid-attempt leaves them
@@ -165,21 +172,26 @@ async def endpoints(session: OutboxSession) -> list[asyncpg.Record]:
     return rows
 
 
-async def enqueue(session: OutboxSession, sink: str, to: tuple[int, int],
-                  rows: tuple[list[int], list[str], list[str]], window_s: float,
-                  lease_s: float) -> tuple[dt.datetime, list[asyncpg.Record]]:
-    """Create the deliveries of `rows` (journal ids, receipt codes, events), claimed for
-    their first attempt, and move `sink`'s cursor to `to`, in one transaction: each
-    delivery is created once. Returns the database's clock and the new (id, endpoint_id,
-    journal_id) rows."""
-    created: list[asyncpg.Record] = []
+# A new delivery: endpoint id, journal id, receipt code, event, status, attempts made,
+# seconds until it is due (a retry's wait, an attempt in flight's lease), the receiver's
+# HTTP status and the error of its attempt.
+FirstRow = tuple[str, int, str, str, str, int, float, int | None, str | None]
+
+
+async def write_first(session: OutboxSession, sink: str, to: tuple[int, int],
+                      rows: list[FirstRow], window_s: float) -> tuple[dt.datetime, list[asyncpg.Record]]:
+    """Write the deliveries of `rows` with their first attempts' outcomes and move `sink`'s
+    cursor to `to`, in one transaction: each delivery is written once. Returns the
+    database's clock and the new (id, endpoint_id, journal_id) rows."""
+    written: list[asyncpg.Record] = []
     async with session.statement() as conn, conn.transaction():
-        if rows[0]:
-            created = await conn.fetch(ENQUEUE_SQL, *rows, window_s, lease_s)
+        if rows:
+            written = await conn.fetch(WRITE_SQL, *map(list, zip(*rows, strict=True)),
+                                       window_s)
         now: dt.datetime | None = await conn.fetchval(ADVANCE_SQL, sink, str(to[0]), to[1])
     if now is None:
         raise LookupError(f"no cursor for sink {sink!r} (migration 014 creates it)")
-    return now, created
+    return now, written
 
 
 async def claim(session: OutboxSession, limit: int, lease_s: float

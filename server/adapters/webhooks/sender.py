@@ -6,15 +6,19 @@ the deliveries table from every worker; the number in flight is bounded once for
 whole database; the sink can hand new deliveries over in memory, with their events
 already built; and the election already handles failover.
 
-A new delivery is created claimed (its due time pushed past the attempt's timeout: a
-lease) and handed over by the sink (`offer`); due retries are claimed from the table at
-most once per poll interval, their events built again from their journals. Each cycle
-sends up to `in_flight_max` at once over kept-alive connections (transport.py: a lean
-HTTP/1.1 client, as httpx costs about 1 ms of CPU per POST) and records every outcome in
-one statement. A leader that dies mid-attempt, or a hand-over that did not fit in memory,
-leaves the deliveries due again once their lease ends: at least once. The claim uses FOR
-UPDATE SKIP LOCKED, so several senders could share the table if one process is ever not
-enough.
+A new delivery is sent before its row exists: the sink starts its first attempt (`first`),
+waits for it up to FIRST_WAIT_S, and writes the row once with the outcome, in the
+transaction that moves its cursor (a succeeded delivery costs one INSERT and nothing
+more); an attempt still in flight then is written claimed (its due time pushed past the
+attempt's timeout: a lease) and its outcome recorded here when it ends (`adopt`). Due
+retries are claimed from the table at most once per poll interval, their events built
+again from their journals. At most `in_flight_max` first attempts are in flight at once,
+and as many retries, over kept-alive connections (transport.py: a lean HTTP/1.1
+client, as httpx costs about 1 ms of CPU per POST); outcomes are recorded in one
+statement per cycle. A leader that dies after sending but before the row is written sends
+again (its cursor did not move), and one that dies mid-retry leaves the row due again once
+its lease ends: at least once. The claim uses FOR UPDATE SKIP LOCKED, so several senders
+could share the table if one process is ever not enough.
 
 Each attempt carries the Standard Webhooks headers (core/ledger/webhooks.py) with a fresh
 timestamp and the same `webhook-id` (`msg_` + the receipt code: one event per journal, the
@@ -27,7 +31,6 @@ dead-lettered (status failed).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -62,7 +65,9 @@ OLDEST_PENDING_AGE = Gauge(
 LEASE_MARGIN_S = 5.0
 ERROR_TEXT_MAX = 200
 GAUGE_INTERVAL_S = 1.0
-HANDOVER_FACTOR = 16  # new deliveries held in memory, in units of in_flight_max
+# How long the sink waits for first attempts before writing the slow ones claimed: a slow
+# endpoint holds every endpoint's new deliveries back by at most this.
+FIRST_WAIT_S = 1.0
 # What a failed attempt raises (the answer itself is judged by its status).
 ATTEMPT_ERRORS = (OSError, TimeoutError, EOFError, ProtocolError, ValueError, LookupError,
                   asyncio.LimitOverrunError)
@@ -87,13 +92,18 @@ class SenderOptions:
 class Attempt:
     """One delivery to send now."""
 
-    delivery_id: int
+    delivery_id: int | None  # None: a first attempt, its row not written yet
     url: str
     secret: str
     receipt_code: str
     payload: bytes | None  # None: its journal is gone (kassa verify reports it)
     attempts: int  # this one included
     window_left_s: float  # of its retry window
+
+
+# ok, the wait before the next attempt (None with ok false: dead-lettered), the receiver's
+# HTTP status (None when none came back), the error.
+Outcome = tuple[bool, float | None, int | None, str | None]
 
 
 def sender_options(settings: Settings) -> SenderOptions:
@@ -115,31 +125,61 @@ class WebhookSender:
         self._warning = Throttle(OUTAGE_LOG_INTERVAL_S)
         self._gauge_due = 0.0
         self._claim_due = 0.0
-        # New deliveries from the sink; beyond HANDOVER_MAX they wait for their lease.
-        self._handed: collections.deque[Attempt] = collections.deque()
+        self._first: set[asyncio.Task[Outcome]] = set()  # first attempts in flight
+        # First attempts that outlived the sink's wait, ended since the last record.
+        self._adopted: list[tuple[int, Outcome]] = []
         self.sent = 0  # succeeded attempts, for tests and logs
 
-    def offer(self, attempts: list[Attempt]) -> None:
-        """New deliveries, claimed in the statement that created them."""
-        room = HANDOVER_FACTOR * self._options.in_flight_max - len(self._handed)
-        self._handed.extend(attempts[:max(0, room)])
-        self.wakeup.set()
+    async def first(self, attempts: list[Attempt]) -> list[asyncio.Task[Outcome] | None]:
+        """Make the first attempts of new deliveries (their rows not written yet), at most
+        `in_flight_max` in flight (with those of earlier cycles still going), for up to
+        FIRST_WAIT_S: each comes back ended, still in flight, or None (not started: the
+        endpoints are slower than the events arrive, so it is written due now and sent as
+        a retry is)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FIRST_WAIT_S
+        tasks: list[asyncio.Task[Outcome] | None] = []
+        for a in attempts:
+            while len(self._first) >= self._options.in_flight_max and loop.time() < deadline:
+                await asyncio.wait(self._first, timeout=deadline - loop.time(),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            if len(self._first) >= self._options.in_flight_max:
+                break
+            task = asyncio.create_task(self._attempt(a))
+            self._first.add(task)
+            task.add_done_callback(self._first.discard)
+            tasks.append(task)
+        if started := [t for t in tasks if t is not None]:
+            await asyncio.wait(started, timeout=max(0.0, deadline - loop.time()))
+        return [*tasks, *[None] * (len(attempts) - len(tasks))]
+
+    def adopt(self, delivery_id: int, task: asyncio.Task[Outcome]) -> None:
+        """A first attempt whose row was written claimed while it was in flight: its
+        outcome is recorded when it ends."""
+        def ended(t: asyncio.Task[Outcome]) -> None:
+            if not t.cancelled():
+                self._adopted.append((delivery_id, t.result()))
+                self.wakeup.set()
+        task.add_done_callback(ended)
 
     async def run(self, session: OutboxSession, stopping: asyncio.Event) -> bool:
         """Send until `stopping`; database errors are raised (the relay reconnects)."""
         o = self._options
-        self._http = Transport()
         try:
             while not stopping.is_set():
                 await self._update_gauge(session)
-                batch = [self._handed.popleft()
-                         for _ in range(min(o.in_flight_max, len(self._handed)))]
-                if len(batch) < o.in_flight_max and time.monotonic() >= self._claim_due:
-                    self._claim_due = time.monotonic() + o.poll_interval_s
-                    batch += await self._claim(session, o.in_flight_max - len(batch))
-                if batch:
+                ended, self._adopted = self._adopted, []
+                if time.monotonic() >= self._claim_due:
+                    batch = await self._claim(session, o.in_flight_max)
+                    # A full claim: more may be due, look again at once.
+                    self._claim_due = (0.0 if len(batch) == o.in_flight_max
+                                       else time.monotonic() + o.poll_interval_s)
                     outcomes = await asyncio.gather(*(self._attempt(a) for a in batch))
-                    await record(session, _columns(outcomes))
+                    ended += [(a.delivery_id, outcome) for a, outcome in zip(
+                        batch, outcomes, strict=True) if a.delivery_id is not None]
+                if ended:
+                    await record(session, _columns(ended))
+                if self._claim_due == 0.0:
                     continue
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(o.poll_interval_s):
@@ -147,7 +187,11 @@ class WebhookSender:
                 self.wakeup.clear()
             return True
         finally:
-            await self._http.aclose()
+            for task in list(self._first):
+                task.cancel()
+            if self._http is not None:
+                await self._http.aclose()
+                self._http = None
             OLDEST_PENDING_AGE.set(0)  # the next leader reports it
 
     async def _claim(self, session: OutboxSession, limit: int) -> list[Attempt]:
@@ -157,9 +201,9 @@ class WebhookSender:
                         events.get(r["journal_id"]), r["attempts"], r["window_left_s"])
                 for r in rows]
 
-    async def _attempt(self, a: Attempt) -> tuple[int, bool, float | None, int | None,
-                                                   str | None]:
-        assert self._http is not None
+    async def _attempt(self, a: Attempt) -> Outcome:
+        if self._http is None:
+            self._http = Transport()
         key = self._keys.get(a.secret)
         if key is None:
             key = self._keys[a.secret] = secret_key(a.secret)
@@ -174,19 +218,19 @@ class WebhookSender:
             if 200 <= status < 300:
                 DELIVERIES.labels("succeeded").inc()
                 self.sent += 1
-                return a.delivery_id, True, None, status, None
+                return True, None, status, None
             error = f"HTTP {status}"
         except ATTEMPT_ERRORS as exc:
             error = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_MAX]
         wait_s = retry_in(self._options.policy, a.attempts, a.window_left_s)
         DELIVERIES.labels("retried" if wait_s is not None else "failed").inc()
         if wait_s is None:
-            log.warning("webhook delivery %d to %s dead-lettered after %d attempts: %s",
-                        a.delivery_id, a.url, a.attempts, error)
+            log.warning("webhook delivery of %s to %s dead-lettered after %d attempts: %s",
+                        a.receipt_code, a.url, a.attempts, error)
         elif self._warning.ready():  # a receiver down: one line per interval
-            log.info("webhook delivery %d to %s failed (%s); retrying", a.delivery_id, a.url,
-                     error)
-        return a.delivery_id, False, wait_s, status, error
+            log.info("webhook delivery of %s to %s failed (%s); retrying", a.receipt_code,
+                     a.url, error)
+        return False, wait_s, status, error
 
     async def _update_gauge(self, session: OutboxSession) -> None:
         now = time.monotonic()
@@ -195,8 +239,8 @@ class WebhookSender:
             OLDEST_PENDING_AGE.set(await oldest_pending_age(session))
 
 
-def _columns(outcomes: list[tuple[int, bool, float | None, int | None, str | None]]
+def _columns(ended: list[tuple[int, Outcome]]
              ) -> tuple[list[int], list[bool], list[float | None], list[int | None],
                         list[str | None]]:
-    return ([o[0] for o in outcomes], [o[1] for o in outcomes], [o[2] for o in outcomes],
-            [o[3] for o in outcomes], [o[4] for o in outcomes])
+    return ([d for d, _ in ended], [o[0] for _, o in ended], [o[1] for _, o in ended],
+            [o[2] for _, o in ended], [o[3] for _, o in ended])

@@ -1,18 +1,19 @@
-"""The relay's third sink: journals past the 'webhooks' cursor become delivery rows.
+"""The relay's third sink: journals past the 'webhooks' cursor become deliveries.
 
 One cycle (server/adapters/kafka/publisher.py) reads the journals past the cursor; this
-sink picks those that some endpoint's filter takes and, in one transaction, inserts a
-delivery per (journal, matching endpoint), claimed for its first attempt, and moves the
-cursor (server/adapters/postgres/webhooks.py). So each delivery is created exactly once,
-and Kafka's state plays no part: its sink has its own cursor. The new deliveries go to the
-sender in memory with their events built here (sender.py). With no endpoint registered a
-cycle only moves the cursor, building no event.
+sink picks those that some endpoint's filter takes, builds their events, has the sender
+make each delivery's first attempt, waits for them up to FIRST_WAIT_S (sender.py), then, in one
+transaction, writes a delivery row per (journal, matching endpoint) with its outcome and
+moves the cursor (server/adapters/postgres/webhooks.py). So each delivery's row is written
+once, and only once per cycle that moves the cursor; a cycle that fails before its commit
+sends again (at least once). Kafka's state plays no part: its sink has its own cursor.
+With no endpoint registered a cycle only moves the cursor, building no event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -21,8 +22,8 @@ from core.ledger.events import FinishedJournal, event_payload
 from core.ledger.webhooks import matches
 from server.adapters.kafka.publisher import SinkMetrics
 from server.adapters.postgres.outbox import OutboxSession
-from server.adapters.postgres.webhooks import endpoints, enqueue
-from server.adapters.webhooks.sender import Attempt
+from server.adapters.postgres.webhooks import FirstRow, endpoints, write_first
+from server.adapters.webhooks.sender import Attempt, Outcome, WebhookSender
 
 QUEUED = Counter("kassa_webhook_journals_total",
                  "Finished journals the webhooks sink has read (delivery rows created for "
@@ -44,11 +45,10 @@ class WebhookSink:
     errors: tuple[type[Exception], ...] = ()  # only database errors, which end the cycle
     steps_down = False
 
-    def __init__(self, window_s: float, lease_s: float,
-                 hand_over: Callable[[list[Attempt]], None]) -> None:
+    def __init__(self, window_s: float, lease_s: float, sender: WebhookSender) -> None:
         self._window_s = window_s
         self._lease_s = lease_s
-        self._hand_over = hand_over  # the sender's `offer`
+        self._sender = sender
 
     async def ready(self) -> None:
         return None
@@ -59,25 +59,38 @@ class WebhookSink:
     async def deliver_with_cursor(self, session: OutboxSession, journals: list[FinishedJournal],
                                   to: tuple[int, int]) -> dt.datetime:
         found: list[Any] = await endpoints(session)
-        ids: list[int] = []
-        codes: list[str] = []
-        names: list[str] = []
-        wanted: dict[int, FinishedJournal] = {}
+        keys: list[tuple[str, FinishedJournal, str]] = []  # endpoint id, journal, event
+        attempts: list[Attempt] = []
         for journal in journals if found else ():
             event = f"transaction.{journal.event_status}"
-            if any(matches(e["events"], event) for e in found):
-                ids.append(journal.journal_id)
-                codes.append(journal.receipt_code)
-                names.append(event)
-                wanted[journal.journal_id] = journal
-        now, created = await enqueue(session, self.name, to, (ids, codes, names),
-                                     self._window_s, self._lease_s)
-        if created:
-            by_id = {e["id"]: e for e in found}
-            payloads = {journal_id: event_payload(j) for journal_id, j in wanted.items()}
-            self._hand_over([
-                Attempt(row["id"], by_id[row["endpoint_id"]]["url"],
-                        by_id[row["endpoint_id"]]["secret"], wanted[row["journal_id"]].receipt_code,
-                        payloads[row["journal_id"]], 1, self._window_s)
-                for row in created if row["endpoint_id"] in by_id])
+            takers = [e for e in found if matches(e["events"], event)]
+            payload = event_payload(journal) if takers else b""
+            for e in takers:
+                keys.append((e["id"], journal, event))
+                attempts.append(Attempt(None, e["url"], e["secret"], journal.receipt_code,
+                                        payload, 1, self._window_s))
+        tasks = await self._sender.first(attempts)
+        rows = [self._row(key, task) for key, task in zip(keys, tasks, strict=True)]
+        now, written = await write_first(session, self.name, to, rows, self._window_s)
+        in_flight = {(key[0], key[1].journal_id): task
+                     for key, task in zip(keys, tasks, strict=True)
+                     if task is not None and not task.done()}
+        for row in written if in_flight else ():
+            task = in_flight.get((row["endpoint_id"], row["journal_id"]))
+            if task is not None:
+                self._sender.adopt(row["id"], task)
         return now
+
+    def _row(self, key: tuple[str, FinishedJournal, str],
+             task: asyncio.Task[Outcome] | None) -> FirstRow:
+        """The delivery's row: its first attempt's outcome, or in flight (claimed for a
+        lease), or not started (due now)."""
+        endpoint_id, journal, event = key
+        head = (endpoint_id, journal.journal_id, journal.receipt_code, event)
+        if task is None:
+            return (*head, "pending", 0, 0.0, None, None)
+        if not task.done():
+            return (*head, "pending", 1, self._lease_s, None, None)
+        ok, retry_in_s, status, error = task.result()
+        state = "succeeded" if ok else "pending" if retry_in_s is not None else "failed"
+        return (*head, state, 1, retry_in_s or 0.0, status, error)
