@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 from tests.check_alerts import OPERATIONS, check, github_anchors, runbook_urls, structural
+from tests.test_dashboard import metric_names
+from tests.unit.test_doc_metrics import defined_metrics, sample_names
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,6 +23,14 @@ RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "aler
 
 def test_the_alert_rules_pass_their_checks() -> None:
     check(str(RULES))
+
+
+def test_every_metric_an_alert_names_is_one_kassa_exports() -> None:
+    """A renamed metric breaks this test, not the alert (which would never fire)."""
+    samples = sample_names(defined_metrics())
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    named = {name for rule in rules for name, _ in metric_names(str(rule["expr"]))}
+    assert named and named <= samples.keys(), sorted(named - samples.keys())
 
 
 def test_a_queue_rule_summed_over_every_host_is_refused() -> None:
