@@ -10,7 +10,7 @@ as the real adapters do when their server is unreachable.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from core.ledger.errors import Unavailable
 from core.ledger.models import AccountSnapshot
@@ -55,8 +55,12 @@ class FakeReceiptSource:
     def register(self, receipts: list[ReceiptRecord]) -> None:
         self.registered += receipts  # never raises, even while down (best effort)
         for r in receipts:
-            self.receipts[r.code] = ReceiptStatus(r.code, r.status, r.error_code,
-                                                  "2026-12-02T00:00:01.000000Z")
+            # The service keeps the furthest status of each code: a batch delivered again
+            # (the relay died before moving its cursor) never takes a receipt backwards.
+            known = self.receipts.get(r.code)
+            if known is None or RANK[known.status] <= RANK[r.status]:
+                self.receipts[r.code] = ReceiptStatus(r.code, r.status, r.error_code,
+                                                      "2026-12-02T00:00:01.000000Z")
 
     async def get_receipt(self, code: str) -> ReceiptStatus | None:
         if self.down:
@@ -98,10 +102,17 @@ class FakeStatusStore:
 
 
 class FakeIdempotencyCache:
-    def __init__(self) -> None:
+    """With a `clock`, an in-flight marker (no receipt code yet) lapses `marker_ttl_s`
+    after `begin`, as the real one's expiry does (a process that died mid-accept leaves it)."""
+
+    def __init__(self, *, clock: Callable[[], float] | None = None,
+                 marker_ttl_s: float = 10.0) -> None:
         self.records: dict[tuple[str, str], IdempotencyRecord] = {}
         self.abandoned: list[tuple[str, str]] = []
         self.down = False
+        self._clock = clock
+        self._marker_ttl_s = marker_ttl_s
+        self._marked_at: dict[tuple[str, str], float] = {}
 
     def _check(self) -> None:
         if self.down:
@@ -110,10 +121,17 @@ class FakeIdempotencyCache:
     async def begin(self, scope: str, key: str, request_hash: str) -> IdempotencyRecord | None:
         self._check()
         found = self.records.get((scope, key))
-        if found is not None:
+        if found is not None and not self._lapsed((scope, key), found):
             return found
         self.records[(scope, key)] = IdempotencyRecord(request_hash)  # in flight: no code yet
+        if self._clock is not None:
+            self._marked_at[(scope, key)] = self._clock()
         return None
+
+    def _lapsed(self, key: tuple[str, str], record: IdempotencyRecord) -> bool:
+        if self._clock is None or record.receipt_code is not None:
+            return False
+        return self._clock() - self._marked_at.get(key, self._clock()) >= self._marker_ttl_s
 
     async def complete(self, scope: str, key: str, record: IdempotencyRecord) -> None:
         self._check()

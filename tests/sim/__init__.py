@@ -1,0 +1,1 @@
+"""The deterministic simulator (issue 21): docs/simulation.md."""
