@@ -9,8 +9,8 @@ A trace crosses batches by W3C traceparent strings (`00-<trace>-<span>-<flags>`)
 request's is set in TRACEPARENT (core/kit/request_context.py) for the pipeline to carry
 opaquely, stored with the journal, and sent as a Kafka header. A span that serves many
 items (a group commit, an executor batch, a relay publish, a receipt registration call)
-is ONE span: the child of its first sampled item's context, with a link to every sampled
-item. A batch without a sampled item makes no span at all, so at 1 % sampling most
+is ONE span: the child of its first sampled item's context (or of the span it runs in),
+with a link to every sampled item. A batch without a sampled item makes no span at all, so at 1 % sampling most
 batches cost one string test per item.
 """
 
@@ -103,7 +103,6 @@ def step(name: str, kind: SpanKind = SpanKind.INTERNAL, attributes: Attributes |
     return _tracer.start_as_current_span(name, kind=kind, attributes=attributes)
 
 
-@contextlib.contextmanager
 def in_trace(system: str, operation: str, kind: SpanKind = SpanKind.CLIENT
              ) -> contextlib.AbstractContextManager[object]:
     """A span `<system> <operation>` under the current one if there is one (a Redis call of
@@ -118,15 +117,19 @@ def in_trace(system: str, operation: str, kind: SpanKind = SpanKind.CLIENT
 @contextlib.contextmanager
 def batch(name: str, traceparents: Iterable[str | None], kind: SpanKind = SpanKind.INTERNAL,
           attributes: Attributes | None = None) -> Iterator[trace.Span | None]:
-    """ONE span for work done for many items: the child of the first sampled item's
-    context, linked to every sampled item's; nothing (None) when no item was sampled."""
+    """ONE span for work done for many items, linked to every sampled item's context: the
+    child of the current span if there is one (the executor batch inside its group
+    commit), else of the first sampled item's context; nothing (None) when no item was
+    sampled."""
     contexts = [c for c in (span_context(tp) for tp in traceparents
                             if tp is not None and is_sampled(tp)) if c is not None]
     if not contexts:
         yield None
         return
+    inside = trace.get_current_span().get_span_context().is_valid
     with _tracer.start_as_current_span(
-            name, context=_parent(contexts[0]), kind=kind, attributes=attributes,
+            name, context=None if inside else _parent(contexts[0]), kind=kind,
+            attributes=attributes,
             links=[Link(c) for c in contexts]) as span:
         yield span
 
