@@ -115,20 +115,29 @@ ADOPT = "UPDATE schema_migrations SET checksum = $2 WHERE version = $1 AND check
 LOCK_ERRORS = (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError)
 
 
+# What the migrating session is called in pg_stat_activity (bench/migration_load.py finds
+# the writes it blocks by it).
+APPLICATION_NAME = "kassa migrate"
+
+
 async def apply_migrations(dsn: str, *, connect_timeout_s: float = 60.0,
-                           policy: LockPolicy | None = None) -> list[str]:
-    """Apply every migration not yet recorded; returns the versions applied now. Raises
-    DatabaseUnreachable when no connection can be made, MigrationRefused when an applied
-    migration was edited or a lock was not granted within the policy's attempts."""
+                           policy: LockPolicy | None = None,
+                           until: str | None = None) -> list[str]:
+    """Apply every migration not yet recorded (up to `until` included, when given);
+    returns the versions applied now. Raises DatabaseUnreachable when no connection can be
+    made, MigrationRefused when an applied migration was edited or a lock was not granted
+    within the policy's attempts."""
     policy = policy or LockPolicy()
     conn = await connect(dsn, connect_timeout_s)
     try:
+        await conn.execute(f"SET application_name = '{APPLICATION_NAME}'")
         # Session-level: held across the transactions of the steps. Another migrator
         # (another instance starting) may hold it for minutes while it builds an index.
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
         await conn.execute(f"SET lock_timeout = '{int(policy.timeout_ms)}ms'")
         applied = []
-        for migration in await _pending(conn, policy):
+        pending = await _pending(conn, policy)
+        for migration in [m for m in pending if until is None or m.version <= until]:
             await _apply(conn, migration, policy)
             log.info("applied migration %s", migration.version)
             applied.append(migration.version)

@@ -46,8 +46,18 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS ledgers_account_journal
 -- statement already knows (two RI trigger queries per entry, each taking a KEY SHARE lock
 -- on a row the transaction already holds FOR UPDATE). Journals and accounts are never
 -- deleted. `kassa verify` checks both references (server/adapters/postgres/verify.py).
--- (a catalog change under a lock_timeout: no scan)
+-- Dropping a foreign key locks both tables: each drop first locks them in the order a
+-- write does (accounts, journals, then ledgers), else a write holding journals and waiting
+-- for ledgers, and the drop holding ledgers and waiting for journals, deadlock (measured by
+-- bench/migration_load.py: a write stalled for deadlock_timeout, then one side aborted).
+BEGIN;
+LOCK TABLE journals, ledgers IN ACCESS EXCLUSIVE MODE;
+-- (a catalog change: no scan)
 -- squawk-ignore ban-drop-constraint
 ALTER TABLE ledgers DROP CONSTRAINT IF EXISTS ledgers_journal_id_fkey;
+COMMIT;
+BEGIN;
+LOCK TABLE accounts, ledgers IN ACCESS EXCLUSIVE MODE;
 -- squawk-ignore ban-drop-constraint
 ALTER TABLE ledgers DROP CONSTRAINT IF EXISTS ledgers_account_id_fkey;
+COMMIT;

@@ -35,7 +35,9 @@ UPDATE journals SET event_xid = NULL WHERE status = 'processing';
 -- migration's transaction, past the cursors, so the new relay publishes them (again, if an
 -- old relay was publishing them meanwhile: at least once). Their receipts are registered
 -- again too, which changes nothing.
-UPDATE journals j SET event_xid = pg_current_xact_id() FROM outbox o WHERE o.journal_id = j.id;
+-- (by primary key probes: a join could scan every journal while holding the lock above)
+UPDATE journals SET event_xid = pg_current_xact_id()
+WHERE id = ANY (ARRAY(SELECT journal_id FROM outbox));
 DELETE FROM outbox;
 
 -- One row per sink: the last journal it delivered. Only the relay holding the relay lock
