@@ -216,7 +216,7 @@ def table(windows: list[Window]) -> str:
     return "\n".join(lines)
 
 
-async def main_async(args: argparse.Namespace) -> int:
+async def main_async(args: argparse.Namespace) -> tuple[list[Window], list[str]]:
     from tests.fixtures.servers import start_postgres
 
     server = start_postgres(fsync=True)
@@ -228,9 +228,12 @@ async def main_async(args: argparse.Namespace) -> int:
         began = time.monotonic()
         await seed(dsn, args.journals, args.accounts)
         print(f"seeded {args.journals:,} journals in {time.monotonic() - began:.0f} s", flush=True)
-        windows, errors = await migrate_under_load(dsn, rate=args.rate, writers=args.writers)
+        return await migrate_under_load(dsn, rate=args.rate, writers=args.writers)
     finally:
         server.stop()
+
+
+def report(args: argparse.Namespace, windows: list[Window], errors: list[str]) -> int:
     print(table(windows))
     worst = max(w.p99_ms for w in windows)
     print(f"worst p99 {worst} ms (bound {P99_BOUND_MS:g}); load errors: {len(errors)}")
@@ -248,7 +251,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="transfers per second in all")
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--output", help="the JSON results (default bench/results/<date>-...)")
-    raise SystemExit(asyncio.run(main_async(parser.parse_args())))
+    args = parser.parse_args()
+    raise SystemExit(report(args, *asyncio.run(main_async(args))))
 
 
 if __name__ == "__main__":
