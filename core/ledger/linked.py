@@ -34,7 +34,7 @@ from core.ledger.errors import (
 from core.ledger.faults import fault_of
 from core.ledger.models import AccountSnapshot, Entry, ErrorBody, Leg, Transaction
 from core.ledger.money import DIRECTIONS, INT64_MAX, floor, insufficient, money_error
-from core.ledger.status import COMPLETED, FAILED, HELD, VOIDED
+from core.ledger.status import COMPLETED, FAILED, HELD, VOIDED, is_final
 
 CAPTURE, VOID, REVERSAL = "capture", "void", "reversal"
 LINKED_TYPES = frozenset({CAPTURE, VOID, REVERSAL})
@@ -204,6 +204,17 @@ def _post(journal_id: int, legs: tuple[Leg, ...], state: LedgerState) -> list[En
             for a, d, n, b in zip(accounts, directions, amounts, after, strict=True)]
 
 
+def decided_here(targets: dict[str, Target], outcomes: list[Outcome]) -> None:
+    """A named journal decided earlier in this batch stands as decided for the journals
+    after it: it was locked still unfinished (a reversal or capture queued right behind
+    the journal it names, in one batch), and without this the outcome would depend on
+    whether the two happened to share a batch (found by tests/sim)."""
+    for outcome in outcomes:
+        target = targets.get(outcome.receipt_code)
+        if target is not None and not is_final(target.status) and target.status != HELD:
+            target.status = outcome.status
+
+
 def decide_with_linked(plain: BatchDecision, linked: list[tuple[int, str, Transaction]],
                        accounts: dict[str, AccountSnapshot], targets: dict[str, Target],
                        occurred_at: str) -> BatchDecision:
@@ -213,9 +224,11 @@ def decide_with_linked(plain: BatchDecision, linked: list[tuple[int, str, Transa
     state.balances.update(plain.balances)
     columns: list[list[int] | list[str]] = [list(c) for c in plain.ledger_columns]  # type: ignore[misc]
     outcomes = list(plain.outcomes)
+    decided_here(targets, outcomes)
     for journal_id, code, tx in linked:
         outcome = decide_linked(journal_id, code, tx, state, occurred_at).outcome
         outcomes.append(outcome)
+        decided_here(targets, [outcome])
         for entry in outcome.entries:
             row = (journal_id, entry.account, native.DEBIT if entry.direction == "debit"
                    else native.CREDIT, entry.amount, entry.balance_after)

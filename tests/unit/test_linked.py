@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from core.ledger.linked import LedgerState, Target, decide_linked
+from core.ledger.decide import decide_batch
+from core.ledger.linked import LedgerState, Target, decide_linked, decide_with_linked
 from core.ledger.models import AccountSnapshot, Leg, Transaction
-from core.ledger.status import COMPLETED, FAILED, HELD, VOIDED
+from core.ledger.status import COMPLETED, FAILED, HELD, PROCESSING, VOIDED
 
 NOW = "2026-12-02T00:00:00.000000Z"
 
@@ -112,3 +113,28 @@ def test_a_capture_cannot_post_more_than_its_hold() -> None:
     s = state(balance=1000, held=100, targets={"H": hold})
     result = decide_linked(2, "C", linked("capture", "H", 101), s, NOW).outcome
     assert result.status == FAILED and hold.status == HELD and s.held["a"] == 100
+
+
+def test_a_journal_named_in_its_own_batch_stands_as_that_batch_decided_it() -> None:
+    """A reversal (or capture) queued right behind the journal it names may share its
+    writer's batch, where the named journal was locked still processing: it is decided
+    against the journal as the batch left it, as it would be one batch later (tests/sim,
+    seed 19, found the reversal failing `not reversible` only when the two shared a batch)."""
+    accounts = {
+        "a": AccountSnapshot("a", "USD", "active", 1000, 0),
+        "b": AccountSnapshot("b", "USD", "active", 0, 0),
+    }
+    original = Transaction("transfer", "USD", (Leg("a", "b", 300),))
+    plain = decide_batch([(1, "T1", original)], accounts, NOW)
+    processing = {"T1": Target("T1", 1, "transfer", PROCESSING, original.legs, is_hold=False),
+                  "H2": Target("H2", 2, "transfer", PROCESSING, (Leg("a", "b", 100),),
+                               is_hold=True)}
+    decision = decide_with_linked(plain, [
+        (2, "H2", hold_tx(100)),
+        (3, "R3", Transaction("reversal", "USD", (Leg("b", "a", 120),), target="T1")),
+        (4, "C4", linked("capture", "H2", 100)),
+    ], accounts, processing, NOW)
+    assert [o.status for o in decision.outcomes] == [COMPLETED, HELD, COMPLETED, COMPLETED]
+    assert decision.balances == {"a": 720, "b": 280} and decision.held == {}
+    assert {(t.receipt_code, t.status, t.reversed) for t in decision.targets} == {
+        ("T1", COMPLETED, 120), ("H2", COMPLETED, 0)}
