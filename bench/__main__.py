@@ -20,7 +20,19 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from bench import funcledger, goals, k6, naive, report, scenarios, seed, stack, webhook, wrk
+from bench import (
+    funcledger,
+    goals,
+    k6,
+    naive,
+    report,
+    scenarios,
+    seed,
+    stack,
+    tracing,
+    webhook,
+    wrk,
+)
 from bench.scenarios import SCENARIOS, RunOptions, Scenario
 from bench.wrk import LoadResult
 
@@ -75,6 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "those of the builds named (with --kassa-bin LABEL=PATH, the same "
                         "build twice compares with and without in one run), sent to a "
                         "receiver process on loopback that answers 204 (bench/webhook.py)")
+    p.add_argument("--trace", action="append", default=[], metavar="LABEL=RATIO",
+                   help="the servers of build LABEL trace a share RATIO of the requests, "
+                        "exported over OTLP/HTTP to a sink on loopback (bench/tracing.py); "
+                        "repeatable")
     return p.parse_args(argv)
 
 
@@ -151,7 +167,8 @@ async def run_group(args: argparse.Namespace, build: Build, group: list[Scenario
     that cannot run is reported in `errors` and the next one still runs."""
     overrides = dict(item.split("=", 1) for item in args.settings)
     config = stack.StackConfig(args.workers, args.database_url, args.redis_url,
-                               {**overrides, **group[0].server_env}, build.kassa)
+                               {**overrides, **group[0].server_env, **traced(args, build.label)},
+                               build.kassa)
     settings = " ".join(f"{k}={v}" for k, v in config.extra_env.items()) or "defaults"
     print(f"starting [{build.label}] {build.kassa} serve --workers {args.workers} ({settings}) ...",
           flush=True)
@@ -189,6 +206,12 @@ async def run_group(args: argparse.Namespace, build: Build, group: list[Scenario
             server.discard()
         else:
             print(f"  kept {server.data_dir} (serve.log inside)", flush=True)
+
+
+def traced(args: argparse.Namespace, label: str) -> dict[str, str]:
+    """The OTEL_* variables of `label`'s servers (--trace), none when not traced."""
+    ratio = args.trace_ratios.get(label)
+    return {} if ratio is None else tracing.server_env(args.trace_sink.endpoint, ratio)
 
 
 def hooked(args: argparse.Namespace, label: str) -> bool:
@@ -292,13 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     errors: list[str] = []
     args.webhook_receiver = webhook.Receiver() if args.webhook else None
+    args.trace_ratios = tracing.parse(args.trace)
+    args.trace_sink = webhook.Receiver() if args.trace_ratios else None
     try:
         results = asyncio.run(run_all(args, errors))
     finally:
-        if args.webhook_receiver is not None:
-            args.webhook_receiver.stop()
+        for receiver in (args.webhook_receiver, args.trace_sink):
+            if receiver is not None:
+                receiver.stop()
     for r in results:
         r["webhook"] = hooked(args, r["build"])
+        r["trace_ratio"] = args.trace_ratios.get(r["build"])
     return finish(args, results, errors)
 
 

@@ -22,6 +22,11 @@ class Receiver:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
+    @property
+    def endpoint(self) -> str:
+        """Its root, for an OTLP/HTTP exporter (which posts to /v1/traces): --trace's sink."""
+        return f"http://127.0.0.1:{self.port}"
+
     def pid(self) -> int:
         return self.process.pid
 
