@@ -25,8 +25,18 @@ class Forbidden(KassaError):
 
 
 class ApiKeys:
+    """The keys every request is checked against; `replace` swaps them for the next request
+    (KASSA_API_KEYS_FILE read again: server/process/key_reload.py)."""
+
     def __init__(self, keys: dict[str, str]) -> None:
         self._keys = keys
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return dict(self._keys)
+
+    def replace(self, keys: dict[str, str]) -> None:
+        self._keys = dict(keys)
 
     def scope_of(self, key: str) -> str | None:
         for known, scope in self._keys.items():

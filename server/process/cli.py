@@ -243,7 +243,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
                                    settings.log_format)
         log.info("kassa serving on http://%s:%d with %d workers", args.host, args.port,
                  sizing.workers)
-        KassaApplication(options).run()
+        KassaApplication(options, settings.api_keys_file).run()
     finally:
         stack.stop()
 

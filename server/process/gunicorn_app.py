@@ -6,6 +6,7 @@ import asyncio
 import gc
 import os
 import random
+import signal
 import sys
 import time
 from typing import Any
@@ -15,7 +16,9 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger
 from uvicorn_worker import UvicornWorker
 
+from server.process.key_reload import KeyFileWatch, reload_requested
 from server.process.logs import use_format
+from server.process.settings import api_keys_from_file, parse_api_keys
 
 
 class KassaWorker(UvicornWorker):
@@ -36,6 +39,12 @@ class KassaWorker(UvicornWorker):
         self.CONFIG_KWARGS = {**type(self).CONFIG_KWARGS, "http": protocol_class(limits)}
         super().__init__(*args, **kwargs)
 
+    def init_signals(self) -> None:
+        # uvicorn_worker resets SIGHUP to its default, which ends the process: until the
+        # loop's handler below is installed, a SIGHUP forwarded by the master is ignored.
+        super().init_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
     def run(self) -> None:
         # uvloop closes a listening socket it serves itself when the server closes: libuv
         # closes the descriptor, then uvloop calls the socket object's close() and ignores
@@ -55,6 +64,8 @@ class KassaWorker(UvicornWorker):
         a database that is down for a while. Any other startup failure still exits 3."""
         from uvicorn.server import Server
 
+        # SIGHUP (forwarded by KassaArbiter): the API keys file is read again now.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_requested)
         app = StartupWatch(self.wsgi, self.config)
         self.config.app = app
         delay_s = BOOT_RETRY_MIN_S
@@ -209,15 +220,43 @@ def child_exit(server: Any, worker: Any) -> None:
 
 class KassaArbiter(Arbiter):  # type: ignore[misc]
     """Ctrl-C stops as gracefully as SIGTERM (gunicorn's default SIGINT is a quick stop,
-    which would kill workers with their in-flight transactions)."""
+    which would kill workers with their in-flight transactions). SIGHUP reads the API keys
+    file again in every worker (server/process/key_reload.py), which keep their connections:
+    gunicorn's own SIGHUP starts new workers (which would read it) and stops the old ones,
+    which closes every keep-alive connection and starts every pool and relay again."""
+
+    def __init__(self, app: KassaApplication) -> None:
+        super().__init__(app)
+        self.key_watch: KeyFileWatch | None = None
+        if app.api_keys_file:
+            # No keys are served here: the watch keeps the last valid text for the workers
+            # forked later (settings.api_keys_from_file).
+            keys = parse_api_keys(api_keys_from_file(app.api_keys_file))
+            self.key_watch = KeyFileWatch(app.api_keys_file, lambda keys: None, keys)
 
     def handle_int(self) -> None:
         self.handle_term()
 
+    def handle_hup(self) -> None:
+        if self.key_watch is None:
+            self.log.warning("SIGHUP: no KASSA_API_KEYS_FILE to read again; nothing done")
+            return
+        self.key_watch.check(force=True)
+        self.log.info("SIGHUP: the %d workers read %s again", len(self.WORKERS),
+                      self.key_watch.path)
+        self.kill_workers(signal.SIGHUP)
+
+    def manage_workers(self) -> None:
+        # Once per pass of the master's loop (about 1 s), before any worker is forked.
+        if self.key_watch is not None:
+            self.key_watch.check()
+        super().manage_workers()
+
 
 class KassaApplication(BaseApplication):  # type: ignore[misc]
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, options: dict[str, Any], api_keys_file: str | None = None) -> None:
         self._options = options
+        self.api_keys_file = api_keys_file
         super().__init__()
 
     def load_config(self) -> None:

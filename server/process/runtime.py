@@ -62,6 +62,7 @@ from server.adapters.redis.status import RedisStatusStore
 from server.adapters.webhooks.sender import sender_options
 from server.http.api import Api
 from server.http.auth import ApiKeys
+from server.process.key_reload import KeyFileWatch
 from server.process.settings import Settings, parse_api_keys
 from server.tracing import setup as tracing
 from server.tracing import spans
@@ -311,6 +312,10 @@ async def build_runtime(settings: Settings) -> Runtime:
                                name="hold-expiry"),
                            asyncio.create_task(observer.run_gauges(
                                PgMonitoring(db).backlog, tracker), name="gauges")]
+    if settings.api_keys_file:
+        watch = KeyFileWatch(settings.api_keys_file, runtime.keys.replace, runtime.keys.keys)
+        runtime.background.append(asyncio.create_task(
+            watch.run(settings.api_keys_poll_interval_ms / 1000), name="api-keys"))
     if isinstance(receipts, LocalReceiptSource):
         runtime.background.append(asyncio.create_task(keep_node_id(
             db, node_id, owner, NODE_LEASE_S, lambda n: setattr(receipts, "node_id", n)),

@@ -6,12 +6,16 @@ line and exits. Units are last in names (`_ms`, `_s`, `_max`).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from server.process.cpus import available_cpus
+
+log = logging.getLogger("kassa.settings")
 
 
 class ConfigError(Exception):
@@ -38,6 +42,10 @@ class Settings:
     grpc_tls_key: str | None = None
     grpc_tls_ca: str | None = None
     api_keys: str | None = None
+    # API keys read from this file (docs/operations.md, Secrets), instead of KASSA_API_KEYS;
+    # each worker reads it again when it changes (polled this often) and on SIGHUP.
+    api_keys_file: str | None = None
+    api_keys_poll_interval_ms: float = 1000.0
     log_level: str = "info"
     log_format: str = "text"  # "json": one JSON object per log line (server/process/logs.py)
     rate_limit: str | None = None
@@ -186,7 +194,80 @@ def env_name(field_name: str) -> str:
 def is_given(field_name: str, environ: Mapping[str, str] | None = None) -> bool:
     """Whether the environment sets this field (else its default applies)."""
     env = os.environ if environ is None else environ
-    return bool(env.get(env_name(field_name), "").strip())
+    return bool(env.get(env_name(field_name), "").strip()
+                or (field_name in SECRET_SETTINGS and env.get(file_env_name(field_name))))
+
+
+# The settings that hold a secret (keys, tokens, a password in a URL): each may instead be
+# read from a file, as Docker and Kubernetes mount secrets, named by KASSA_<NAME>_FILE
+# (docs/operations.md, Secrets). A new secret setting is one more name here.
+# KASSA_GRPC_TLS_KEY is not one: it is already the path of the file that holds the key.
+SECRET_SETTINGS = ("api_keys", "database_url", "redis_url", "grpc_token", "webhook_secret",
+                   "sms_webhook_url", "push_webhook_url")
+
+
+def _shown(name: str, value: str) -> str:
+    """A setting and its value for an error message; a secret's value is not shown."""
+    if name in SECRET_SETTINGS:
+        return f"{env_name(name)} (value not shown: a secret)"
+    return f"{env_name(name)}={value!r}"
+
+
+def file_env_name(field_name: str) -> str:
+    """The variable naming the file that holds a secret setting."""
+    return f"{env_name(field_name)}_FILE"
+
+
+def _raw_value(env: Mapping[str, str], name: str) -> str | None:
+    """A setting's text: its variable's, or for a secret its file's (not both)."""
+    raw = env.get(env_name(name)) or None
+    path = env.get(file_env_name(name)) if name in SECRET_SETTINGS else None
+    if not path:
+        return raw
+    if raw is not None:
+        raise ConfigError(f"{env_name(name)} and {file_env_name(name)} are both set: "
+                          "give the value or the file, not both")
+    if name == "api_keys":
+        return api_keys_from_file(path)
+    return read_secret_file(file_env_name(name), path)
+
+
+def read_secret_file(var: str, path: str) -> str:
+    """The file's text without its trailing line breaks (`echo` and editors add one). A file
+    that cannot be read or is blank is a ConfigError naming the variable and the file, never
+    what it holds."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{var}={path!r}: cannot read the file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{var}={path!r}: the file is not UTF-8 text") from None
+    if not text.strip():
+        raise ConfigError(f"{var}={path!r}: the file is empty")
+    return text
+
+
+# The last valid text of each KASSA_API_KEYS_FILE this process read. gunicorn forks its
+# workers from the master, so they inherit it: a worker started while the file is invalid
+# (being rewritten, or a bad edit) serves these keys instead of failing, which would stop
+# the whole server and lock every client out.
+_valid_key_files: dict[str, str] = {}
+
+
+def api_keys_from_file(path: str) -> str:
+    """KASSA_API_KEYS_FILE's text once checked; while it is unreadable or invalid, the text
+    last valid in this process (the error logged), else a ConfigError (first start)."""
+    var = file_env_name("api_keys")
+    try:
+        text = read_secret_file(var, path)
+        parse_api_keys(text, source=f"{var}={path!r}")
+    except ConfigError as exc:
+        if path not in _valid_key_files:
+            raise
+        log.error("%s; keeping the API keys last read from it", exc)
+        return _valid_key_files[path]
+    _valid_key_files[path] = text
+    return text
 
 
 _CHOICES = {
@@ -229,7 +310,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
     for setting in fields(Settings):
-        raw = env.get(env_name(setting.name))
+        raw = _raw_value(env, setting.name)
         if raw is None or raw == "":
             continue
         kind = {"int": int, "float": float}.get(str(setting.type).split(" ")[0], str)
@@ -250,11 +331,11 @@ def _check(s: Settings) -> None:
     for name in ("database_url", "redis_url"):
         url = getattr(s, name)
         if url is not None and "://" not in url:
-            raise ConfigError(f"{env_name(name)}={url!r} is not a URL")
+            raise ConfigError(f"{_shown(name, url)} is not a URL")
     for name in _HTTP_URLS:
         url = getattr(s, name)
         if url is not None and not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{env_name(name)}={url!r} is not an http:// or https:// URL")
+            raise ConfigError(f"{_shown(name, url)} is not an http:// or https:// URL")
     if (s.sms_webhook_url or s.push_webhook_url) and not s.webhook_secret.strip():
         raise ConfigError("KASSA_WEBHOOK_SECRET is empty: SMS and push webhooks are signed with "
                           "it (set it, or unset KASSA_SMS_WEBHOOK_URL and KASSA_PUSH_WEBHOOK_URL)")
@@ -283,15 +364,17 @@ def _check_receipts(s: Settings) -> None:
 SCOPES = ("admin", "write", "read")
 
 
-def parse_api_keys(raw: str) -> dict[str, str]:
-    """`key:scope,key:scope` to {key: scope}."""
+def parse_api_keys(raw: str, source: str = "KASSA_API_KEYS") -> dict[str, str]:
+    """`key:scope,key:scope` to {key: scope}; a file may put one per line. A bad entry is
+    named by its position, never by its text (a key must not reach the logs)."""
     keys: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in raw.split(","))):
+    items = filter(None, (part.strip() for part in raw.replace("\n", ",").split(",")))
+    for number, item in enumerate(items, 1):
         key, sep, scope = item.rpartition(":")
         if not sep or not key or scope not in SCOPES:
-            raise ConfigError(f"KASSA_API_KEYS: {item!r} is not key:scope with scope in {SCOPES}")
+            raise ConfigError(f"{source}: entry {number} is not key:scope with scope in {SCOPES}")
         keys[key] = scope
     if not keys:
-        raise ConfigError("KASSA_API_KEYS is empty")
+        raise ConfigError(f"{source} is empty")
     return keys
 
