@@ -43,10 +43,12 @@ class Api:
     # Per-key rate limit: what is left of the key's quota (None: no limit set); raises
     # RateLimited (429) when it is spent.
     limit: Callable[[str], Awaitable[Quota | None]]
-    metrics: Callable[[], tuple[bytes, str]]  # the /metrics page and its content type
+    # The /metrics page and its content type; None when it is on its own port (404 here).
+    metrics: Callable[[], tuple[bytes, str]] | None
     body_size_max: int
     record_request: RecordRequest | None = None  # HTTP metrics (server/http/hot.py)
     webhooks: Webhooks | None = None  # /v1/webhooks (None only in tests without a database)
+    metrics_token: str | None = None  # required from /metrics's callers when set
 
 
 def api_of(state: Any) -> Api:

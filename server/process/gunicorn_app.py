@@ -16,6 +16,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger
 from uvicorn_worker import UvicornWorker
 
+from server.process import metrics_server
 from server.process.key_reload import KeyFileWatch, reload_requested
 from server.process.logs import use_format
 from server.process.settings import api_keys_from_file, parse_api_keys
@@ -207,6 +208,10 @@ def gunicorn_options(host: str, port: int, workers: int, log_level: str,
         # Several servers may run side by side (tests, benchmarks): no shared control socket.
         "control_socket_disable": True,
         "child_exit": child_exit,
+        # /metrics on KASSA_METRICS_PORT, served by this master (metrics_server.py).
+        "when_ready": metrics_server.when_ready,
+        "post_fork": metrics_server.post_fork,
+        "on_exit": metrics_server.on_exit,
         "logger_class": f"server.process.gunicorn_app.{logger}",
     }
 

@@ -183,7 +183,9 @@ def build_api(runtime: Runtime) -> Api:
                            required=(("receipt_service",)
                                      if isinstance(runtime.receipts, ReceiptClient) else ()),
                            database_refusing=lambda: RESOURCE_ALARM.recent(REFUSING_FOR_S)),
-        keys=runtime.keys, limit=rate_limit(runtime.limiter), metrics=render,
+        keys=runtime.keys, limit=rate_limit(runtime.limiter),
+        metrics=None if runtime.settings.metrics_port else render,  # else the master's
+        metrics_token=runtime.settings.metrics_token,
         body_size_max=runtime.settings.body_size_max, record_request=HTTP_METRICS.record,
         webhooks=Webhooks(PgWebhooks(runtime.db),
                           endpoints_max=runtime.settings.webhook_endpoints_max,

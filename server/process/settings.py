@@ -161,6 +161,10 @@ class Settings:
     migrate_lock_timeout_ms: float = 3000.0
     migrate_lock_attempts_max: int = 30
     migrate_on_start: str = "1"
+    # /metrics (docs/operations.md, Metrics): on a port of its own (served by the gunicorn
+    # master, no longer on the API port), and/or only with `Authorization: Bearer <token>`.
+    metrics_port: int | None = None
+    metrics_token: str | None = None  # a secret: also KASSA_METRICS_TOKEN_FILE
     # Shutdown
     shutdown_timeout_s: float = 30.0
     # Notification delivery, in the notification service (server/services/notifications/
@@ -203,7 +207,7 @@ def is_given(field_name: str, environ: Mapping[str, str] | None = None) -> bool:
 # (docs/operations.md, Secrets). A new secret setting is one more name here.
 # KASSA_GRPC_TLS_KEY is not one: it is already the path of the file that holds the key.
 SECRET_SETTINGS = ("api_keys", "database_url", "redis_url", "grpc_token", "webhook_secret",
-                   "sms_webhook_url", "push_webhook_url")
+                   "sms_webhook_url", "push_webhook_url", "metrics_token")
 
 
 def _shown(name: str, value: str) -> str:
@@ -282,6 +286,7 @@ _CHOICES = {
 # Numbers bounded otherwise than "positive": (lowest, highest), both allowed.
 _RANGES: dict[str, tuple[int, int]] = {
     "port": (1, 65_535),
+    "metrics_port": (1, 65_535),
     "smtp_port": (1, 65_535),
     "notify_attempts_max": (1, 20),
     "notify_backoff_ms": (0, 60_000),  # 0: retry at once
@@ -341,6 +346,8 @@ def _check(s: Settings) -> None:
                           "it (set it, or unset KASSA_SMS_WEBHOOK_URL and KASSA_PUSH_WEBHOOK_URL)")
     if s.webhook_retry_base_ms / 1000 > s.webhook_retry_cap_s:
         raise ConfigError("KASSA_WEBHOOK_RETRY_BASE_MS must not exceed KASSA_WEBHOOK_RETRY_CAP_S")
+    if s.metrics_port == s.port:
+        raise ConfigError(f"KASSA_METRICS_PORT={s.metrics_port} is the API port (KASSA_PORT)")
     if s.accept_batch_max > s.processor_queue_size:
         raise ConfigError("KASSA_ACCEPT_BATCH_MAX must not exceed KASSA_PROCESSOR_QUEUE_SIZE")
     _check_receipts(s)
