@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind
 from core.kit.request_context import TRACEPARENT
 from core.pipeline.ports import ReceiptRecord
 from server.adapters.grpc.receipt_client import ReceiptRegistrar
+from server.adapters.webhooks.sender import Attempt, SenderOptions, WebhookSender
 from server.process.logs import JsonFormatter, RequestIdFilter
 from server.services.receipts import service as receipt_service
 from server.tracing import setup, spans
@@ -31,6 +32,7 @@ from tests.conftest import ADMIN_KEY, make_settings
 from tests.fixtures.kafka import KafkaBroker
 from tests.fixtures.servers import free_port
 from tests.grpc_helpers import serving
+from tests.webhook_receiver import spawn
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -250,6 +252,27 @@ async def test_a_grpc_call_carries_the_trace_to_the_receipt_service(
     assert parent_id(client) == hex_ids(batch)[1]
     assert len(servers) == 1, "the service continues the caller's trace"
     assert hex_ids(servers[0])[0] == TRACE_ID and parent_id(servers[0]) == hex_ids(client)[1]
+
+
+async def test_a_webhook_delivery_is_a_client_span_in_its_journals_trace(
+        exporter: InMemorySpanExporter) -> None:
+    port = free_port()
+    receiver = spawn(port)
+    sender = WebhookSender(SenderOptions())
+    try:
+        outcome = await sender._attempt(Attempt(
+            None, f"http://127.0.0.1:{port}/hook", "whsec_" + "A" * 32, "RCP-1", b"{}", 1, 60.0,
+            traceparent()))
+    finally:
+        if sender._http is not None:  # its kept-alive connection
+            await sender._http.aclose()
+        receiver.terminate()
+        receiver.wait()
+    assert outcome[:3] == (True, None, 204)
+    [span] = named(exporter, "kassa.webhook.deliver")
+    assert (hex_ids(span)[0], parent_id(span), span.kind) == (TRACE_ID, CLIENT_SPAN,
+                                                            SpanKind.CLIENT)
+    assert span.attributes is not None and span.attributes["http.response.status_code"] == 204
 
 
 def test_json_log_lines_carry_trace_and_span_ids_inside_a_span(

@@ -36,6 +36,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge
 
 from core.kit.rate_limit import Throttle
@@ -47,6 +48,7 @@ from server.adapters.postgres.pool import OUTAGE_LOG_INTERVAL_S
 from server.adapters.postgres.webhooks import MESSAGE_ID_PREFIX, claim, oldest_pending_age, record
 from server.adapters.webhooks.transport import ProtocolError, Transport
 from server.process.settings import Settings
+from server.tracing import spans
 
 log = logging.getLogger("kassa.webhooks")
 
@@ -99,6 +101,7 @@ class Attempt:
     payload: bytes | None  # None: its journal is gone (kassa verify reports it)
     attempts: int  # this one included
     window_left_s: float  # of its retry window
+    traceparent: str | None = None  # its journal's: the attempt's span continues that trace
 
 
 # ok, the wait before the next attempt (None with ok false: dead-lettered), the receiver's
@@ -197,11 +200,23 @@ class WebhookSender:
     async def _claim(self, session: OutboxSession, limit: int) -> list[Attempt]:
         rows, journals = await claim(session, limit, self._options.lease_s)
         events = {j["id"]: event_payload(finished_journal(j)) for j in journals}
+        traces = {j["id"]: j["traceparent"] for j in journals}
         return [Attempt(r["id"], r["url"], r["secret"], r["receipt_code"],
-                        events.get(r["journal_id"]), r["attempts"], r["window_left_s"])
-                for r in rows]
+                        events.get(r["journal_id"]), r["attempts"], r["window_left_s"],
+                        traces.get(r["journal_id"])) for r in rows]
 
     async def _attempt(self, a: Attempt) -> Outcome:
+        if not spans.ENABLED:
+            return await self._send(a)
+        # A client span in its journal's trace (server/tracing/spans.py), if sampled.
+        with spans.batch("kassa.webhook.deliver", (a.traceparent,), SpanKind.CLIENT,
+                         {"kassa.webhook.attempt": a.attempts}) as span:
+            outcome = await self._send(a)
+            spans.record_status(span, **{"http.response.status_code": outcome[2] or 0,
+                                         "kassa.webhook.succeeded": outcome[0]})
+            return outcome
+
+    async def _send(self, a: Attempt) -> Outcome:
         if self._http is None:
             self._http = Transport()
         key = self._keys.get(a.secret)

@@ -68,7 +68,7 @@ class WebhookSink:
             for e in takers:
                 keys.append((e["id"], journal, event))
                 attempts.append(Attempt(None, e["url"], e["secret"], journal.receipt_code,
-                                        payload, 1, self._window_s))
+                                        payload, 1, self._window_s, journal.traceparent))
         tasks = await self._sender.first(attempts)
         rows = [self._row(key, task) for key, task in zip(keys, tasks, strict=True)]
         now, written = await write_first(session, self.name, to, rows, self._window_s)
