@@ -198,3 +198,11 @@ async def test_a_reload_request_wakes_the_running_watch(tmp_path: Path) -> None:
         task.cancel()
     assert applied.keys == [{"b": "admin"}]
 
+
+
+def test_the_operations_guide_lists_every_secret_setting() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    section = text[text.index("## Secrets\n"):text.index("\n## ", text.index("## Secrets\n") + 1)]
+    missing = [file_env_name(name) for name in SECRET_SETTINGS
+               if f"`{file_env_name(name)}`" not in section]
+    assert missing == [], "add them to docs/operations.md, Secrets"
