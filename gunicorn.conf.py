@@ -47,6 +47,10 @@ def _required(settings: Settings) -> str | None:
     if not settings.kafka_bootstrap_servers:
         return ("KASSA_KAFKA_BOOTSTRAP_SERVERS is required under plain gunicorn (the outbox "
                 f"relay publishes events there); {_EMBEDDED_HINT}")
+    if settings.metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return ("KASSA_METRICS_PORT needs PROMETHEUS_MULTIPROC_DIR under plain gunicorn (an "
+                "empty directory in memory, e.g. under /dev/shm: the master serves the port "
+                "from the workers' metric files there)")
     return None
 
 

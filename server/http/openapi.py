@@ -248,10 +248,12 @@ def paths() -> dict[str, Any]:
         "/readyz": {"get": _op("Readiness", None, {
             "200": _ok("Ready.", _ref(schemas.ReadinessOut)),
             "503": _ok("Not ready.", _ref(schemas.ReadinessOut))})},
+        # 401 only with KASSA_METRICS_TOKEN set, 404 only with KASSA_METRICS_PORT set.
         "/metrics": {"get": _op("Prometheus metrics, all worker processes", None, {
             "200": {"description": "Prometheus text format",
                     "headers": {"X-Request-Id": _header("X-Request-Id")},
-                    "content": {"text/plain": {"schema": {"type": "string"}}}}})},
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            ("unauthorized", "not_found"))},
         "/openapi.json": {"get": _op("This document", None, {
             "200": _ok("OpenAPI 3.1", {"type": "object"})})},
         "/v1/accounts": {
