@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from server.process.embedded import free_port
+from server.process.embedded import free_port, running_postgres_dsn
 from tests.conftest import ADMIN_KEY, WRITE_KEY
 from tests.fixtures.kassa_server import KassaProcess, start_kassa, stop_process
 from tests.load import SERVE_ENV, drive, open_accounts, status_counts
@@ -39,9 +40,11 @@ DELIVERED_WITHIN_S = 30.0
 class Receiver:
     """tests/webhook_receiver.py as a child process we own."""
 
-    def __init__(self, record: Path, port: int | None = None, fail: int = 0) -> None:
+    def __init__(self, record: Path, port: int | None = None, fail: int = 0,
+                 delay_ms: float = 0.0) -> None:
         self.record, self.port = record, port or free_port()
-        self.process = spawn(self.port, "--record", str(record), "--fail", str(fail))
+        self.process = spawn(self.port, "--record", str(record), "--fail", str(fail),
+                             "--delay-ms", str(delay_ms))
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -218,6 +221,56 @@ def test_a_receiver_answering_500_gets_the_event_again_with_the_same_id(
     finally:
         api.delete(f"/v1/webhooks/{endpoint['id']}")
         stop_process(receiver.process)
+
+
+# A delivery's row as the sink wrote it and as it ended: how it was first sent shows in its
+# times (server/adapters/postgres/webhooks.py, WRITE_SQL).
+SLOW_ROWS_SQL = """
+SELECT receipt_code, status, attempts,
+       last_attempt_at > created_at AS sent_after_written,
+       next_attempt_at - created_at > interval '5 seconds' AS written_claimed
+FROM webhook_deliveries WHERE endpoint_id = $1
+"""
+
+
+def test_a_slow_receiver_gets_every_event_once_and_each_row_is_written_with_its_outcome(
+        api: httpx.Client, kassa: KassaProcess, tmp_path: Path) -> None:
+    """Answers that take 1.5 s outlast the sink's 1 s wait, and 100 events outnumber the 64
+    first attempts in flight: some rows are written claimed while their attempt is in
+    flight (its outcome recorded when it ends), some written due and sent as retries are.
+    Each event still arrives once, in one attempt."""
+    receiver = Receiver(tmp_path / "slow.jsonl", delay_ms=1500)
+    endpoint = register(api, receiver.url())
+    try:
+        asyncio.run(open_accounts(kassa.url, ["wh_slow"], 0))
+        replies = asyncio.run(drive(kassa.url, deposits(100, "wh_slow"), concurrency=32))
+        codes = set(receipts_of(replies))
+        assert status_counts(replies) == {"202": 100} and len(codes) == 100
+        wait_for(lambda: {verified(m, endpoint["secret"])["receipt_code"]
+                          for m in receiver.messages()} >= codes, what="every event")
+        rows = wait_for(lambda: _ended(asyncio.run(_fetch(kassa, SLOW_ROWS_SQL, endpoint["id"]))),
+                        what="every delivery recorded")
+        assert {r["receipt_code"] for r in rows} == codes
+        assert {(r["status"], r["attempts"]) for r in rows} == {("succeeded", 1)}
+        assert any(r["written_claimed"] for r in rows), "no row written while in flight"
+        assert any(r["sent_after_written"] for r in rows), "no row written before its attempt"
+        sent = [verified(m, endpoint["secret"])["receipt_code"] for m in receiver.messages()]
+        assert sorted(sent) == sorted(codes), "an event was sent twice"
+    finally:
+        api.delete(f"/v1/webhooks/{endpoint['id']}")
+        stop_process(receiver.process)
+
+
+def _ended(rows: list[Any]) -> list[Any] | None:
+    return rows if len(rows) == 100 and all(r["status"] != "pending" for r in rows) else None
+
+
+async def _fetch(kassa: KassaProcess, sql: str, *args: Any) -> list[Any]:
+    conn = await asyncpg.connect(running_postgres_dsn(kassa.data_dir))
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
 
 
 def test_a_delivery_failing_past_its_window_is_dead_lettered_and_can_be_redelivered(

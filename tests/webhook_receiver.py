@@ -1,15 +1,17 @@
 """A webhook receiver for tests and the benchmark, run as its own process (so a test can
-SIGKILL it): `python -m tests.webhook_receiver --port P [--record FILE] [--fail N]`.
+SIGKILL it): `python -m tests.webhook_receiver --port P [--record FILE] [--fail N] [--delay-ms MS]`.
 
 Each request is appended to FILE as one JSON line (path, headers, body in base64) before
 the answer, so every 2xx the sender saw is on record; the first `--fail` requests get 500
-instead (nothing recorded). Without --record it only answers 204 (the benchmark's cost of a
+instead (nothing recorded); `--delay-ms` holds every answer that long (a slow receiver).
+Without --record it only answers 204 (the benchmark's cost of a
 registered endpoint).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
@@ -21,12 +23,14 @@ import time
 from aiohttp import web
 
 
-def build(record: str | None, fail: int) -> web.Application:
+def build(record: str | None, fail: int, delay_ms: float = 0.0) -> web.Application:
     state = {"failures_left": fail}
     fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if record else None
 
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
         if state["failures_left"] > 0:
             state["failures_left"] -= 1
             return web.Response(status=500)
@@ -42,7 +46,7 @@ def build(record: str | None, fail: int) -> web.Application:
 
 
 def spawn(port: int, *options: str, timeout_s: float = 15.0) -> subprocess.Popen[bytes]:
-    """This receiver as a child process on `port` (`options`: --record, --fail), once it
+    """This receiver as a child process on `port` (`options`: --record, --fail, --delay-ms), once it
     accepts connections; RuntimeError if it exits or does not listen within `timeout_s`."""
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.webhook_receiver", "--port", str(port), *options])
@@ -63,8 +67,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--record")
     parser.add_argument("--fail", type=int, default=0)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
     args = parser.parse_args()
-    web.run_app(build(args.record, args.fail), host="127.0.0.1", port=args.port,
+    web.run_app(build(args.record, args.fail, args.delay_ms), host="127.0.0.1", port=args.port,
                 print=None, access_log=None)
 
 
