@@ -5,8 +5,9 @@ the balancer, stopped with SIGTERM and started again from the new release. Meanw
 `--clients` clients post transfers with `?wait=true`, each with an Idempotency-Key.
 
 Run as `python -m bench.rolling_upgrade [--previous d3f739a]` from the repository root
-(about 2 minutes). The previous release is a `git worktree` of that commit under /tmp (made
-once, with this checkout's compiled native/ modules: native/ has not changed since), run by
+(about 2 minutes). The previous release is that commit's files (`git archive`, the same as a
+`git worktree add`, without touching this repository) under /tmp, extracted once with this
+checkout's compiled native/ modules (native/ has not changed since), run by
 a wrapper script with this venv's python and PYTHONPATH on that checkout, as bench's
 `--kassa-bin` runs another build; the new release is this checkout, run the same way.
 PostgreSQL and Redis are shared (started here); each instance embeds its own broker and
@@ -48,11 +49,14 @@ READY_TIMEOUT_S = 120.0
 
 
 def build(checkout: Path, commit: str | None) -> Path:
-    """The wrapper script that runs `kassa` from `checkout` (a worktree of `commit` made
-    first when given and missing) with this venv's python."""
-    if commit is not None and not checkout.exists():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(checkout),
-                        commit], check=True, capture_output=True)
+    """The wrapper script that runs `kassa` from `checkout` (the files of `commit`,
+    extracted first when given and missing) with this venv's python."""
+    if commit is not None and not (checkout / "server").exists():
+        # The commit's files (as a worktree has them), without touching this repository.
+        checkout.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive, check=True)
         for module in (ROOT / "native").glob("*.so"):
             shutil.copy2(module, checkout / "native" / module.name)
     wrapper = checkout / "build" / "kassa-upgrade"  # build/ is ignored by git
@@ -212,42 +216,52 @@ def summary(tally: Tally, missing: list[str], verify: subprocess.CompletedProces
             "answered_2xx_not_completed": len(missing),
             "p50_ms": round(ordered[len(ordered) // 2], 1),
             "p99_ms": round(ordered[int(len(ordered) * 0.99)], 1), "max_ms": round(ordered[-1], 1),
-            "verify_exit": verify.returncode, "verify": verify.stdout.strip().splitlines(),
+            "verify_exit": verify.returncode,
+            "verify": [line.strip() for line in verify.stdout.splitlines()],
             "timeline": events}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--previous", default="d3f739a", help="the previous release's commit")
-    parser.add_argument("--previous-dir", default="/tmp/prev", type=Path)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--settle-s", type=float, default=10.0,
-                        help="load alone between the steps")
-    parser.add_argument("--output", help="the JSON results (default bench/results/<date>-...)")
-    args = parser.parse_args()
-    previous, current = build(args.previous_dir, args.previous), build(ROOT, None)
+def rolling_upgrade(previous_dir: Path, commit: str, *, settle_s: float,
+                    clients: int) -> dict[str, object]:
+    """The whole run; its figures (see summary) and `ok`."""
+    previous, current = build(previous_dir, commit), build(ROOT, None)
     pg, redis = start_postgres(fsync=True), start_redis()
     dsn = pg.dsn()
     up = Upgrade({"KASSA_DATABASE_URL": dsn, "KASSA_REDIS_URL": redis.url,
                   "KASSA_API_KEYS": f"{KEY}:admin"}, previous, current)
     try:
-        tally = asyncio.run(run(up, args.settle_s, args.clients))
+        tally = asyncio.run(run(up, settle_s, clients))
         missing = asyncio.run(lost(dsn, tally))
         verify = kassa_command(current, up.env, "verify", "--grace-s", "5")
-        status = kassa_command(current, up.env, "migrate", "--status")
-        print(status.stdout)
+        status = kassa_command(current, up.env, "migrate", "--status").stdout.splitlines()
     finally:
         for server in up.instances:
             server.stop()
         redis.stop()
         pg.stop()
-    result = summary(tally, missing, verify, up.events)
-    print(json.dumps({k: v for k, v in result.items() if k != "timeline"}, indent=2))
+    result = summary(tally, missing, verify, up.events) | {"migrate_status": status}
+    result["ok"] = not (any(int(s) >= 500 for s in tally.answered.values())
+                        or tally.unanswered or missing or verify.returncode != 0)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--previous", default="d3f739a", help="the previous release's commit")
+    parser.add_argument("--previous-dir", default="/tmp/prev", type=Path,
+                        help="where its files are (extracted there first when missing)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--settle-s", type=float, default=10.0,
+                        help="load alone between the steps")
+    parser.add_argument("--output", help="the JSON results (default bench/results/<date>-...)")
+    args = parser.parse_args()
+    result = rolling_upgrade(args.previous_dir, args.previous, settle_s=args.settle_s,
+                             clients=args.clients)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("timeline", "verify")},
+                     indent=2))
     out = Path(args.output or f"bench/results/{datetime.now(UTC):%Y-%m-%d}-rolling-upgrade.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
-    bad = (any(int(s) >= 500 for s in result["statuses"])  # type: ignore[attr-defined]
-           or tally.unanswered or missing or verify.returncode != 0)
-    raise SystemExit(1 if bad else 0)
+    raise SystemExit(0 if result["ok"] else 1)
 
 
 if __name__ == "__main__":
