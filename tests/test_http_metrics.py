@@ -71,3 +71,41 @@ async def test_requests_are_counted_by_route_template_and_status_class(app_clien
     assert receipt not in text and "hm-alice" not in text
     statuses = {dict(labels)["status"] for _, labels in after}
     assert statuses <= {"1xx", "2xx", "3xx", "4xx", "5xx"}, statuses
+
+
+def samples(text: str, family: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {tuple(sorted(s.labels.items())): s.value
+            for f in text_string_to_metric_families(text) if f.name == family
+            for s in f.samples if s.name.endswith("_total")}
+
+
+async def test_known_series_are_exported_at_zero_and_build_info_at_one(app_client) -> None:  # type: ignore[no-untyped-def]
+    text = (await app_client.get("/metrics")).text
+    transactions = samples(text, "kassa_transactions")
+    statuses = {dict(labels)["status"] for labels in transactions}
+    types = {dict(labels)["type"] for labels in transactions}
+    assert statuses == {"completed", "failed", "voided"}  # final statuses only: never held
+    assert types == {"transfer", "deposit", "withdrawal", "capture", "void", "reversal"}
+    refused = {dict(labels)["code"] for labels in samples(text, "kassa_requests_refused")}
+    assert {"insufficient_funds", "account_not_found", "currency_mismatch"} <= refused
+    assert 'kassa_accept_latency_seconds_count{kind="transaction"}' in text
+    assert re.search(r'kassa_build_info\{python="3\.\d+\.\d+",version="[^"]+"\} 1\.0', text), text
+
+
+async def test_a_hold_is_counted_when_its_capture_ends_it(app_client) -> None:  # type: ignore[no-untyped-def]
+    await make_accounts(app_client, ("hm-holder", 100, 0), ("hm-payee", 0, 0))
+    before = samples((await app_client.get("/metrics")).text, "kassa_transactions")
+    held = await app_client.post("/v1/transactions?wait=true", json={
+        "type": "transfer", "currency": "USD", "source": "hm-holder", "destination": "hm-payee",
+        "amount": 30, "hold": True})
+    assert held.status_code == 201 and held.json()["status"] == "held", held.text
+    code = held.json()["receipt_code"]
+    captured = await app_client.post(f"/v1/transactions/{code}/capture?wait=true", json={})
+    assert captured.status_code == 201 and captured.json()["status"] == "completed", captured.text
+    key = (("status", "completed"), ("type", "capture"))
+    for _ in range(200):  # the effects count it just after the answer
+        after = samples((await app_client.get("/metrics")).text, "kassa_transactions")
+        if after[key] > before[key]:
+            break
+    assert after[key] == before[key] + 1
+    assert not any(dict(labels)["status"] == "held" for labels in after)
