@@ -41,13 +41,15 @@ class RecoverySweeper:
         room = min(CLAIM_MAX, self._pool.room)
         if room <= 0:
             return 0
-        claimed = await self._store.claim_expired(self._owner, self._lease_s, room,
-                                                  self._pool.held)
-        now = time.monotonic()
-        for journal in claimed:
-            queued = self._pool.try_put(Task(journal.journal_id, journal.receipt_code,
-                                             journal.transaction, now))
-            assert queued, "room was checked before claiming"
+        # Reserved before claiming: accepts go on while the claim is read, and may fill the
+        # queue meanwhile (tests/sim found a claimed journal left out of a full queue).
+        with self._pool.admission(room) as admitted:
+            claimed = await self._store.claim_expired(self._owner, self._lease_s, room,
+                                                      self._pool.held)
+            now = time.monotonic()
+            for journal in claimed:
+                admitted.put(Task(journal.journal_id, journal.receipt_code,
+                                  journal.transaction, now))
         if claimed:
             log.warning("[RECOVERY] claimed %d journals with expired leases", len(claimed))
         return len(claimed)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from core.ledger.errors import Overloaded
 from core.ledger.status import COMPLETED, PROCESSING
 from core.pipeline.recovery import RecoverySweeper
+from core.pipeline.tasks import Task
 from tests.unit.conftest import OWNER, PipelineFactory, pending, transfer
 
 LEASE_S = 30
@@ -74,3 +76,28 @@ async def test_a_full_queue_claims_nothing(make_pipeline: PipelineFactory) -> No
         p.store.now += LEASE_S + 1
         assert await sweeper_of(p).sweep() == 0
         assert p.pool.held == []
+
+
+async def test_accepts_filling_the_queue_during_a_claim_leave_no_claimed_journal_out(
+        make_pipeline: PipelineFactory) -> None:
+    """The room is reserved before the claim is read: accepts meanwhile are refused
+    (Overloaded) rather than taking it, so every claimed journal is queued (tests/sim found
+    the sweeper's `assert queued` failing when the queue filled during the claim)."""
+    p = await make_pipeline(start=False, queue_size_max=2)
+    journals = [pending(transfer(10), owner="dead-node") for _ in range(2)]
+    await p.store.insert_pending(journals)
+    p.store.now += LEASE_S + 1
+    claim = p.store.claim_expired
+    refused = []
+
+    async def claim_while_accepting(*args):  # type: ignore[no-untyped-def]
+        try:
+            with p.pool.admission(1) as room:  # an accept meanwhile
+                room.put(Task(99, "RCP-accepted-meanwhile", transfer(1), 0.0))
+        except Overloaded:
+            refused.append(True)
+        return await claim(*args)
+
+    p.store.claim_expired = claim_while_accepting  # type: ignore[method-assign]
+    assert await sweeper_of(p).sweep() == 2
+    assert refused == [True] and p.pool.backlog == 2
