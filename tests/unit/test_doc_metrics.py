@@ -90,6 +90,7 @@ def code_spans(text: str) -> list[str]:
 
 
 PROMQL = re.compile(r"[(\[]|\{[^}]*=")
+SECRETS = re.compile(r"\bsecrets\b")
 
 
 def is_metric_like(name: str, families: dict[str, str]) -> bool:
@@ -103,6 +104,8 @@ def doc_metric_names(families: dict[str, str]) -> list[tuple[str, str, bool]]:
     found = []
     for doc in DOCS:
         for span in code_spans(doc.read_text()):
+            if SECRETS.search(span):
+                continue  # Docker's and Kubernetes' secret names (`kassa_api_keys`)
             promql = PROMQL.search(span) is not None
             found += [(doc.name, m.group(0), promql) for m in IDENTIFIER.finditer(span)
                       if is_metric_like(m.group(0), families)]
