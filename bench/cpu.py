@@ -20,10 +20,10 @@ from bench import procs
 
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 # Column order of the report; "other" is any child of the master that is none of these.
-GROUPS = ("workers", "master", "receipt", "notification", "postgres", "redis", "broker",
-          "other", "load tool")
+GROUPS = ("workers", "master", "receipt", "notification", "webhooks", "postgres", "redis",
+          "broker", "other", "load tool")
 # Kassa's own processes: what a peer's run reports as Kassa's idle CPU beside it.
-KASSA_GROUPS = ("workers", "master", "receipt", "notification")
+KASSA_GROUPS = ("workers", "master", "receipt", "notification", "webhooks")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ accounting reports, and where `kassa serve`'s embedded Redis and broker listen.
 `kassa serve` is the gunicorn master; its children are the workers (forks: the same command
 line as the master), the embedded Redis (`redis-server 127.0.0.1:PORT`, redis rewrites its
 title), the broker (`tansu broker --listener-url tcp://HOST:PORT ...`) and the gRPC services
-(`... server.process.cli receipt-service ...`, `... notification-service ...`). The PostgreSQL
+(`... server.process.cli receipt-service ...`, `... notification-service ...`) and the
+webhook sender (`... server.process.cli webhook-sender`). The PostgreSQL
 postmaster is not a child: pg_ctl daemonizes it; its PID is the first line of
 `<data dir>/pg/postmaster.pid`.
 """
@@ -71,7 +72,7 @@ def tree_ticks(stats: dict[int, Stat], pid: int) -> int:
 
 # Children of `kassa serve` by a piece of their command line; the rest are workers or "other".
 SERVICES = {"receipt": b"receipt-service", "notification": b"notification-service",
-            "redis": b"redis-server", "broker": b"tansu"}
+            "webhooks": b"webhook-sender", "redis": b"redis-server", "broker": b"tansu"}
 
 
 @dataclass(frozen=True)

@@ -306,17 +306,19 @@ def test_a_delivery_failing_past_its_window_is_dead_lettered_and_can_be_redelive
         stop_process(failing.process)
 
 
-def test_every_event_arrives_signed_although_receiver_and_broker_die_mid_load(
+def test_every_event_arrives_signed_although_receiver_sender_and_broker_die_mid_load(
         tmp_path: Path) -> None:
-    """The receiver SIGKILLed and the Kafka broker stopped (SIGSTOP: it stays down, the
-    supervisor cannot restart it) during the load: every accepted transaction's event still
+    """The webhook sender's process and the receiver SIGKILLed and the Kafka broker stopped
+    (SIGSTOP: it stays down, the supervisor cannot restart it) during the load: the
+    supervisor starts the sender again, and every accepted transaction's event still
     reaches the receiver, signature-valid, at least once."""
     env = {**SERVE_ENV, "KASSA_WEBHOOK_RETRY_BASE_MS": "100", "KASSA_WEBHOOK_RETRY_CAP_S": "1",
            "KASSA_WEBHOOK_POLL_INTERVAL_MS": "100"}
     kassa = start_kassa(env, workers=2, timeout_s=90)
     receiver = Receiver(tmp_path / "received.jsonl")
     broker = child_pid(kassa, b"tansu")
-    assert broker is not None, children(kassa)
+    sender = child_pid(kassa, b"webhook-sender")
+    assert broker is not None and sender is not None, children(kassa)
     try:
         with httpx.Client(base_url=kassa.url, headers=ADMIN, timeout=30) as api:
             endpoint = register(api, receiver.url())
@@ -330,6 +332,7 @@ def test_every_event_arrives_signed_although_receiver_and_broker_die_mid_load(
                 accepted.update(receipts_of(replies))
 
             await batch(200)
+            os.kill(sender, signal.SIGKILL)
             receiver.kill()
             await batch(200)
             os.kill(broker, signal.SIGSTOP)
@@ -343,6 +346,7 @@ def test_every_event_arrives_signed_although_receiver_and_broker_die_mid_load(
                      timeout_s=90, what="every accepted transaction's event")
         finally:
             stop_process(revived.process)
+        assert child_pid(kassa, b"webhook-sender") not in (None, sender), children(kassa)
     finally:
         os.kill(broker, signal.SIGCONT)
         stop_process(receiver.process)

@@ -76,7 +76,15 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
                    description="Publishes the events of KASSA_DATABASE_URL's finished "
                                "journals to KASSA_KAFKA_BOOTSTRAP_SERVERS, and registers "
                                "their receipts with KASSA_RECEIPT_SERVICE_ADDR when set, "
-                               "until stopped.")
+                               "until stopped. The event webhooks are sent by "
+                               "`kassa webhook-sender`.")
+    sub.add_parser("webhook-sender", formatter_class=_HELP,
+                   help="send the event webhooks on their own (kassa serve starts one)",
+                   description="Sends the events of KASSA_DATABASE_URL's finished journals "
+                               "to the registered webhook endpoints and retries the due "
+                               "deliveries, until stopped; of every such process on the "
+                               "database, the one holding its lock sends. It serves no "
+                               "requests: sending costs the serving workers nothing.")
     _add_verify(sub, settings)
     from server.process.seed import add_parser as add_seed
 
@@ -236,6 +244,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
             print(f"kassa: {exc}", file=sys.stderr, flush=True)
             sys.exit(2)
         prepare_metrics_dir(data_dir)
+        # After the metrics directory: its deliveries are counted in /metrics.
+        stack.spawn_python("webhook-sender", ["webhook-sender"], None, dict(os.environ))
         # A child that dies from now on is started again, on the same address (the
         # workers reconnect); stack.stop() ends the supervision first.
         stack.supervise()
@@ -426,18 +436,27 @@ async def _relay(dsn: str, settings: Settings) -> None:
     receipts of the journals it reads."""
     from server.adapters.grpc.receipt_client import ReceiptRegistrar
     from server.adapters.kafka.relay import run_standalone
-    from server.adapters.webhooks.sender import sender_options
 
     assert settings.kafka_bootstrap_servers
     registrar = ReceiptRegistrar.from_settings(settings)
     try:
-        # Every process that can win the relay lock sends the webhooks too.
         await run_standalone(dsn, settings.kafka_bootstrap_servers, settings.kafka_topic,
-                             register_receipts=registrar.register if registrar else None,
-                             webhooks=sender_options(settings))
+                             register_receipts=registrar.register if registrar else None)
     finally:
         if registrar is not None:
             await registrar.close()
+
+
+def cmd_webhook_sender(args: argparse.Namespace, settings: Settings) -> None:
+    from server.adapters.kafka.relay import WEBHOOK_POLL_INTERVAL_MS, run_standalone
+    from server.adapters.webhooks.sender import sender_options
+
+    asyncio.run(run_standalone(
+        _require_database(settings), None, settings.kafka_topic,
+        batch_size_max=settings.relay_batch_max, poll_interval_ms=WEBHOOK_POLL_INTERVAL_MS,
+        linger_ms=settings.relay_linger_ms,
+        standby_interval_ms=settings.relay_standby_interval_ms,
+        webhooks=sender_options(settings)))
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> None:
@@ -467,6 +486,7 @@ COMMANDS = {
     "receipt-service": cmd_receipt_service,
     "notification-service": cmd_notification_service,
     "relay": cmd_relay,
+    "webhook-sender": cmd_webhook_sender,
     "verify": cmd_verify,
     "seed": cmd_seed,
 }

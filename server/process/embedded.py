@@ -332,7 +332,8 @@ class EmbeddedStack:
         self.supervisor.start(supervisor.POLL_S if poll_s is None else poll_s)
         return self.supervisor
 
-    def spawn_python(self, name: str, args: list[str], port: int, env: dict[str, str]) -> None:
+    def spawn_python(self, name: str, args: list[str], port: int | None,
+                     env: dict[str, str]) -> None:
         self.spawn(name, [sys.executable, "-m", "server.process.cli", *args], port, env)
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -404,6 +405,12 @@ class _Spawned:
         return None if returncode is None else _how_it_ended(returncode)
 
     def restart(self) -> None:
+        # Its live gauges (the webhook sender's leader and ages) leave /metrics with it.
+        dead = self.pid()
+        if dead is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(dead)
         self._stack.restart(self.name)
 
 

@@ -59,7 +59,6 @@ from server.adapters.redis.health import RedisPing
 from server.adapters.redis.idempotency import RedisIdempotencyCache
 from server.adapters.redis.rate_limit import RedisRateLimiter, rate_limiter
 from server.adapters.redis.status import RedisStatusStore
-from server.adapters.webhooks.sender import sender_options
 from server.http.api import Api
 from server.http.auth import ApiKeys
 from server.process.key_reload import KeyFileWatch
@@ -251,8 +250,9 @@ async def build_runtime(settings: Settings) -> Runtime:
                                       settings.node_id if settings.node_id >= 0 else None)
     receipts = receipt_source(settings, node_id, CodeCipher(await receipt_code_secret(db)))
     notifier = notification_client(settings)
-    # The relay publishes the events, registers the receipts of the journals it reads and
-    # sends their webhooks (its leader only).
+    # The relay publishes the events and registers the receipts of the journals it reads
+    # (its leader only); the webhooks are sent by a process of their own (`kassa
+    # webhook-sender`, started by `kassa serve`), off the serving workers.
     registrar = ReceiptRegistrar.from_settings(settings)
     relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
                         settings.kafka_topic, batch_size_max=settings.relay_batch_max,
@@ -260,8 +260,7 @@ async def build_runtime(settings: Settings) -> Runtime:
                         linger_ms=settings.relay_linger_ms,
                         standby_interval_ms=settings.relay_standby_interval_ms,
                         step_down_after_s=settings.relay_step_down_after_s,
-                        register_receipts=registrar.register if registrar else None,
-                        webhooks=sender_options(settings))
+                        register_receipts=registrar.register if registrar else None)
     single = settings.executor == "single"
     pool = ProcessorPool(
         journals, PostCommit(tracker=tracker, notifier=notifier,

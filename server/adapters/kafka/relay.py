@@ -19,9 +19,12 @@ its loop retries with bounded backoff (a fresh producer for Kafka). The SQL on t
 dedicated connection (lock, NOTIFY, LISTEN, reads and cursors) is in
 server.adapters.postgres.outbox.
 
-A third sink, 'webhooks', turns journals into webhook delivery rows in the transaction
-that moves its cursor (server/adapters/webhooks/sink.py), and the leader also runs the
-sender of those rows (sender.py): neither depends on Kafka.
+A third sink, 'webhooks', sends the journals' events to the webhook endpoints and writes
+their delivery rows in the transaction that moves its cursor (server/adapters/webhooks/):
+a relay of its own, elected by its own lock, in a process that serves no requests (`kassa
+webhook-sender`, which every `kassa serve` starts), so that sending costs the workers
+nothing. It does not depend on Kafka. It gets no wake-up from an executor in its process:
+the standbys' NOTIFY wakes it, and it looks every WEBHOOK_POLL_INTERVAL_MS otherwise.
 
 Wake-ups: the executor calls `wake()` after every commit. In the publisher's process
 that ends the idle waits at once. A standby forwards it as `NOTIFY` on its own connection
@@ -58,6 +61,7 @@ from server.adapters.postgres.outbox import (
     APPLICATION_NAME,
     DATABASE_ERRORS,
     RELAY_LOCK_ID,
+    WEBHOOK_LOCK_ID,
     OutboxSession,
 )
 from server.adapters.postgres.pool import OUTAGE_LOG_INTERVAL_S, UNAVAILABLE
@@ -73,6 +77,11 @@ RECEIPT_ERRORS = Counter("kassa_relay_receipt_errors_total",
                          "Failed receipt registration calls of the relay.")
 LEADER = Gauge("kassa_outbox_relay_leader", "1 in the process that holds the relay lock.",
                multiprocess_mode="livesum")
+WEBHOOK_LEADER = Gauge("kassa_webhook_sender_leader",
+                       "1 in the process that holds the webhook sender's lock.",
+                       multiprocess_mode="livesum")
+# The webhook sender's process looks for new journals this often when no NOTIFY came.
+WEBHOOK_POLL_INTERVAL_MS = 100.0
 
 BACKOFF_MIN_S = 0.05
 
@@ -91,12 +100,17 @@ class OutboxRelay:
         core.ledger.errors.Unavailable while it is down; None when there is no receipt
         service (its cursor then stays where it is). Without `bootstrap_servers` (only
         in-process tests run without Kafka) the relay only registers receipts.
-        `webhooks`: the leader also turns journals into webhook deliveries and sends them
-        (server/adapters/webhooks/); None leaves the webhooks cursor where it is."""
+        `webhooks`: this relay sends the webhooks, and only them (Kafka and receipts
+        belong to another relay), under its own lock; None leaves the webhooks cursor
+        where it is."""
         assert batch_size_max > 0 and poll_interval_ms > 0 and standby_interval_ms > 0
         assert bootstrap_servers or register_receipts or webhooks, \
             "a relay with nothing to deliver to"
+        assert webhooks is None or not (bootstrap_servers or register_receipts), \
+            "the webhook sender is a relay of its own"
         self._dsn = dsn
+        self._lock_id = RELAY_LOCK_ID if webhooks is None else WEBHOOK_LOCK_ID
+        self._leader_gauge = LEADER if webhooks is None else WEBHOOK_LEADER
         self._kafka = _Producer(bootstrap_servers, topic, publish_timeout_s)
         self._loops: list[_SinkLoop] = []
         if self._kafka.producer is not None:
@@ -205,7 +219,7 @@ class OutboxRelay:
         """Until this connection holds the lock (True) or close() (False); meanwhile every
         wake() becomes a NOTIFY to whoever publishes."""
         while not self._stopping.is_set():
-            if await session.try_lock():
+            if await session.try_lock(self._lock_id):
                 return True
             # Jitter: standbys started together should not ask in step.
             deadline = time.monotonic() + self._standby_interval_s * random.uniform(0.5, 1.0)
@@ -286,9 +300,10 @@ class OutboxRelay:
 
     def _set_leader(self, leading: bool) -> None:
         self.is_leader = leading
-        LEADER.set(1 if leading else 0)
+        self._leader_gauge.set(1 if leading else 0)
         if leading:
-            log.info("outbox relay: this process publishes the events")
+            log.info("outbox relay: this process %s", "sends the webhooks"
+                     if self._sender is not None else "publishes the events")
         else:
             for loop in self._loops:
                 loop.publisher.clear_gauge()
@@ -371,18 +386,22 @@ async def _wait_event(event: asyncio.Event, timeout_s: float) -> None:
             await event.wait()
 
 
-async def run_standalone(database_url: str, bootstrap_servers: str, topic: str,
+async def run_standalone(database_url: str, bootstrap_servers: str | None, topic: str,
                          **options: Any) -> None:
-    """`kassa relay`: take part in the election until SIGINT or SIGTERM. `options` go to
-    OutboxRelay (batch_size_max, linger_ms, ...)."""
+    """`kassa relay` and `kassa webhook-sender`: take part in the election until SIGINT or
+    SIGTERM. `options` go to OutboxRelay (batch_size_max, linger_ms, webhooks, ...)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     relay = OutboxRelay(database_url, bootstrap_servers, topic, **options)
     await relay.start()
-    log.info("outbox relay for %s on %s started (publishes while it holds the lock)",
-             topic, bootstrap_servers)
+    if bootstrap_servers:
+        log.info("outbox relay for %s on %s started (publishes while it holds the lock)",
+                 topic, bootstrap_servers)
+    else:
+        log.info("outbox relay started (%s while it holds the lock)",
+                 "sends the webhooks" if options.get("webhooks") else "registers receipts")
     try:
         await stop.wait()
     finally:

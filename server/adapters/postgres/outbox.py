@@ -26,6 +26,9 @@ log = logging.getLogger("kassa.outbox")
 # Any constant works; it only has to be the same for every relay on the database
 # (and differ from migrate.MIGRATION_LOCK_ID).
 RELAY_LOCK_ID = 0x4B52454C4159  # "KRELAY"
+# The webhook sender's own election (its process is not a serving worker: `kassa
+# webhook-sender`, which `kassa serve` starts).
+WEBHOOK_LOCK_ID = 0x4B5745424B  # "KWEBK"
 CHANNEL = "kassa_outbox"
 APPLICATION_NAME = "kassa-outbox-relay"
 CONNECT_TIMEOUT_S = 10.0
@@ -120,10 +123,10 @@ class OutboxSession:
         async with self._statement:
             yield self._conn
 
-    async def try_lock(self) -> bool:
-        """The relay lock, if no other session holds it; kept until this session ends."""
+    async def try_lock(self, lock_id: int = RELAY_LOCK_ID) -> bool:
+        """The lock `lock_id`, if no other session holds it; kept until this session ends."""
         async with self._statement:
-            return bool(await self._conn.fetchval(TRY_LOCK_SQL, RELAY_LOCK_ID))
+            return bool(await self._conn.fetchval(TRY_LOCK_SQL, lock_id))
 
     async def notify(self) -> None:
         async with self._statement:
