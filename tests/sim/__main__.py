@@ -27,18 +27,24 @@ CHUNK = 50
 SHOWN_MAX = 20
 
 
-def _chunk(args: tuple[int, int, int]) -> tuple[list[tuple[int, list[str]]], Counter[tuple[str, str]], int]:
-    """Run seeds [start, stop): the failures, the coverage (seeds per pair), journals."""
+Chunk = tuple[list[tuple[int, list[str]]], Counter[tuple[str, str]], int, list[tuple[int, str]]]
+
+
+def _chunk(args: tuple[int, int, int]) -> Chunk:
+    """Run seeds [start, stop): the failures, the coverage (seeds per pair), journals, and
+    the seeds that met a known defect (with its first line)."""
     start, stop, ops = args
-    failures, reached, journals = [], Counter[tuple[str, str]](), 0
+    failures, reached, journals, known = [], Counter[tuple[str, str]](), 0, []
     for seed in range(start, stop):
         result = run_seed(seed, ops)
         reached.update(set(result.reached))
         journals += result.journals
         if result.violations:
             failures.append((seed, result.violations))
+        if result.known:
+            known.append((seed, result.known[0]))
     gc.collect()
-    return failures, reached, journals
+    return failures, reached, journals, known
 
 
 def _quiet() -> None:
@@ -52,18 +58,26 @@ def run_many(first: int, count: int, ops: int, jobs: int) -> int:
     failures: list[tuple[int, list[str]]] = []
     reached: Counter[tuple[str, str]] = Counter()
     journals = 0
+    known: list[tuple[int, str]] = []
     with multiprocessing.get_context("fork").Pool(jobs, initializer=_quiet) as pool:
-        for found, pairs, n in pool.imap_unordered(_chunk, chunks):
+        for found, pairs, n, defects in pool.imap_unordered(_chunk, chunks):
             failures += found
             reached.update(pairs)
             journals += n
+            known += defects
     elapsed = time.monotonic() - started
     print(f"sim: {count} seeds from {first}, {ops} client operations each, {journals} journals, "
           f"{elapsed:.1f}s on {jobs} processes ({elapsed * jobs / count * 1000:.1f} ms a seed)")
     print(coverage(reached, count))
+    if known:
+        seed, first = min(known)
+        print(f"sim: {len(known)} seeds met the known defect of docs/simulation.md, e.g. "
+              f"seed {seed}: {first[:300]}")
     if failures:
         seed, violations = min(failures)
         print(f"sim: {len(failures)} seeds FAILED, the first: {seed}", file=sys.stderr)
+        for other, found in sorted(failures)[:SHOWN_MAX]:
+            print(f"  seed {other}: {found[0][:300]}")
         show(run_seed(seed, ops, trace=True))
         return 1
     return 0

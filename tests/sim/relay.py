@@ -13,6 +13,7 @@ least once. A wake-up after each commit shortens the idle wait, as the real one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 from core.ledger.errors import KassaError, Unavailable
@@ -50,10 +51,9 @@ class Relay:
             except KassaError:
                 pass  # the database or a sink is down: the next cycle tries again
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), POLL_S)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_S):
+                    await self._wakeup.wait()
 
     async def _cycle(self, sink: str) -> None:
         world = self._process.world

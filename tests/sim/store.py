@@ -15,7 +15,9 @@ from typing import Any
 
 from core.ledger.errors import Unavailable
 from core.ledger.models import AccountSnapshot, Entry, ErrorBody
-from core.ledger.status import FAILED, PROCESSING
+from core.ledger.status import FAILED, HELD, PROCESSING
+from core.pipeline.links import NamedJournal
+from core.pipeline.ports import ClaimedJournal
 from tests.fakes.journals import FakeJournalStore, _Staged
 
 
@@ -60,6 +62,10 @@ class SimStore(FakeJournalStore):
         self.cursors: dict[str, int] = {"kafka": 0, "receipts": 0}
         self.relay_holder: Any = None  # the process whose session holds the relay lock
         self.on_commit: Callable[[list[LogEntry]], None] | None = None
+        # Indexes for the sweepers' reads, which the fake answers by scanning every journal
+        # (a run calls them thousands of times).
+        self.unfinished: dict[int, None] = {}
+        self.holding: dict[int, None] = {}
 
     @property  # type: ignore[override]
     def now(self) -> float:
@@ -76,13 +82,47 @@ class SimStore(FakeJournalStore):
         done += [Finish(jid, status, tuple(entries), at)
                  for jid, (status, _error, entries) in staged.finished.items()]
         super()._apply(staged)
+        for row in staged.new:
+            if row.status == PROCESSING:
+                self.unfinished[row.id] = None
+        for jid in [*(f.journal_id for f in done), *staged.targets]:
+            self.unfinished.pop(jid, None)
+            if self.journals[jid].status == HELD:
+                self.holding[jid] = None
+            else:
+                self.holding.pop(jid, None)
         self._logged(done)
 
     async def mark_failed(self, journal_id: int, error: ErrorBody) -> bool:
         finished = await super().mark_failed(journal_id, error)
         if finished:
+            self.unfinished.pop(journal_id, None)
             self._logged([Finish(journal_id, FAILED, (), self._clock())])
         return finished
+
+    async def claim_expired(self, owner: str, lease_s: float, limit: int,
+                            held: list[int]) -> list[ClaimedJournal]:
+        """The fake's rule, over the unfinished journals only."""
+        self.check_up()
+        claimed: list[ClaimedJournal] = []
+        ours, now = set(held), self.now
+        for jid in sorted(self.unfinished):
+            row = self.journals[jid]
+            if len(claimed) == limit:
+                break
+            if (row.lease_expires_at is not None and row.lease_expires_at < now
+                    and jid not in ours):
+                row.lease_owner, row.lease_expires_at = owner, now + lease_s
+                claimed.append(ClaimedJournal(jid, row.receipt_code, row.transaction))
+        return claimed
+
+    async def expired_holds(self, limit: int) -> list[NamedJournal]:
+        """The fake's rule, over the pending holds only."""
+        self.check_up()
+        rows = [self.journals[j] for j in self.holding]
+        due = sorted((r for r in rows if r.hold_expires_at is not None
+                      and r.hold_expires_at <= self.now), key=lambda r: (r.hold_expires_at, r.id))
+        return [r.named() for r in due[:limit]]
 
     async def set_status(self, account_id: str, status: str) -> None:
         """An operator locks or unlocks an account (one statement, its own commit): it

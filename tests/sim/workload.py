@@ -20,7 +20,7 @@ from core.ledger.errors import (
     OutcomeUnknown,
 )
 from core.ledger.models import Leg, Transaction
-from core.ledger.status import PROCESSING
+from core.ledger.status import FAILED, PROCESSING
 from core.pipeline.idempotency import request_hash
 from core.pipeline.submission import Accepted, Finished, Replayed, Submission
 from tests.fakes.journals import JournalRow
@@ -31,6 +31,7 @@ ACCOUNTS = [f"a{i}" for i in range(6)]
 START_BALANCE = 500
 CLIENT_TIMEOUT_S = 3.0
 RETRIES_MAX = 4
+KNOWN = "known defect, a keyed repeat refused early: "
 
 ACCEPTED, FINISHED, REFUSED, NOT_ACCEPTED, UNKNOWN = (
     "accepted", "finished", "refused", "not-accepted", "unknown")
@@ -83,8 +84,13 @@ class Op:
         elif journals and UNKNOWN not in kinds:
             out.append(f"{where} told not applied, but journal {journals[0].receipt_code} "
                        f"is {journals[0].status}")
-        if REFUSED in kinds and journals:
-            out.append(f"{where} refused, but journal {journals[0].receipt_code} is "
+        if REFUSED in kinds and journals and journals[0].status != FAILED:
+            # A repeat of a key whose first request was recorded must be its replay (API.md);
+            # pre-validation refuses it first when Redis has not the key's answer (the first
+            # request's process died before caching it, or Redis was down). Known, reported
+            # apart (docs/simulation.md): the fix needs a read of the key in the database.
+            known = KNOWN if self.key is not None else ""
+            out.append(f"{known}{where} refused, but journal {journals[0].receipt_code} is "
                        f"{journals[0].status}")
         return out
 

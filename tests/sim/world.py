@@ -31,7 +31,7 @@ from tests.sim.ports import IdempotencyView, Points, ReceiptView, StatusView, St
 from tests.sim.relay import Relay
 from tests.sim.store import Broker, SimStore
 
-LEASE_S = 30.0
+LEASE_S = 10.0
 SWEEP_INTERVAL_S = 1.0
 EXPIRY_INTERVAL_S = 1.0
 # Within the design's tolerance: every deadline is on the database's clock, so a process's
