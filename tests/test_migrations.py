@@ -179,8 +179,9 @@ async def test_writes_wait_no_longer_than_lock_timeout_and_the_migration_lands_a
     policy = LockPolicy(timeout_ms=200, attempts_max=50, backoff_min_s=0.01, backoff_max_s=0.05)
     with caplog.at_level(logging.WARNING, "kassa.migrate"):
         migrating = asyncio.create_task(apply_migrations(pg_dsn, policy=policy))
-        while "retrying" not in caplog.text:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(30):  # no lock_timeout: the first attempt never ends
+            while "retrying" not in caplog.text:
+                await asyncio.sleep(0.01)
         # Queued behind the migration's waiting ALTER (ACCESS EXCLUSIVE): granted when it
         # gives up, within lock_timeout, though the holder's transaction is still open.
         start = asyncio.get_running_loop().time()
