@@ -126,6 +126,9 @@ class HotRoutes:
         path = scope["path"]
         with spans.http_request(scope["method"], path if path in self._paths else "",
                                 scope["headers"]) as span:
+            if span is None:  # not sampled: its traceparent is carried, no span is built
+                await self._serve(scope, receive, send)
+                return
             status = 500
 
             async def watched(message: dict[str, Any]) -> None:

@@ -17,11 +17,14 @@ batches cost one string test per item.
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -30,18 +33,44 @@ from core.kit.spans import NO_SPANS, Spans
 
 ENABLED = False
 _tracer: trace.Tracer = trace.NoOpTracer()
+# A request's root sampling, decided before any span object is built (see use()): trace ids
+# whose lower 64 bits are below this are sampled; None: the SDK's sampler decides.
+_root_bound: int | None = None
 _propagator = TraceContextTextMapPropagator()
 _NULL = contextlib.nullcontext()
 NAME = "kassa"
 
 Attributes = Mapping[str, str | int | bool]
+_ID64 = (1 << 64) - 1
 
 
 def use(provider: trace.TracerProvider | None) -> None:
     """Trace through `provider` from now on (None: tracing off again, for tests)."""
-    global ENABLED, _tracer
+    global ENABLED, _tracer, _root_bound
     ENABLED = provider is not None
+    _root_bound = _take_root_sampling(provider)
     _tracer = provider.get_tracer(NAME) if provider is not None else trace.NoOpTracer()
+
+
+def _take_root_sampling(provider: trace.TracerProvider | None) -> int | None:
+    """The bound of the requests' root sampling, taken over from a parent-based sampler
+    whose root is a ratio (parentbased_traceidratio) or always on or off: then a request
+    the ratio leaves out costs a random id and a string, not a span object (the SDK would
+    build a non-recording span, its context and its child spans: about 20 µs). Its root
+    becomes always-on, so that a request sampled here is recorded; the parent-based rules
+    (a remote parent's flags decide) stay the SDK's. None for any other sampler."""
+    sampler = provider.sampler if isinstance(provider, TracerProvider) else None
+    if not isinstance(sampler, ParentBased):
+        return None
+    root = sampler._root  # noqa: SLF001 - the SDK keeps it private; read once
+    if isinstance(root, TraceIdRatioBased):
+        bound: int = root.bound
+    elif root in (ALWAYS_ON, ALWAYS_OFF):
+        bound = _ID64 + 1 if root is ALWAYS_ON else 0
+    else:
+        return None
+    sampler._root = ALWAYS_ON  # noqa: SLF001
+    return bound
 
 
 def traceparent_of(span: trace.Span) -> str | None:
@@ -80,11 +109,22 @@ def _parent(ctx: SpanContext) -> otel_context.Context:
 
 @contextlib.contextmanager
 def http_request(method: str, target: str, headers: Iterable[tuple[bytes, bytes]]
-                 ) -> Iterator[trace.Span]:
+                 ) -> Iterator[trace.Span | None]:
     """The server span of one HTTP request, continuing the client's traceparent; while it
-    is current, TRACEPARENT names it (the journal stores that, the group commit links it)."""
+    is current, TRACEPARENT names it (the journal stores that, the group commit links it).
+    A request left out of the sample gets no span (None) but a traceparent all the same
+    (flags 00, in the client's trace if it sent one), so what it leads to stays unsampled
+    and a consumer can still join its logs."""
     carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers
                if name in (b"traceparent", b"tracestate")}
+    unsampled = _unsampled(carrier.get("traceparent"))
+    if unsampled is not None:
+        token = TRACEPARENT.set(unsampled)
+        try:
+            yield None
+        finally:
+            TRACEPARENT.reset(token)
+        return
     parent = _propagator.extract(carrier) if carrier else None
     with _tracer.start_as_current_span(f"{method} {target}" if target else method,
                                        context=parent,
@@ -95,6 +135,23 @@ def http_request(method: str, target: str, headers: Iterable[tuple[bytes, bytes]
             yield span
         finally:
             TRACEPARENT.reset(token)
+
+
+def _unsampled(incoming: str | None) -> str | None:
+    """The traceparent of a request the root sampling leaves out, or None when it is
+    sampled (or the SDK's sampler decides)."""
+    if _root_bound is None:
+        return None
+    remote = span_context(incoming) if incoming else None
+    if remote is not None:
+        if remote.trace_flags.sampled:
+            return None
+        trace_id = remote.trace_id
+    else:
+        trace_id = random.getrandbits(128) or 1
+        if (trace_id & _ID64) < _root_bound:
+            return None
+    return f"00-{trace_id:032x}-{random.getrandbits(64) or 1:016x}-00"
 
 
 def step(name: str, kind: SpanKind = SpanKind.INTERNAL, attributes: Attributes | None = None
@@ -108,7 +165,7 @@ def in_trace(system: str, operation: str, kind: SpanKind = SpanKind.CLIENT
     """A span `<system> <operation>` under the current one if there is one (a Redis call of
     a request); nothing for a call outside any trace (background work), which would make a
     trace of its own. The name is built only when there is a span to give it."""
-    if not ENABLED or not trace.get_current_span().get_span_context().is_valid:
+    if not ENABLED or not trace.get_current_span().is_recording():
         return _NULL
     return _tracer.start_as_current_span(f"{system} {operation}", kind=kind,
                                          attributes={"db.system.name": system})
@@ -152,13 +209,15 @@ def server_span(name: str, carrier: Mapping[str, str], attributes: Attributes | 
 
 
 def log_ids() -> tuple[str, str] | None:
-    """(trace_id, span_id) in hex of the current span, for log lines; None without one."""
+    """(trace_id, span_id) in hex of the current span (or of the unsampled request's
+    traceparent), for log lines; None outside both."""
     if not ENABLED:
         return None
     ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid:
-        return None
-    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+    if ctx.is_valid:
+        return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+    tp = TRACEPARENT.get()
+    return None if tp is None else (tp[3:35], tp[36:52])
 
 
 def record_status(span: trace.Span | None, **attributes: Any) -> None:
@@ -167,13 +226,17 @@ def record_status(span: trace.Span | None, **attributes: Any) -> None:
 
 
 class PipelineSpans:
-    """core.kit.spans.Spans as OpenTelemetry spans (the composition root's, tracing on)."""
+    """core.kit.spans.Spans as OpenTelemetry spans (the composition root's, tracing on):
+    a step only inside a sampled request; a batch inside a recorded span (the executor
+    batch in its group commit, which links the items already) is a plain child of it."""
 
     def step(self, name: str) -> contextlib.AbstractContextManager[object]:
-        return step(name)
+        return step(name) if trace.get_current_span().is_recording() else _NULL
 
     def batch(self, name: str, traceparents: Iterable[str | None]
               ) -> contextlib.AbstractContextManager[object]:
+        if trace.get_current_span().is_recording():
+            return step(name)
         return batch(name, traceparents)
 
 
