@@ -172,6 +172,9 @@ class Settings:
     smtp_host: str | None = None
     smtp_port: int = 25
     smtp_from: str = "kassa@localhost"
+    # Both or neither: SMTP AUTH with these (after STARTTLS when the server offers it).
+    smtp_username: str | None = None
+    smtp_password: str | None = None
     sms_webhook_url: str | None = None
     push_webhook_url: str | None = None
     # Standard Webhooks secret of the SMS and push webhooks: `whsec_` + base64 (the key is
@@ -207,7 +210,7 @@ def is_given(field_name: str, environ: Mapping[str, str] | None = None) -> bool:
 # (docs/operations.md, Secrets). A new secret setting is one more name here.
 # KASSA_GRPC_TLS_KEY is not one: it is already the path of the file that holds the key.
 SECRET_SETTINGS = ("api_keys", "database_url", "redis_url", "grpc_token", "webhook_secret",
-                   "sms_webhook_url", "push_webhook_url", "metrics_token")
+                   "sms_webhook_url", "push_webhook_url", "metrics_token", "smtp_password")
 
 
 def _shown(name: str, value: str) -> str:
@@ -344,6 +347,9 @@ def _check(s: Settings) -> None:
     if (s.sms_webhook_url or s.push_webhook_url) and not s.webhook_secret.strip():
         raise ConfigError("KASSA_WEBHOOK_SECRET is empty: SMS and push webhooks are signed with "
                           "it (set it, or unset KASSA_SMS_WEBHOOK_URL and KASSA_PUSH_WEBHOOK_URL)")
+    if (s.smtp_username is None) != (s.smtp_password is None):
+        raise ConfigError("KASSA_SMTP_USERNAME and KASSA_SMTP_PASSWORD go together: set both "
+                          "(SMTP AUTH) or neither")
     if s.webhook_retry_base_ms / 1000 > s.webhook_retry_cap_s:
         raise ConfigError("KASSA_WEBHOOK_RETRY_BASE_MS must not exceed KASSA_WEBHOOK_RETRY_CAP_S")
     if s.metrics_port == s.port:

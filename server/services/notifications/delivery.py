@@ -35,6 +35,8 @@ class NotificationConfig:
     smtp_host: str | None = None
     smtp_port: int = _DEFAULTS.smtp_port
     smtp_from: str = _DEFAULTS.smtp_from
+    smtp_username: str | None = None
+    smtp_password: str | None = None
     sms_webhook_url: str | None = None
     push_webhook_url: str | None = None
     webhook_secret: str = _DEFAULTS.webhook_secret
@@ -48,6 +50,8 @@ class NotificationConfig:
             smtp_host=settings.smtp_host,
             smtp_port=settings.smtp_port,
             smtp_from=settings.smtp_from,
+            smtp_username=settings.smtp_username,
+            smtp_password=settings.smtp_password,
             sms_webhook_url=settings.sms_webhook_url,
             push_webhook_url=settings.push_webhook_url,
             webhook_secret=settings.webhook_secret,
@@ -135,6 +139,7 @@ class Deliverer:
         message.set_content(n.body)
         await aiosmtplib.send(
             message, hostname=self.config.smtp_host, port=self.config.smtp_port,
+            username=self.config.smtp_username, password=self.config.smtp_password,
             timeout=self.config.attempt_timeout_ms / 1000,
         )
 
