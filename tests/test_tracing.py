@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 
 from core.kit.request_context import TRACEPARENT
@@ -219,9 +220,11 @@ async def test_an_unsampled_request_makes_no_batch_span_and_stores_its_tracepare
     assert stored is not None and stored.startswith(f"00-{TRACE_ID}-") and stored.endswith("-00")
 
 
-async def test_tracing_off_builds_no_span_and_stores_null(pg_dsn: str, redis_url: str) -> None:
+async def test_tracing_off_builds_no_span_and_stores_null(
+        pg_dsn: str, redis_url: str, kafka_broker: KafkaBroker) -> None:
     assert not spans.ENABLED
-    client, runtime = await traced_app(pg_dsn, redis_url)
+    client, runtime = await traced_app(pg_dsn, redis_url,
+                                       kafka_bootstrap_servers=kafka_broker.bootstrap)
     try:
         async with client:
             await open_accounts(client)
@@ -310,6 +313,32 @@ def test_tracing_is_off_unless_otel_traces_exporter_names_an_exporter(
 def test_an_exporter_kassa_cannot_honour_is_refused(env: dict[str, str]) -> None:
     with pytest.raises(setup.TracingConfigError):
         setup.exporter_names(env)
+
+
+def test_a_request_left_out_of_the_sample_builds_no_span_but_carries_a_traceparent(
+        ) -> None:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    spans.use(provider)
+    try:
+        with spans.http_request("POST", "/v1/transactions", []) as span:
+            assert span is None
+            tp = TRACEPARENT.get()
+            assert tp is not None and spans.span_context(tp) is not None and tp.endswith("-00")
+            assert spans.log_ids() == (tp[3:35], tp[36:52])
+            with spans.PipelineSpans().step("kassa.admission"), spans.in_trace("redis", "x"):
+                pass
+        with spans.http_request("POST", "/v1/transactions",
+                                [(b"traceparent", traceparent().encode())]) as span:
+            assert span is not None, "a sampled parent decides (parent-based)"
+        with spans.http_request("POST", "/v1/transactions",
+                                [(b"traceparent", traceparent(sampled=False).encode())]):
+            tp = TRACEPARENT.get()
+            assert tp is not None and tp.startswith(f"00-{TRACE_ID}-") and tp.endswith("-00")
+    finally:
+        spans.use(None)
+    assert [s.name for s in memory.get_finished_spans()] == ["POST /v1/transactions"]
 
 
 @pytest.mark.parametrize(("value", "sampled"), [

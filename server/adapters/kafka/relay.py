@@ -67,6 +67,7 @@ from server.adapters.postgres.outbox import (
 from server.adapters.postgres.pool import OUTAGE_LOG_INTERVAL_S, UNAVAILABLE
 from server.adapters.webhooks.sender import SenderOptions, WebhookSender
 from server.adapters.webhooks.sink import WEBHOOK_METRICS, WebhookSink
+from server.tracing import setup as tracing
 
 __all__ = ["APPLICATION_NAME", "RELAY_LOCK_ID", "OutboxRelay", "run_standalone"]
 
@@ -390,6 +391,8 @@ async def run_standalone(database_url: str, bootstrap_servers: str | None, topic
                          **options: Any) -> None:
     """`kassa relay` and `kassa webhook-sender`: take part in the election until SIGINT or
     SIGTERM. `options` go to OutboxRelay (batch_size_max, linger_ms, webhooks, ...)."""
+    # Its own process: OTEL_* decide here too (the publish and delivery spans).
+    tracing.configure("kassa-webhook-sender" if options.get("webhooks") else "kassa-relay")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -406,5 +409,6 @@ async def run_standalone(database_url: str, bootstrap_servers: str | None, topic
         await stop.wait()
     finally:
         await relay.close()
+        tracing.shutdown()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
