@@ -20,6 +20,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from server.adapters.postgres.outbox import PAST_CURSOR_SQL
 from server.process.embedded import free_port, running_postgres_dsn
 from tests.conftest import ADMIN_KEY, WRITE_KEY
 from tests.fixtures.kassa_server import KassaProcess, start_kassa, stop_process
@@ -259,6 +260,22 @@ def test_a_slow_receiver_gets_every_event_once_and_each_row_is_written_with_its_
     finally:
         api.delete(f"/v1/webhooks/{endpoint['id']}")
         stop_process(receiver.process)
+
+
+def test_without_endpoints_the_sender_moves_past_the_journals_and_writes_nothing(
+        api: httpx.Client, kassa: KassaProcess) -> None:
+    """No endpoint registered: the webhooks cursor still follows the journals (reading only
+    their keys), and no delivery row is made; an endpoint registered later gets only what
+    finishes after it."""
+    assert api.get("/v1/webhooks").json()["webhooks"] == []
+    deliveries_before = asyncio.run(_fetch(kassa, "SELECT count(*) AS n FROM webhook_deliveries"))
+    asyncio.run(open_accounts(kassa.url, ["wh_none"], 0))
+    for _ in range(5):
+        deposit(api, "wh_none")
+    wait_for(lambda: asyncio.run(_fetch(kassa, PAST_CURSOR_SQL, "webhooks"))[0][0] == 0,
+             what="the webhooks cursor past every finished journal")
+    assert asyncio.run(_fetch(kassa, "SELECT count(*) AS n FROM webhook_deliveries")) == \
+        deliveries_before
 
 
 def _ended(rows: list[Any]) -> list[Any] | None:

@@ -90,6 +90,11 @@ class CursorSink(Protocol):
 
     async def ready(self) -> None: ...
 
+    async def wanted(self, session: OutboxSession) -> bool:
+        """Whether anything takes journals now (False: no webhook endpoint), read once per
+        cycle; without a taker the cycle moves the cursor reading only the journals' keys."""
+        ...
+
     async def deliver_with_cursor(self, session: OutboxSession, journals: list[FinishedJournal],
                                   to: tuple[int, int]) -> dt.datetime: ...
 
@@ -194,6 +199,8 @@ class SinkPublisher:
         """One read-deliver-advance cycle; returns the number of journals delivered."""
         assert self._cursor is not None, "SinkPublisher.reset() was not called"
         await self.sink.ready()
+        if isinstance(self.sink, CursorSink) and not await self.sink.wanted(session):
+            return await self._skip(session)
         rows = await session.due(self._cursor, self._batch_size_max)
         if not rows:
             return 0
@@ -210,6 +217,19 @@ class SinkPublisher:
         self._metrics.delivered.inc(len(rows))
         self.published += len(rows)
         return len(rows)
+
+    async def _skip(self, session: OutboxSession) -> int:
+        """Move the cursor past up to a batch of journals that nothing takes, reading only
+        their keys (no entries, no event built)."""
+        assert self._cursor is not None
+        keys = await session.due_keys(self._cursor, self._batch_size_max)
+        if not keys:
+            return 0
+        last = (int(keys[-1]["xid"]), int(keys[-1]["id"]))
+        await self._advance(session, last, min(k["completed_at"] for k in keys))
+        self._cursor = last
+        self._metrics.delivered.inc(len(keys))
+        return len(keys)
 
     async def _advance(self, session: OutboxSession, to: tuple[int, int],
                        oldest: dt.datetime) -> None:

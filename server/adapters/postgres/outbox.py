@@ -81,6 +81,14 @@ FROM (SELECT * FROM journals
 LEFT JOIN journals t ON t.external_ref = j.target
 ORDER BY j.event_xid, j.id
 """
+# The same journals' keys only: what a sink that takes none of them needs to pass them.
+DUE_KEYS_SQL = """
+SELECT event_xid::text AS xid, id, coalesce(completed_at, created_at) AS completed_at
+FROM journals
+WHERE event_xid IS NOT NULL AND (event_xid, id) > ($1::text::xid8, $2::bigint)
+  AND event_xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY event_xid, id LIMIT $3
+"""
 # clock_timestamp(), not now(): the batch's lag up to the sink's acks.
 ADVANCE_SQL = """
 UPDATE journal_cursors SET xid = $2::text::xid8, journal_id = $3, updated_at = now()
@@ -153,6 +161,11 @@ class OutboxSession:
         """Up to `limit` journals past `after` whose event is due, in cursor order."""
         async with self._statement:
             return await self._conn.fetch(DUE_SQL, str(after[0]), after[1], limit)
+
+    async def due_keys(self, after: tuple[int, int], limit: int) -> list[asyncpg.Record]:
+        """As `due`, only (xid, id, completed_at) of each."""
+        async with self._statement:
+            return await self._conn.fetch(DUE_KEYS_SQL, str(after[0]), after[1], limit)
 
     async def advance(self, sink: str, to: tuple[int, int]) -> dt.datetime:
         """Move `sink`'s cursor to `to`; returns the database's clock at that moment."""

@@ -7,7 +7,8 @@ transaction, writes a delivery row per (journal, matching endpoint) with its out
 moves the cursor (server/adapters/postgres/webhooks.py). So each delivery's row is written
 once, and only once per cycle that moves the cursor; a cycle that fails before its commit
 sends again (at least once). Kafka's state plays no part: its sink has its own cursor.
-With no endpoint registered a cycle only moves the cursor, building no event.
+With no endpoint registered a cycle only moves the cursor, reading only the journals' keys
+(wanted(), publisher.py).
 """
 
 from __future__ import annotations
@@ -49,16 +50,21 @@ class WebhookSink:
         self._window_s = window_s
         self._lease_s = lease_s
         self._sender = sender
+        self._endpoints: list[Any] = []  # as read by this cycle's wanted()
 
     async def ready(self) -> None:
         return None
+
+    async def wanted(self, session: OutboxSession) -> bool:
+        self._endpoints = await endpoints(session)
+        return bool(self._endpoints)
 
     async def failed(self) -> None:
         return None
 
     async def deliver_with_cursor(self, session: OutboxSession, journals: list[FinishedJournal],
                                   to: tuple[int, int]) -> dt.datetime:
-        found: list[Any] = await endpoints(session)
+        found = self._endpoints
         keys: list[tuple[str, FinishedJournal, str]] = []  # endpoint id, journal, event
         attempts: list[Attempt] = []
         for journal in journals if found else ():
