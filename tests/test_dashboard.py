@@ -203,14 +203,21 @@ def test_grafana_variables_are_replaced_and_variable_queries_rewritten() -> None
         'group by (instance) (kassa_backlog_size{job=~"$job"})'
 
 
+def serve_new_database(pg_server: PostgresServer, redis_server: RedisServer,
+                       env: dict[str, str] | None = None) -> Iterator[KassaProcess]:
+    """`kassa serve` on a database of its own with `env` (a fixture's body), stopped
+    cleanly after."""
+    dsn = asyncio.run(new_database(pg_server))
+    kassa = start_kassa({**SERVE_ENV, "KASSA_DATABASE_URL": dsn,
+                         "KASSA_REDIS_URL": redis_server.url, **(env or {})})
+    yield kassa
+    assert kassa.stop() == 0, kassa.log_tail()
+
+
 @pytest.fixture
 def fresh(pg_server: PostgresServer, redis_server: RedisServer) -> Iterator[KassaProcess]:
     """A server that has served nothing but /readyz (asked until it is ready)."""
-    dsn = asyncio.run(new_database(pg_server))
-    kassa = start_kassa({**SERVE_ENV, "KASSA_DATABASE_URL": dsn,
-                         "KASSA_REDIS_URL": redis_server.url})
-    yield kassa
-    assert kassa.stop() == 0, kassa.log_tail()
+    yield from serve_new_database(pg_server, redis_server)
 
 
 def empty_queries(prom: Prometheus, wanted: dict[str, str]) -> dict[str, str]:
@@ -244,11 +251,7 @@ def test_every_panel_has_data_on_a_server_that_served_nothing(fresh: KassaProces
 # a missing account), kassa_http_* (those routes, and a 404).
 @pytest.fixture(scope="module")
 def served(pg_server: PostgresServer, redis_server: RedisServer) -> Iterator[KassaProcess]:
-    dsn = asyncio.run(new_database(pg_server))
-    kassa = start_kassa({**SERVE_ENV, "KASSA_DATABASE_URL": dsn,
-                         "KASSA_REDIS_URL": redis_server.url})
-    yield kassa
-    assert kassa.stop() == 0, kassa.log_tail()
+    yield from serve_new_database(pg_server, redis_server)
 
 
 def exported(metrics_text: str) -> set[str]:

@@ -4,7 +4,6 @@ serve`; by default it stays open on the API port (tests/test_http_metrics.py).""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 
@@ -13,23 +12,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.process.embedded import free_port
-from tests.conftest import ADMIN_KEY, new_database
-from tests.fixtures.kassa_server import KassaProcess, start_kassa
+from tests.conftest import ADMIN_KEY
+from tests.fixtures.kassa_server import KassaProcess
 from tests.fixtures.prometheus_server import prometheus
 from tests.fixtures.servers import PostgresServer, RedisServer
-from tests.load import SERVE_ENV
+from tests.test_dashboard import serve_new_database
 
 TOKEN = "metrics-token-0123456789"
 pytestmark = pytest.mark.slow
-
-
-def serve(pg_server: PostgresServer, redis_server: RedisServer, env: dict[str, str]
-          ) -> Iterator[KassaProcess]:
-    dsn = asyncio.run(new_database(pg_server))
-    kassa = start_kassa({**SERVE_ENV, "KASSA_DATABASE_URL": dsn,
-                         "KASSA_REDIS_URL": redis_server.url, **env})
-    yield kassa
-    assert kassa.stop() == 0, kassa.log_tail()
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +27,13 @@ def with_token_file(pg_server: PostgresServer, redis_server: RedisServer,
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[KassaProcess]:
     secret = tmp_path_factory.mktemp("secrets") / "metrics_token"
     secret.write_text(TOKEN + "\n")  # as secrets are mounted: with a newline
-    yield from serve(pg_server, redis_server, {"KASSA_METRICS_TOKEN_FILE": str(secret)})
+    yield from serve_new_database(pg_server, redis_server, {"KASSA_METRICS_TOKEN_FILE": str(secret)})
 
 
 @pytest.fixture(scope="module")
 def with_port(pg_server: PostgresServer, redis_server: RedisServer) -> Iterator[tuple[KassaProcess, int]]:
     port = free_port()
-    for kassa in serve(pg_server, redis_server, {"KASSA_METRICS_PORT": str(port),
+    for kassa in serve_new_database(pg_server, redis_server, {"KASSA_METRICS_PORT": str(port),
                                                  "KASSA_METRICS_TOKEN": TOKEN}):
         yield kassa, port
 
