@@ -17,7 +17,7 @@ define locked_install
 	$(1) -m pip install -q --no-deps --no-build-isolation -e .
 endef
 
-.PHONY: run test test-fast test-fast-313 lint system-deps venv venv-dev lock lock-upgrade \
+.PHONY: run test test-fast test-fast-313 sim sim-soak lint system-deps venv venv-dev lock lock-upgrade \
 	bench bench-quick proto clean
 
 ## make run: create the venv, install Kassa with the embedded stack, start `kassa serve`.
@@ -31,6 +31,18 @@ test: system-deps venv-dev lint
 ## make test-fast: the pure and fake-backed tests (tests/unit), no server started; under 30 s.
 test-fast: venv-dev
 	$(PY) -m pytest tests/unit -q
+
+## make sim: the deterministic simulator (tests/sim, docs/simulation.md): SIM_SEEDS seeds of
+## 200 client operations on every core, with the coverage of faults x await points; fails on
+## any failing seed, printing its schedule. `make sim SEED=<n>` runs that one seed again.
+SIM_SEEDS ?= 10000
+sim: venv-dev
+	$(PY) -m tests.sim $(if $(SEED),--seed $(SEED),--seeds $(SIM_SEEDS))
+
+## make sim-soak: longer runs (SOAK_SEEDS seeds of 400 operations, seeds CI does not run).
+SOAK_SEEDS ?= 100000
+sim-soak: venv-dev
+	$(PY) -m tests.sim --start 1000000 --seeds $(SOAK_SEEDS) --ops 400
 
 ## make test-fast-313: the same tests on Python 3.13 (no embedded stack there: see pyproject.toml).
 test-fast-313:
