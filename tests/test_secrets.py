@@ -160,6 +160,11 @@ def test_a_changed_keys_file_applies_on_open_connections(kassa: KassaProcess,
         assert [status(sock, "old") for sock in socks] == [401] * 4
         assert [status(sock, "new") for sock in socks] == [404] * 4
         assert [status(sock, "stay") for sock in socks] == [404] * 4
+        # The transactions route (server/http/hot.py, outside Starlette) checks the same keys.
+        assert [request(sock, "POST", "/v1/transactions", "old", b"{}")
+                for sock in socks] == [401] * 4
+        assert [request(sock, "POST", "/v1/transactions", "new", b"{}")
+                for sock in socks] == [400] * 4
         assert [sock.getsockname() for sock in socks] == ports
     assert kassa.worker_pids() == workers, "a worker was replaced"
 
