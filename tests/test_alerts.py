@@ -100,3 +100,28 @@ def test_no_outbox_relay_fires_only_when_no_process_publishes(tmp_path: Path) ->
     result = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_the_failure_rate_alert_fires_on_the_series_kassa_exports(tmp_path: Path) -> None:
+    """On the series as Kassa exports them (at 0 from the start, failures also counted as
+    kassa_transactions_total{status="failed"}): quiet while nothing fails, firing once
+    failures stayed above 5% of final statuses for 5 minutes."""
+    labels = 'job="kassa", instance="a", type="transfer"'
+    series = [(f'kassa_transactions_total{{{labels}, status="completed"}}', "0+100x20"),
+              (f'kassa_transactions_total{{{labels}, status="failed"}}', "0x5 10+10x15"),
+              (f'kassa_transactions_failed_total{{{labels}}}', "0x5 10+10x15")]
+    fired = {"exp_labels": {"severity": "critical"}, "exp_annotations": {
+        "summary": "More than 5% of transactions fail",
+        "runbook_url": "docs/operations.md#kassahighfailurerate"}}
+    tests = {"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series],
+        "alert_rule_test": [
+            {"eval_time": "5m", "alertname": "KassaHighFailureRate", "exp_alerts": []},
+            {"eval_time": "15m", "alertname": "KassaHighFailureRate", "exp_alerts": [fired]},
+        ]}]}
+    path = tmp_path / "failure_rate_test.yml"
+    path.write_text(json.dumps(tests))
+    result = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
