@@ -243,6 +243,9 @@ def test_every_panel_has_data_on_a_server_that_served_nothing(fresh: KassaProces
         assert len(prom.query('kassa_transactions_total{status="voided"}')) == 6
         assert prom.query('kassa_requests_refused_total{code="insufficient_funds"}')
         assert prom.query('kassa_build_info{version!="", python!=""} == 1')
+        assert prom.query('kassa_child_restarts_total{child="receipt-service"} == 0')
+        assert len(prom.query("kassa_webhook_deliveries_total == 0")) == 3
+        assert len(prom.query('kassa_receipt_call_duration_seconds_count == 0')) == 2
 
 
 # The series that exist only once something happened, and the requests below that make them:
