@@ -245,7 +245,7 @@ def test_every_panel_has_data_on_a_server_that_served_nothing(fresh: KassaProces
         assert prom.query('kassa_build_info{version!="", python!=""} == 1')
         assert prom.query('kassa_child_restarts_total{child="receipt-service"} == 0')
         assert len(prom.query("kassa_webhook_deliveries_total == 0")) == 3
-        assert len(prom.query('kassa_receipt_call_duration_seconds_count == 0')) == 2
+        assert len(prom.query('kassa_receipt_call_duration_seconds_count')) == 2  # reserve at start
 
 
 # The series that exist only once something happened, and the requests below that make them:
