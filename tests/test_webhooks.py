@@ -278,6 +278,33 @@ def test_without_endpoints_the_sender_moves_past_the_journals_and_writes_nothing
         deliveries_before
 
 
+def test_ended_deliveries_are_deleted_after_the_retention_and_pending_ones_kept(
+        tmp_path: Path) -> None:
+    """KASSA_WEBHOOK_RETENTION_S: a succeeded delivery's row goes once it is older; one
+    still being retried (its receiver refuses connections) stays."""
+    kassa = start_kassa({**SERVE_ENV, "KASSA_WEBHOOK_RETENTION_S": "2",
+                         "KASSA_WEBHOOK_POLL_INTERVAL_MS": "100"}, workers=1, timeout_s=90)
+    receiver = Receiver(tmp_path / "received.jsonl")
+    try:
+        with httpx.Client(base_url=kassa.url, headers=ADMIN, timeout=30) as api:
+            good = register(api, receiver.url())
+            refused = register(api, f"http://127.0.0.1:{free_port()}/hook")
+            asyncio.run(open_accounts(kassa.url, ["wh_old"], 0))
+            codes = {deposit(api, "wh_old") for _ in range(3)}
+
+            def listed(endpoint: dict[str, Any]) -> list[tuple[str, str]]:
+                r = api.get(f"/v1/webhooks/{endpoint['id']}/deliveries")
+                return [(d["receipt_code"], d["status"]) for d in r.json()["deliveries"]]
+
+            wait_for(lambda: sorted(listed(good)) == sorted((c, "succeeded") for c in codes),
+                     what="the deliveries succeeded")
+            wait_for(lambda: listed(good) == [], timeout_s=15, what="the old rows deleted")
+            assert sorted(listed(refused)) == sorted((c, "pending") for c in codes)
+    finally:
+        stop_process(receiver.process)
+        assert kassa.stop() == 0, kassa.log_tail(60)
+
+
 def _ended(rows: list[Any]) -> list[Any] | None:
     return rows if len(rows) == 100 and all(r["status"] != "pending" for r in rows) else None
 

@@ -153,6 +153,7 @@ class Settings:
     webhook_timeout_ms: float = 10_000.0  # per attempt
     webhook_in_flight_max: int = 64  # first attempts at once over every endpoint, and as many retries
     webhook_poll_interval_ms: float = 500.0  # how often due retries are looked for
+    webhook_retention_s: float = 2_592_000.0  # 30 days: ended deliveries are deleted after
     webhook_endpoints_max: int = 100
     # Migrations (server/adapters/postgres/migrate.py): every statement waits at most this
     # long for a lock (so a write queued behind it waits no longer), and is retried with

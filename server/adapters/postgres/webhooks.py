@@ -159,6 +159,14 @@ FROM unnest($1::bigint[], $2::bool[], $3::float8[], $4::int[], $5::text[])
      AS r(id, ok, retry_in_s, http_status, error)
 WHERE d.id = r.id AND d.status = 'pending'
 """
+# Retention: ended deliveries older than the retention, among the `$2` oldest ids (ids
+# follow time: the walk stays at the table's old end, through its primary key, and never
+# reads the whole table when nothing is old enough).
+PRUNE_SQL = """
+DELETE FROM webhook_deliveries
+WHERE id < (SELECT min(id) FROM webhook_deliveries) + $2 AND status <> 'pending'
+  AND created_at < now() - $1 * interval '1 second'
+"""
 OLDEST_PENDING_SQL = """
 SELECT extract(epoch FROM clock_timestamp() - min(created_at))::float8
 FROM webhook_deliveries WHERE status = 'pending'
@@ -210,6 +218,14 @@ async def record(session: OutboxSession,
                                  list[str | None]]) -> None:
     async with session.statement() as conn:
         await conn.execute(RECORD_SQL, *outcomes)
+
+
+async def prune(session: OutboxSession, retention_s: float, window: int) -> int:
+    """Delete ended deliveries older than `retention_s` among the `window` oldest ids;
+    returns how many."""
+    async with session.statement() as conn:
+        status: str = await conn.execute(PRUNE_SQL, retention_s, window)
+    return int(status.rsplit(" ", 1)[1])
 
 
 async def oldest_pending_age(session: OutboxSession) -> float:

@@ -45,7 +45,13 @@ from core.ledger.webhooks import RetryPolicy, headers, retry_in, secret_key
 from server.adapters.kafka.publisher import finished_journal
 from server.adapters.postgres.outbox import OutboxSession
 from server.adapters.postgres.pool import OUTAGE_LOG_INTERVAL_S
-from server.adapters.postgres.webhooks import MESSAGE_ID_PREFIX, claim, oldest_pending_age, record
+from server.adapters.postgres.webhooks import (
+    MESSAGE_ID_PREFIX,
+    claim,
+    oldest_pending_age,
+    prune,
+    record,
+)
 from server.adapters.webhooks.transport import ProtocolError, Transport
 from server.process.settings import Settings
 from server.tracing import spans
@@ -67,6 +73,11 @@ OLDEST_PENDING_AGE = Gauge(
 LEASE_MARGIN_S = 5.0
 ERROR_TEXT_MAX = 200
 GAUGE_INTERVAL_S = 1.0
+# Old ended deliveries are deleted this often, at most PRUNE_WINDOW ids a statement and
+# PRUNE_ROUNDS statements a time.
+PRUNE_INTERVAL_S = 60.0
+PRUNE_WINDOW = 1000
+PRUNE_ROUNDS = 10
 # How long the sink waits for first attempts before writing the slow ones claimed: a slow
 # endpoint holds every endpoint's new deliveries back by at most this.
 FIRST_WAIT_S = 1.0
@@ -84,6 +95,11 @@ class SenderOptions:
     timeout_s: float = 10.0
     in_flight_max: int = 64
     poll_interval_s: float = 0.5
+    retention_s: float = 30 * 86_400.0  # ended deliveries are deleted after this
+
+    @property
+    def prune_interval_s(self) -> float:
+        return min(PRUNE_INTERVAL_S, self.retention_s / 2)
 
     @property
     def lease_s(self) -> float:
@@ -116,7 +132,8 @@ def sender_options(settings: Settings) -> SenderOptions:
                            window_s=settings.webhook_retry_window_s),
         timeout_s=settings.webhook_timeout_ms / 1000,
         in_flight_max=settings.webhook_in_flight_max,
-        poll_interval_s=settings.webhook_poll_interval_ms / 1000)
+        poll_interval_s=settings.webhook_poll_interval_ms / 1000,
+        retention_s=settings.webhook_retention_s)
 
 
 class WebhookSender:
@@ -128,6 +145,7 @@ class WebhookSender:
         self._warning = Throttle(OUTAGE_LOG_INTERVAL_S)
         self._gauge_due = 0.0
         self._claim_due = 0.0
+        self._prune_due = 0.0
         self._first: set[asyncio.Task[Outcome]] = set()  # first attempts in flight
         # First attempts that outlived the sink's wait, ended since the last record.
         self._adopted: list[tuple[int, Outcome]] = []
@@ -171,6 +189,7 @@ class WebhookSender:
         try:
             while not stopping.is_set():
                 await self._update_gauge(session)
+                await self._prune(session)
                 ended, self._adopted = self._adopted, []
                 if time.monotonic() >= self._claim_due:
                     batch = await self._claim(session, o.in_flight_max)
@@ -246,6 +265,14 @@ class WebhookSender:
             log.info("webhook delivery of %s to %s failed (%s); retrying", a.receipt_code,
                      a.url, error)
         return False, wait_s, status, error
+
+    async def _prune(self, session: OutboxSession) -> None:
+        now = time.monotonic()
+        if now >= self._prune_due:
+            self._prune_due = now + self._options.prune_interval_s
+            for _ in range(PRUNE_ROUNDS):
+                if not await prune(session, self._options.retention_s, PRUNE_WINDOW):
+                    break
 
     async def _update_gauge(self, session: OutboxSession) -> None:
         now = time.monotonic()
