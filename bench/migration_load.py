@@ -219,7 +219,7 @@ def table(windows: list[Window]) -> str:
 async def main_async(args: argparse.Namespace) -> tuple[list[Window], list[str]]:
     from tests.fixtures.servers import start_postgres
 
-    server = start_postgres(fsync=True)
+    server = start_postgres(fsync=args.fsync)
     try:
         conn = await asyncpg.connect(server.dsn())
         await conn.execute("CREATE DATABASE kassa")
@@ -250,6 +250,9 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=200.0, help="transfers per second in all")
     parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=True,
+                        help="PostgreSQL's fsync (off: no commit waits for the disk, as in "
+                             "the test suite)")
     parser.add_argument("--output", help="the JSON results (default bench/results/<date>-...)")
     args = parser.parse_args()
     raise SystemExit(report(args, *asyncio.run(main_async(args))))

@@ -27,3 +27,9 @@ async def test_no_migration_blocks_the_writes(pg_server: PostgresServer) -> None
     assert all(w.writes > 0 or w.seconds < 0.05 for w in windows), report
     assert max(w.p99_ms for w in windows) < P99_BOUND_MS, report
     assert max(w.lock_wait_max_ms for w in windows) <= policy.timeout_ms, report
+    # 007's batched backfill: both accounts of every journal written before it.
+    conn = await asyncpg.connect(dsn)
+    backfilled = await conn.fetchval(
+        "SELECT count(*) FROM journal_accounts WHERE journal_id <= 100000")
+    await conn.close()
+    assert backfilled == 2 * 100_000

@@ -44,17 +44,31 @@ CREATE OR REPLACE TRIGGER journal_accounts_add AFTER INSERT ON journals
     REFERENCING NEW TABLE AS added FOR EACH STATEMENT
     EXECUTE FUNCTION journal_accounts_add();
 
--- Backfill the journals written before this migration (same rule as the trigger). The
--- trigger took its lock after every journal insert then running had ended, so each journal
--- is in this statement's snapshot or went through the trigger; a journal in both (or a
--- second run of this file) conflicts, and is skipped.
-INSERT INTO journal_accounts (account_id, journal_id)
-SELECT DISTINCT acc.id, j.id
-FROM journals j
-CROSS JOIN LATERAL jsonb_array_elements(j.payload) AS leg
-CROSS JOIN LATERAL (VALUES (leg ->> 0), (leg ->> 1)) AS acc(id)
-WHERE acc.id IS NOT NULL
-ON CONFLICT DO NOTHING;
+-- Backfill the journals written before this migration (same rule as the trigger), by id
+-- ranges of 50,000, each committed on its own: no transaction runs for the whole backfill
+-- (a long one holds back vacuum, and the relay's reads: docs/operations.md). The trigger
+-- took its lock after every journal insert then running had ended, so every journal up to
+-- the highest id read here was written before it or went through it, and every later one
+-- went through it; a journal in both (or a second run of this file) conflicts, and is
+-- skipped. COMMIT inside DO: this file runs outside a transaction.
+DO $$
+DECLARE
+    last_id CONSTANT bigint := (SELECT coalesce(max(id), 0) FROM journals);
+    low bigint := 0;
+BEGIN
+    WHILE low < last_id LOOP
+        INSERT INTO journal_accounts (account_id, journal_id)
+        SELECT DISTINCT acc.id, j.id
+        FROM journals j
+        CROSS JOIN LATERAL jsonb_array_elements(j.payload) AS leg
+        CROSS JOIN LATERAL (VALUES (leg ->> 0), (leg ->> 1)) AS acc(id)
+        WHERE j.id > low AND j.id <= low + 50000 AND acc.id IS NOT NULL
+        ON CONFLICT DO NOTHING;
+        COMMIT;
+        low := low + 50000;
+    END LOOP;
+END
+$$;
 
 -- ?status=: `completed` is nearly every journal, so the primary key scanned backwards
 -- with a filter finds a page in about `limit` rows. The other statuses are rare: each gets
