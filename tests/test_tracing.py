@@ -315,6 +315,18 @@ def test_an_exporter_kassa_cannot_honour_is_refused(env: dict[str, str]) -> None
         setup.exporter_names(env)
 
 
+def test_a_batch_span_links_each_sampled_request_once(exporter: InMemorySpanExporter) -> None:
+    other = traceparent(f"{7:032x}")
+    items = [traceparent(), None, traceparent(sampled=False), traceparent(), other, "junk"]
+    with spans.batch("kassa.relay.publish", items) as span:
+        assert span is not None
+    with spans.batch("kassa.relay.publish", [None, traceparent(sampled=False)]) as none:
+        assert none is None, "no sampled item: no span"
+    [published] = named(exporter, "kassa.relay.publish")
+    assert [f"{link.context.trace_id:032x}" for link in published.links] == [TRACE_ID, f"{7:032x}"]
+    assert (hex_ids(published)[0], parent_id(published)) == (TRACE_ID, CLIENT_SPAN)
+
+
 def test_a_request_left_out_of_the_sample_builds_no_span_but_carries_a_traceparent(
         ) -> None:
     memory = InMemorySpanExporter()

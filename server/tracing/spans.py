@@ -17,13 +17,14 @@ batches cost one string test per item.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -36,6 +37,7 @@ _tracer: trace.Tracer = trace.NoOpTracer()
 # A request's root sampling, decided before any span object is built (see use()): trace ids
 # whose lower 64 bits are below this are sampled; None: the SDK's sampler decides.
 _root_bound: int | None = None
+_links_max = 128
 _propagator = TraceContextTextMapPropagator()
 _NULL = contextlib.nullcontext()
 NAME = "kassa"
@@ -46,8 +48,9 @@ _ID64 = (1 << 64) - 1
 
 def use(provider: trace.TracerProvider | None) -> None:
     """Trace through `provider` from now on (None: tracing off again, for tests)."""
-    global ENABLED, _tracer, _root_bound
+    global ENABLED, _tracer, _root_bound, _links_max
     ENABLED = provider is not None
+    _links_max = SpanLimits().max_links or _links_max
     _root_bound = _take_root_sampling(provider)
     _tracer = provider.get_tracer(NAME) if provider is not None else trace.NoOpTracer()
 
@@ -92,11 +95,11 @@ def is_sampled(traceparent: str | None) -> bool:
 
 def span_context(traceparent: str) -> SpanContext | None:
     """The remote span context of a traceparent, or None if it is not a valid one."""
-    parts = traceparent.split("-")
-    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+    tp = traceparent
+    if len(tp) != 55 or tp[2] != "-" or tp[35] != "-" or tp[52] != "-":
         return None
     try:
-        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+        trace_id, span_id, flags = int(tp[3:35], 16), int(tp[36:52], 16), int(tp[53:], 16)
     except ValueError:
         return None
     ctx = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
@@ -177,9 +180,12 @@ def batch(name: str, traceparents: Iterable[str | None], kind: SpanKind = SpanKi
     """ONE span for work done for many items, linked to every sampled item's context: the
     child of the current span if there is one (the executor batch inside its group
     commit), else of the first sampled item's context; nothing (None) when no item was
-    sampled."""
-    contexts = [c for c in (span_context(tp) for tp in traceparents
-                            if tp is not None and is_sampled(tp)) if c is not None]
+    sampled. Items of one request (a batch request's) make one link; at most the SDK's
+    link limit (OTEL_SPAN_LINK_COUNT_LIMIT, 128) are parsed, the first ones: the SDK
+    would drop the others after paying for them."""
+    sampled = dict.fromkeys(tp for tp in traceparents if tp is not None and is_sampled(tp))
+    contexts = [c for c in map(span_context, itertools.islice(sampled, _links_max))
+                if c is not None]
     if not contexts:
         yield None
         return
