@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl
 
 from opentelemetry.trace import StatusCode
 
-from core.kit.request_context import REQUEST_ID
+from core.kit.request_context import REQUEST_ID, TRACEPARENT
 from core.ledger.errors import InvalidRequest, KassaError
 from server.http.api import Api, RecordRequest
 from server.http.errors import HTTP_STATUS, error_dict
@@ -123,12 +123,17 @@ class HotRoutes:
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         """`_serve` in the request's server span (server/tracing/spans.py), named by its
         route template once known."""
+        unsampled = spans.unsampled(scope["headers"])
+        if unsampled is not None:  # its traceparent is carried, no span is built
+            token = TRACEPARENT.set(unsampled)
+            try:
+                await self._serve(scope, receive, send)
+            finally:
+                TRACEPARENT.reset(token)
+            return
         path = scope["path"]
         with spans.http_request(scope["method"], path if path in self._paths else "",
                                 scope["headers"]) as span:
-            if span is None:  # not sampled: its traceparent is carried, no span is built
-                await self._serve(scope, receive, send)
-                return
             status = 500
 
             async def watched(message: dict[str, Any]) -> None:

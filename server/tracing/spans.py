@@ -112,22 +112,12 @@ def _parent(ctx: SpanContext) -> otel_context.Context:
 
 @contextlib.contextmanager
 def http_request(method: str, target: str, headers: Iterable[tuple[bytes, bytes]]
-                 ) -> Iterator[trace.Span | None]:
-    """The server span of one HTTP request, continuing the client's traceparent; while it
-    is current, TRACEPARENT names it (the journal stores that, the group commit links it).
-    A request left out of the sample gets no span (None) but a traceparent all the same
-    (flags 00, in the client's trace if it sent one), so what it leads to stays unsampled
-    and a consumer can still join its logs."""
+                 ) -> Iterator[trace.Span]:
+    """The server span of one HTTP request (one `unsampled` did not leave out),
+    continuing the client's traceparent; while it is current, TRACEPARENT names it (the
+    journal stores that, the group commit links it)."""
     carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers
                if name in (b"traceparent", b"tracestate")}
-    unsampled = _unsampled(carrier.get("traceparent"))
-    if unsampled is not None:
-        token = TRACEPARENT.set(unsampled)
-        try:
-            yield None
-        finally:
-            TRACEPARENT.reset(token)
-        return
     parent = _propagator.extract(carrier) if carrier else None
     with _tracer.start_as_current_span(f"{method} {target}" if target else method,
                                        context=parent,
@@ -140,11 +130,19 @@ def http_request(method: str, target: str, headers: Iterable[tuple[bytes, bytes]
             TRACEPARENT.reset(token)
 
 
-def _unsampled(incoming: str | None) -> str | None:
-    """The traceparent of a request the root sampling leaves out, or None when it is
-    sampled (or the SDK's sampler decides)."""
+def unsampled(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The traceparent of an HTTP request the root sampling leaves out, or None when it
+    is sampled (or the SDK's sampler decides): such a request gets no span object, but a
+    traceparent all the same (flags 00, in the client's trace if it sent one), so what it
+    leads to stays unsampled and a consumer can still join its logs. Checked before
+    anything else is built: at 1 % sampling this is the cost of 99 requests in 100."""
     if _root_bound is None:
         return None
+    incoming = None
+    for name, value in headers:
+        if name == b"traceparent":
+            incoming = value.decode("latin-1")
+            break
     remote = span_context(incoming) if incoming else None
     if remote is not None:
         if remote.trace_flags.sampled:
