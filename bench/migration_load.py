@@ -1,13 +1,14 @@
 """Every migration, one at a time, against a ledger of millions of journals while writes
 go on: the writes' latency per migration, and the longest any write waited on a lock the
-migration held or queued for (docs/operations.md, "Migrations under load").
+migration held or queued for (docs/operations.md, "Migrations under load, measured").
 
-Run as `python -m bench.migration_load [--journals 3000000] [--rate 200]` (the 3-million
-run takes about 10 minutes here). It starts its own PostgreSQL under /tmp (fsync on, as a
-production server), applies migration 001 only, writes the journals and their ledger
-entries with SQL (one INSERT ... SELECT per 250,000: the server's own paths would take
-hours), then starts the load and applies every later migration in turn with the runner of
-this release (server/adapters/postgres/migrate.py, its default lock_timeout).
+Run as `python -m bench.migration_load [--journals 3000000] [--rate 200] [--no-fsync]`
+(the 3-million run takes 10 to 12 minutes here, 5 of them seeding). It starts its own
+PostgreSQL under /tmp (fsync on by default, as a production server), applies migration 001
+only, writes the journals and their ledger entries with SQL (one INSERT ... SELECT per
+250,000: the server's own paths would take hours), then starts the load and applies every
+later migration in turn with the runner of this release (server/adapters/postgres/
+migrate.py, its default lock_timeout).
 
 The load is open-loop: `--writers` sessions, each posting transfers between accounts of its
 own at `rate / writers` a second, in the SQL every schema from 001 on accepts (two balance
@@ -238,7 +239,7 @@ def report(args: argparse.Namespace, windows: list[Window], errors: list[str]) -
     worst = max(w.p99_ms for w in windows)
     print(f"worst p99 {worst} ms (bound {P99_BOUND_MS:g}); load errors: {len(errors)}")
     out = Path(args.output or f"bench/results/{datetime.now(UTC):%Y-%m-%d}-migration-load.json")
-    out.write_text(json.dumps({"journals": args.journals, "rate": args.rate,
+    out.write_text(json.dumps({"journals": args.journals, "fsync": args.fsync, "rate": args.rate,
                                "writers": args.writers, "errors": errors[:20],
                                "windows": [asdict(w) for w in windows]}, indent=2) + "\n")
     return 0 if worst < P99_BOUND_MS and not errors else 1

@@ -1,4 +1,4 @@
-"""A rolling upgrade under load (docs/operations.md, "A rolling upgrade, measured"): two
+"""A rolling upgrade under load (docs/operations.md, "A rolling upgrade"): two
 instances of the previous release on one database, behind a client-side balancer; the new
 release's `kassa migrate` runs while they serve, then each instance in turn is taken out of
 the balancer, stopped with SIGTERM and started again from the new release. Meanwhile

@@ -25,6 +25,7 @@ from server.adapters.postgres.migrate import (
     migration_status,
 )
 from tests.fixtures.servers import PostgresServer
+from tests.test_holds_e2e import fetch
 
 FAST = LockPolicy(timeout_ms=50, attempts_max=3, backoff_min_s=0.01, backoff_max_s=0.05)
 _numbers = iter(range(10**6))
@@ -38,14 +39,6 @@ async def empty_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
     await conn.execute(f"CREATE DATABASE {name}")
     await conn.close()
     yield pg_server.dsn(name)
-
-
-async def fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return list(await conn.fetch(query, *args))
-    finally:
-        await conn.close()
 
 
 async def schema_shape(dsn: str) -> list[tuple[str, ...]]:
