@@ -4,6 +4,8 @@ serve`; by default it stays open on the API port (tests/test_http_metrics.py).""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -93,3 +95,24 @@ def test_prometheus_scrapes_the_metrics_port_with_the_token(
             assert time.monotonic() < deadline, prom.log.read_text()[-2000:]
             time.sleep(0.5)
         assert up
+
+
+def test_the_metrics_port_answers_while_a_worker_is_replaced(
+        with_port: tuple[KassaProcess, int]) -> None:
+    """The master serves it: a worker killed is no gap, its per-worker series leave the page
+    (gunicorn's child_exit marks it dead) and its replacement's join."""
+    kassa, port = with_port
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    victim, survivor = kassa.worker_pids()
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        page = httpx.get(metrics_url, headers=bearer(TOKEN))
+        assert page.status_code == 200  # every scrape, also while the worker is gone
+        pids = pids_of(page.text, "kassa_executor_writers_busy_ratio")
+        workers = set(kassa.worker_pids())
+        if len(workers) == 2 and pids == {str(p) for p in workers}:
+            break
+        assert time.monotonic() < deadline, (pids, workers)
+        time.sleep(0.1)
+    assert str(victim) not in pids and str(survivor) in pids
