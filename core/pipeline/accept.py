@@ -46,6 +46,7 @@ from core.pipeline.ports import (
     IdempotencyCache,
     PendingJournal,
     ReceiptSource,
+    RecordedKeys,
 )
 from core.pipeline.submission import (
     Accepted,
@@ -78,6 +79,7 @@ class TransactionService:
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
         spans: Spans = NO_SPANS,
+        recorded_keys: RecordedKeys | None = None,
     ) -> None:
         self._journals = journals
         self._receipts = receipts
@@ -89,6 +91,7 @@ class TransactionService:
         self._observer = observer or NullObserver()
         self._clock = clock
         self._spans = spans
+        self._recorded_keys = recorded_keys  # read before refusing a keyed request early
 
     async def view_accounts(self, account_ids: list[str]) -> dict[str, AccountSnapshot]:
         """One read for many submissions (the batch endpoint), passed back to `submit`."""
@@ -243,6 +246,9 @@ class TransactionService:
             # stale near the int64 edge: refuse on funds or range only by the database's view.
             error = prevalidate(tx, await self._accounts.get_accounts(tx.account_ids, fresh=True))
         if error is not None:
+            replay = await self._replay_of_recorded(sub)
+            if replay is not None:
+                return replay
             self._observer.refused(error.code)
             _log_refused(error, tx)
             raise error
@@ -280,6 +286,20 @@ class TransactionService:
         elapsed = self._clock() - started
         self._observer.accepted("transaction", elapsed)
         return code, format_ms(elapsed), done
+
+    async def _replay_of_recorded(self, sub: Submission) -> Accepted | Replayed | None:
+        """A repeat of a key the database already holds is answered as its first request
+        was, even when the ledger's state would refuse it now (the account locked since, or
+        the funds spent by that very request): Redis may lack the key's answer (its first
+        process died before caching it, or Redis was down), and pre-validation would
+        otherwise refuse a request that was applied (found by tests/sim)."""
+        if sub.idempotency_key is None or self._recorded_keys is None:
+            return None
+        existing = await self._recorded_keys.journal_of_key(sub.scope, sub.idempotency_key)
+        if existing is None:
+            return None
+        _log_replay(existing.receipt_code, None)
+        return replay_of_journal(sub, existing)
 
     async def _wait_all(self, tasks: list[Task], processing_time: str) -> list[Submitted]:
         """The waiting items of a batch request, in one wait (not a waiting coroutine each):

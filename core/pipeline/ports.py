@@ -209,6 +209,13 @@ class JournalStore(Protocol):
 
 
 
+class RecordedKeys(Protocol):
+    async def journal_of_key(self, scope: str, key: str) -> ExistingJournal | None:
+        """The journal recorded under this idempotency key, if any (raises Unavailable
+        when the database is unreachable)."""
+        ...
+
+
 # ---- Redis: shared fast state ---------------------------------------------------------
 
 class StatusStore(Protocol):

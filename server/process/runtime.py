@@ -287,7 +287,7 @@ async def build_runtime(settings: Settings) -> Runtime:
         idempotency=(RedisIdempotencyCache(redis, ttl_s=settings.idempotency_ttl_s,
                                            breaker=redis_breaker) if redis else None),
         owner=owner, wait_timeout_s=settings.transaction_timeout_s, observer=observer,
-        spans=pipeline_spans)
+        spans=pipeline_spans, recorded_keys=journals)
     runtime = Runtime(
         settings=settings, keys=ApiKeys(parse_api_keys(settings.api_keys or "")), db=db,
         redis=redis, accounts=PgAccountStore(db), journals=journals, service=service,

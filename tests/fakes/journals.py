@@ -324,6 +324,11 @@ class FakeJournalStore:
             if row is not None and row.lease_owner == owner and row.status == PROCESSING:
                 row.lease_expires_at = self.now + lease_s
 
+    async def journal_of_key(self, scope: str, key: str) -> ExistingJournal | None:
+        self.check_up()
+        found = self.by_key.get((scope, key))
+        return None if found is None else self.journals[found].existing()
+
     async def journal_status(self, receipt_code: str) -> JournalStatus | None:
         self.check_up()
         if receipt_code not in self.by_code:

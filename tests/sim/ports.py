@@ -133,6 +133,9 @@ class StoreView:
     async def journal_status(self, receipt_code: str) -> JournalStatus | None:
         return await self._p.call("db.journal_status", lambda: self._s.journal_status(receipt_code))
 
+    async def journal_of_key(self, scope: str, key: str) -> ExistingJournal | None:
+        return await self._p.call("db.journal_of_key", lambda: self._s.journal_of_key(scope, key))
+
     async def named_journal(self, receipt_code: str) -> NamedJournal | None:
         return await self._p.call("db.named_journal", lambda: self._s.named_journal(receipt_code))
 

@@ -166,7 +166,7 @@ class Process:
             journals=self.batcher, receipts=ReceiptView(points, world.receipts, self),
             accounts=self.cache, pool=self.pool,
             idempotency=IdempotencyView(points, world.redis_idem), owner=name,
-            wait_timeout_s=rng.choice((0.05, 2.0)), clock=self.clock)
+            wait_timeout_s=rng.choice((0.05, 2.0)), clock=self.clock, recorded_keys=self.store)
         self.links = LinkedRequests(self.store)
         self.sweeper = RecoverySweeper(self.store, self.pool, owner=name, lease_s=LEASE_S,
                                        interval_s=SWEEP_INTERVAL_S)

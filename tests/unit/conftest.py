@@ -111,7 +111,7 @@ async def make_pipeline() -> AsyncIterator[PipelineFactory]:
         service = TransactionService(journals=batcher, receipts=receipts, accounts=cache,
                                      pool=pool, idempotency=idem if idempotency else None,
                                      owner=OWNER, wait_timeout_s=wait_timeout_s,
-                                     observer=observer)
+                                     observer=observer, recorded_keys=store)
         pipeline = Pipeline(store, receipts, notifier, status_store, idem, cache, observer,
                             tracker, pool, batcher, service, wakes)
         batcher.start()

@@ -14,6 +14,7 @@ import pytest
 from core.kit.request_context import REQUEST_ID
 from core.ledger.decide import Outcome
 from core.ledger.errors import (
+    AccountInactive,
     AccountNotFound,
     IdempotencyInProgress,
     IdempotencyKeyReused,
@@ -100,6 +101,29 @@ async def test_a_replay_without_the_cache_is_found_by_the_journal_key(
     assert again.replayed and again.receipt_code == first.receipt_code
     await p.drain()
     assert len(p.store.journals) == 1 and p.store.balance("alice") == 90
+
+
+async def test_a_repeat_the_state_would_refuse_now_is_still_a_replay(
+        make_pipeline: PipelineFactory) -> None:
+    """Redis lacks the key's answer (its first process died before caching it, or Redis
+    was down): the repeat is pre-validated against a state in which the first request
+    spent the funds, and the account is locked since. It is answered as the first request
+    was, not refused (tests/sim found the 409/422 to a repeat of an applied request)."""
+    p = await make_pipeline(idempotency=False)
+    first = await p.service.submit(submission(transfer(100), key="k1"))
+    await p.drain()
+    assert p.store.balance("alice") == 0
+    again = await p.service.submit(submission(transfer(100), key="k1"))
+    assert again.replayed and again.receipt_code == first.receipt_code
+    locked = p.store.accounts["alice"]
+    p.store.accounts["alice"] = AccountSnapshot(locked.id, locked.currency, "locked",
+                                                locked.balance, locked.overdraft_limit)
+    p.cache.cached.clear()
+    again = await p.service.submit(submission(transfer(100), key="k1"))
+    assert again.replayed and again.receipt_code == first.receipt_code
+    with pytest.raises(AccountInactive):  # a new key: refused
+        await p.service.submit(submission(transfer(100), key="k2"))
+    assert len(p.store.journals) == 1 and p.store.balance("bob") == 100
 
 
 async def test_a_key_reused_with_another_body_is_refused(make_pipeline: PipelineFactory) -> None:

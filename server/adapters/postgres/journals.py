@@ -32,6 +32,7 @@ from server.adapters.postgres.journal_sql import (
 from server.adapters.postgres.ledger_unit import (
     PgLedgerUnit,
     existing_by_key,
+    journals_of_keys,
     pending_row,
     snapshot,
 )
@@ -95,6 +96,11 @@ class PgJournalStore:
         async with converted_errors():
             done = await self._pool.execute(RELEASE_LEASES, owner)
         return int(done.split()[-1])
+
+    async def journal_of_key(self, scope: str, key: str) -> ExistingJournal | None:
+        async with converted_errors(), self._pool.acquire() as conn:
+            found = await journals_of_keys(conn, [(scope, key)])
+        return found.get((scope, key))
 
     async def journal_status(self, receipt_code: str) -> JournalStatus | None:
         async with converted_errors():

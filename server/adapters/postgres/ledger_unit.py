@@ -113,8 +113,15 @@ def pending_row(journal: PendingJournal) -> PendingColumns:
 
 async def existing_by_key(conn: asyncpg.Connection, journals: list[PendingJournal]
                           ) -> dict[tuple[str, str], ExistingJournal]:
-    rows = await conn.fetch(EXISTING_BY_KEY, [j.idempotency_scope for j in journals],
-                            [j.idempotency_key for j in journals])
+    return await journals_of_keys(conn, [(j.idempotency_scope, j.idempotency_key)
+                                         for j in journals])
+
+
+async def journals_of_keys(conn: asyncpg.Connection, keys: list[tuple[str | None, str | None]]
+                           ) -> dict[tuple[str, str], ExistingJournal]:
+    """The journals recorded under these (scope, key) pairs."""
+    rows = await conn.fetch(EXISTING_BY_KEY, [scope for scope, _ in keys],
+                            [key for _, key in keys])
     return {(r["idempotency_scope"], r["idempotency_key"]): ExistingJournal(
         r["id"], r["external_ref"], r["request_hash"], r["mode"], r["status"],
         r["accept_time_us"]) for r in rows}
