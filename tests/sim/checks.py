@@ -112,7 +112,8 @@ def history(ops: list[Op], store: SimStore, decided: dict[int, str]) -> list[str
             by_tag[row.transaction.description].append(row.id)
     out: list[str] = []
     for op in ops:
-        out += op.check([store.journals[i] for i in by_tag.get(op.tag, [])], decided)
+        out += op.check([store.journals[i] for i in by_tag.get(op.tag, [])], decided,
+                        store.recorded_at)
     return out
 
 

@@ -17,7 +17,7 @@ from tests.sim import checks
 from tests.sim.faults import Faults, Profile
 from tests.sim.loop import Stalled, VirtualLoop, virtual_monotonic
 from tests.sim.model import Model
-from tests.sim.workload import KNOWN, Client, open_accounts, operator
+from tests.sim.workload import Client, open_accounts, operator
 from tests.sim.world import EXPIRY_INTERVAL_S, LEASE_S, SWEEP_INTERVAL_S, World
 
 CLIENTS = 6
@@ -40,7 +40,6 @@ class Result:
     kills: int = 0
     virtual_s: float = 0.0
     trace: list[str] = field(default_factory=list)
-    known: list[str] = field(default_factory=list)  # known defects, reported apart
 
 
 class Defects(logging.Handler):
@@ -76,8 +75,6 @@ def run_seed(seed: int, ops: int = 200, *, trace: bool = False) -> Result:
         root.removeHandler(defects)
         _close(loop)
     result.violations += defects.found
-    result.known = [v for v in result.violations if v.startswith(KNOWN)]
-    result.violations = [v for v in result.violations if not v.startswith(KNOWN)]
     result.trace = faults.trace or []
     return result
 

@@ -65,6 +65,7 @@ class SimStore(FakeJournalStore):
         # Indexes for the sweepers' reads, which the fake answers by scanning every journal
         # (a run calls them thousands of times).
         self.unfinished: dict[int, None] = {}
+        self.recorded_at: dict[int, float] = {}  # journal id → when its insert committed
         self.holding: dict[int, None] = {}
 
     @property  # type: ignore[override]
@@ -83,6 +84,7 @@ class SimStore(FakeJournalStore):
                  for jid, (status, _error, entries) in staged.finished.items()]
         super()._apply(staged)
         for row in staged.new:
+            self.recorded_at[row.id] = at
             if row.status == PROCESSING:
                 self.unfinished[row.id] = None
         for jid in [*(f.journal_id for f in done), *staged.targets]:

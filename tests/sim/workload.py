@@ -20,7 +20,7 @@ from core.ledger.errors import (
     OutcomeUnknown,
 )
 from core.ledger.models import Leg, Transaction
-from core.ledger.status import FAILED, PROCESSING
+from core.ledger.status import PROCESSING
 from core.pipeline.idempotency import request_hash
 from core.pipeline.submission import Accepted, Finished, Replayed, Submission
 from tests.fakes.journals import JournalRow
@@ -31,7 +31,6 @@ ACCOUNTS = [f"a{i}" for i in range(6)]
 START_BALANCE = 500
 CLIENT_TIMEOUT_S = 3.0
 RETRIES_MAX = 4
-KNOWN = "known defect, a keyed repeat refused early: "
 
 ACCEPTED, FINISHED, REFUSED, NOT_ACCEPTED, UNKNOWN = (
     "accepted", "finished", "refused", "not-accepted", "unknown")
@@ -51,7 +50,8 @@ class Answer:
     kind: str
     code: str | None = None
     status: str | None = None  # a finished answer's outcome
-    detail: str = ""
+    detail: Any = ""
+    sent: float = 0.0  # when the attempt was sent (virtual seconds)
 
 
 @dataclass
@@ -63,7 +63,8 @@ class Op:
     build: Any  # async (process) -> Transaction
     attempts: list[Answer] = field(default_factory=list)
 
-    def check(self, journals: list[JournalRow], decided: dict[int, str]) -> list[str]:
+    def check(self, journals: list[JournalRow], decided: dict[int, str],
+              recorded_at: dict[int, float]) -> list[str]:
         out = []
         kinds = {a.kind for a in self.attempts}
         codes = {a.code for a in self.attempts if a.code is not None}
@@ -77,21 +78,19 @@ class Op:
                 out.append(f"{where} accepted but its journal is missing")
             elif journals[0].status == PROCESSING:
                 out.append(f"{where} accepted but never finished")
-            for a in self.attempts:
-                if a.status is not None and decided.get(journals[0].id) != a.status:
-                    out.append(f"{where} answered {a.status}, its journal was decided "
-                               f"{decided.get(journals[0].id)}")
+            given = decided.get(journals[0].id)
+            out += [f"{where} answered {a.status}, its journal was decided {given}"
+                    for a in self.attempts if a.status is not None and given != a.status]
         elif journals and UNKNOWN not in kinds:
             out.append(f"{where} told not applied, but journal {journals[0].receipt_code} "
                        f"is {journals[0].status}")
-        if REFUSED in kinds and journals and journals[0].status != FAILED:
-            # A repeat of a key whose first request was recorded must be its replay (API.md);
-            # pre-validation refuses it first when Redis has not the key's answer (the first
-            # request's process died before caching it, or Redis was down). Known, reported
-            # apart (docs/simulation.md): the fix needs a read of the key in the database.
-            known = KNOWN if self.key is not None else ""
-            out.append(f"{known}{where} refused, but journal {journals[0].receipt_code} is "
-                       f"{journals[0].status}")
+        # Refusals are not recorded under a key: a later attempt may be accepted. But an
+        # attempt sent once the key's journal was recorded is its repeat (API.md).
+        recorded = recorded_at.get(journals[0].id) if journals else None
+        if recorded is not None:
+            out += [f"{where} refused at {a.sent:.4f}, but journal {journals[0].receipt_code} "
+                    f"was recorded at {recorded:.4f}"
+                    for a in self.attempts if a.kind == REFUSED and a.sent > recorded]
         return out
 
 
@@ -218,13 +217,22 @@ class Client:
             for op in ops:
                 op.attempts.append(answer)
             return
-        for op, item in zip(ops, answer.detail, strict=True):  # type: ignore[arg-type]
+        for op, item in zip(ops, answer.detail, strict=True):
             op.attempts.append(_answer_of(item))
+            op.attempts[-1].sent = answer.sent
             self._learn(op)
 
     async def _answer(self, process: Process, request: Any) -> Answer:
         """Send in the process; what the client sees (a dead process: no answer)."""
-        task = process.run_in(asyncio.get_running_loop().create_task, request())
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        answer = await self._wait(process, loop.create_task, request)
+        answer.sent = sent
+        return answer
+
+    @staticmethod
+    async def _wait(process: Process, create_task: Any, request: Any) -> Answer:
+        task = process.run_in(create_task, request())
         task.add_done_callback(_retrieved)  # an answer after the client gave up is dropped
         done, _ = await asyncio.wait({task}, timeout=CLIENT_TIMEOUT_S)
         if not done or task.cancelled():
@@ -234,7 +242,7 @@ class Client:
             return _answer_of(exc)
         result = task.result()
         if isinstance(result, list):
-            return Answer("many", detail=result)  # type: ignore[arg-type]
+            return Answer("many", detail=result)
         return _answer_of(result)
 
 
