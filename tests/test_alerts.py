@@ -78,31 +78,41 @@ def test_a_runbook_url_needs_the_section_and_may_have_any_base() -> None:
         "KassaNew": "https://git.example.com/kassa/blob/v1/docs/operations.md#kassanew"}
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
-def test_no_outbox_relay_fires_only_when_no_process_publishes(tmp_path: Path) -> None:
-    """Two instances; a's worker publishes for 5 minutes, then nobody does: quiet while one
-    publishes (the standbys' zeros do not count), firing 3 minutes after the last one."""
-    series = [('kassa_outbox_relay_leader{job="kassa", instance="a"}', "1x5 0x20"),
-              ('kassa_outbox_relay_leader{job="kassa", instance="b"}', "0x25")]
-    fired = {"exp_labels": {"severity": "critical"}, "exp_annotations": {
-        "summary": "No outbox relay publishes: events pile up in the outbox",
-        "runbook_url": "docs/operations.md#kassanooutboxrelay"}}
+needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
+                                    reason="promtool not installed")
+
+
+def promtool_alert_test(tmp_path: Path, alert: str, series: list[tuple[str, str]],
+                        expected: dict[str, bool]) -> None:
+    """`promtool test rules` on RULES: with `series` (one sample a minute), at each
+    `eval_time` of `expected` the alert fires (True) or is quiet (False); firing, it carries
+    its severity and annotations as alerts.yml gives them."""
+    rule = next(r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]
+                if r.get("alert") == alert)
+    fired = {"exp_labels": rule["labels"], "exp_annotations": rule["annotations"]}
     tests = {"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": [{
         "interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series],
-        "alert_rule_test": [
-            {"eval_time": "5m", "alertname": "KassaNoOutboxRelay", "exp_alerts": []},
-            {"eval_time": "8m", "alertname": "KassaNoOutboxRelay", "exp_alerts": []},
-            {"eval_time": "9m", "alertname": "KassaNoOutboxRelay", "exp_alerts": [fired]},
-            {"eval_time": "20m", "alertname": "KassaNoOutboxRelay", "exp_alerts": [fired]},
-        ]}]}
-    path = tmp_path / "no_relay_test.yml"
+        "alert_rule_test": [{"eval_time": at, "alertname": alert,
+                             "exp_alerts": [fired] if fires else []}
+                            for at, fires in expected.items()]}]}
+    path = tmp_path / "alert_test.yml"
     path.write_text(json.dumps(tests))
     result = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+@needs_promtool
+def test_no_outbox_relay_fires_only_when_no_process_publishes(tmp_path: Path) -> None:
+    """Two instances; a's worker publishes for 5 minutes, then nobody does: quiet while one
+    publishes (the standbys' zeros do not count), firing 3 minutes after the last one."""
+    series = [('kassa_outbox_relay_leader{job="kassa", instance="a"}', "1x5 0x20"),
+              ('kassa_outbox_relay_leader{job="kassa", instance="b"}', "0x25")]
+    promtool_alert_test(tmp_path, "KassaNoOutboxRelay", series,
+                        {"5m": False, "8m": False, "9m": True, "20m": True})
+
+
+@needs_promtool
 def test_the_failure_rate_alert_fires_on_the_series_kassa_exports(tmp_path: Path) -> None:
     """On the series as Kassa exports them (at 0 from the start, failures also counted as
     kassa_transactions_total{status="failed"}): quiet while nothing fails, firing once
@@ -111,17 +121,4 @@ def test_the_failure_rate_alert_fires_on_the_series_kassa_exports(tmp_path: Path
     series = [(f'kassa_transactions_total{{{labels}, status="completed"}}', "0+100x20"),
               (f'kassa_transactions_total{{{labels}, status="failed"}}', "0x5 10+10x15"),
               (f'kassa_transactions_failed_total{{{labels}}}', "0x5 10+10x15")]
-    fired = {"exp_labels": {"severity": "critical"}, "exp_annotations": {
-        "summary": "More than 5% of transactions fail",
-        "runbook_url": "docs/operations.md#kassahighfailurerate"}}
-    tests = {"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": [{
-        "interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series],
-        "alert_rule_test": [
-            {"eval_time": "5m", "alertname": "KassaHighFailureRate", "exp_alerts": []},
-            {"eval_time": "15m", "alertname": "KassaHighFailureRate", "exp_alerts": [fired]},
-        ]}]}
-    path = tmp_path / "failure_rate_test.yml"
-    path.write_text(json.dumps(tests))
-    result = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True,
-                            text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    promtool_alert_test(tmp_path, "KassaHighFailureRate", series, {"5m": False, "15m": True})
