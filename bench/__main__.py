@@ -82,6 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kassa-bin", action="append", default=[], metavar="[LABEL=]PATH",
                    help="also bench this kassa script (another checkout's .venv/bin/kassa), "
                         "after this checkout's; repeatable")
+    p.add_argument("--open-rate", type=float, metavar="PER_S",
+                   help="the open-loop scenarios' offered rate (default: 80 %% of their "
+                        "closed loop's on the same server); one rate for every build makes "
+                        "CPU per transfer comparable when the builds' throughputs differ")
     p.add_argument("--webhook", nargs="?", const="*", metavar="LABEL[,LABEL]",
                    help="register one event webhook (every event) on each server, or only on "
                         "those of the builds named (with --kassa-bin LABEL=PATH, the same "
@@ -185,7 +189,8 @@ async def run_group(args: argparse.Namespace, build: Build, group: list[Scenario
         results: list[dict[str, Any]] = []
         for scenario in group:
             try:
-                rate = open_loop_rate(scenario, results) if scenario.open_loop_of else None
+                rate = ((args.open_rate or open_loop_rate(scenario, results))
+                        if scenario.open_loop_of else None)
                 result = await run_one(args, server, config, scenario,
                                        options(args, scenario, rate))
             except Exception as exc:  # noqa: BLE001 - report, then run the next scenario

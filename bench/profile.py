@@ -1,4 +1,4 @@
-"""py-spy profiles of the gunicorn workers and the receipt service while a scenario's load
+"""py-spy profiles of the gunicorn workers, the receipt service and the webhook sender while a scenario's load
 runs (--profile): folded stacks per process (`.folded`, for speedscope or any flame graph
 tool) and a top-20 table of the hottest functions made from them."""
 
@@ -17,7 +17,8 @@ TOP_N = 20
 
 def profiled_pids(server: Server) -> dict[int, str]:
     """pid → role: the forked gunicorn workers (same command line as the master) and the
-    receipt service (Redis, the broker and the notification service are left out)."""
+    receipt service and the webhook sender (Redis, the broker and the notification service
+    are left out)."""
     master = server.process.pid
     own = Path(f"/proc/{master}/cmdline").read_bytes()
     children = Path(f"/proc/{master}/task/{master}/children")
@@ -29,6 +30,8 @@ def profiled_pids(server: Server) -> dict[int, str]:
             roles[pid] = "worker"
         elif b"receipt-service" in cmdline:
             roles[pid] = "receipt-service"
+        elif b"webhook-sender" in cmdline:
+            roles[pid] = "webhook-sender"
     return roles
 
 
