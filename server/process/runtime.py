@@ -254,13 +254,15 @@ async def build_runtime(settings: Settings) -> Runtime:
     # (its leader only); the webhooks are sent by a process of their own (`kassa
     # webhook-sender`, started by `kassa serve`), off the serving workers.
     registrar = ReceiptRegistrar.from_settings(settings)
+    # Without Kafka and a receipt service (in-process tests) there is nothing to relay.
     relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
                         settings.kafka_topic, batch_size_max=settings.relay_batch_max,
                         poll_interval_ms=settings.relay_poll_interval_ms,
                         linger_ms=settings.relay_linger_ms,
                         standby_interval_ms=settings.relay_standby_interval_ms,
                         step_down_after_s=settings.relay_step_down_after_s,
-                        register_receipts=registrar.register if registrar else None)
+                        register_receipts=registrar.register if registrar else None,
+                        ) if settings.kafka_bootstrap_servers or registrar else None
     single = settings.executor == "single"
     pool = ProcessorPool(
         journals, PostCommit(tracker=tracker, notifier=notifier,
