@@ -88,7 +88,7 @@ def coverage(reached: Counter[tuple[str, str]], seeds: int) -> str:
 
 def show(result: Result) -> None:
     print(f"seed {result.seed}: {describe(result)}")
-    print("schedule (faults injected):")
+    print("schedule (every fault injected, every death, every answer a client got):")
     for line in result.trace:
         print("  " + line)
     print(f"{len(result.violations)} violations (the first {SHOWN_MAX}; the rest follow from them, mostly):")

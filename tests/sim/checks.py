@@ -59,8 +59,8 @@ def invariants(store: SimStore, initial: dict[str, int], *, quiescent: bool) -> 
         if a.held != pending_held[a.id]:
             out.append(f"held of {a.id} is {a.held}, its pending holds {pending_held[a.id]}")
     for row in store.journals.values():
-        if row.is_hold and endings[row.receipt_code] != (0 if row.status == HELD else
-                                                           0 if row.status not in (COMPLETED, VOIDED) else 1):
+        ended = row.status in (COMPLETED, VOIDED)  # a failed hold ends nothing
+        if row.is_hold and endings[row.receipt_code] != int(ended):
             out.append(f"hold {row.receipt_code} ({row.status}) ended "
                        f"{endings[row.receipt_code]} times")
         if row.reversed != reversals[row.receipt_code] or row.reversed > row.transaction.amount:

@@ -105,10 +105,12 @@ async def _run(seed: int, ops_n: int, loop: VirtualLoop, faults: Faults,
                            for i in range(CLIENTS)))
     stop.set()
     await admin
+    # verify's rules mid-run too, where journals are unfinished and holds pending.
+    violations = checks.invariants(world.store, initial, quiescent=False)
     world.heal()
     healed_at = loop.time()
     await _quiescence(world)
-    violations = list(model.violations)
+    violations += model.violations
     violations += checks.invariants(world.store, initial, quiescent=True)
     violations += checks.relay_rules(world)
     violations += checks.history(client.ops, world.store, model.decided)

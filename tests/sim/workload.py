@@ -178,6 +178,12 @@ class Client:
             await asyncio.sleep(self.rng.choice((0.05, 0.5, 2.0)))
         self._learn(op)
 
+    def _trace(self, process: Process, op: Op) -> None:
+        a = op.attempts[-1]
+        self.world.faults.log(f"{self.world.loop.time():10.4f} {process.name:>6} {op.tag} "
+                              f"{op.kind} key={op.key} sent {a.sent:.4f}: {a.kind} {a.code or ''}"
+                              f" {a.status or ''} {a.detail or ''}".rstrip())
+
     def _learn(self, op: Op) -> None:
         for a in op.attempts:
             if a.code is None:
@@ -201,6 +207,7 @@ class Client:
                              wait=op.wait)
             return await process.service.submit(sub)
         op.attempts.append(await self._answer(process, request))
+        self._trace(process, op)
 
     async def _bulk(self, ops: list[Op]) -> None:
         process = await self._process()
@@ -220,6 +227,7 @@ class Client:
         for op, item in zip(ops, answer.detail, strict=True):
             op.attempts.append(_answer_of(item))
             op.attempts[-1].sent = answer.sent
+            self._trace(process, op)
             self._learn(op)
 
     async def _answer(self, process: Process, request: Any) -> Answer:
