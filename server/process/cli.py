@@ -258,16 +258,22 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         stack.stop()
 
 
+WEBHOOK_SENDER_CONNECTIONS = 1
+
+
 def serve_plan(args: argparse.Namespace, settings: Settings) -> Plan:
     """Workers and pool per worker within KASSA_DB_CONNECTIONS_MAX, counting the relay's
-    connection per worker and the pools of the services this instance will start; a budget
+    connection per worker, the webhook sender's and the pools of the services this instance
+    will start; a budget
     that cannot fit an explicit worker count stops here with one line."""
     from server.process.sizing import plan
     from server.services.notifications.service import POOL_SIZE_MAX as NOTIFICATION_POOL
     from server.services.receipts.service import POOL_SIZE_MAX as RECEIPT_POOL
 
+    # The webhook sender (always started) holds one dedicated connection, like a relay.
     services = ((0 if settings.receipt_service_addr else RECEIPT_POOL)
-                + (0 if settings.notification_service_addr else NOTIFICATION_POOL))
+                + (0 if settings.notification_service_addr else NOTIFICATION_POOL)
+                + WEBHOOK_SENDER_CONNECTIONS)
     try:
         # Every worker runs an outbox relay (Kafka is embedded when not configured), and
         # each relay holds one dedicated connection (server/adapters/kafka/relay.py).
