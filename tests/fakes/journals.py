@@ -6,7 +6,9 @@ is all or nothing; a unit works on staged changes and commits on a clean exit. U
 one at a time (a stricter isolation than the row locks they stand for). The rules the real
 store promises are enforced, not assumed:
 
-- an idempotency key (scope, key) names at most one journal;
+- an idempotency key (scope, key) names at most one journal; an insert of a key that the
+  open unit inserted waits until that unit ends, as PostgreSQL's unique index makes it
+  wait (then it finds the journal, or inserts if the unit rolled back);
 - a journal is finished once: `write` refuses a journal that is not `processing`;
 - an account's balance never goes below its floor (-overdraft_limit): a commit that
   would leave one there is refused (Rejected), as the database's check constraint does;
@@ -174,6 +176,7 @@ class FakeLedgerUnit:
             raise AssertionError("one key twice in one insert (the executor splits repeats)")
         if any(k in self._store.by_key for k in keys):
             raise TransientConflict("an idempotency key was recorded meanwhile")
+        self._store.reserve(keys)
         for journal, jid, outcome in zip(journals, ids, decision.outcomes, strict=True):
             assert outcome.journal_id == jid and outcome.receipt_code == journal.receipt_code
             self.staged.new.append(JournalRow(
@@ -201,6 +204,10 @@ class FakeJournalStore:
         self.lose_acks = 0
         self.lost_commits_land = True
         self._unit_lock = asyncio.Lock()
+        # Keys inserted by the open unit, not committed yet: as PostgreSQL's unique index
+        # does, another insert of one waits until that transaction ends, then conflicts
+        # (it committed) or goes ahead (it rolled back).
+        self._reserved: dict[Key, asyncio.Future[None]] = {}
 
     # ---- set-up and inspection for tests ----------------------------------------------
 
@@ -245,7 +252,26 @@ class FakeJournalStore:
 
     # ---- JournalStore -----------------------------------------------------------------
 
+    def reserve(self, keys: list[Key]) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._reserved |= {key: future for key in keys}
+
+    def _release(self) -> None:
+        for future in self._reserved.values():
+            if not future.done():
+                future.set_result(None)
+        self._reserved.clear()
+
+    async def _wait_for_reserved(self, journals: list[PendingJournal]) -> None:
+        while True:
+            waits = [self._reserved[k] for k in map(_key_of, journals) if k in self._reserved]
+            if not waits:
+                return
+            await asyncio.shield(waits[0])
+
     async def insert_pending(self, journals: list[PendingJournal]) -> list[int | ExistingJournal]:
+        self.check_up()
+        await self._wait_for_reserved(journals)
         self.check_up()
         staged = _Staged()
         results: list[int | ExistingJournal] = []
@@ -283,8 +309,11 @@ class FakeJournalStore:
         async with self._unit_lock:
             self.check_up()
             unit = FakeLedgerUnit(self)
-            yield unit
-            self._commit(unit.staged)
+            try:
+                yield unit
+                self._commit(unit.staged)
+            finally:
+                self._release()  # committed, rolled back or its process gone
 
     async def recorded(self, receipt_codes: list[str], session: object | None
                        ) -> dict[str, RecordedJournal]:
