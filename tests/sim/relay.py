@@ -24,7 +24,7 @@ from tests.sim.ports import Points
 if TYPE_CHECKING:
     from tests.sim.world import Process
 
-POLL_S = 0.5
+POLL_S = 1.0
 BATCH_MAX = 50
 
 

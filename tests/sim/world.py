@@ -37,7 +37,9 @@ EXPIRY_INTERVAL_S = 1.0
 # Within the design's tolerance: every deadline is on the database's clock, so a process's
 # own clock only measures durations (processing_time, the tracker's memory TTL).
 CLOCK_SKEW_MAX_S = 2.0
-MARKER_TTL_S = 10.0  # server/adapters/redis/idempotency.py: an in-flight marker's life
+MARKER_TTL_S = 10.0
+TASKS_PURGE_AT = 256
+TRACKER_FLUSH_MS = 1000  # the tracker's Redis writes: each flush is a loop step per process  # server/adapters/redis/idempotency.py: an in-flight marker's life
 
 CURRENT: contextvars.ContextVar[Process | None] = contextvars.ContextVar("sim_process",
                                                                           default=None)
@@ -65,8 +67,7 @@ class World:
         context = kwargs.get("context")
         process = context.get(CURRENT) if context is not None else CURRENT.get()
         if process is not None:
-            process.tasks[task] = None  # a dict, not a set: cancelled in creation order
-            task.add_done_callback(process.forget)
+            process.adopt(task)
         return task
 
     @property
@@ -91,7 +92,7 @@ class World:
         if self.store.relay_holder is process:
             self.store.relay_holder = None  # its session ended: the advisory lock is free
         for task in list(process.tasks):
-            task.cancel()
+            task.cancel()  # a done one ignores it
         if self.faults.enabled:
             self.loop.call_later(self.rng.uniform(0.5, 5.0), self._restart, process.index)
         else:
@@ -152,7 +153,7 @@ class Process:
         self.cache = FakeAccountCache(self.store)
         self.relay = Relay(self, points)
         self.tracker = StatusTracker(StatusView(points, world.redis_statuses),
-                                     flush_interval_ms=250, redis_ttl_s=60, memory_ttl_s=60,
+                                     flush_interval_ms=TRACKER_FLUSH_MS, redis_ttl_s=60, memory_ttl_s=60,
                                      clock=self.clock)
         self.pool = ProcessorPool(
             self.store, PostCommit(tracker=self.tracker, balances_committed=self.cache.set_balances,
@@ -172,8 +173,12 @@ class Process:
                                        interval_s=SWEEP_INTERVAL_S)
         self.expiry = HoldExpiry(self.store, self.service, interval_s=EXPIRY_INTERVAL_S)
 
-    def forget(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.pop(task, None)
+    def adopt(self, task: asyncio.Task[Any]) -> None:
+        """A dict, not a set: cancelled in creation order. Finished tasks are dropped now
+        and then (a done callback per task would cost a loop step each)."""
+        if len(self.tasks) >= TASKS_PURGE_AT:
+            self.tasks = {t: None for t in self.tasks if not t.done()}
+        self.tasks[task] = None
 
     def start(self) -> None:
         self.run_in(self._start)
