@@ -23,10 +23,13 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 
 from core.kit.request_context import TRACEPARENT
-from core.pipeline.ports import ReceiptRecord
+from core.pipeline.ports import Notification, ReceiptRecord
+from server.adapters.grpc.notification_client import NotificationClient
 from server.adapters.grpc.receipt_client import ReceiptRegistrar
 from server.adapters.webhooks.sender import Attempt, SenderOptions, WebhookSender
 from server.process.logs import JsonFormatter, RequestIdFilter
+from server.services.notifications import service as notification_service
+from server.services.notifications.delivery import NotificationConfig
 from server.services.receipts import service as receipt_service
 from server.tracing import setup, spans
 from tests.conftest import ADMIN_KEY, make_settings
@@ -255,6 +258,27 @@ async def test_a_grpc_call_carries_the_trace_to_the_receipt_service(
     assert parent_id(client) == hex_ids(batch)[1]
     assert len(servers) == 1, "the service continues the caller's trace"
     assert hex_ids(servers[0])[0] == TRACE_ID and parent_id(servers[0]) == hex_ids(client)[1]
+
+
+async def test_a_notification_batch_carries_the_trace_to_the_notification_service(
+        exporter: InMemorySpanExporter, pg_dsn: str) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    async with serving(notification_service.serve(port, pg_dsn, NotificationConfig()), address):
+        client = NotificationClient(address, flush_interval_ms=10)
+        client.start()
+        try:
+            client.notify(Notification("RCP-1", "log", "x", "Paid", "10.00 USD", traceparent()))
+            await until_span(exporter, "kassa.notifications.send")
+        finally:
+            await client.close()
+    [send] = named(exporter, "kassa.notifications.send")
+    calls = [s for s in exporter.get_finished_spans() if s.name.startswith(
+        "kassa.v1.NotificationService/")]
+    assert {s.kind for s in calls} == {SpanKind.CLIENT, SpanKind.SERVER}
+    assert all(hex_ids(s)[0] == TRACE_ID for s in [send, *calls])
+    assert (parent_id(send), [f"{link.context.span_id:016x}" for link in send.links]) == (
+        CLIENT_SPAN, [CLIENT_SPAN])
 
 
 async def test_a_webhook_delivery_is_a_client_span_in_its_journals_trace(

@@ -34,7 +34,8 @@ BalancesCommitted = Callable[[dict[str, int]], None]
 CHANNELS = (("email", "email"), ("phone", "sms"), ("push_token", "push"))
 
 
-def notifications_for(outcome: Outcome, accounts: list[AccountSnapshot]) -> list[Notification]:
+def notifications_for(outcome: Outcome, accounts: list[AccountSnapshot],
+                      traceparent: str | None = None) -> list[Notification]:
     subject = f"Transaction {outcome.receipt_code} {outcome.status}"
     notes = []
     for account in accounts:
@@ -44,7 +45,7 @@ def notifications_for(outcome: Outcome, accounts: list[AccountSnapshot]) -> list
         for field_name, channel in CHANNELS:
             if contact.get(field_name):
                 notes.append(Notification(outcome.receipt_code, channel, contact[field_name],
-                                          subject, body))
+                                          subject, body, traceparent))
     return notes
 
 
@@ -93,7 +94,7 @@ class PostCommit:
             if self._notifier is not None:
                 touched = [executed.accounts[a] for a in task.transaction.account_ids
                            if a in executed.accounts]
-                for note in notifications_for(outcome, touched):
+                for note in notifications_for(outcome, touched, task.traceparent):
                     self._notifier.notify(note)
         if self._balances_committed is not None and executed.accounts:
             # Every locked account, moved or not: the lock read is the freshest view there is.

@@ -84,7 +84,8 @@ async def _apply_once(store: JournalStore, journals: list[PendingJournal]) -> Ap
     for first, repeat in repeats:  # a key sent twice in one batch: the first one stands
         found[_key(repeat)] = _existing_of(first, outcomes[first.receipt_code])
     now = time.monotonic()
-    tasks = [Task(o.journal_id, o.receipt_code, j.transaction, now, request_id=j.request_id)
+    tasks = [Task(o.journal_id, o.receipt_code, j.transaction, now, request_id=j.request_id,
+                  traceparent=j.traceparent)
              for j, o in zip(fresh, decision.outcomes, strict=True)]
     results: list[Outcome | ExistingJournal] = [
         outcomes[j.receipt_code] if j.receipt_code in outcomes else found[_key(j)] for j in journals]

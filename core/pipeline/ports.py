@@ -62,6 +62,7 @@ class Notification(msgspec.Struct, frozen=True):
     recipient: str
     subject: str
     body: str
+    traceparent: str | None = None  # its request's (tracing on): the send's span links it
 
 
 class Notifier(Protocol):

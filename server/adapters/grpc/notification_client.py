@@ -22,6 +22,7 @@ from server.adapters.grpc.gen.kassa.v1 import notifications_pb2 as npb
 from server.adapters.grpc.gen.kassa.v1 import notifications_pb2_grpc as npb_grpc
 from server.adapters.grpc.security import GrpcSecurity
 from server.process.settings import Settings
+from server.tracing import spans
 
 log = logging.getLogger("kassa.grpc.clients")
 _DEFAULTS = Settings()
@@ -55,7 +56,8 @@ class NotificationClient:
         self._channel: grpc.aio.Channel | None = None
         self._stub: npb_grpc.NotificationServiceStub | None = None
         self._batcher: Batcher[Notification, None] = Batcher(
-            "notifications", self._send_batch, batch_size_max=batch_size_max,
+            "notifications", spans.traced_sink("kassa.notifications.send", self._send_batch),
+            batch_size_max=batch_size_max,
             flush_interval_ms=flush_interval_ms, pending_max=pending_max,
             timeout_ms=timeout_ms + _BACKSTOP_MS,
             on_flush=lambda count, _: metrics.NOTIFICATION_BATCH_SIZE.observe(count),
