@@ -113,6 +113,16 @@ def test_no_outbox_relay_fires_only_when_no_process_publishes(tmp_path: Path) ->
 
 
 @needs_promtool
+def test_no_webhook_sender_fires_only_when_no_process_sends(tmp_path: Path) -> None:
+    """a's sender sends for 5 minutes, then none does (b's stands by at 0, as the workers'
+    zeros): firing 3 minutes after the last one."""
+    series = [('kassa_webhook_sender_leader{job="kassa", instance="a"}', "1x5 0x20"),
+              ('kassa_webhook_sender_leader{job="kassa", instance="b"}', "0x25")]
+    promtool_alert_test(tmp_path, "KassaNoWebhookSender", series,
+                        {"5m": False, "8m": False, "9m": True, "20m": True})
+
+
+@needs_promtool
 def test_the_failure_rate_alert_fires_on_the_series_kassa_exports(tmp_path: Path) -> None:
     """On the series as Kassa exports them (at 0 from the start, failures also counted as
     kassa_transactions_total{status="failed"}): quiet while nothing fails, firing once
