@@ -26,6 +26,9 @@ log = logging.getLogger("kassa.cli")
 def main(argv: list[str] | None = None) -> None:
     try:
         settings, config_error = load_settings(), None
+        from server.tracing.setup import exporter_names
+
+        exporter_names(os.environ)  # OTEL_*: refused here in one line, not in each worker
     except ConfigError as exc:
         # --help and --version still work; any command stops below with this one line.
         settings, config_error = Settings(), exc

@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 
+from server.process.settings import ConfigError
 from server.tracing import spans
 
 log = logging.getLogger("kassa.tracing")
@@ -37,7 +38,7 @@ DEFAULT_SERVICE = "kassa"
 _configured_pid: int | None = None
 
 
-class TracingConfigError(ValueError):
+class TracingConfigError(ConfigError):
     """An OTEL_* value Kassa cannot honour: refused at start rather than ignored."""
 
 
