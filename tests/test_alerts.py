@@ -103,22 +103,16 @@ def promtool_alert_test(tmp_path: Path, alert: str, series: list[tuple[str, str]
 
 
 @needs_promtool
-def test_no_outbox_relay_fires_only_when_no_process_publishes(tmp_path: Path) -> None:
-    """Two instances; a's worker publishes for 5 minutes, then nobody does: quiet while one
-    publishes (the standbys' zeros do not count), firing 3 minutes after the last one."""
-    series = [('kassa_outbox_relay_leader{job="kassa", instance="a"}', "1x5 0x20"),
-              ('kassa_outbox_relay_leader{job="kassa", instance="b"}', "0x25")]
-    promtool_alert_test(tmp_path, "KassaNoOutboxRelay", series,
-                        {"5m": False, "8m": False, "9m": True, "20m": True})
-
-
-@needs_promtool
-def test_no_webhook_sender_fires_only_when_no_process_sends(tmp_path: Path) -> None:
-    """a's sender sends for 5 minutes, then none does (b's stands by at 0, as the workers'
-    zeros): firing 3 minutes after the last one."""
-    series = [('kassa_webhook_sender_leader{job="kassa", instance="a"}', "1x5 0x20"),
-              ('kassa_webhook_sender_leader{job="kassa", instance="b"}', "0x25")]
-    promtool_alert_test(tmp_path, "KassaNoWebhookSender", series,
+@pytest.mark.parametrize(("alert", "gauge"), [("KassaNoOutboxRelay", "kassa_outbox_relay_leader"),
+                                              ("KassaNoWebhookSender", "kassa_webhook_sender_leader")])
+def test_a_no_leader_alert_fires_only_when_no_process_leads(tmp_path: Path, alert: str,
+                                                           gauge: str) -> None:
+    """Two instances; a's process leads (publishes, sends) for 5 minutes, then nobody does:
+    quiet while one leads (the standbys' zeros do not count), firing 3 minutes after the
+    last one."""
+    series = [(f'{gauge}{{job="kassa", instance="a"}}', "1x5 0x20"),
+              (f'{gauge}{{job="kassa", instance="b"}}', "0x25")]
+    promtool_alert_test(tmp_path, alert, series,
                         {"5m": False, "8m": False, "9m": True, "20m": True})
 
 
