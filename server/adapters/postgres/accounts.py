@@ -22,7 +22,7 @@ from core.pipeline.views import (
     link_fields,
     named_by_fields,
 )
-from server.adapters.postgres.pool import converted_errors, iso
+from server.adapters.postgres.pool import converted_errors, iso, read, transaction
 
 _json = msgspec.json.Encoder()
 _obj = msgspec.json.Decoder(dict[str, Any])
@@ -90,7 +90,7 @@ class PgAccountStore:
 
     async def create(self, account_id: str, currency: str, overdraft_limit: int,
                      contact: dict[str, Any] | None, metadata: dict[str, Any]) -> AccountView:
-        async with converted_errors(), self._pool.acquire() as conn, conn.transaction():
+        async with converted_errors(), transaction(self._pool) as conn:
             # Every currency's system account exists before its first transaction.
             await conn.execute(
                 "INSERT INTO accounts (id, currency, overdraft_limit) VALUES ($1, $2, NULL) "
@@ -108,13 +108,13 @@ class PgAccountStore:
 
     async def get(self, account_id: str) -> AccountView | None:
         async with converted_errors():
-            row = await self._pool.fetchrow(
-                f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id)
+            row = await read(self._pool, lambda conn: conn.fetchrow(
+                f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id))
         return None if row is None else account_view(row)
 
     async def update(self, account_id: str, status: str | None, edit: MetadataEdit | None
                      ) -> AccountView | None:
-        async with converted_errors(), self._pool.acquire() as conn, conn.transaction():
+        async with converted_errors(), transaction(self._pool) as conn:
             metadata = None
             if edit is not None:  # read, merge and write under the row's lock
                 stored = await conn.fetchval(LOCK_ACCOUNT_METADATA, account_id)
@@ -125,7 +125,7 @@ class PgAccountStore:
         return None if row is None else account_view(row)
 
     async def edit_metadata(self, receipt_code: str, edit: MetadataEdit) -> bool:
-        async with converted_errors(), self._pool.acquire() as conn, conn.transaction():
+        async with converted_errors(), transaction(self._pool) as conn:
             row = await conn.fetchrow(LOCK_JOURNAL_METADATA, receipt_code)
             if row is None:
                 return False
@@ -136,11 +136,11 @@ class PgAccountStore:
     async def entries(self, account_id: str, limit: int, cursor: str | None) -> EntryPage:
         before = decode_cursor(cursor) if cursor else None
         async with converted_errors():
-            rows = await self._pool.fetch(
+            rows = await read(self._pool, lambda conn: conn.fetch(
                 "SELECT l.id, j.external_ref, l.journal_id, l.direction, l.amount, l.balance_after,"
                 " l.created_at FROM ledgers l JOIN journals j ON j.id = l.journal_id"
                 " WHERE l.account_id = $1 AND ($2::bigint IS NULL OR l.id < $2)"
-                " ORDER BY l.id DESC LIMIT $3", account_id, before, limit + 1)
+                " ORDER BY l.id DESC LIMIT $3", account_id, before, limit + 1))
         page = [EntryLine(r["external_ref"], r["journal_id"], r["direction"], r["amount"],
                           r["balance_after"], iso(r["created_at"])) for r in rows[:limit]]
         next_cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
@@ -148,17 +148,21 @@ class PgAccountStore:
 
     async def transaction(self, receipt_code: str) -> TransactionView | None:
         """The full transaction view of docs/api.md, or None for an unknown receipt."""
-        async with converted_errors(), self._pool.acquire() as conn:
-            row = await conn.fetchrow(JOURNAL_VIEW, receipt_code)
-            if row is None:
-                return None
-            entries = await conn.fetch(
-                "SELECT account_id, direction, amount, balance_after FROM ledgers"
-                " WHERE journal_id = $1 ORDER BY id", row["id"])
-            naming = await named_by(conn, [receipt_code])
-        return journal_view(row, [Entry(e["account_id"], e["direction"], e["amount"],
-                                        e["balance_after"]) for e in entries],
-                            naming.get(receipt_code, []))
+        async with converted_errors():
+            return await read(self._pool, lambda conn: transaction_view(conn, receipt_code))
+
+
+async def transaction_view(conn: asyncpg.Connection, receipt_code: str) -> TransactionView | None:
+    row = await conn.fetchrow(JOURNAL_VIEW, receipt_code)
+    if row is None:
+        return None
+    entries = await conn.fetch(
+        "SELECT account_id, direction, amount, balance_after FROM ledgers"
+        " WHERE journal_id = $1 ORDER BY id", row["id"])
+    naming = await named_by(conn, [receipt_code])
+    return journal_view(row, [Entry(e["account_id"], e["direction"], e["amount"],
+                                    e["balance_after"]) for e in entries],
+                        naming.get(receipt_code, []))
 
 
 async def named_by(conn: asyncpg.Connection, receipt_codes: list[str]

@@ -36,7 +36,7 @@ from server.adapters.postgres.ledger_unit import (
     pending_row,
     snapshot,
 )
-from server.adapters.postgres.pool import converted_errors, iso
+from server.adapters.postgres.pool import converted_errors, iso, read
 
 __all__ = ["PgJournalStore", "PgLedgerUnit", "transaction_of"]
 
@@ -98,13 +98,13 @@ class PgJournalStore:
         return int(done.split()[-1])
 
     async def journal_of_key(self, scope: str, key: str) -> ExistingJournal | None:
-        async with converted_errors(), self._pool.acquire() as conn:
-            found = await journals_of_keys(conn, [(scope, key)])
+        async with converted_errors():
+            found = await read(self._pool, lambda conn: journals_of_keys(conn, [(scope, key)]))
         return found.get((scope, key))
 
     async def journal_status(self, receipt_code: str) -> JournalStatus | None:
         async with converted_errors():
-            row = await self._pool.fetchrow(JOURNAL_STATUS, receipt_code)
+            row = await read(self._pool, lambda conn: conn.fetchrow(JOURNAL_STATUS, receipt_code))
         if row is None:
             return None
         error = (ErrorBody(row["error_code"], row["error_message"], row["error_param"])
@@ -116,7 +116,7 @@ class PgJournalStore:
         """AccountReader straight from the database, so always fresh (the account cache
         wraps this)."""
         async with converted_errors():
-            rows = await self._pool.fetch(GET_ACCOUNTS, account_ids)
+            rows = await read(self._pool, lambda conn: conn.fetch(GET_ACCOUNTS, account_ids))
         return {r["id"]: snapshot(r) for r in rows}
 
 

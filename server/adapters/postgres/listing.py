@@ -19,6 +19,7 @@ from core.pipeline.views import (
     AccountPage,
     JournalPage,
     MetadataFilter,
+    Naming,
     TransactionFilter,
 )
 from server.adapters.postgres.accounts import (
@@ -27,7 +28,7 @@ from server.adapters.postgres.accounts import (
     journal_view,
     named_by,
 )
-from server.adapters.postgres.pool import converted_errors
+from server.adapters.postgres.pool import converted_errors, read
 
 # A journal's created_at and its id are taken in the same transaction, so the two orders
 # differ by at most a transaction's duration (milliseconds; leases and lock waits keep it
@@ -176,6 +177,17 @@ WHERE journal_id = ANY($1::bigint[]) ORDER BY journal_id, id
 """
 
 
+async def journal_rows(conn: asyncpg.Connection, sql: str, args: list[Any], limit: int
+                       ) -> tuple[list[asyncpg.Record], list[asyncpg.Record], dict[str, list[Naming]]]:
+    """A page of journals (journals_query's rows), their entries and what names them."""
+    rows = await conn.fetch(sql, *args)
+    ids = [r["id"] for r in rows[:limit]]
+    entries = await conn.fetch(ENTRIES_OF, ids) if ids else []
+    codes = [r["external_ref"] for r in rows[:limit]]
+    naming = await named_by(conn, codes) if codes else {}
+    return rows, entries, naming
+
+
 class PgListings:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -184,12 +196,9 @@ class PgListings:
                        ) -> JournalPage:
         before = _journal_key(cursor) if cursor else None
         sql, args = journals_query(where, limit, before)
-        async with converted_errors(), self._pool.acquire() as conn:
-            rows = await conn.fetch(sql, *args)
-            ids = [r["id"] for r in rows[:limit]]
-            entries = await conn.fetch(ENTRIES_OF, ids) if ids else []
-            codes = [r["external_ref"] for r in rows[:limit]]
-            naming = await named_by(conn, codes) if codes else {}
+        async with converted_errors():
+            rows, entries, naming = await read(
+                self._pool, lambda conn: journal_rows(conn, sql, args, limit))
         by_journal: dict[int, list[Entry]] = {}
         for e in entries:
             by_journal.setdefault(e["journal_id"], []).append(
@@ -204,13 +213,13 @@ class PgListings:
         after = decode_cursor("a", cursor) if cursor else None
         sql, args = accounts_query(currency, status, limit, after, metadata)
         async with converted_errors():
-            rows = await self._pool.fetch(sql, *args)
+            rows = await read(self._pool, lambda conn: conn.fetch(sql, *args))
         next_cursor = encode_cursor("a", rows[limit - 1]["id"]) if len(rows) > limit else None
         return AccountPage([account_view(r) for r in rows[:limit]], next_cursor)
 
     async def account_at(self, account_id: str, at: dt.datetime) -> AccountAtView | None:
         async with converted_errors():
-            row = await self._pool.fetchrow(ACCOUNT_AT, account_id, at)
+            row = await read(self._pool, lambda conn: conn.fetchrow(ACCOUNT_AT, account_id, at))
         if row is None:
             return None
         view = account_view(row)

@@ -20,6 +20,7 @@ from core.ledger.models import Entry, ErrorBody
 from core.pipeline.ports import RecordedJournal
 from server.adapters.postgres.journal_sql import RECORDED, SESSION_ALIVE, TERMINATE_SESSION
 from server.adapters.postgres.pool import CONNECTION_LOST, OUT_OF_RESOURCES, converted_errors
+from server.adapters.postgres.pool import transaction as pooled_transaction
 
 log = logging.getLogger("kassa.postgres")
 
@@ -40,13 +41,15 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     """A transaction on a pooled connection. Data the database refuses raises Rejected
     (after the rollback); the connection failing during COMMIT itself raises
     CommitUnknown, carrying the server pid so the check can fence that session."""
-    async with converted_errors(), pool.acquire() as conn:
-        # Read now: once the connection is lost, asyncpg has already detached it from
-        # the pool's handle, and asking it then raises instead of answering.
-        session = conn.get_server_pid()
+    async with converted_errors():
+        session: int | None = None
         committing = False
         try:
-            async with rejected_data(), conn.transaction():
+            # A session found ended at BEGIN is replaced there (pool.transaction).
+            async with rejected_data(), pooled_transaction(pool) as conn:
+                # Read now: once the connection is lost, asyncpg has already detached it
+                # from the pool's handle, and asking it then raises instead of answering.
+                session = conn.get_server_pid()
                 yield conn
                 committing = True
         except LOST_AT_COMMIT as exc:

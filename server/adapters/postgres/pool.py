@@ -6,7 +6,8 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 
@@ -14,6 +15,7 @@ from core.kit.rate_limit import Throttle
 from core.ledger.errors import TransientConflict, Unavailable
 
 log = logging.getLogger("kassa.postgres")
+T = TypeVar("T")
 
 # While the database is down, each component of a process says so in one warning line at
 # most this often, without a traceback; the first failure is logged at once.
@@ -56,6 +58,58 @@ CONNECTION_LOST: tuple[type[BaseException], ...] = (
 #    The statement failed and its transaction is rolled back.
 OUT_OF_RESOURCES: tuple[type[BaseException], ...] = (asyncpg.InsufficientResourcesError,)
 UNAVAILABLE: tuple[type[BaseException], ...] = (*CONNECTION_LOST, *OUT_OF_RESOURCES)
+
+
+#  - The session had already ended when this process used it: the server closed it while
+#    it sat idle in the pool (a restart, a terminated backend) and the goodbye was still
+#    unread when the connection was handed out (the event loop was busy meanwhile). asyncpg
+#    replaces a pooled connection it knows is closed; this one it learns about from the
+#    next statement, which fails with one of these.
+SESSION_ENDED: tuple[type[BaseException], ...] = (
+    asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+    ConnectionError)
+
+
+async def _session_ended(pool: asyncpg.Pool) -> None:
+    """One pooled session was found ended: the others idle beside it may be too (the same
+    restart ended them all). Expired, each is replaced at its next acquire instead of
+    failing its next statement; a connection in use is closed when it is released."""
+    log.info("a pooled database session had ended; replacing the pool's connections")
+    await pool.expire_connections()
+
+
+@contextlib.asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on a pooled connection whose BEGIN the server answered. A session
+    found ended at BEGIN did nothing: BEGIN is retried once on a fresh connection. A
+    failure after BEGIN is the caller's (the statements may have reached the server)."""
+    for retry in (True, False):
+        async with contextlib.AsyncExitStack() as stack:
+            conn = await stack.enter_async_context(pool.acquire())
+            try:
+                await stack.enter_async_context(conn.transaction())
+            except SESSION_ENDED:
+                if not retry:
+                    raise
+                await _session_ended(pool)
+                continue
+            yield conn
+            return
+
+
+async def read(pool: asyncpg.Pool, run: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """`run` (reads only: it changes nothing) on a pooled connection; run again once on a
+    fresh connection when its session is found ended. A connection that cannot be made is
+    not retried: the database is down."""
+    for retry in (True, False):
+        async with pool.acquire() as conn:
+            try:
+                return await run(conn)
+            except SESSION_ENDED:
+                if not retry:
+                    raise
+        await _session_ended(pool)
+    raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 class PoolReconnectLog(logging.Filter):
