@@ -61,6 +61,7 @@ from server.adapters.postgres.outbox import (
     APPLICATION_NAME,
     DATABASE_ERRORS,
     RELAY_LOCK_ID,
+    WEBHOOK_APPLICATION_NAME,
     WEBHOOK_LOCK_ID,
     OutboxSession,
 )
@@ -112,6 +113,8 @@ class OutboxRelay:
         self._dsn = dsn
         self._lock_id = RELAY_LOCK_ID if webhooks is None else WEBHOOK_LOCK_ID
         self._leader_gauge = LEADER if webhooks is None else WEBHOOK_LEADER
+        self._application_name = (APPLICATION_NAME if webhooks is None
+                                  else WEBHOOK_APPLICATION_NAME)
         self._kafka = _Producer(bootstrap_servers, topic, publish_timeout_s)
         self._loops: list[_SinkLoop] = []
         if self._kafka.producer is not None:
@@ -187,7 +190,7 @@ class OutboxRelay:
         while not self._stopping.is_set():
             sit_out_s = 0.0
             try:
-                session = await OutboxSession.connect(self._dsn)
+                session = await OutboxSession.connect(self._dsn, self._application_name)
             except DATABASE_ERRORS as exc:
                 self._database_failed("cannot connect to the database", exc)
                 await self._retry_later()

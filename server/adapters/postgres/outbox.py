@@ -31,6 +31,7 @@ RELAY_LOCK_ID = 0x4B52454C4159  # "KRELAY"
 WEBHOOK_LOCK_ID = 0x4B5745424B  # "KWEBK"
 CHANNEL = "kassa_outbox"
 APPLICATION_NAME = "kassa-outbox-relay"
+WEBHOOK_APPLICATION_NAME = "kassa-webhook-sender"
 CONNECT_TIMEOUT_S = 10.0
 QUERY_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0
@@ -119,10 +120,11 @@ class OutboxSession:
         self._statement = asyncio.Lock()
 
     @classmethod
-    async def connect(cls, dsn: str) -> OutboxSession:
-        return cls(await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S,
-                                         command_timeout=QUERY_TIMEOUT_S,
-                                         server_settings=SESSION_SETTINGS))
+    async def connect(cls, dsn: str, application_name: str = APPLICATION_NAME) -> OutboxSession:
+        """`application_name`: how pg_stat_activity names it (the webhook sender's own)."""
+        return cls(await asyncpg.connect(
+            dsn, timeout=CONNECT_TIMEOUT_S, command_timeout=QUERY_TIMEOUT_S,
+            server_settings={**SESSION_SETTINGS, "application_name": application_name}))
 
     @contextlib.asynccontextmanager
     async def statement(self) -> AsyncIterator[asyncpg.Connection]:
