@@ -32,7 +32,7 @@ class CodeSupply:
     """The receipt codes this process holds and whether their source is failing now."""
 
     available: int
-    source_failing: bool  # the last call to the receipt service failed, or its breaker is not closed
+    source_failing: bool  # the last reservation failed (take() refuses once dry), or the breaker is not closed
 
 
 def code_state(supply: CodeSupply) -> str:

@@ -113,9 +113,9 @@ class Runtime:
     def receipt_codes(self) -> CodeSupply:
         """The codes this worker holds from the receipt service, for /readyz."""
         assert isinstance(self.receipts, ReceiptClient)
-        breaker = self.receipts.breaker
-        return CodeSupply(self.receipts.codes.available,
-                          source_failing=breaker.state != CLOSED or breaker.failures > 0)
+        breaker, codes = self.receipts.breaker, self.receipts.codes
+        return CodeSupply(codes.available, source_failing=(
+            codes.failing or breaker.state != CLOSED or breaker.failures > 0))
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight work, flush batches, close pools (seed order)."""

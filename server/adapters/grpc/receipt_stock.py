@@ -58,6 +58,13 @@ class CodeStock:
     def available(self) -> int:
         return self._available
 
+    @property
+    def failing(self) -> bool:
+        """The last reservation failed: once the stock is dry, `take` refuses at once until
+        a reservation succeeds. /readyz asks this, not only the breaker: a call the service
+        refused (a bug on one side) closes the breaker yet reserves nothing."""
+        return self._failure is not None
+
     def start(self) -> None:
         """Reserve the first block at once, so the first requests find codes."""
         self._need.set()
