@@ -13,6 +13,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from core.ledger.status import COMPLETED, HELD, PROCESSING, VOIDED
+from tests.fakes.journals import JournalRow
 from tests.sim.store import Finish, SimStore
 
 if TYPE_CHECKING:
@@ -24,11 +25,17 @@ LEASE_GRACE_S = 5.0
 
 def invariants(store: SimStore, initial: dict[str, int], *, quiescent: bool) -> list[str]:
     """verify.py's rules; `quiescent`: also those that hold once everything settled."""
+    rows = list(store.journals.values())
+    return [*_balance_rules(store, initial), *_link_rules(store, rows),
+            *(v for row in rows for v in _journal_rules(store, row, quiescent))]
+
+
+def _balance_rules(store: SimStore, initial: dict[str, int]) -> list[str]:
+    """Sums to zero, balances from their entries, floors."""
     out: list[str] = []
     sums: dict[str, int] = defaultdict(int)
     entries_sum: dict[str, int] = defaultdict(int)
     last_after: dict[str, int] = {}
-    pending_held: dict[str, int] = defaultdict(int)
     for finish in store.log:
         if isinstance(finish, Finish):
             for e in store.journals[finish.journal_id].entries:
@@ -42,36 +49,35 @@ def invariants(store: SimStore, initial: dict[str, int], *, quiescent: bool) -> 
             out.append(f"balance of {a.id} is not its last entry's balance_after")
         if a.overdraft_limit is not None and a.balance - a.held < -a.overdraft_limit:
             out.append(f"available balance of {a.id} below -overdraft_limit")
-    out += [f"{c} balances sum to {t}" for c, t in sums.items() if t]
+    return out + [f"{c} balances sum to {t}" for c, t in sums.items() if t]
+
+
+def _link_rules(store: SimStore, rows: list[JournalRow]) -> list[str]:
+    """`held` from the pending holds, holds ended once, reversals within their original."""
+    pending_held: dict[str, int] = defaultdict(int)
     endings: dict[str, int] = defaultdict(int)
     reversals: dict[str, int] = defaultdict(int)
-    for row in store.journals.values():
+    for row in rows:
         tx = row.transaction
-        if row.status == HELD:
-            for leg in tx.legs:
-                pending_held[leg.source] += leg.amount
+        for leg in tx.legs if row.status == HELD else ():
+            pending_held[leg.source] += leg.amount
         if tx.type in ("capture", "void") and row.status in (COMPLETED, VOIDED):
             endings[tx.target or ""] += 1
         if tx.type == "reversal" and row.status == COMPLETED:
             reversals[tx.target or ""] += tx.amount
-        out += _journal_rules(store, row, quiescent)
-    for a in store.accounts.values():
-        if a.held != pending_held[a.id]:
-            out.append(f"held of {a.id} is {a.held}, its pending holds {pending_held[a.id]}")
-    for row in store.journals.values():
-        ended = row.status in (COMPLETED, VOIDED)  # a failed hold ends nothing
-        if row.is_hold and endings[row.receipt_code] != int(ended):
-            out.append(f"hold {row.receipt_code} ({row.status}) ended "
-                       f"{endings[row.receipt_code]} times")
-        if row.reversed != reversals[row.receipt_code] or row.reversed > row.transaction.amount:
-            out.append(f"reversals of {row.receipt_code}: {reversals[row.receipt_code]}, "
-                       f"reversed {row.reversed}, amount {row.transaction.amount}")
+    out = [f"held of {a.id} is {a.held}, its pending holds {pending_held[a.id]}"
+           for a in store.accounts.values() if a.held != pending_held[a.id]]
+    for row in rows:
+        code, ended = row.receipt_code, row.status in (COMPLETED, VOIDED)  # failed: none
+        if row.is_hold and endings[code] != int(ended):
+            out.append(f"hold {code} ({row.status}) ended {endings[code]} times")
+        if row.reversed != reversals[code] or row.reversed > row.transaction.amount:
+            out.append(f"reversals of {code}: {reversals[code]}, reversed {row.reversed}, "
+                       f"amount {row.transaction.amount}")
     return out
 
 
-def _journal_rules(store: SimStore, row: object, quiescent: bool) -> list[str]:
-    from tests.fakes.journals import JournalRow
-    assert isinstance(row, JournalRow)
+def _journal_rules(store: SimStore, row: JournalRow, quiescent: bool) -> list[str]:
     out = []
     code = row.receipt_code
     if row.status == COMPLETED and not row.is_hold:

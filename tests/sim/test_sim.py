@@ -14,7 +14,9 @@ import pytest
 
 import core.pipeline.pool as pool
 from core.ledger.errors import Unavailable
+from tests.sim.checks import invariants
 from tests.sim.run import run_seed
+from tests.sim.store import SimStore
 
 LOST_ACK_SEED = 5  # the first seed that finds it (docs/simulation.md, "Bugs it finds")
 
@@ -55,3 +57,15 @@ def test_a_reintroduced_lost_ack_bug_is_found(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(pool, "landed", unchecked)
     found = run_seed(LOST_ACK_SEED, 200).violations
     assert any("told not applied, but journal" in v for v in found), found[:5]
+
+
+def test_verify_rules_report_a_planted_violation() -> None:
+    store = SimStore(lambda: 0.0, lease_s=10)
+    store.add_account("a", 5)
+    store.add_account("@world:USD", -5, overdraft_limit=None)
+    opening = {"a": 5, "@world:USD": -5}
+    assert invariants(store, opening, quiescent=True) == []
+    store.add_account("a", 6, held=2)  # a balance no entry explains, a hold nobody made
+    assert set(invariants(store, opening, quiescent=True)) == {
+        "balance of a is not the sum of its entries", "USD balances sum to 1",
+        "held of a is 2, its pending holds 0"}
