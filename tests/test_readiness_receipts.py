@@ -96,65 +96,63 @@ def readiness_of(client: ReceiptClient) -> HealthCheck:
                        required=("receipt_service",))
 
 
-def new_client(address: str) -> ReceiptClient:
-    return ReceiptClient(address, cipher=CodeCipher(b"readiness secret"), block_size=BLOCK,
-                         timeout_ms=TIMEOUT_MS, retry_max_ms=50, breaker_failures_max=2,
-                         breaker_reset_ms=200)
+Worker = tuple[ScriptedReceipts, ReceiptClient, HealthCheck]
 
 
-async def test_readiness_says_what_a_write_would_get_through_refusals_and_outages(
-        service: tuple[ScriptedReceipts, str]) -> None:
+@pytest.fixture
+async def worker(service: tuple[ScriptedReceipts, str]) -> AsyncIterator[Worker]:
+    """A worker's ReceiptClient, started and holding its first block, and its readiness."""
     servicer, address = service
-    client = new_client(address)
-    health = readiness_of(client)
+    client = ReceiptClient(address, cipher=CodeCipher(b"readiness secret"), block_size=BLOCK,
+                           timeout_ms=TIMEOUT_MS, retry_max_ms=50, breaker_failures_max=2,
+                           breaker_reset_ms=200)
     client.start()
     try:
         await until(lambda: client.codes.available > 0)
-        assert await agree(health, client)
-        for mode in ("refuse", "down"):
-            servicer.mode = mode
-            answered = servicer.answered.get(mode, 0)
-            while client.codes.available:  # writes use the stock up
-                assert await agree(health, client)
-            # The client handled a refusal once the service answered the next attempt.
-            await until(lambda: servicer.answered.get(mode, 0) >= answered + 2)  # noqa: B023
-            assert not await agree(health, client), mode
-        # The service answers again: from the first moment /readyz would say 200, a
-        # write gets its code at once.
-        servicer.mode = "ok"
-        async with asyncio.timeout(10):
-            while not (await health.readiness()).ready:
-                await asyncio.sleep(0.001)
-        assert await agree(health, client)
+        yield servicer, client, readiness_of(client)
     finally:
         await client.close()
 
 
+async def test_readiness_says_what_a_write_would_get_through_refusals_and_outages(
+        worker: Worker) -> None:
+    servicer, client, health = worker
+    assert await agree(health, client)
+    for mode in ("refuse", "down"):
+        servicer.mode = mode
+        answered = servicer.answered.get(mode, 0)
+        while client.codes.available:  # writes use the stock up
+            assert await agree(health, client)
+        # The client handled a refusal once the service answered the next attempt.
+        await until(lambda: servicer.answered.get(mode, 0) >= answered + 2)  # noqa: B023
+        assert not await agree(health, client), mode
+    # The service answers again: from the first moment /readyz would say 200, a write
+    # gets its code at once.
+    servicer.mode = "ok"
+    async with asyncio.timeout(10):
+        while not (await health.readiness()).ready:
+            await asyncio.sleep(0.001)
+    assert await agree(health, client)
+
+
 async def test_the_one_window_a_refill_under_way_that_fails_within_the_receipt_timeout(
-        service: tuple[ScriptedReceipts, str]) -> None:
+        worker: Worker) -> None:
     """The stock is dry and a reservation is under way, nothing failed yet: /readyz says
     `refilling` (200) and a write waits for that block, at most KASSA_RECEIPT_TIMEOUT_MS.
     If the call fails meanwhile (here: it outlives its deadline), that write is refused
     after its wait, and from then on /readyz says `exhausted` (503). This is the bounded
     window where /readyz said 200 and a write got 503: one receipt timeout, once."""
-    servicer, address = service
-    client = new_client(address)
-    health = readiness_of(client)
-    client.start()
-    try:
-        await until(lambda: client.codes.available > 0)
-        servicer.mode = "stalled"
-        await client.next_codes(client.codes.available)  # the refill call is now stalled
-        await until(lambda: servicer.answered.get("stalled", 0) >= 1)
-        ready = await health.readiness()
-        assert ready.ready and ready.checks["receipt_codes"] == "refilling", ready.checks
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        with pytest.raises(Unavailable):
-            await client.next_codes(1)
-        waited_s = loop.time() - started
-        assert waited_s <= TIMEOUT_MS / 1000 + 0.2, waited_s
-        after = await health.readiness()
-        assert not after.ready and after.checks["receipt_codes"] == "exhausted", after.checks
-    finally:
-        await client.close()
+    servicer, client, health = worker
+    servicer.mode = "stalled"
+    await client.next_codes(client.codes.available)  # the refill call is now stalled
+    await until(lambda: servicer.answered.get("stalled", 0) >= 1)
+    ready = await health.readiness()
+    assert ready.ready and ready.checks["receipt_codes"] == "refilling", ready.checks
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(Unavailable):
+        await client.next_codes(1)
+    waited_s = loop.time() - started
+    assert waited_s <= TIMEOUT_MS / 1000 + 0.2, waited_s
+    after = await health.readiness()
+    assert not after.ready and after.checks["receipt_codes"] == "exhausted", after.checks
