@@ -33,8 +33,10 @@ LIMITS = {"KASSA_HTTP_HEAD_TIMEOUT_S": str(HEAD_TIMEOUT_S),
 @pytest.fixture(scope="module")
 def kassa(pg_server: PostgresServer, redis_server: RedisServer) -> Iterator[KassaProcess]:
     dsn = asyncio.run(new_database(pg_server))
+    # Info: the disconnect test reads its line.
     server = start_kassa({**SERVE_ENV, **LIMITS, "KASSA_DATABASE_URL": dsn,
-                          "KASSA_REDIS_URL": redis_server.url}, workers=1)
+                          "KASSA_REDIS_URL": redis_server.url, "KASSA_LOG_LEVEL": "info"},
+                         workers=1)
     yield server
     log = server.log()
     assert server.stop() == 0, log
@@ -245,6 +247,21 @@ def test_a_stalled_body_is_closed_after_the_body_deadline(kassa) -> None:  # typ
         started = time.monotonic()
         assert closed_within(sock, 4.0)
         assert BODY_TIMEOUT_S * 0.9 < time.monotonic() - started < BODY_TIMEOUT_S + 1.5
+
+
+def test_a_client_leaving_mid_body_is_logged_as_such_not_as_an_error(kassa) -> None:  # type: ignore[no-untyped-def]
+    """A handler reading the body when the client disconnects: one info line, no 500 and no
+    traceback (the module's fixture checks the log for tracebacks at the end)."""
+    with connect(kassa) as sock:
+        sock.sendall(b"POST /v1/accounts HTTP/1.1\r\nHost: kassa\r\n"
+                     b"Authorization: Bearer " + ADMIN_KEY.encode() + b"\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"id\"")
+        time.sleep(0.2)  # the handler is reading the body
+    deadline = time.monotonic() + 10
+    while "client disconnected before the body of POST /v1/accounts" not in kassa.log():
+        assert time.monotonic() < deadline, kassa.log()
+        time.sleep(0.05)
+    assert "unhandled error" not in kassa.log()
 
 
 def test_connections_beyond_the_cap_get_503_and_are_closed(kassa) -> None:  # type: ignore[no-untyped-def]

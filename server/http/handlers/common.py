@@ -4,6 +4,7 @@ route defines, the rate limit and its answer headers, JSON answers."""
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import msgspec.inspect
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from core.kit.rate_limit import Quota
@@ -24,6 +25,7 @@ from server.http.errors import error_response, from_exception, msgspec_param
 from server.http.schemas import encoder
 
 T = TypeVar("T")
+log = logging.getLogger("kassa.http")
 Handler = Callable[[Request], Awaitable[Response]]
 
 _INT_GOT_FLOAT = re.compile(r"Expected `int( \| null)?`, got `float`")
@@ -246,6 +248,12 @@ def guarded(handler: Handler) -> Handler:
                 response = await handler(request)
             except BodyTooLarge as exc:
                 response = from_exception(exc, 413)
+            except ClientDisconnect:
+                # The client left before its body was complete: nothing was done, and no
+                # one is there to read an answer (uvicorn drops it); not a server error.
+                log.info("client disconnected before the body of %s %s was complete",
+                         request.method, request.url.path)
+                response = error_response("invalid_request", "the request body ended early")
             except KassaError as exc:
                 response = from_exception(exc)
             response.headers.update(quota_headers(QUOTA.get()))
