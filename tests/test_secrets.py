@@ -53,6 +53,11 @@ def serve(pg_server: PostgresServer, redis_server: RedisServer, secrets: Path,
         "KASSA_LOG_LEVEL": "info", "KASSA_LOG_FORMAT": "json",
     }
     server = start_kassa(env, workers=2, data_dir=secrets.parent / "data")
+    # Ready means one worker answered /readyz; a test changing the keys while the other
+    # still starts would wait for a line that worker never writes (it reads the new file
+    # at its start).
+    wait_until(lambda: len(logged_by(server, 0, "Application startup complete")) == 2,
+               "both workers started")
     yield server
     log = server.log()
     assert server.stop() == 0, log

@@ -60,7 +60,8 @@ def test_taskset_one_cpu_starts_one_worker(pinned: KassaProcess) -> None:
     log = pinned.log()
     assert f"workers: 1 (from affinity 1 of {os.cpu_count()} CPUs)" in log, log
     # 1 worker: its relay connection, plus the receipt (10) and notification (4) services
-    assert "database pool: 10 per worker × 1 workers + 15 others ≤ budget 80" in log, log
+    # 14 for the services' pools, 1 relay, 1 webhook sender.
+    assert "database pool: 10 per worker × 1 workers + 16 others ≤ budget 80" in log, log
     assert "Traceback" not in log
 
 
