@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, new_database
-from tests.fixtures.kassa_server import KassaProcess, start_kassa
+from tests.conftest import ADMIN_KEY
+from tests.fixtures.kassa_server import KassaProcess, serve_new_database
 from tests.fixtures.prometheus_server import JOB, SCRAPE_INTERVAL_S, Prometheus, prometheus
 from tests.fixtures.servers import PostgresServer, RedisServer
-from tests.load import SERVE_ENV, open_accounts
+from tests.load import open_accounts
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "kassa.json"
 
@@ -201,17 +201,6 @@ def test_grafana_variables_are_replaced_and_variable_queries_rewritten() -> None
     assert not any("$" in expr for expr in queries_.values()), queries_
     assert variable_queries(doc)["instance"] == \
         'group by (instance) (kassa_backlog_size{job=~"$job"})'
-
-
-def serve_new_database(pg_server: PostgresServer, redis_server: RedisServer,
-                       env: dict[str, str] | None = None) -> Iterator[KassaProcess]:
-    """`kassa serve` on a database of its own with `env` (a fixture's body), stopped
-    cleanly after."""
-    dsn = asyncio.run(new_database(pg_server))
-    kassa = start_kassa({**SERVE_ENV, "KASSA_DATABASE_URL": dsn,
-                         "KASSA_REDIS_URL": redis_server.url, **(env or {})})
-    yield kassa
-    assert kassa.stop() == 0, kassa.log_tail()
 
 
 @pytest.fixture

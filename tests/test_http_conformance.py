@@ -6,7 +6,6 @@ on a real `kassa serve` for what its HTTP protocol answers."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -17,10 +16,9 @@ import pytest
 from core.kit.rate_limit import quota
 from server.http.handlers.common import quota_headers
 from server.http.openapi import OPENAPI
-from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, make_settings, new_database
-from tests.fixtures.kassa_server import KassaProcess, start_kassa
+from tests.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY, make_settings
+from tests.fixtures.kassa_server import KassaProcess, serve_new_database
 from tests.fixtures.servers import PostgresServer, RedisServer
-from tests.load import SERVE_ENV
 from tests.test_http_api import make_accounts
 from tests.test_http_limits import refused
 
@@ -270,11 +268,7 @@ async def test_the_cursors_a_listing_returns_match_the_documented_pattern(app_cl
 
 @pytest.fixture(scope="module")
 def kassa(pg_server: PostgresServer, redis_server: RedisServer) -> Iterator[KassaProcess]:
-    dsn = asyncio.run(new_database(pg_server))
-    server = start_kassa({**SERVE_ENV, "KASSA_DATABASE_URL": dsn,
-                          "KASSA_REDIS_URL": redis_server.url}, workers=1)
-    yield server
-    assert server.stop() == 0, server.log_tail()
+    yield from serve_new_database(pg_server, redis_server, workers=1)
 
 
 def test_a_protocol_refusal_carries_its_request_id(kassa: KassaProcess) -> None:

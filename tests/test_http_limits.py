@@ -5,7 +5,6 @@ X-Request-Id and `Connection: close`, and comes before the work it would cost.""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import threading
@@ -15,10 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ADMIN_KEY, new_database
-from tests.fixtures.kassa_server import KassaProcess, start_kassa
+from tests.conftest import ADMIN_KEY
+from tests.fixtures.kassa_server import KassaProcess, serve_new_database
 from tests.fixtures.servers import PostgresServer, RedisServer
-from tests.load import SERVE_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -32,15 +30,9 @@ LIMITS = {"KASSA_HTTP_HEAD_TIMEOUT_S": str(HEAD_TIMEOUT_S),
 
 @pytest.fixture(scope="module")
 def kassa(pg_server: PostgresServer, redis_server: RedisServer) -> Iterator[KassaProcess]:
-    dsn = asyncio.run(new_database(pg_server))
     # Info: the disconnect test reads its line.
-    server = start_kassa({**SERVE_ENV, **LIMITS, "KASSA_DATABASE_URL": dsn,
-                          "KASSA_REDIS_URL": redis_server.url, "KASSA_LOG_LEVEL": "info"},
-                         workers=1)
-    yield server
-    log = server.log()
-    assert server.stop() == 0, log
-    assert "Traceback" not in log, log
+    yield from serve_new_database(pg_server, redis_server, {**LIMITS, "KASSA_LOG_LEVEL": "info"},
+                                  workers=1, no_traceback=True)
 
 
 def connect(kassa: KassaProcess) -> socket.socket:

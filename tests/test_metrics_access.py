@@ -15,10 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.process.embedded import free_port
 from tests.conftest import ADMIN_KEY
-from tests.fixtures.kassa_server import KassaProcess
+from tests.fixtures.kassa_server import KassaProcess, serve_new_database
 from tests.fixtures.prometheus_server import prometheus
 from tests.fixtures.servers import PostgresServer, RedisServer
-from tests.test_dashboard import serve_new_database
 
 TOKEN = "metrics-token-0123456789"
 pytestmark = pytest.mark.slow

@@ -6,17 +6,15 @@ same."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, new_database
-from tests.fixtures.kassa_server import KassaProcess, start_kassa
+from tests.conftest import ADMIN_KEY
+from tests.fixtures.kassa_server import KassaProcess, serve_new_database
 from tests.fixtures.servers import PostgresServer, RedisServer
-from tests.load import SERVE_ENV
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -26,13 +24,7 @@ WORLD = "@world:USD"
 
 @pytest.fixture(scope="module")
 def kassa(pg_server: PostgresServer, redis_server: RedisServer) -> Iterator[KassaProcess]:
-    dsn = asyncio.run(new_database(pg_server))
-    server = start_kassa({**SERVE_ENV, "KASSA_DATABASE_URL": dsn,
-                          "KASSA_REDIS_URL": redis_server.url}, workers=1)
-    yield server
-    log = server.log()
-    assert server.stop() == 0, log
-    assert "Traceback" not in log, log
+    yield from serve_new_database(pg_server, redis_server, workers=1, no_traceback=True)
 
 
 @pytest.fixture
